@@ -1,0 +1,217 @@
+"""The preprocess step: raw wsolevaluation layout -> a few prepared tables.
+
+Works on any dataset in the raw layout (SynthBirds now; CUB, Cars, ImageNet, OpenImages later):
+
+    <raw>/images/<image_id>                 images
+    <raw>/metadata/<split>/*.txt            box view (wsolevaluation format)
+    <raw>/masks/<mask path>                 instance and ignore masks (mask datasets)
+    <raw>/metadata_mask/<split>/*.txt       mask view (optional)
+    <raw>/classes.txt                       `<label>,<name>` (optional)
+
+Every listed image must exist and decode, and its decoded size must equal `image_sizes.txt`. GT boxes are
+rescaled to the evaluation grid by independent truncation, `x' = int(x * S / W)`, `y' = int(y * S / H)`
+(METHOD.md 4.3); masks are resized with nearest-neighbour, thresholded > 0.5 and OR-ed over instances,
+and the ignore region minus the foreground is kept apart (METHOD.md 4.5).
+
+Writes (no file per image):
+    images.csv       split,image_id,label,width,height  (one row per image, metadata order)
+    boxes.csv        split,image_id,x0,y0,x1,y1,ex0,ey0,ex1,ey1  (original and evaluation-grid boxes)
+    <split>_mask_fg.npy, <split>_mask_ignore.npy   (N, S*S/8) bit-packed masks, image order (if masks)
+    dataset.json     dataset name, class names, evaluation size, counts, image root
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.data.wsol import MetadataError, SplitMetadata, read_split
+from pipeline.io import atomic_dir, write_json, write_npy, write_text
+
+SPLITS = ("train", "val", "test")
+REQUIRED_SPLITS = ("train", "test")
+FORMAT = 1
+
+
+class DataError(ValueError):
+    """Raw data that cannot be prepared: the message names the file and what is wrong."""
+
+
+def rescale_box(box: tuple[int, int, int, int], width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Map an inclusive original-resolution box onto a size x size grid by truncation (METHOD.md 4.3)."""
+    x0, y0, x1, y1 = box
+    return (int(x0 * size / width), int(y0 * size / height), int(x1 * size / width), int(y1 * size / height))
+
+
+def _mask_to_grid(path: Path, size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            grey = np.asarray(im.convert("L").resize((size, size), Image.NEAREST), dtype=np.float32) / 255.0
+    except FileNotFoundError:
+        raise DataError(f"{path}: mask listed in the metadata is missing") from None
+    except OSError as exc:
+        raise DataError(f"{path}: mask cannot be decoded ({exc})") from exc
+    return grey > 0.5
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode fully: a truncated file fails here, not in training
+            return im.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: image listed in the metadata is missing") from None
+    except OSError as exc:
+        raise DataError(f"{path}: image cannot be decoded ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    image_ids: list[str]
+    labels: list[int]
+    sizes: list[tuple[int, int]]
+
+
+def prepare_dataset(raw_dir: Path, out_dir: Path, *, dataset: str, num_classes: int, eval_size: int,
+                    progress: bool = True) -> dict:
+    """Check the raw dataset and write the prepared tables to `out_dir` (replaced atomically).
+
+    Returns the summary written to dataset.json.
+    """
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    image_root, mask_root = raw_dir / "images", raw_dir / "masks"
+    splits: dict[str, SplitMetadata] = {}
+    mask_views: dict[str, SplitMetadata] = {}
+    for split in SPLITS:
+        meta_dir = raw_dir / "metadata" / split
+        if not meta_dir.is_dir():
+            if split in REQUIRED_SPLITS:
+                raise DataError(f"{meta_dir}: metadata folder missing; a dataset needs "
+                                f"{', '.join(REQUIRED_SPLITS)} (run the download stage)")
+            continue
+        try:
+            splits[split] = read_split(meta_dir)
+            if (raw_dir / "metadata_mask" / split).is_dir():
+                mask_views[split] = read_split(raw_dir / "metadata_mask" / split)
+        except MetadataError as exc:
+            raise DataError(str(exc)) from exc
+
+    image_rows, box_rows, counts, n_boxes = [], [], {}, 0
+    with atomic_dir(out_dir) as tmp:
+        for split, meta in splits.items():
+            ids = list(meta.image_ids)
+            for image_id in tqdm(ids, desc=f"check {split} images", disable=not progress, leave=False):
+                label = meta.labels[image_id]
+                if not 0 <= label < num_classes:
+                    raise DataError(f"{raw_dir}/metadata/{split}/class_labels.txt: {image_id} has label "
+                                    f"{label}; valid labels are 0..{num_classes - 1} (num_classes={num_classes})")
+                width, height = _image_size(image_root / image_id)
+                listed = meta.sizes.get(image_id)
+                if listed is not None and listed != (width, height):
+                    raise DataError(f"{raw_dir}/metadata/{split}/image_sizes.txt: {image_id} is listed as "
+                                    f"{listed[0]}x{listed[1]} but the image is {width}x{height}")
+                image_rows.append((split, image_id, label, width, height))
+                for box in meta.boxes.get(image_id, ()):
+                    if box[2] >= width or box[3] >= height:
+                        raise DataError(f"{raw_dir}/metadata/{split}/localization.txt: box {box} of {image_id} "
+                                        f"lies outside the {width}x{height} image")
+                    box_rows.append((split, image_id, *box, *rescale_box(box, width, height, eval_size)))
+                    n_boxes += 1
+            counts[split] = len(ids)
+            if split in mask_views:
+                fg, ignore = _pack_masks(ids, mask_views[split], mask_root, eval_size)
+                write_npy(tmp / f"{split}_mask_fg.npy", fg)
+                write_npy(tmp / f"{split}_mask_ignore.npy", ignore)
+        write_text(tmp / "images.csv", _csv(("split", "image_id", "label", "width", "height"), image_rows))
+        write_text(tmp / "boxes.csv", _csv(("split", "image_id", "x0", "y0", "x1", "y1",
+                                            "ex0", "ey0", "ex1", "ey1"), box_rows))
+        summary = {"format": FORMAT, "dataset": dataset, "num_classes": num_classes, "eval_size": eval_size,
+                   "image_root": image_root.as_posix(), "counts": counts, "boxes": n_boxes,
+                   "mask_splits": sorted(mask_views), "class_names": _class_names(raw_dir, num_classes)}
+        write_json(tmp / "dataset.json", summary)
+    return summary
+
+
+def _pack_masks(ids: list[str], view: SplitMetadata, mask_root: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground (OR of instances) and ignore-minus-foreground masks on the grid, bit-packed per image."""
+    fg = np.zeros((len(ids), size * size), dtype=bool)
+    ignore = np.zeros_like(fg)
+    for i, image_id in enumerate(ids):
+        instances, ignore_path = view.masks.get(image_id, ((), None))
+        m = np.zeros((size, size), dtype=bool)
+        for rel in instances:
+            m |= _mask_to_grid(mask_root / rel, size)
+        fg[i] = m.ravel()
+        if ignore_path:
+            ignore[i] = (_mask_to_grid(mask_root / ignore_path, size) & ~m).ravel()
+    return np.packbits(fg, axis=1), np.packbits(ignore, axis=1)
+
+
+def _class_names(raw_dir: Path, num_classes: int) -> list[str]:
+    path = raw_dir / "classes.txt"
+    names = [str(i) for i in range(num_classes)]
+    if path.is_file():
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            label, _, name = line.partition(",")
+            if not label.isdigit() or not 0 <= int(label) < num_classes:
+                raise DataError(f"{path}:{lineno}: expected '<label>,<name>' with label in 0..{num_classes - 1}")
+            names[int(label)] = name
+    return names
+
+
+def _csv(header: tuple[str, ...], rows: list[tuple]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading prepared tables
+
+
+@dataclass(frozen=True)
+class Prepared:
+    root: Path
+    info: dict
+    images: dict[str, PreparedSplit]
+
+    @property
+    def image_root(self) -> Path:
+        return Path(self.info["image_root"])
+
+    def split(self, name: str) -> PreparedSplit:
+        if name not in self.images:
+            raise DataError(f"{self.root}: no '{name}' split was prepared (have: {', '.join(self.images)})")
+        return self.images[name]
+
+    def approx_bytes(self, name: str) -> int:
+        return sum(w * h * 3 for w, h in self.split(name).sizes)
+
+
+def load_prepared(root: Path, *, dataset: str | None = None, num_classes: int | None = None) -> Prepared:
+    """Read dataset.json and images.csv; with `dataset`/`num_classes`, check they match the params."""
+    root = Path(root)
+    info_path = root / "dataset.json"
+    if not info_path.is_file():
+        raise DataError(f"{info_path}: missing; run the preprocess stage first (dvc repro preprocess)")
+    info = json.loads(info_path.read_text())
+    if dataset is not None and info.get("dataset") != dataset:
+        raise DataError(f"{info_path}: prepared for dataset '{info.get('dataset')}', params ask for '{dataset}'")
+    if num_classes is not None and info.get("num_classes") != num_classes:
+        raise DataError(f"{info_path}: prepared with {info.get('num_classes')} classes, params ask for {num_classes}")
+    images: dict[str, PreparedSplit] = {}
+    with open(root / "images.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            s = images.setdefault(row["split"], PreparedSplit([], [], []))
+            s.image_ids.append(row["image_id"])
+            s.labels.append(int(row["label"]))
+            s.sizes.append((int(row["width"]), int(row["height"])))
+    return Prepared(root, info, images)

@@ -1,0 +1,383 @@
+"""Typed, validated parameters.
+
+`params.yaml` is the single source of every number that shapes a result. `load_params()` turns it into
+frozen dataclasses and checks it completely before any work starts: unknown keys, missing keys, wrong
+types, out-of-range numbers and unknown names are all collected, and one `ParamsError` lists every
+problem, naming the key and saying what would be valid.
+
+The per-backbone table (`backbones:`) and the per-dataset table (`datasets:`) are resolved here, so that
+`dvc exp run -S backbone=inception` alone switches architecture, target layer, input size and learning
+rates: stage code reads `params.model` and `params.data`, never the tables.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from pipeline.models.names import ALIASES, WSOL_ARCHS
+
+PARAMS_FILE = Path("params.yaml")
+
+# The entry of `backbones:` used for a timm model name that has no entry of its own.
+ANY_TIMM = "any_timm"
+DATASETS = ("synthbirds",)
+
+
+class ParamsError(ValueError):
+    """Every problem found in a params file, one per line."""
+
+    def __init__(self, problems: list[str], source: str = "params.yaml"):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
+
+
+def _f(default: Any = dataclasses.MISSING, *, lo=None, hi=None, lo_open=False, choices=None,
+       doc: str = "") -> Any:
+    """A dataclass field with validation metadata (range, choices, description)."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "doc": doc}
+    if default is dataclasses.MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Schema
+
+
+@dataclass(frozen=True)
+class SynthBirdsParams:
+    num_classes: int = _f(lo=2, hi=64, doc="number of bird species")
+    image_size: int = _f(lo=16, hi=512, doc="side of the square images, pixels")
+    train_per_class: int = _f(lo=1, hi=100000)
+    val_per_class: int = _f(lo=0, hi=100000)
+    test_per_class: int = _f(lo=1, hi=100000)
+    min_distractors: int = _f(lo=0, hi=50)
+    max_distractors: int = _f(lo=0, hi=50)
+    confuser_prob: float = _f(lo=0.0, hi=1.0, doc="chance that a distractor takes a part colour")
+    supersample: int = _f(lo=1, hi=4)
+
+
+@dataclass(frozen=True)
+class BackboneParams:
+    input_size: int = _f(lo=32, hi=1024, doc="train crop and test resize side, pixels")
+    large_feature_map: bool = _f(doc="WSOL 'LFM': one stride fewer (VGG16, ResNet50, InceptionV3)")
+    output_stride: int | None = _f(choices=(None, 8, 16, 32),
+                                   doc="timm backbones only: feature stride (null = model default)")
+    batch_size: int = _f(lo=1, hi=4096)
+    baseline_lr: float = _f(lo=0.0, hi=10.0, lo_open=True)
+    baseline_weight_decay: float = _f(lo=0.0, hi=1.0)
+    finetune_lr: float = _f(lo=0.0, hi=10.0, lo_open=True,
+                            doc="effective learning rate of the sigmoid head")
+    finetune_weight_decay: float = _f(lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    root: str = _f(doc="where raw datasets are written, relative to the repository")
+    workers: int = _f(lo=1, hi=256, doc="processes for the synthetic generator")
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    root: str = _f(doc="where prepared tables are written")
+    eval_size: int | None = _f(lo=16, hi=1024,
+                               doc="side of the evaluation grid; null = the backbone's input_size")
+
+
+@dataclass(frozen=True)
+class BaselineParams:
+    checkpoint: str | None = _f(doc="import this softmax checkpoint instead of training (null = train)")
+    epochs: int = _f(lo=0, hi=10000)
+    lr: float | None = _f(lo=0.0, hi=10.0, lo_open=True,
+                          doc="null = backbones.<backbone>.baseline_lr")
+    lr_classifier_ratio: float = _f(lo=0.0, hi=1000.0, lo_open=True,
+                                    doc="LR multiplier of the head and new layers (official: 10)")
+    lr_decay_every: int = _f(lo=1, hi=10000, doc="LR x0.1 before every epoch e with e % this == 0")
+    momentum: float = _f(lo=0.0, hi=1.0)
+    nesterov: bool = _f()
+    label_smoothing: float = _f(lo=0.0, hi=0.5)
+    workers: int = _f(lo=0, hi=64, doc="DataLoader worker processes")
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    head_init: str = _f(choices=("clone", "random"),
+                        doc="clone = copy of the softmax head (paper); random = official code's init")
+    bn_mode: str = _f(choices=("eval", "batch_stats"),
+                      doc="eval = frozen BN (clean); batch_stats = official code (METHOD.md 2.4)")
+    epochs: int = _f(lo=1, hi=10000)
+    lr: float | None = _f(lo=0.0, hi=10.0, lo_open=True,
+                          doc="null = backbones.<backbone>.finetune_lr")
+    lr_decay_every: int = _f(lo=1, hi=10000)
+    momentum: float = _f(lo=0.0, hi=1.0)
+    nesterov: bool = _f()
+    pos_weight: float | None = _f(lo=0.0, hi=1e6, lo_open=True,
+                                  doc="BCE positive weight; null = K-1 (class-balanced, the paper)")
+    workers: int = _f(lo=0, hi=64)
+
+
+@dataclass(frozen=True)
+class ParamsFile:
+    """`params.yaml` as written, before the tables are resolved."""
+
+    dataset: str = _f(choices=DATASETS)
+    backbone: str = _f()
+    seed: int = _f(lo=0, hi=2**32 - 1)
+    device: str = _f(doc="auto, cpu, cuda or cuda:N")
+    datasets: dict[str, SynthBirdsParams] = _f()
+    backbones: dict[str, BackboneParams] = _f()
+    download: DownloadParams = _f()
+    preprocess: PreprocessParams = _f()
+    baseline: BaselineParams = _f()
+    finetune: FinetuneParams = _f()
+
+
+@dataclass(frozen=True)
+class Params:
+    """Validated params with the per-backbone and per-dataset tables resolved."""
+
+    raw: ParamsFile
+    backbone: str          # canonical name: a WSOL arch or a timm model name
+    model: BackboneParams  # the settings of that backbone
+    data: SynthBirdsParams  # the settings of the selected dataset
+
+    def __getattr__(self, name: str) -> Any:  # params.seed, params.finetune, ...
+        return getattr(self.raw, name)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @property
+    def eval_size(self) -> int:
+        return self.raw.preprocess.eval_size or self.model.input_size
+
+    @property
+    def baseline_lr(self) -> float:
+        return self.raw.baseline.lr if self.raw.baseline.lr is not None else self.model.baseline_lr
+
+    @property
+    def finetune_lr(self) -> float:
+        return self.raw.finetune.lr if self.raw.finetune.lr is not None else self.model.finetune_lr
+
+    def raw_dir(self) -> Path:
+        return Path(self.raw.download.root) / self.raw.dataset
+
+    def prepared_dir(self) -> Path:
+        return Path(self.raw.preprocess.root) / self.raw.dataset
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generic validation
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args and len(typing.get_args(tp)) > len(args):
+        return f"{_type_name(args[0])} or null"
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _is_optional(tp: Any) -> bool:
+    return (typing.get_origin(tp) in (typing.Union, types.UnionType)
+            and type(None) in typing.get_args(tp))
+
+
+def _check_scalar(value: Any, tp: Any, key: str, meta: Mapping, errors: list[str]) -> Any:
+    if value is None:
+        if _is_optional(tp) or (meta.get("choices") and None in meta["choices"]):
+            return None
+        errors.append(f"{key}: must be {_type_name(tp)}, got null")
+        return None
+    base = [a for a in typing.get_args(tp) if a is not type(None)][0] if _is_optional(tp) else tp
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[base]
+    if not ok:
+        errors.append(f"{key}: must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        return None
+    if base is float:
+        value = float(value)
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        valid = ", ".join("null" if c is None else str(c) for c in choices)
+        errors.append(f"{key}: {value!r} is not valid; choose one of: {valid}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if base in (int, float) and (lo is not None or hi is not None):
+        below = lo is not None and (value <= lo if meta.get("lo_open") else value < lo)
+        above = hi is not None and value > hi
+        if below or above:
+            left = "(" if meta.get("lo_open") else "["
+            errors.append(f"{key}: {value!r} is out of range; valid: {left}{lo}, {hi}]")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
+    """Build dataclass `cls` from `data`, appending every problem found to `errors`."""
+    if not isinstance(data, Mapping):
+        errors.append(f"{prefix or 'params'}: must be a mapping of keys, got {type(data).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in sorted(set(data) - set(fields)):
+        near = difflib.get_close_matches(str(key), fields, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        errors.append(f"{prefix}{key}: unknown key{hint}; valid keys here: {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name not in data:
+            errors.append(f"{key}: missing" + (f" ({f.metadata['doc']})" if f.metadata.get("doc") else ""))
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, data[name], key + ".", errors)
+        elif typing.get_origin(tp) is dict:
+            item_cls = typing.get_args(tp)[1]
+            table = data[name]
+            if not isinstance(table, Mapping) or not table:
+                errors.append(f"{key}: must be a non-empty mapping of names to settings")
+                continue
+            values[name] = {str(k): _build(item_cls, v, f"{key}.{k}.", errors) for k, v in table.items()}
+        else:
+            values[name] = _check_scalar(data[name], tp, key, f.metadata, errors)
+    if len(errors):
+        return None
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cross-field checks and resolution
+
+
+def _known_timm_model(name: str) -> bool:
+    import timm  # imported lazily: only needed for names outside the backbones table
+
+    return name in timm.list_models()
+
+
+def resolve_backbone(name: str, table: Mapping[str, Any]) -> tuple[str, str]:
+    """Return (canonical backbone name, key of its `backbones:` entry), or raise ValueError."""
+    canonical = ALIASES.get(name, name)
+    if canonical in table:
+        return canonical, canonical
+    if canonical not in WSOL_ARCHS and _known_timm_model(canonical):
+        if ANY_TIMM in table:
+            return canonical, ANY_TIMM
+        raise ValueError(f"backbone: '{name}' is a timm model, but backbones.{ANY_TIMM} (the settings "
+                         f"for timm models without an entry of their own) is missing")
+    choices = sorted(set(table) - {ANY_TIMM}) + sorted(ALIASES)
+    near = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(near)}?" if near else ""
+    raise ValueError(f"backbone: unknown backbone '{name}'; choose one of: {', '.join(choices)}, "
+                     f"or any timm model name (python -c 'import timm; print(timm.list_models())').{hint}")
+
+
+def _cross_checks(p: ParamsFile, errors: list[str]) -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", p.device):
+        errors.append(f"device: '{p.device}' is not valid; choose one of: auto, cpu, cuda, cuda:N")
+    if p.dataset not in p.datasets:
+        errors.append(f"datasets.{p.dataset}: missing (settings of the selected dataset)")
+    for name in sorted(set(p.datasets) - set(DATASETS)):
+        errors.append(f"datasets.{name}: unknown dataset; valid: {', '.join(DATASETS)}")
+    for name, d in p.datasets.items():
+        if d.min_distractors > d.max_distractors:
+            errors.append(f"datasets.{name}.min_distractors: {d.min_distractors} is above "
+                          f"max_distractors ({d.max_distractors})")
+    for name, b in p.backbones.items():
+        if b.output_stride is not None and name in WSOL_ARCHS:
+            errors.append(f"backbones.{name}.output_stride: must be null for the WSOL backbone '{name}' "
+                          f"(its stride is fixed by METHOD.md 1.3; use large_feature_map)")
+    if p.baseline.epochs == 0 and p.baseline.checkpoint is None:
+        errors.append("baseline.epochs: 0 needs baseline.checkpoint (a model to import); "
+                      "set epochs >= 1 or give a checkpoint path")
+
+
+def validate(data: Any, source: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping; raise ParamsError listing every problem."""
+    errors: list[str] = []
+    raw = _build(ParamsFile, data, "", errors)
+    if raw is not None:
+        _cross_checks(raw, errors)
+    # The backbone is checked even when other keys are broken, so one run shows every problem.
+    backbone = entry = None
+    if isinstance(data, Mapping) and isinstance(data.get("backbone"), str):
+        table = data.get("backbones") if isinstance(data.get("backbones"), Mapping) else {}
+        try:
+            backbone, entry = resolve_backbone(data["backbone"], table)
+        except ValueError as exc:
+            errors.append(str(exc))
+    if errors or raw is None:
+        raise ParamsError(errors, source)
+    return Params(raw=raw, backbone=backbone, model=raw.backbones[entry], data=raw.datasets[raw.dataset])
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError([f"{path}: file not found (run from the repository root)"], str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ParamsError([f"not valid YAML: {exc}"], str(path)) from None
+    return validate(data, str(path))
+
+
+def load_or_exit(path: str | Path = PARAMS_FILE) -> Params:
+    """For stage scripts: load params, or print every problem and exit with status 2."""
+    try:
+        return load_params(path)
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def deep_merge(base: Mapping, override: Mapping) -> dict:
+    """Return `base` with `override` merged in, recursively for mappings."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.params [check | apply OVERRIDES.yaml]`.
+
+    `check` validates params.yaml; `apply` merges an overrides file (e.g. configs/smoke.yaml) into
+    params.yaml, validates the result and writes it back, like `dvc exp run -S` does for single keys.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["apply"] and len(argv) == 2:
+        merged = deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), yaml.safe_load(Path(argv[1]).read_text()))
+        try:
+            validate(merged, f"{PARAMS_FILE} + {argv[1]}")
+        except ParamsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        PARAMS_FILE.write_text(yaml.safe_dump(merged, sort_keys=False))
+        return 0
+    if argv in ([], ["check"]):
+        p = load_or_exit()
+        print(f"params.yaml is valid: dataset={p.dataset} backbone={p.backbone} device={p.device}")
+        return 0
+    print("usage: python -m pipeline.params [check | apply OVERRIDES.yaml]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""Stage `baseline`: train the vanilla softmax classifier (cross-entropy, SGD as METHOD.md 2.2), or import
+one from `baseline.checkpoint`. Writes data/models/baseline.pt and DVCLive logs under reports/baseline/."""
+from pipeline.stages.common import BASELINE_CKPT, live, loader, model_spec, start, user_errors
+
+
+def main() -> None:
+    params = start("baseline")
+    from pipeline.models.dual import DualBranchNet, load_checkpoint, save_checkpoint
+    from pipeline.train.loops import predict, resolve_device, train_baseline
+
+    b = params.baseline
+    with user_errors():
+        device = resolve_device(params.device)
+        spec = model_spec(params)
+        test_loader = loader(params, "test", train=False)
+        val_loader = loader(params, "val", train=False) if params.data.val_per_class else None
+        with live("reports/baseline") as lv:
+            if b.checkpoint:
+                model, _ = load_checkpoint(b.checkpoint, expect=spec)
+                lv.summary["imported"] = 1
+            else:
+                model = DualBranchNet(spec)
+
+                def on_epoch(epoch: int, metrics: dict) -> None:
+                    if val_loader is not None:
+                        metrics["val/acc"] = predict(model, val_loader, device, desc="val").top1()
+                    for name, value in metrics.items():
+                        lv.log_metric(name, value)
+                    lv.next_step()
+                    print(f"baseline epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
+                          flush=True)
+
+                train_baseline(model, loader(params, "train", train=True, workers=b.workers), device,
+                               epochs=b.epochs, lr=params.baseline_lr, lr_classifier_ratio=b.lr_classifier_ratio,
+                               lr_decay_every=b.lr_decay_every, momentum=b.momentum, nesterov=b.nesterov,
+                               weight_decay=params.model.baseline_weight_decay,
+                               label_smoothing=b.label_smoothing, on_epoch=on_epoch)
+            model.to(device)
+            top1 = predict(model, test_loader, device, desc="test").top1()
+            lv.summary["test"] = {"top1_cls": top1}
+        model.cpu()
+        save_checkpoint(model, BASELINE_CKPT, stage="baseline", test_top1_cls=round(top1, 4))
+    print(f"baseline: {params.backbone} Top-1 Cls on test = {top1:.2f}% -> {BASELINE_CKPT}")
+
+
+if __name__ == "__main__":
+    main()

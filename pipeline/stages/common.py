@@ -1,0 +1,79 @@
+"""Shared wiring for the stage scripts: params, seeding, paths, data loaders, model specs, logging.
+
+Stage scripts (`python -m pipeline.stages.<name>`) read params.yaml through here and call library code;
+this module and the stage scripts are the only places that know about DVC's conventions.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.params import Params, load_or_exit
+
+MODELS = Path("data/models")
+REPORTS = Path("reports")
+BASELINE_CKPT = MODELS / "baseline.pt"
+DUAL_CKPT = MODELS / "dual.pt"
+FINETUNED_CKPT = MODELS / "finetuned.pt"
+
+
+def start(stage: str) -> Params:
+    """Load and validate params (exit 2 listing every problem), then seed every generator."""
+    params = load_or_exit()
+    seed_everything(params.seed)
+    return params
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's clear ValueErrors / missing-file errors into one message and exit status 1."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def model_spec(params: Params):
+    from pipeline.models.dual import ModelSpec
+
+    return ModelSpec(backbone=params.backbone, num_classes=params.num_classes, input_size=params.model.input_size,
+                     large_feature_map=params.model.large_feature_map, output_stride=params.model.output_stride)
+
+
+def loader(params: Params, split: str, *, train: bool, workers: int = 0):
+    """DataLoader over a prepared split with the official train or test transform."""
+    from pipeline.data.images import ImageSet, make_loader, test_transform, train_transform
+    from pipeline.data.prepare import load_prepared
+
+    prepared = load_prepared(params.prepared_dir(), dataset=params.dataset, num_classes=params.num_classes)
+    data = prepared.split(split)
+    size = params.model.input_size
+    transform = train_transform(size) if train else test_transform(size)
+    dataset = ImageSet(prepared.image_root, data.image_ids, data.labels, transform,
+                       approx_bytes=prepared.approx_bytes(split))
+    return make_loader(dataset, batch_size=params.model.batch_size, train=train, seed=params.seed,
+                       workers=workers)
+
+
+def live(directory: str):
+    """A DVCLive logger that writes only metrics and plots (no dvc.yaml, no experiment, no timestamps)."""
+    from dvclive import Live
+
+    return Live(dir=directory, save_dvc_exp=False, dvcyaml=False, report=None)

@@ -1,0 +1,60 @@
+"""Stage `finetune`: train only the sigmoid head with class-balanced BCE (pos_weight K-1).
+
+Checks that the softmax branch's test logits are bit-identical before and after (the trunk and softmax
+head are frozen, so Top-1 Cls cannot change) and fails if they are not. Writes data/models/finetuned.pt,
+DVCLive logs under reports/finetune/ and Top-1 Cls of both branches in reports/classification.json.
+"""
+import sys
+
+import torch
+
+from pipeline.io import write_json
+from pipeline.stages.common import DUAL_CKPT, FINETUNED_CKPT, REPORTS, live, loader, model_spec, start, user_errors
+
+
+def main() -> None:
+    params = start("finetune")
+    from pipeline.models.dual import load_checkpoint, save_checkpoint
+    from pipeline.train.loops import finetune_sigmoid_head, predict, resolve_device
+
+    f = params.finetune
+    with user_errors():
+        device = resolve_device(params.device)
+        model, extra = load_checkpoint(DUAL_CKPT, expect=model_spec(params))
+        model.to(device)
+        test_loader = loader(params, "test", train=False)
+        before = predict(model, test_loader, device, desc="test before")
+        with live("reports/finetune") as lv:
+            def on_epoch(epoch: int, metrics: dict) -> None:
+                for name, value in metrics.items():
+                    lv.log_metric(name, value)
+                lv.next_step()
+                print(f"finetune epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
+                      flush=True)
+
+            trained = finetune_sigmoid_head(
+                model, loader(params, "train", train=True, workers=f.workers), device, epochs=f.epochs,
+                lr=params.finetune_lr, lr_decay_every=f.lr_decay_every, momentum=f.momentum, nesterov=f.nesterov,
+                weight_decay=params.model.finetune_weight_decay, bn_mode=f.bn_mode, pos_weight=f.pos_weight,
+                on_epoch=on_epoch)
+            after = predict(model, test_loader, device, desc="test after")
+            identical = torch.equal(before.logits, after.logits)
+            result = {"top1_cls_softmax": after.top1(1), "top1_cls_sigmoid": after.top1(2),
+                      "top1_cls_sigmoid_before": before.top1(2), "softmax_logits_identical": identical}
+            lv.summary["test"] = {k: float(v) for k, v in result.items()}
+        if not identical:
+            diff = (before.logits - after.logits).abs().max().item()
+            print(f"error: fine-tuning changed the softmax branch's test logits (max |diff| = {diff:.3g}); "
+                  f"the trunk and softmax head must stay frozen", file=sys.stderr)
+            raise SystemExit(1)
+        write_json(REPORTS / "classification.json", {
+            **result, "backbone": params.backbone, "dataset": params.dataset, "head_init": f.head_init,
+            "bn_mode": f.bn_mode, "trained_parameters": trained, "num_test_images": len(after.labels)})
+        model.cpu()
+        save_checkpoint(model, FINETUNED_CKPT, stage="finetune", head_init=f.head_init, bn_mode=f.bn_mode)
+    print(f"finetune: Top-1 Cls softmax {result['top1_cls_softmax']:.2f}% (unchanged, bit-identical logits), "
+          f"sigmoid {result['top1_cls_sigmoid']:.2f}% -> {FINETUNED_CKPT}")
+
+
+if __name__ == "__main__":
+    main()

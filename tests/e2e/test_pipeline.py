@@ -1,0 +1,100 @@
+"""End to end: the real `dvc repro` on the smoke configuration, in a temporary copy of the repository."""
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+           "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def digest_tree(*roots: Path) -> dict[str, str]:
+    out = {}
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                out[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A fresh copy of the tracked project files, as a git repository, switched to the smoke params."""
+    dest = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file() and not rel.startswith(("data/", "reports/")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    run(["git", "init", "-q"], dest)
+    run([sys.executable, "-m", "pipeline.params", "apply", "configs/smoke.yaml"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"], dest)
+    run(["dvc", "repro"], dest)
+    return dest
+
+
+def test_repro_writes_every_stage_output(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    synth = params["datasets"]["synthbirds"]
+    raw = repo / "data/raw/synthbirds"
+    for split, per_class in (("train", synth["train_per_class"]), ("test", synth["test_per_class"])):
+        ids = (raw / "metadata" / split / "image_ids.txt").read_text().split()
+        assert len(ids) == synth["num_classes"] * per_class
+    prepared = repo / "data/prepared/synthbirds"
+    info = json.loads((prepared / "dataset.json").read_text())
+    assert info["eval_size"] == params["backbones"]["resnet18"]["input_size"]
+    assert info["counts"]["test"] == synth["num_classes"] * synth["test_per_class"]
+    with open(prepared / "boxes.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == sum(info["counts"].values())  # one exact box per SynthBirds image
+    assert all(0 <= int(r["ex0"]) <= int(r["ex1"]) < info["eval_size"] for r in rows)
+    for name in ("baseline", "dual", "finetuned"):
+        assert (repo / f"data/models/{name}.pt").stat().st_size > 1000
+    cls = json.loads((repo / "reports/classification.json").read_text())
+    assert cls["softmax_logits_identical"] is True
+    assert cls["trained_parameters"] == ["head2.weight", "head2.bias"]
+    baseline = json.loads((repo / "reports/baseline/metrics.json").read_text())
+    assert baseline["test"]["top1_cls"] == pytest.approx(cls["top1_cls_softmax"])
+    assert (repo / "reports/finetune/plots/metrics/train/bce.tsv").is_file()
+    assert (repo / "dvc.lock").is_file()
+
+
+def test_second_repro_is_up_to_date_and_changes_no_byte(repo):
+    before = digest_tree(repo / "data", repo / "reports")
+    lock = (repo / "dvc.lock").read_text()
+    proc = run(["dvc", "repro"], repo)
+    assert "Data and pipelines are up to date" in proc.stdout
+    assert digest_tree(repo / "data", repo / "reports") == before
+    assert (repo / "dvc.lock").read_text() == lock
+
+
+def test_bad_param_fails_fast_with_message(repo):
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    try:
+        data = yaml.safe_load(original)
+        data["finetune"]["lr"] = -1
+        params_file.write_text(yaml.safe_dump(data, sort_keys=False))
+        proc = run(["dvc", "repro", "finetune"], repo, check=False)
+        assert proc.returncode != 0
+        assert "finetune.lr: -1.0 is out of range; valid: (0.0, 10.0]" in proc.stderr + proc.stdout
+    finally:
+        params_file.write_text(original)

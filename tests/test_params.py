@@ -1,0 +1,144 @@
+"""params.yaml validation: every problem is reported, with the key and what is valid."""
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.params import ParamsError, deep_merge, load_params, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def problems(data: dict) -> list[str]:
+    with pytest.raises(ParamsError) as info:
+        validate(data)
+    return info.value.problems
+
+
+def test_committed_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.dataset == "synthbirds"
+    assert p.model == p.backbones[p.backbone]
+    assert p.eval_size == p.model.input_size
+
+
+def test_smoke_overrides_are_valid(base):
+    smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    p = validate(deep_merge(base, smoke))
+    assert p.data.train_per_class < base["datasets"]["synthbirds"]["train_per_class"]
+
+
+def test_params_are_frozen(base):
+    p = validate(base)
+    with pytest.raises(AttributeError):
+        p.finetune.lr = 1.0
+
+
+@pytest.mark.parametrize("alias,canonical", [("inception", "inception"), ("inception_v3", "inception"),
+                                             ("vgg16", "vgg16"), ("resnet50", "resnet50")])
+def test_backbone_switch_resolves_table(base, alias, canonical):
+    p = validate({**base, "backbone": alias})
+    assert p.backbone == canonical
+    assert p.model == p.backbones[canonical]
+    assert p.finetune_lr == p.backbones[canonical].finetune_lr
+
+
+def test_any_timm_model_uses_fallback_entry(base):
+    p = validate({**base, "backbone": "mobilenetv2_100"})
+    assert p.backbone == "mobilenetv2_100"
+    assert p.model == p.backbones["any_timm"]
+
+
+def test_unknown_backbone_lists_choices(base):
+    [msg] = problems({**base, "backbone": "resnet5"})
+    assert msg.startswith("backbone: unknown backbone 'resnet5'")
+    for name in ("inception", "resnet18", "resnet50", "vgg16", "inception_v3"):
+        assert name in msg
+    assert "Did you mean: resnet50" in msg
+
+
+def test_negative_lr_names_key_and_range(base):
+    data = copy.deepcopy(base)
+    data["finetune"]["lr"] = -1
+    [msg] = problems(data)
+    assert msg == "finetune.lr: -1.0 is out of range; valid: (0.0, 10.0]"
+
+
+def test_explicit_lr_overrides_table(base):
+    data = copy.deepcopy(base)
+    data["finetune"]["lr"] = 0.123
+    assert validate(data).finetune_lr == 0.123
+
+
+def test_every_problem_reported_at_once(base):
+    data = copy.deepcopy(base)
+    data["backbone"] = "nope_net"
+    data["dataset"] = "mnist"
+    data["seed"] = "seven"
+    data["finetune"]["head_init"] = "copy"
+    data["finetune"]["bn_mode"] = 3
+    data["baseline"]["epochs"] = 2.5
+    data["baseline"]["lrr"] = 0.1
+    del data["finetune"]["momentum"]
+    data["datasets"]["synthbirds"]["num_classes"] = 1
+    data["backbones"]["vgg16"]["input_size"] = True
+    data["device"] = "tpu"
+    msgs = problems(data)
+    expected = [
+        "backbone: unknown backbone 'nope_net'",
+        "dataset: 'mnist' is not valid; choose one of: synthbirds",
+        "seed: must be an integer, got 'seven' (str)",
+        "finetune.head_init: 'copy' is not valid; choose one of: clone, random",
+        "finetune.bn_mode: must be a string, got 3 (int)",
+        "baseline.epochs: must be an integer, got 2.5 (float)",
+        "baseline.lrr: unknown key (did you mean 'lr'?)",
+        "finetune.momentum: missing",
+        "datasets.synthbirds.num_classes: 1 is out of range; valid: [2, 64]",
+        "backbones.vgg16.input_size: must be an integer, got True (bool)",
+    ]
+    for start in expected:
+        assert any(m.startswith(start) for m in msgs), (start, msgs)
+    assert len(msgs) == len(expected)
+
+
+def test_cross_field_checks(base):
+    data = copy.deepcopy(base)
+    data["device"] = "tpu"
+    data["datasets"]["synthbirds"]["min_distractors"] = 9
+    data["backbones"]["vgg16"]["output_stride"] = 16
+    data["baseline"]["epochs"] = 0
+    msgs = problems(data)
+    assert "device: 'tpu' is not valid; choose one of: auto, cpu, cuda, cuda:N" in msgs
+    assert any(m.startswith("datasets.synthbirds.min_distractors: 9 is above max_distractors") for m in msgs)
+    assert any(m.startswith("backbones.vgg16.output_stride: must be null") for m in msgs)
+    assert any(m.startswith("baseline.epochs: 0 needs baseline.checkpoint") for m in msgs)
+
+
+def test_choice_of_output_stride(base):
+    data = copy.deepcopy(base)
+    data["backbones"]["resnet18"]["output_stride"] = 12
+    assert problems(data) == ["backbones.resnet18.output_stride: 12 is not valid; choose one of: null, 8, 16, 32"]
+
+
+def test_not_a_mapping():
+    assert problems([1, 2]) == ["params: must be a mapping of keys, got list"]
+
+
+def test_stage_exits_nonzero_with_message(tmp_path, base):
+    data = copy.deepcopy(base)
+    data["backbone"] = "resnet5"
+    data["finetune"]["lr"] = -1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.params", "check"], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert "finetune.lr: -1.0 is out of range" in proc.stderr
+    assert "backbone: unknown backbone 'resnet5'" in proc.stderr
