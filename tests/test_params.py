@@ -60,7 +60,7 @@ def test_any_timm_model_uses_fallback_entry(base):
 def test_unknown_backbone_lists_choices(base):
     [msg] = problems({**base, "backbone": "resnet5"})
     assert msg.startswith("backbone: unknown backbone 'resnet5'")
-    for name in ("inception", "resnet18", "resnet50", "vgg16", "inception_v3"):
+    for name in ("inception", "resnet10t", "resnet18", "resnet50", "vgg16", "inception_v3"):
         assert name in msg
     assert "Did you mean: resnet50" in msg
 
@@ -124,8 +124,8 @@ def test_cross_field_checks(base):
 
 def test_choice_of_output_stride(base):
     data = copy.deepcopy(base)
-    data["backbones"]["resnet18"]["output_stride"] = 12
-    assert problems(data) == ["backbones.resnet18.output_stride: 12 is not valid; choose one of: null, 8, 16, 32"]
+    data["backbones"]["resnet10t"]["output_stride"] = 12
+    assert problems(data) == ["backbones.resnet10t.output_stride: 12 is not valid; choose one of: null, 8, 16, 32"]
 
 
 def test_not_a_mapping():

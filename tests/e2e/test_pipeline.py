@@ -60,7 +60,7 @@ def test_repro_writes_every_stage_output(repo):
         assert len(ids) == synth["num_classes"] * per_class
     prepared = repo / "data/prepared/synthbirds"
     info = json.loads((prepared / "dataset.json").read_text())
-    assert info["eval_size"] == params["backbones"]["resnet18"]["input_size"]
+    assert info["eval_size"] == params["backbones"][params["backbone"]]["input_size"]
     assert info["counts"]["test"] == synth["num_classes"] * synth["test_per_class"]
     with open(prepared / "boxes.csv") as fh:
         rows = list(csv.DictReader(fh))
