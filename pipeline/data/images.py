@@ -25,7 +25,7 @@ def train_transform(size: int) -> transforms.Compose:
         transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def test_transform(size: int) -> transforms.Compose:
+def eval_transform(size: int) -> transforms.Compose:
     return transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
                                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 

@@ -59,13 +59,13 @@ def model_spec(params: Params):
 
 def loader(params: Params, split: str, *, train: bool, workers: int = 0):
     """DataLoader over a prepared split with the official train or test transform."""
-    from pipeline.data.images import ImageSet, make_loader, test_transform, train_transform
+    from pipeline.data.images import ImageSet, eval_transform, make_loader, train_transform
     from pipeline.data.prepare import load_prepared
 
     prepared = load_prepared(params.prepared_dir(), dataset=params.dataset, num_classes=params.num_classes)
     data = prepared.split(split)
     size = params.model.input_size
-    transform = train_transform(size) if train else test_transform(size)
+    transform = train_transform(size) if train else eval_transform(size)
     dataset = ImageSet(prepared.image_root, data.image_ids, data.labels, transform,
                        approx_bytes=prepared.approx_bytes(split))
     return make_loader(dataset, batch_size=params.model.batch_size, train=train, seed=params.seed,

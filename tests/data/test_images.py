@@ -1,0 +1,48 @@
+"""Official transforms (METHOD.md 2.3), the image dataset and its loader."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.data.images import ImageSet, eval_transform, make_loader, train_transform
+from pipeline.train.loops import resolve_device
+
+
+def test_transforms_resize_crop_and_normalise():
+    image = Image.fromarray(np.full((50, 70, 3), 255, dtype=np.uint8))
+    train = train_transform(224)
+    assert train.transforms[0].size == (256, 256)  # resize (256, 256), aspect not kept, then crop 224
+    assert train_transform(96).transforms[0].size == (110, 110)  # same 256/224 ratio at 96 px
+    x = eval_transform(96)(image)
+    assert x.shape == (3, 96, 96)
+    torch.testing.assert_close(x[:, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224,
+                                                        (1 - 0.406) / 0.225]))
+    assert train(image).shape == (3, 224, 224)
+
+
+def test_image_set_preloads_and_names_missing_files(tmp_path):
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "a.png")
+    ds = ImageSet(tmp_path, ["a.png"], [1], eval_transform(8), approx_bytes=192)
+    assert ds.cache is not None and len(ds) == 1 and ds[0][1] == 1
+    lazy = ImageSet(tmp_path, ["a.png", "missing.png"], [0, 1], eval_transform(8), approx_bytes=None)
+    assert lazy.cache is None
+    with pytest.raises(FileNotFoundError, match="missing.png: image listed in the metadata is missing"):
+        lazy[1]
+
+
+def test_shuffle_order_depends_on_seed_only(tmp_path):
+    for i in range(6):
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    ds = ImageSet(tmp_path, [f"{i}.png" for i in range(6)], list(range(6)), eval_transform(4))
+    order = lambda seed: torch.cat([y for _, y in make_loader(ds, batch_size=2, train=True, seed=seed)]).tolist()
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+    assert torch.cat([y for _, y in make_loader(ds, batch_size=4, train=False, seed=1)]).tolist() == list(range(6))
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available here; use auto or cpu"):
+            resolve_device("cuda:0")
