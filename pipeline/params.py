@@ -127,6 +127,17 @@ class FinetuneParams:
 
 
 @dataclass(frozen=True)
+class CamsParams:
+    split: str = _f(choices=("test", "val", "train"), doc="which split's maps to compute")
+    targets: str = _f(choices=("gt", "gt+pred"),
+                      doc="maps for the ground-truth class (official), or also for the softmax prediction")
+    batch_size: int | None = _f(lo=1, hi=4096, doc="null = backbones.<backbone>.batch_size")
+    shard_size: int = _f(lo=1, hi=1_000_000, doc="images per shard file")
+    dtype: str = _f(choices=("float32", "float16"))
+    amp: bool = _f(doc="bf16 autocast for the trunk on CUDA (ignored on the CPU)")
+
+
+@dataclass(frozen=True)
 class ParamsFile:
     """`params.yaml` as written, before the tables are resolved."""
 
@@ -140,6 +151,7 @@ class ParamsFile:
     preprocess: PreprocessParams = _f()
     baseline: BaselineParams = _f()
     finetune: FinetuneParams = _f()
+    cams: CamsParams = _f()
 
 
 @dataclass(frozen=True)

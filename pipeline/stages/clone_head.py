@@ -1,12 +1,12 @@
 """Stage `clone_head`: add the sigmoid branch to the baseline: an exact copy of the softmax head
 (`finetune.head_init: clone`, the paper's text) or a fresh init (`random`, the official code)."""
-import torch
-
 from pipeline.stages.common import BASELINE_CKPT, DUAL_CKPT, model_spec, start, user_errors
 
 
 def main() -> None:
     params = start("clone_head")
+    import torch
+
     from pipeline.models.dual import load_checkpoint, save_checkpoint
 
     with user_errors():

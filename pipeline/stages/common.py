@@ -57,7 +57,7 @@ def model_spec(params: Params):
                      large_feature_map=params.model.large_feature_map, output_stride=params.model.output_stride)
 
 
-def loader(params: Params, split: str, *, train: bool, workers: int = 0):
+def loader(params: Params, split: str, *, train: bool, workers: int = 0, batch_size: int | None = None):
     """DataLoader over a prepared split with the official train or test transform."""
     from pipeline.data.images import ImageSet, eval_transform, make_loader, train_transform
     from pipeline.data.prepare import load_prepared
@@ -68,7 +68,7 @@ def loader(params: Params, split: str, *, train: bool, workers: int = 0):
     transform = train_transform(size) if train else eval_transform(size)
     dataset = ImageSet(prepared.image_root, data.image_ids, data.labels, transform,
                        approx_bytes=prepared.approx_bytes(split))
-    return make_loader(dataset, batch_size=params.model.batch_size, train=train, seed=params.seed,
+    return make_loader(dataset, batch_size=batch_size or params.model.batch_size, train=train, seed=params.seed,
                        workers=workers)
 
 

@@ -6,14 +6,14 @@ DVCLive logs under reports/finetune/ and Top-1 Cls of both branches in reports/c
 """
 import sys
 
-import torch
-
 from pipeline.io import write_json
 from pipeline.stages.common import DUAL_CKPT, FINETUNED_CKPT, REPORTS, live, loader, model_spec, start, user_errors
 
 
 def main() -> None:
     params = start("finetune")
+    import torch
+
     from pipeline.models.dual import load_checkpoint, save_checkpoint
     from pipeline.train.loops import finetune_sigmoid_head, predict, resolve_device
 
