@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,22 +37,10 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, XGradCAM  # noq
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 from pipeline.cams.engine import BRANCHES, compute_cams  # noqa: E402
-from pipeline.models.dual import DualBranchNet, ModelSpec  # noqa: E402
+from pipeline.models.dual import BranchClassifier, DualBranchNet, ModelSpec  # noqa: E402
 from pipeline.params import resolve_backbone  # noqa: E402
 
 GRAD_CAMS = (GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM)
-
-
-class BranchClassifier(nn.Module):
-    """One branch of a DualBranchNet as a plain classifier (logits only), as pytorch-grad-cam expects."""
-
-    def __init__(self, model: DualBranchNet, branch: str):
-        super().__init__()
-        self.model, self.branch = model, branch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out.logits if self.branch == "softmax" else out.logits2
 
 
 def seconds(fn: Callable[[], object], device: torch.device) -> float:

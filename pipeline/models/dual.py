@@ -81,6 +81,21 @@ class DualBranchNet(nn.Module):
         self.head2 = head2
 
 
+class BranchClassifier(nn.Module):
+    """One branch of a DualBranchNet as a plain classifier returning logits only (`softmax` or `sigmoid`),
+    the interface third-party CAM libraries such as pytorch-grad-cam expect."""
+
+    def __init__(self, model: DualBranchNet, branch: str):
+        super().__init__()
+        if branch not in ("softmax", "sigmoid"):
+            raise ValueError(f"branch: '{branch}' is not valid; choose one of: softmax, sigmoid")
+        self.model, self.branch = model, branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out.logits if self.branch == "softmax" else out.logits2
+
+
 # ----------------------------------------------------------------------------------------------------
 # Freezing and BatchNorm modes
 

@@ -9,7 +9,7 @@ from torch import nn
 from pipeline.cams.engine import BRANCHES, VARIANTS, compute_cams, head_gradients
 from pipeline.cams.postprocess import PostProcess, normalize_scoremap, official_options, postprocess
 from pipeline.models.backbones import Trunk
-from pipeline.models.dual import DualBranchNet, ModelSpec
+from pipeline.models.dual import BranchClassifier, DualBranchNet, ModelSpec
 
 K = 6
 GRAD_CAMS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM}
@@ -46,18 +46,6 @@ def centre_target_rows(model: DualBranchNet, x: torch.Tensor, targets: torch.Ten
         for head in (model.head, model.head2):
             for p, k in zip(pooled, targets):
                 head.weight[k] -= (head.weight[k] @ p) / (p @ p) * p
-
-
-class BranchClassifier(nn.Module):
-    """Presents one branch of a DualBranchNet to pytorch-grad-cam as a plain classifier."""
-
-    def __init__(self, model: DualBranchNet, branch: str):
-        super().__init__()
-        self.model, self.branch = model, branch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out.logits if self.branch == "softmax" else out.logits2
 
 
 def clamped(cam_class: type) -> type:
