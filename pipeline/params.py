@@ -128,13 +128,35 @@ class FinetuneParams:
 
 @dataclass(frozen=True)
 class CamsParams:
-    split: str = _f(choices=("test", "val", "train"), doc="which split's maps to compute")
+    splits: str = _f(choices=("test", "val+test"),
+                     doc="val+test: also the val maps, to choose CAM thresholds on val (evaluate.threshold_split)")
     targets: str = _f(choices=("gt", "gt+pred"),
                       doc="maps for the ground-truth class (official), or also for the softmax prediction")
     batch_size: int | None = _f(lo=1, hi=4096, doc="null = backbones.<backbone>.batch_size")
     shard_size: int = _f(lo=1, hi=1_000_000, doc="images per shard file")
     dtype: str = _f(choices=("float32", "float16"))
     amp: bool = _f(doc="bf16 autocast for the trunk on CUDA (ignored on the CPU)")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    postprocess: str = _f(choices=("clean", "official"),
+                          doc="clean: no clamp, ReLU, bilinear, min-max for every map; official: METHOD.md 3")
+    weight_clamp: str | None = _f(choices=(None, "none", "sigmoid", "both"),
+                                  doc="override: which branch's maps keep only non-negative channel weights")
+    relu: bool | None = _f(doc="override: ReLU on the combined map (null = the preset's)")
+    upsample: str | None = _f(choices=(None, "bilinear", "bicubic"), doc="override: upsampling kernel")
+    threshold_grid: str = _f(choices=("wsol", "official"),
+                             doc="wsol: 1000 CAM thresholds in [0, 1); official: 1001 including 1.0")
+    threshold_split: str = _f(choices=("val", "test"),
+                              doc="split on which MaxBoxAcc's best thresholds are chosen (official: test)")
+    gt_box_match: str = _f(choices=("max", "first"),
+                           doc="GT-known/Top-1 Loc against the best GT box, or the first only (official)")
+    loc_threshold: float = _f(lo=0.0, hi=1.0, doc="CAM threshold of GT-known and Top-1 Loc")
+    fidelity: bool = _f(doc="compute Average Drop and Increase in Confidence (one forward per map)")
+    fidelity_target: str = _f(choices=("pred", "gt"),
+                              doc="class whose map and softmax score are used (the precursor: pred)")
+    workers: int = _f(lo=1, hi=256, doc="processes for the box metrics (results do not depend on it)")
 
 
 @dataclass(frozen=True)
@@ -152,6 +174,7 @@ class ParamsFile:
     baseline: BaselineParams = _f()
     finetune: FinetuneParams = _f()
     cams: CamsParams = _f()
+    evaluate: EvaluateParams = _f()
 
 
 @dataclass(frozen=True)
@@ -314,6 +337,16 @@ def _cross_checks(p: ParamsFile, errors: list[str]) -> None:
         if b.output_stride is not None and name in WSOL_ARCHS:
             errors.append(f"backbones.{name}.output_stride: must be null for the WSOL backbone '{name}' "
                           f"(its stride is fixed by METHOD.md 1.3; use large_feature_map)")
+    data = p.datasets.get(p.dataset)
+    if data is not None and "val" in p.cams.splits and data.val_per_class == 0:
+        errors.append(f"cams.splits: '{p.cams.splits}' needs a val split, but datasets.{p.dataset}.val_per_class "
+                      f"is 0; use cams.splits: test or add val images")
+    if p.evaluate.threshold_split == "val" and "val" not in p.cams.splits:
+        errors.append("evaluate.threshold_split: 'val' needs the val maps; set cams.splits: val+test "
+                      "or evaluate.threshold_split: test")
+    if p.evaluate.fidelity_target == "pred" and "pred" not in p.cams.targets:
+        errors.append("evaluate.fidelity_target: 'pred' needs maps for the predicted class; set "
+                      "cams.targets: gt+pred or evaluate.fidelity_target: gt")
     if p.baseline.epochs == 0 and p.baseline.checkpoint is None:
         errors.append("baseline.epochs: 0 needs baseline.checkpoint (a model to import); "
                       "set epochs >= 1 or give a checkpoint path")

@@ -215,3 +215,38 @@ def load_prepared(root: Path, *, dataset: str | None = None, num_classes: int | 
             s.labels.append(int(row["label"]))
             s.sizes.append((int(row["width"]), int(row["height"])))
     return Prepared(root, info, images)
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Evaluation-grid ground truth of one split, in prepared image order."""
+
+    image_ids: list[str]
+    labels: np.ndarray             # (N,) int64
+    boxes: list[np.ndarray]        # per image (n_i, 4) int64 (x0, y0, x1, y1) on the grid, file order
+    fg: np.ndarray | None          # (N, S, S) bool foreground, or None without masks
+    ignore: np.ndarray | None      # (N, S, S) bool ignore region (already minus the foreground)
+    size: int
+
+
+def unpack_masks(packed: np.ndarray, size: int) -> np.ndarray:
+    """Inverse of the packing in `_pack_masks`: (N, ceil(S*S/8)) uint8 -> (N, S, S) bool."""
+    return np.unpackbits(packed, axis=1, count=size * size).reshape(-1, size, size).astype(bool)
+
+
+def load_ground_truth(root: Path, split: str) -> GroundTruth:
+    """Read the GT boxes (and masks, where prepared) of `split` from a prepared folder."""
+    prepared = load_prepared(root)
+    data = prepared.split(split)
+    size = int(prepared.info["eval_size"])
+    boxes: dict[str, list[tuple[int, ...]]] = {i: [] for i in data.image_ids}
+    with open(Path(root) / "boxes.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["split"] == split:
+                boxes[row["image_id"]].append(tuple(int(row[k]) for k in ("ex0", "ey0", "ex1", "ey1")))
+    fg = ignore = None
+    if split in prepared.info.get("mask_splits", []):
+        fg = unpack_masks(np.load(Path(root) / f"{split}_mask_fg.npy"), size)
+        ignore = unpack_masks(np.load(Path(root) / f"{split}_mask_ignore.npy"), size)
+    return GroundTruth(list(data.image_ids), np.asarray(data.labels, dtype=np.int64),
+                       [np.asarray(boxes[i], dtype=np.int64).reshape(-1, 4) for i in data.image_ids], fg, ignore, size)

@@ -1,6 +1,7 @@
 """Stage `cams`: every CAM variant from both branches, raw and signed at feature resolution, in shards.
 
-Writes data/cams/ (manifest.json, index.csv, shard_*.npy; see pipeline/cams/store.py). Post-processing
+Writes data/cams/<split>/ (manifest.json, index.csv, shard_*.npy; see pipeline/cams/store.py) for the test
+split, and the val split too with `cams.splits: val+test`. Post-processing
 (weight clamp, ReLU, upsampling, normalisation) belongs to evaluation, so changing it never reruns this.
 """
 from pathlib import Path
@@ -15,6 +16,7 @@ def main() -> None:
     from pipeline.cams.generate import iter_cam_records
     from pipeline.cams.store import write_cams
     from pipeline.data.prepare import load_prepared
+    from pipeline.io import atomic_dir
     from pipeline.models.dual import load_checkpoint
     from pipeline.train.loops import resolve_device
 
@@ -23,17 +25,21 @@ def main() -> None:
         device = resolve_device(params.device)
         model, _ = load_checkpoint(FINETUNED_CKPT, expect=model_spec(params))
         model.to(device).eval()
-        ids = load_prepared(params.prepared_dir()).split(c.split).image_ids
-        records = iter_cam_records(model, loader(params, c.split, train=False, batch_size=c.batch_size), ids,
-                                   targets=tuple(c.targets.split("+")), amp=c.amp)
-        info = {"backbone": params.backbone, "dataset": params.dataset, "split": c.split,
-                "target_layer": model.trunk.target_layer, "input_size": params.model.input_size,
-                "device_type": device.type, "amp": c.amp and device.type == "cuda"}
-        manifest = write_cams(CAMS_DIR, records, targets=tuple(c.targets.split("+")), feature_size=model.feature_size,
-                              dtype=c.dtype, shard_size=c.shard_size, info=info)
-    print(f"cams: {manifest['images']} images x {len(manifest['variants'])} variants x "
-          f"{len(manifest['branches'])} branches at {manifest['feature_size']} in {len(manifest['shards'])} "
-          f"shard(s) -> {CAMS_DIR}")
+        prepared = load_prepared(params.prepared_dir())
+        targets = tuple(c.targets.split("+"))
+        with atomic_dir(CAMS_DIR) as tmp:
+            for split in c.splits.split("+"):
+                ids = prepared.split(split).image_ids
+                records = iter_cam_records(model, loader(params, split, train=False, batch_size=c.batch_size),
+                                           ids, targets=targets, amp=c.amp)
+                info = {"backbone": params.backbone, "dataset": params.dataset, "split": split,
+                        "target_layer": model.trunk.target_layer, "input_size": params.model.input_size,
+                        "device_type": device.type, "amp": c.amp and device.type == "cuda"}
+                manifest = write_cams(tmp / split, records, targets=targets, feature_size=model.feature_size,
+                                      dtype=c.dtype, shard_size=c.shard_size, info=info)
+                print(f"cams: {split}: {manifest['images']} images x {len(manifest['variants'])} variants x "
+                      f"{len(manifest['branches'])} branches x {len(targets)} target(s) at {manifest['feature_size']} "
+                      f"in {len(manifest['shards'])} shard(s) -> {CAMS_DIR / split}")
 
 
 if __name__ == "__main__":

@@ -75,12 +75,14 @@ def test_repro_writes_every_stage_output(repo):
     assert baseline["test"]["top1_cls"] == pytest.approx(cls["top1_cls_softmax"])
     assert (repo / "reports/finetune/plots/metrics/train/bce.tsv").is_file()
     assert (repo / "dvc.lock").is_file()
-    manifest = json.loads((repo / "data/cams/manifest.json").read_text())
+    assert sorted(p.name for p in (repo / "data/cams").iterdir()) == ["test", "val"]
+    manifest = json.loads((repo / "data/cams/test/manifest.json").read_text())
     assert manifest["images"] == info["counts"]["test"]
     assert manifest["variants"] == ["cam", "gradcam", "gradcampp", "xgradcam", "layercam"]
     assert manifest["branches"] == ["softmax", "sigmoid"]
     assert sum(s["images"] for s in manifest["shards"]) == manifest["images"]
-    assert len(list((repo / "data/cams").glob("shard_*.npy"))) == len(manifest["shards"])
+    assert len(list((repo / "data/cams/test").glob("shard_*.npy"))) == len(manifest["shards"])
+    assert manifest["targets"] == ["gt", "pred"]
 
 
 def test_second_repro_is_up_to_date_and_changes_no_byte(repo):

@@ -1,0 +1,85 @@
+"""Explanation fidelity: % Average Drop and % Increase in Confidence (METHOD.md 4.6).
+
+For image i with target class t_i:
+
+    Y_i = softmax(model(x_i).logits)[t_i]             on the normalised image x_i
+    O_i = softmax(model(x_i * cam_i).logits)[t_i]     cam_i in [0, 1] at input resolution, broadcast over
+                                                      the channels and multiplied into the *normalised*
+                                                      image, as the precursor code did
+    AvgDrop = mean_i max(0, Y_i - O_i) / Y_i * 100    (lower is better)
+    IncConf = mean_i 1[O_i > Y_i] * 100               (higher is better)
+
+Both Y and O always come from the softmax head (`logits`), whichever branch produced the map, so the
+baseline and the sigmoid-branch maps are scored by the same classifier (METHOD.md 8.13; the precursor used
+the softmax of `logits2` for its dual-branch models). The target is whatever the caller passes: the
+precursor used the softmax head's prediction, and the caller decides.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.models.dual import DualBranchNet
+
+
+def fidelity_scores(model: DualBranchNet, images: torch.Tensor, cams: torch.Tensor,
+                    targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (Y, O), float64 tensors of shape (B,): the softmax-head probability of `targets` on `images`
+    (B, 3, H, W, normalised) and on `images * cams[:, None]` (`cams` (B, H, W) in [0, 1]).
+
+    Runs in eval mode without gradients; the model's train/eval mode is restored afterwards.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W); got shape {tuple(images.shape)}")
+    b, _, h, w = images.shape
+    if tuple(cams.shape) != (b, h, w):
+        raise ValueError(f"cams must be (B, H, W) = {(b, h, w)} to match the images; got {tuple(cams.shape)}")
+    if tuple(targets.shape) != (b,):
+        raise ValueError(f"targets must have shape ({b},); got {tuple(targets.shape)}")
+    if torch.isnan(cams).any() or (cams.numel() and (cams.min() < 0 or cams.max() > 1)):
+        raise ValueError("cams must be in [0, 1] without NaN")
+    targets = targets.to(device=images.device, dtype=torch.long)
+    masked = images * cams.to(device=images.device, dtype=images.dtype)[:, None]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits_y = model(images).logits
+            logits_o = model(masked).logits
+    finally:
+        model.train(was_training)
+    num_classes = logits_y.shape[1]
+    if b and (targets.min() < 0 or targets.max() >= num_classes):
+        raise ValueError(f"targets must be class indices in [0, {num_classes}); got {targets.tolist()}")
+    rows = torch.arange(b, device=images.device)
+    y = torch.softmax(logits_y.double(), dim=1)[rows, targets]
+    o = torch.softmax(logits_o.double(), dim=1)[rows, targets]
+    return y, o
+
+
+class FidelityAccumulator:
+    """Sums max(0, Y - O) / Y and 1[O > Y] in float64 over batches; `compute` returns the means in %."""
+
+    def __init__(self) -> None:
+        self.drop_sum = 0.0
+        self.increase_sum = 0.0
+        self.n = 0
+
+    def accumulate(self, y: torch.Tensor | np.ndarray, o: torch.Tensor | np.ndarray) -> None:
+        """Add a batch of target-class probabilities Y (original image) and O (image * CAM)."""
+        y = torch.as_tensor(y).detach().cpu().double()
+        o = torch.as_tensor(o).detach().cpu().double()
+        if y.ndim != 1 or y.shape != o.shape:
+            raise ValueError(f"Y and O must be 1-D of the same length; got {tuple(y.shape)} and {tuple(o.shape)}")
+        if not (y > 0).all() or torch.isnan(o).any():
+            raise ValueError("Y must be > 0 (it divides the drop) and O must not be NaN")
+        self.drop_sum += float((torch.clamp(y - o, min=0) / y).sum())
+        self.increase_sum += float((o > y).sum())
+        self.n += y.numel()
+
+    def compute(self) -> dict[str, float | int]:
+        """{"avg_drop": mean max(0, Y-O)/Y * 100, "inc_conf": mean 1[O > Y] * 100, "n": N}."""
+        if self.n == 0:
+            raise ValueError("no image was accumulated")
+        return {"avg_drop": 100.0 * self.drop_sum / self.n, "inc_conf": 100.0 * self.increase_sum / self.n,
+                "n": self.n}

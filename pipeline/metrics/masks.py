@@ -1,0 +1,130 @@
+"""Pixel average precision (PxAP) with ignore regions, as wsolevaluation's `MaskEvaluator` (METHOD.md 4.5).
+
+The rule, transcribed from the official code:
+
+1. Thresholds T: `official` = [round(i * 0.001, 3) for i in 0..1000] (1001 values, 1.0 included, the
+   official repo's grid) or `wsol` = np.arange(0, 1, 0.001) (1000 values, wsolevaluation's grid).
+   Bin edges E = T followed by [1.0, 2.0, 3.0]: np.histogram bins [E_k, E_k+1), the last one [2.0, 3.0]
+   closed. With `official` the edge 1.0 appears twice, which gives an always-empty bin [1.0, 1.0).
+2. The score values of foreground pixels and of background pixels are histogrammed separately over E and
+   summed over images (int64 counters); ignored pixels (the ignore mask minus the foreground) count nowhere.
+3. Reversing the bins and cumulating gives, for the lower edges c_0 > c_1 >= ... >= c_n taken from the top
+   (c = E[:-1][::-1] = [2.0, 1.0, ...]), TP_j = #{foreground scores >= c_j} and FP_j = #{background scores
+   >= c_j} (exact for scores in [0, 1]).
+4. precision_j = TP_j / (TP_j + FP_j) (NaN where TP_j + FP_j = 0), recall_j = TP_j / P with P the number of
+   foreground pixels.
+5. PxAP = 100 * sum over j >= 1 with TP_j + FP_j > 0 of precision_j * (recall_j - recall_{j-1}).
+
+The official code also raises "no positive prediction" when TP + FP = 0 at every threshold. For scores in
+[0, 1] the lowest threshold counts every pixel, so that case implies P = 0 and is reported as such.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GRIDS = ("official", "wsol")
+CAM_CURVE_INTERVAL = 0.001
+
+
+def threshold_grid(name: str) -> np.ndarray:
+    """The CAM threshold list of grid `name` (see the module docstring)."""
+    if name == "official":
+        return np.array([round(i * CAM_CURVE_INTERVAL, 3) for i in range(1001)], dtype=np.float64)
+    if name == "wsol":
+        return np.arange(0, 1, CAM_CURVE_INTERVAL, dtype=np.float64)
+    raise ValueError(f"grid: '{name}' is not valid; choose one of: {', '.join(GRIDS)}")
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """PxAP and the pixel precision-recall curve behind it.
+
+    `fg_hist`/`bg_hist` are per bin [edges[k], edges[k+1]) in ascending order. `cuts` are the lower bin
+    edges from the top (edges[:-1][::-1]); `tp`, `fp`, `precision`, `recall` are aligned with `cuts`, i.e.
+    entry j counts scores >= cuts[j].
+    """
+
+    thresholds: np.ndarray
+    edges: np.ndarray
+    fg_hist: np.ndarray
+    bg_hist: np.ndarray
+    cuts: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    pxap: float
+
+
+class MaskEvaluator:
+    """Accumulates foreground/background score histograms over batches and computes PxAP.
+
+    Counters are int64, so the result does not depend on how the images are split into batches or in
+    which order they come.
+    """
+
+    def __init__(self, *, grid: str = "official"):
+        self.thresholds = threshold_grid(grid)
+        self.edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
+        self.fg_hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
+        self.bg_hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
+
+    def accumulate(self, scoremaps: np.ndarray, fg: np.ndarray, ignore: np.ndarray) -> None:
+        """Add a batch: `scoremaps` (B, H, W) floats in [0, 1]; `fg` and `ignore` (B, H, W) bool masks,
+        disjoint (the ignore mask already excludes the foreground). Ignored pixels count nowhere."""
+        scoremaps, fg, ignore = np.asarray(scoremaps), np.asarray(fg), np.asarray(ignore)
+        if scoremaps.ndim != 3:
+            raise ValueError(f"scoremaps must be (B, H, W); got shape {scoremaps.shape}")
+        if not np.issubdtype(scoremaps.dtype, np.floating):
+            raise TypeError(f"scoremaps must be floating point; got {scoremaps.dtype}")
+        for name, mask in (("fg", fg), ("ignore", ignore)):
+            if mask.shape != scoremaps.shape:
+                raise ValueError(f"{name} mask shape {mask.shape} differs from scoremaps shape {scoremaps.shape}")
+            if mask.dtype != np.bool_:
+                raise TypeError(f"{name} mask must be bool; got {mask.dtype}")
+        if np.isnan(scoremaps).any():
+            raise ValueError("scoremaps must not contain NaN")
+        if scoremaps.size and (scoremaps.min() < 0 or scoremaps.max() > 1):
+            raise ValueError(f"scoremaps must be in [0, 1]; got min {scoremaps.min()}, max {scoremaps.max()}")
+        if (fg & ignore).any():
+            raise ValueError("ignore mask overlaps the foreground; it must already exclude foreground pixels")
+        background = ~(fg | ignore)
+        self.fg_hist += np.histogram(scoremaps[fg], bins=self.edges)[0].astype(np.int64)
+        self.bg_hist += np.histogram(scoremaps[background], bins=self.edges)[0].astype(np.int64)
+
+    def compute(self) -> MaskResult:
+        """PxAP (in %) and the PR curve from the accumulated histograms (rule in the module docstring).
+
+        Raises ValueError when no foreground pixel was accumulated (which, for scores in [0, 1], includes
+        the official "no positive prediction" case).
+        """
+        num_fg = int(self.fg_hist.sum())
+        if num_fg <= 0:
+            raise ValueError("PxAP: no positive ground-truth pixel in the evaluated set (so no positive "
+                             "prediction either); every pixel was background or ignored, or nothing was "
+                             "accumulated")
+        tp = self.fg_hist[::-1].cumsum()
+        fp = self.bg_hist[::-1].cumsum()
+        predicted = tp + fp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = tp / predicted
+        recall = tp / num_fg
+        nonzero = predicted != 0
+        pxap = 100.0 * float((precision[1:] * np.diff(recall))[nonzero[1:]].sum())
+        return MaskResult(thresholds=self.thresholds.copy(), edges=self.edges.copy(),
+                          fg_hist=self.fg_hist.copy(), bg_hist=self.bg_hist.copy(), cuts=self.edges[:-1][::-1].copy(),
+                          tp=tp, fp=fp, precision=precision, recall=recall, pxap=pxap)
+
+
+def unpack_masks(packed: np.ndarray, size: int) -> np.ndarray:
+    """Invert the prepared format `np.packbits(mask.reshape(N, size*size).astype(bool), axis=1)`:
+    (N, ceil(size*size / 8)) uint8 -> (N, size, size) bool."""
+    packed = np.asarray(packed)
+    expected = -(-size * size // 8)
+    if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != expected:
+        raise ValueError(f"packed masks must be uint8 of shape (N, {expected}) for size {size}; "
+                         f"got {packed.dtype} {packed.shape}")
+    bits = np.unpackbits(packed, axis=1, count=size * size)
+    return bits.reshape(len(packed), size, size).astype(bool)
