@@ -230,8 +230,15 @@ class GroundTruth:
 
 
 def unpack_masks(packed: np.ndarray, size: int) -> np.ndarray:
-    """Inverse of the packing in `_pack_masks`: (N, ceil(S*S/8)) uint8 -> (N, S, S) bool."""
-    return np.unpackbits(packed, axis=1, count=size * size).reshape(-1, size, size).astype(bool)
+    """Invert `_pack_masks` (`np.packbits(mask.reshape(N, size*size), axis=1)`):
+    (N, ceil(size*size / 8)) uint8 -> (N, size, size) bool."""
+    packed = np.asarray(packed)
+    expected = -(-size * size // 8)
+    if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != expected:
+        raise ValueError(f"packed masks must be uint8 of shape (N, {expected}) for size {size}; "
+                         f"got {packed.dtype} {packed.shape}")
+    bits = np.unpackbits(packed, axis=1, count=size * size)
+    return bits.reshape(len(packed), size, size).astype(bool)
 
 
 def load_ground_truth(root: Path, split: str) -> GroundTruth:

@@ -24,18 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GRIDS = ("official", "wsol")
-CAM_CURVE_INTERVAL = 0.001
-
-
-def threshold_grid(name: str) -> np.ndarray:
-    """The CAM threshold list of grid `name` (see the module docstring)."""
-    if name == "official":
-        return np.array([round(i * CAM_CURVE_INTERVAL, 3) for i in range(1001)], dtype=np.float64)
-    if name == "wsol":
-        return np.arange(0, 1, CAM_CURVE_INTERVAL, dtype=np.float64)
-    raise ValueError(f"grid: '{name}' is not valid; choose one of: {', '.join(GRIDS)}")
-
+from pipeline.metrics.boxes import threshold_grid
 
 @dataclass(frozen=True)
 class MaskResult:
@@ -116,15 +105,3 @@ class MaskEvaluator:
         return MaskResult(thresholds=self.thresholds.copy(), edges=self.edges.copy(),
                           fg_hist=self.fg_hist.copy(), bg_hist=self.bg_hist.copy(), cuts=self.edges[:-1][::-1].copy(),
                           tp=tp, fp=fp, precision=precision, recall=recall, pxap=pxap)
-
-
-def unpack_masks(packed: np.ndarray, size: int) -> np.ndarray:
-    """Invert the prepared format `np.packbits(mask.reshape(N, size*size).astype(bool), axis=1)`:
-    (N, ceil(size*size / 8)) uint8 -> (N, size, size) bool."""
-    packed = np.asarray(packed)
-    expected = -(-size * size // 8)
-    if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != expected:
-        raise ValueError(f"packed masks must be uint8 of shape (N, {expected}) for size {size}; "
-                         f"got {packed.dtype} {packed.shape}")
-    bits = np.unpackbits(packed, axis=1, count=size * size)
-    return bits.reshape(len(packed), size, size).astype(bool)

@@ -17,13 +17,7 @@ SPECS = {"resnet10t": ModelSpec("resnet10t", K, 64, output_stride=16), "vgg16": 
 LAST_STAGE = {"resnet10t": "body.layer4", "vgg16": "conv6"}  # the trunk module that ends at the target layer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """These tensors are tiny: on a shared 2-core machine intra-op threads cost far more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_model(spec: ModelSpec, seed: int = 0) -> DualBranchNet:

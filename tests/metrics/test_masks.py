@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from pipeline.metrics.masks import MaskEvaluator, threshold_grid, unpack_masks
+from pipeline.data.prepare import unpack_masks
+from pipeline.metrics.boxes import threshold_grid
+from pipeline.metrics.masks import MaskEvaluator
 
 
 def reference_pxap(scores: np.ndarray, fg: np.ndarray, ignore: np.ndarray, thresholds: np.ndarray) -> float:

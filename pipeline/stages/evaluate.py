@@ -1,0 +1,70 @@
+"""Stage `evaluate`: WSOL metrics of every CAM variant x branch from the stored raw maps.
+
+Reads data/cams/<split>/ and the prepared GT tables, applies the evaluation-time post-processing
+(`evaluate.*` params: changing them reruns only this stage), and writes
+  reports/metrics.json                     every variant x branch (DVC metrics, canonical JSON)
+  reports/evaluation.json                  which official-code options were used
+  reports/plots/box_accuracy/<v>_<b>.csv   box accuracy against CAM threshold, one column per IoU
+  reports/plots/pixel_pr/<v>_<b>.csv       pixel precision-recall curve (datasets with masks)
+"""
+from pathlib import Path
+
+from pipeline.stages.common import FINETUNED_CKPT, REPORTS, loader, model_spec, start, user_errors
+
+CAMS_DIR = Path("data/cams")
+PLOTS = REPORTS / "plots"
+
+
+def main() -> None:
+    params = start("evaluate")
+    import shutil
+
+    from pipeline.cams.store import read_cams
+    from pipeline.data.prepare import load_ground_truth
+    from pipeline.io import write_json, write_text
+    from pipeline.metrics.evaluate import EvalOptions, evaluate_all
+    from pipeline.models.dual import load_checkpoint
+    from pipeline.train.loops import resolve_device
+
+    e = params.evaluate
+    opts = EvalOptions(postprocess=e.postprocess, weight_clamp=e.weight_clamp, relu=e.relu, upsample=e.upsample,
+                       threshold_grid=e.threshold_grid, threshold_split=e.threshold_split,
+                       gt_box_match=e.gt_box_match, loc_threshold=e.loc_threshold, workers=e.workers)
+    splits = ["test"] + (["val"] if e.threshold_split == "val" else [])
+    with user_errors():
+        cams = {s: read_cams(CAMS_DIR / s) for s in splits}
+        gts = {s: load_ground_truth(params.prepared_dir(), s) for s in splits}
+        model = batches = None
+        if e.fidelity:
+            device = resolve_device(params.device)
+            model, _ = load_checkpoint(FINETUNED_CKPT, expect=model_spec(params))
+            model.to(device).eval()
+            test_loader = loader(params, "test", train=False, batch_size=params.cams.batch_size)
+            batches = lambda: iter(test_loader)  # noqa: E731
+        metrics, curves = evaluate_all(cams, gts, opts, model=model, batches=batches,
+                                       fidelity_target=e.fidelity_target,
+                                       progress=lambda name: print(f"evaluate: {name}", flush=True))
+    write_json(REPORTS / "metrics.json", metrics)
+    write_json(REPORTS / "evaluation.json", {
+        "dataset": params.dataset, "backbone": params.backbone, "split": "test",
+        "images": cams["test"].manifest["images"], "head_init": params.finetune.head_init,
+        "bn_mode": params.finetune.bn_mode, **{k: getattr(e, k) for k in (
+            "postprocess", "weight_clamp", "relu", "upsample", "threshold_grid", "threshold_split",
+            "gt_box_match", "loc_threshold", "fidelity", "fidelity_target")}})
+    shutil.rmtree(PLOTS, ignore_errors=True)
+    for (variant, branch), c in curves.items():
+        header = "threshold," + ",".join(f"iou{d}" for d in c["box"])
+        rows = [f"{t:.3f}," + ",".join(f"{c['box'][d][i]:.4f}" for d in c["box"]) for i, t in enumerate(c["thresholds"])]
+        write_text(PLOTS / "box_accuracy" / f"{variant}_{branch}.csv", "\n".join([header, *rows]) + "\n")
+        if c["pr"] is not None:
+            precision, recall = c["pr"]
+            rows = [f"{r:.6f},{p:.6f}" for p, r in zip(precision, recall)]
+            write_text(PLOTS / "pixel_pr" / f"{variant}_{branch}.csv", "\n".join(["recall,precision", *rows]) + "\n")
+    best = max(((v, b) for v in metrics if isinstance(metrics[v], dict) for b in metrics[v]),
+               key=lambda vb: metrics[vb[0]][vb[1]]["maxboxacc_v2"])
+    print(f"evaluate: Top-1 Cls {metrics['top1_cls']:.2f}%; best MaxBoxAccV2 {metrics[best[0]][best[1]]['maxboxacc_v2']:.2f}"
+          f" ({best[0]}, {best[1]} branch) -> {REPORTS / 'metrics.json'}")
+
+
+if __name__ == "__main__":
+    main()

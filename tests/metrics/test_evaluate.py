@@ -1,0 +1,83 @@
+"""Evaluation orchestration: post-processing presets and overrides, alignment checks, end-to-end numbers on
+hand-made CAM sets whose localization is known."""
+import numpy as np
+import pytest
+
+from pipeline.cams.store import CamRecord, read_cams, write_cams
+from pipeline.data.prepare import GroundTruth
+from pipeline.metrics.evaluate import EvalOptions, check_alignment, evaluate_all, postprocess_options
+
+
+def test_presets_and_overrides():
+    clean = postprocess_options("gradcam", "sigmoid", 64, EvalOptions())
+    assert (clean.weight_clamp, clean.relu, clean.upsample, clean.official_grad_scaling) == (False, True, "bilinear",
+                                                                                              False)
+    off = EvalOptions(postprocess="official")
+    cam_soft = postprocess_options("cam", "softmax", 64, off)
+    cam_sig = postprocess_options("cam", "sigmoid", 64, off)
+    assert (cam_soft.weight_clamp, cam_soft.relu, cam_soft.upsample) == (False, False, "bicubic")
+    assert cam_sig.weight_clamp is True
+    assert postprocess_options("layercam", "sigmoid", 64, off).official_grad_scaling is True
+    both = EvalOptions(weight_clamp="both", relu=False, upsample="bicubic")
+    pp = postprocess_options("cam", "softmax", 32, both)
+    assert (pp.weight_clamp, pp.relu, pp.upsample, pp.size) == (True, False, "bicubic", 32)
+    assert postprocess_options("cam", "softmax", 32, EvalOptions(weight_clamp="sigmoid")).weight_clamp is False
+    assert postprocess_options("cam", "sigmoid", 32, EvalOptions(weight_clamp="sigmoid")).weight_clamp is True
+    with pytest.raises(ValueError, match="postprocess: 'x' is not valid; choose one of: clean, official"):
+        postprocess_options("cam", "softmax", 32, EvalOptions(postprocess="x"))
+
+
+def block_maps(n, size, boxes):
+    """Raw softmax-branch `pos` maps: 1 inside each image's box 0 elsewhere; sigmoid maps 0."""
+    maps = np.zeros((n, 1, 2, 2, 5, size, size), dtype=np.float32)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        maps[i, 0, 0, 0, :, y0:y1 + 1, x0:x1 + 1] = 1.0  # softmax branch only
+    return maps
+
+
+def make_split(tmp_path, name, boxes, size=16, preds=None):
+    n = len(boxes)
+    maps = block_maps(n, size, boxes)
+    preds = preds if preds is not None else [0] * n
+    recs = [CamRecord(f"{name}{i}.png", 0, preds[i], 1.0, 1.0, maps[i]) for i in range(n)]
+    write_cams(tmp_path / name, iter(recs), targets=("gt",), feature_size=(size, size), dtype="float32",
+               shard_size=4, info={})
+    fg = np.zeros((n, size, size), dtype=bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        fg[i, y0:y1 + 1, x0:x1 + 1] = True
+    gt = GroundTruth([f"{name}{i}.png" for i in range(n)], np.zeros(n, dtype=np.int64),
+                     [np.array([b]) for b in boxes], fg, np.zeros_like(fg), size)
+    return read_cams(tmp_path / name), gt
+
+
+def test_perfect_maps_localize_everything(tmp_path):
+    boxes = [(2, 3, 9, 12), (0, 0, 15, 7), (5, 5, 10, 10), (4, 1, 13, 14)]  # IoU of the "+1" boxes >= 0.73
+    cams, gt = make_split(tmp_path, "test", boxes, preds=[0, 0, 1, 0])
+    opts = EvalOptions(threshold_split="test", upsample="bilinear", relu=True)
+    metrics, curves = evaluate_all({"test": cams}, {"test": gt}, opts)
+    assert metrics["top1_cls"] == 75.0
+    for variant in ("cam", "gradcam", "gradcampp", "xgradcam", "layercam"):
+        soft = metrics[variant]["softmax"]
+        assert soft["maxboxacc_v2"] == 100.0 and soft["gt_known_loc"] == 100.0
+        assert soft["top1_loc"] == 75.0           # the misclassified image does not count
+        assert soft["pxap"] == pytest.approx(100.0)
+        sig = metrics[variant]["sigmoid"]          # sigmoid maps are all zero: box [0,0,0,0] -> IoU ~ 0
+        assert sig["gt_known_loc"] < 100.0
+    assert set(curves[("cam", "softmax")]["box"]) == {30, 50, 70}
+
+
+def test_thresholds_chosen_on_val_apply_to_test(tmp_path):
+    boxes = [(2, 3, 9, 12), (0, 0, 15, 7), (4, 1, 13, 14)]
+    test, gt_test = make_split(tmp_path, "test", boxes)
+    val, gt_val = make_split(tmp_path, "val", boxes)
+    opts = EvalOptions(threshold_split="val")
+    metrics, _ = evaluate_all({"test": test, "val": val}, {"test": gt_test, "val": gt_val}, opts)
+    assert metrics["cam"]["softmax"]["maxboxacc_v2"] == 100.0
+
+
+def test_misaligned_cams_and_gt_are_rejected(tmp_path):
+    cams, gt = make_split(tmp_path, "test", [(1, 1, 4, 4), (2, 2, 5, 5)])
+    other = GroundTruth(["a.png", "b.png"], gt.labels, gt.boxes, gt.fg, gt.ignore, gt.size)
+    with pytest.raises(ValueError, match="test: the CAM shards \\(2 images\\) and the prepared GT table \\(2 images\\) "
+                                         "disagree from position 0"):
+        check_alignment(cams, other, "test")
