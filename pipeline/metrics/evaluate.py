@@ -127,7 +127,8 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
     IoU 50), gt_known_loc, top1_loc, best thresholds, and pxap / avg_drop / inc_conf where computed; with
     `threshold_split: val` the MaxBoxAcc thresholds are chosen on val and the numbers are test accuracies
     at those thresholds. metrics['top1_cls'] is the softmax branch's test accuracy (frozen, so it is the
-    baseline's). curves[(variant, branch)] = {"box": per-threshold accuracies, "pr": (precision, recall)}.
+    baseline's). curves[(variant, branch)] = {"thresholds", "box": {column: per-threshold accuracy (%)},
+    "pr": (precision, recall) or None}.
     """
     for split, cam in cams.items():
         check_alignment(cam, gts[split], split)
@@ -152,9 +153,11 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
                 m.update({k: v for k, v in fidelity(model, batches, test, variant, branch, pp, fidelity_target).items()
                           if k in ("avg_drop", "inc_conf")})
             metrics[variant][branch] = m
-            curves[(variant, branch)] = {"thresholds": box.thresholds,
-                                         "box": {d: 100.0 * box.multi_counts[i] / box.n_images
-                                                 for i, d in enumerate(opts.iou_thresholds)},
+            accuracy = box.box_accuracy("multi")
+            columns = {f"iou{d}": accuracy[i] for i, d in enumerate(opts.iou_thresholds)}
+            if 50 in opts.iou_thresholds:  # MaxBoxAcc (v1): the largest contour at IoU 50
+                columns["largest_contour_iou50"] = box.box_accuracy("single")[opts.iou_thresholds.index(50)]
+            curves[(variant, branch)] = {"thresholds": box.thresholds, "box": columns,
                                          "pr": (mask.precision, mask.recall) if mask is not None else None}
     return metrics, curves
 

@@ -4,7 +4,8 @@ Reads data/cams/<split>/ and the prepared GT tables, applies the evaluation-time
 (`evaluate.*` params: changing them reruns only this stage), and writes
   reports/metrics.json                     every variant x branch (DVC metrics, canonical JSON)
   reports/evaluation.json                  which official-code options were used
-  reports/plots/box_accuracy/<v>_<b>.csv   box accuracy against CAM threshold, one column per IoU
+  reports/plots/box_accuracy/<v>_<b>.csv   box accuracy against CAM threshold: one column per IoU (all
+                                           contours) and the largest contour at IoU 50
   reports/plots/pixel_pr/<v>_<b>.csv       pixel precision-recall curve (datasets with masks)
 """
 from pathlib import Path
@@ -53,8 +54,9 @@ def main() -> None:
             "gt_box_match", "loc_threshold", "fidelity", "fidelity_target")}})
     shutil.rmtree(PLOTS, ignore_errors=True)
     for (variant, branch), c in curves.items():
-        header = "threshold," + ",".join(f"iou{d}" for d in c["box"])
-        rows = [f"{t:.3f}," + ",".join(f"{c['box'][d][i]:.4f}" for d in c["box"]) for i, t in enumerate(c["thresholds"])]
+        header = ",".join(["threshold", *c["box"]])
+        rows = [f"{t:.3f}," + ",".join(f"{col[i]:.4f}" for col in c["box"].values())
+                for i, t in enumerate(c["thresholds"])]
         write_text(PLOTS / "box_accuracy" / f"{variant}_{branch}.csv", "\n".join([header, *rows]) + "\n")
         if c["pr"] is not None:
             precision, recall = c["pr"]

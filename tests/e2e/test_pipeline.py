@@ -83,6 +83,15 @@ def test_repro_writes_every_stage_output(repo):
     assert sum(s["images"] for s in manifest["shards"]) == manifest["images"]
     assert len(list((repo / "data/cams/test").glob("shard_*.npy"))) == len(manifest["shards"])
     assert manifest["targets"] == ["gt", "pred"]
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["top1_cls"] == pytest.approx(cls["top1_cls_softmax"])
+    for variant in manifest["variants"]:
+        for branch in manifest["branches"]:
+            m = metrics[variant][branch]
+            for key in ("maxboxacc_v2", "maxboxacc", "gt_known_loc", "top1_loc", "pxap", "avg_drop", "inc_conf"):
+                assert 0.0 <= m[key] <= 100.0, (variant, branch, key)
+            assert m["top1_loc"] <= m["gt_known_loc"]
+    assert len(list((repo / "reports/plots/box_accuracy").glob("*.csv"))) == 10
 
 
 def test_second_repro_is_up_to_date_and_changes_no_byte(repo):
@@ -92,6 +101,19 @@ def test_second_repro_is_up_to_date_and_changes_no_byte(repo):
     assert "Data and pipelines are up to date" in proc.stdout
     assert digest_tree(repo / "data", repo / "reports") == before
     assert (repo / "dvc.lock").read_text() == lock
+
+
+def test_evaluation_option_reruns_only_evaluate(repo):
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    try:
+        data = yaml.safe_load(original)
+        data["evaluate"]["postprocess"] = "official"
+        params_file.write_text(yaml.safe_dump(data, sort_keys=False))
+        status = run(["dvc", "status", "--json"], repo).stdout
+        assert list(json.loads(status)) == ["evaluate"]
+    finally:
+        params_file.write_text(original)
 
 
 def test_bad_param_fails_fast_with_message(repo):
