@@ -25,6 +25,7 @@ from pipeline.data.images import ImageSet, eval_transform, make_loader, train_tr
 from pipeline.data.prepare import load_prepared, prepare_dataset  # noqa: E402
 from pipeline.data.synthbirds import SynthBirdsSpec, generate  # noqa: E402
 from pipeline.models.dual import DualBranchNet, ModelSpec  # noqa: E402
+from pipeline.models.names import ALIASES, WSOL_ARCHS  # noqa: E402
 from pipeline.train.loops import (autocast, finetune_sigmoid_head, predict, resolve_device,  # noqa: E402
                                   train_baseline)
 
@@ -79,9 +80,9 @@ def main() -> None:
         n_train, n_test = len(tr.image_ids), len(te.image_ids)
         print(f"synthbirds: {n_train} train / {n_test} test images generated in {t_gen:.1f} s")
 
+        wsol = ALIASES.get(args.backbone, args.backbone) in WSOL_ARCHS  # their stride is fixed
         model = DualBranchNet(ModelSpec(args.backbone, args.classes, args.size,
-                                        output_stride=args.output_stride if args.backbone not in
-                                        ("vgg16", "resnet50", "inception", "inception_v3") else None)).to(device)
+                                        output_stride=None if wsol else args.output_stride)).to(device)
         t_base = timed(lambda: train_baseline(model, train_loader, device, epochs=args.epochs, lr=0.05,
                                               lr_classifier_ratio=1.0, lr_decay_every=10**6, momentum=0.9,
                                               nesterov=True, weight_decay=5e-4), device)

@@ -4,7 +4,7 @@ from pipeline.stages.common import BASELINE_CKPT, live, loader, model_spec, star
 
 
 def main() -> None:
-    params = start("baseline")
+    params = start()
     from pipeline.models.dual import DualBranchNet, load_checkpoint, save_checkpoint
     from pipeline.train.loops import predict, resolve_device, train_baseline
 

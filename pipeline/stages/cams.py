@@ -4,15 +4,13 @@ Writes data/cams/<split>/ (manifest.json, index.csv, shard_*.npy; see pipeline/c
 split, and the val split too with `cams.splits: val+test`. Post-processing
 (weight clamp, ReLU, upsampling, normalisation) belongs to evaluation, so changing it never reruns this.
 """
-from pathlib import Path
 
-from pipeline.stages.common import FINETUNED_CKPT, loader, model_spec, start, user_errors
+from pipeline.stages.common import CAMS_DIR, FINETUNED_CKPT, loader, model_spec, start, user_errors
 
-CAMS_DIR = Path("data/cams")
 
 
 def main() -> None:
-    params = start("cams")
+    params = start()
     from pipeline.cams.generate import iter_cam_records
     from pipeline.cams.store import write_cams
     from pipeline.data.prepare import load_prepared

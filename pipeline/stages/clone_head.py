@@ -4,7 +4,7 @@ from pipeline.stages.common import BASELINE_CKPT, DUAL_CKPT, model_spec, start, 
 
 
 def main() -> None:
-    params = start("clone_head")
+    params = start()
     import torch
 
     from pipeline.models.dual import load_checkpoint, save_checkpoint

@@ -21,9 +21,10 @@ REPORTS = Path("reports")
 BASELINE_CKPT = MODELS / "baseline.pt"
 DUAL_CKPT = MODELS / "dual.pt"
 FINETUNED_CKPT = MODELS / "finetuned.pt"
+CAMS_DIR = Path("data/cams")
 
 
-def start(stage: str) -> Params:
+def start() -> Params:
     """Load and validate params (exit 2 listing every problem), then seed every generator."""
     params = load_or_exit()
     seed_everything(params.seed)

@@ -7,7 +7,7 @@ from pipeline.stages.common import start, user_errors
 
 
 def main() -> None:
-    params = start("download")
+    params = start()
     d = params.data
     spec = SynthBirdsSpec(num_classes=d.num_classes, image_size=d.image_size, train_per_class=d.train_per_class,
                           val_per_class=d.val_per_class, test_per_class=d.test_per_class, seed=params.seed,

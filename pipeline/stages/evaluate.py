@@ -8,16 +8,14 @@ Reads data/cams/<split>/ and the prepared GT tables, applies the evaluation-time
                                            contours) and the largest contour at IoU 50
   reports/plots/pixel_pr/<v>_<b>.csv       pixel precision-recall curve (datasets with masks)
 """
-from pathlib import Path
 
-from pipeline.stages.common import FINETUNED_CKPT, REPORTS, loader, model_spec, start, user_errors
+from pipeline.stages.common import CAMS_DIR, FINETUNED_CKPT, REPORTS, loader, model_spec, start, user_errors
 
-CAMS_DIR = Path("data/cams")
 PLOTS = REPORTS / "plots"
 
 
 def main() -> None:
-    params = start("evaluate")
+    params = start()
     import shutil
 
     from pipeline.cams.store import read_cams

@@ -11,7 +11,7 @@ from pipeline.stages.common import DUAL_CKPT, FINETUNED_CKPT, REPORTS, live, loa
 
 
 def main() -> None:
-    params = start("finetune")
+    params = start()
     import torch
 
     from pipeline.models.dual import load_checkpoint, save_checkpoint

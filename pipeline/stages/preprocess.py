@@ -4,7 +4,7 @@ from pipeline.stages.common import start, user_errors
 
 
 def main() -> None:
-    params = start("preprocess")
+    params = start()
     with user_errors():
         summary = prepare_dataset(params.raw_dir(), params.prepared_dir(), dataset=params.dataset,
                                   num_classes=params.num_classes, eval_size=params.eval_size)
