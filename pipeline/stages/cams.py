@@ -8,7 +8,6 @@ split, and the val split too with `cams.splits: val+test`. Post-processing
 from pipeline.stages.common import CAMS_DIR, FINETUNED_CKPT, loader, model_spec, start, user_errors
 
 
-
 def main() -> None:
     params = start()
     from pipeline.cams.generate import iter_cam_records
