@@ -147,6 +147,19 @@ def _largest_contour_box(u: np.ndarray, level: int) -> np.ndarray:
     return np.array([x, y, min(x + w, u.shape[1] - 1), min(y + h, u.shape[0] - 1)])
 
 
+def largest_contour_box(scoremap: np.ndarray, threshold: float) -> np.ndarray:
+    """The box (x0, y0, x1, y1) that MaxBoxAcc v1 / GT-known Loc draw for one score map S in [0, 1] at CAM
+    threshold `threshold`: the largest contour of U > int(threshold * max U), U = uint8(S * 255); [0, 0, 0, 0]
+    when nothing is above the cut (the official code's empty box)."""
+    u = quantize_scoremaps(np.asarray(scoremap))
+    if u.ndim != 2:
+        raise ValueError(f"scoremap: expected one (H, W) map, got shape {u.shape}")
+    level = int(float(threshold) * float(u.max()))
+    if not (u > level).any():
+        return np.zeros(4, dtype=np.int64)
+    return _largest_contour_box(u, level).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class _Grid:
     """Per-shape constants (intp): flat index, x and y of every pixel, 16 * ((y % 3) * 3 + x % 3) (`code16`, and

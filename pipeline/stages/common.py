@@ -73,6 +73,16 @@ def loader(params: Params, split: str, *, train: bool, workers: int = 0, batch_s
                        workers=workers)
 
 
+def eval_options(params: Params):
+    """The evaluate.* params as the library's EvalOptions."""
+    from pipeline.metrics.evaluate import EvalOptions
+
+    e = params.evaluate
+    return EvalOptions(postprocess=e.postprocess, weight_clamp=e.weight_clamp, relu=e.relu, upsample=e.upsample,
+                       threshold_grid=e.threshold_grid, threshold_split=e.threshold_split,
+                       gt_box_match=e.gt_box_match, loc_threshold=e.loc_threshold, workers=e.workers)
+
+
 def live(directory: str):
     """A DVCLive logger that writes only metrics and plots (no dvc.yaml, no experiment, no timestamps)."""
     from dvclive import Live

@@ -9,7 +9,8 @@ Reads data/cams/<split>/ and the prepared GT tables, applies the evaluation-time
   reports/plots/pixel_pr/<v>_<b>.csv       pixel precision-recall curve (datasets with masks)
 """
 
-from pipeline.stages.common import CAMS_DIR, FINETUNED_CKPT, REPORTS, loader, model_spec, start, user_errors
+from pipeline.stages.common import (CAMS_DIR, FINETUNED_CKPT, REPORTS, eval_options, loader, model_spec, start,
+                                    user_errors)
 
 PLOTS = REPORTS / "plots"
 
@@ -21,14 +22,12 @@ def main() -> None:
     from pipeline.cams.store import read_cams
     from pipeline.data.prepare import load_ground_truth
     from pipeline.io import write_json, write_text
-    from pipeline.metrics.evaluate import EvalOptions, evaluate_all
+    from pipeline.metrics.evaluate import evaluate_all
     from pipeline.models.dual import load_checkpoint
     from pipeline.train.loops import resolve_device
 
     e = params.evaluate
-    opts = EvalOptions(postprocess=e.postprocess, weight_clamp=e.weight_clamp, relu=e.relu, upsample=e.upsample,
-                       threshold_grid=e.threshold_grid, threshold_split=e.threshold_split,
-                       gt_box_match=e.gt_box_match, loc_threshold=e.loc_threshold, workers=e.workers)
+    opts = eval_options(params)
     splits = ["test"] + (["val"] if e.threshold_split == "val" else [])
     with user_errors():
         cams = {s: read_cams(CAMS_DIR / s) for s in splits}
@@ -46,7 +45,7 @@ def main() -> None:
     write_json(REPORTS / "metrics.json", metrics)
     write_json(REPORTS / "evaluation.json", {
         "dataset": params.dataset, "backbone": params.backbone, "split": "test",
-        "images": cams["test"].manifest["images"], "head_init": params.finetune.head_init,
+        "images": cams["test"].manifest["images"], "preset": params.preset, "head_init": params.finetune.head_init,
         "bn_mode": params.finetune.bn_mode, **{k: getattr(e, k) for k in (
             "postprocess", "weight_clamp", "relu", "upsample", "threshold_grid", "threshold_split",
             "gt_box_match", "loc_threshold", "fidelity", "fidelity_target")}})

@@ -94,6 +94,39 @@ def test_repro_writes_every_stage_output(repo):
     assert len(list((repo / "reports/plots/box_accuracy").glob("*.csv"))) == 10
 
 
+def test_report_has_the_table_figures_and_sign_diagnostics(repo):
+    readme = (repo / "reports/README.md").read_text()
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    for label in ("CAM", "Grad-CAM", "Grad-CAM++", "XGrad-CAM", "LayerCAM"):
+        assert readme.count(f"| resnet10t | {label} |") == 3, label  # three tables, every variant in each
+    cam = metrics["cam"]
+    row = next(line for line in readme.splitlines() if line.startswith("| resnet10t | CAM | "))
+    assert f"{cam['softmax']['top1_loc']:.2f}" in row and f"{cam['sigmoid']['top1_loc']:.2f}" in row
+    with open(repo / "reports/results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["variant"] for r in rows] == ["cam", "gradcam", "gradcampp", "xgradcam", "layercam"]
+    assert float(rows[0]["maxboxacc_v2_delta"]) == pytest.approx(
+        cam["sigmoid"]["maxboxacc_v2"] - cam["softmax"]["maxboxacc_v2"], abs=1e-3)
+    sign = json.loads((repo / "reports/sign.json").read_text())
+    assert set(sign) == set(manifest_variants(repo)) and set(sign["cam"]) == {"softmax", "sigmoid"}
+    assert sign["layercam"]["softmax"]["neg_share_inside"] == 0.0  # LayerCAM has no negative part
+    figures = sorted(p.name for p in (repo / "reports/figures").glob("*.png"))
+    assert figures == sorted(["threshold_curves.png", "pr_curves.png", "sign_diagnostics.png",
+                              *(f"gallery_{v}.png" for v in manifest_variants(repo))])
+    for name in figures:
+        assert f"figures/{name}" in readme
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    files = next(iter(shown.values()))["data"]
+    assert {"reports/metrics.json", "reports/sign.json", "reports/classification.json"} <= set(files)
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
+    assert {"box_accuracy_iou30", "box_accuracy_iou50", "box_accuracy_iou70", "pixel_precision_recall",
+            "reports/figures/threshold_curves.png"} <= set(plots)
+
+
+def manifest_variants(repo: Path) -> list[str]:
+    return json.loads((repo / "data/cams/test/manifest.json").read_text())["variants"]
+
+
 def test_second_repro_is_up_to_date_and_changes_no_byte(repo):
     before = digest_tree(repo / "data", repo / "reports")
     lock = (repo / "dvc.lock").read_text()
@@ -103,7 +136,7 @@ def test_second_repro_is_up_to_date_and_changes_no_byte(repo):
     assert (repo / "dvc.lock").read_text() == lock
 
 
-def test_evaluation_option_reruns_only_evaluate(repo):
+def test_evaluation_option_reruns_only_evaluate_and_report(repo):
     params_file = repo / "params.yaml"
     original = params_file.read_text()
     try:
@@ -111,7 +144,7 @@ def test_evaluation_option_reruns_only_evaluate(repo):
         data["evaluate"]["postprocess"] = "official"
         params_file.write_text(yaml.safe_dump(data, sort_keys=False))
         status = run(["dvc", "status", "--json"], repo).stdout
-        assert list(json.loads(status)) == ["evaluate"]
+        assert sorted(json.loads(status)) == ["evaluate", "report"]
     finally:
         params_file.write_text(original)
 
@@ -128,3 +161,44 @@ def test_bad_param_fails_fast_with_message(repo):
         assert "finetune.lr: -1.0 is out of range; valid: (0.0, 10.0]" in proc.stderr + proc.stdout
     finally:
         params_file.write_text(original)
+    # DVC removed the stage's outputs before the command failed; the run-cache brings them back untrained.
+    restored = run(["dvc", "repro"], repo)
+    assert "Stage 'finetune' is cached - skipping run, checking out outputs" in restored.stdout
+    assert "Running stage" not in restored.stdout
+
+
+def test_going_back_to_a_configuration_restores_from_the_run_cache(repo):
+    """Change baseline.epochs, reproduce, change it back: the training stages and cams come back from DVC's
+    run-cache instead of retraining. evaluate and report rerun (DVC keeps no run-cache for a stage with an
+    uncached output that is not a metric or plot, such as reports/README.md), to the same bytes."""
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    before = digest_tree(repo / "data", repo / "reports")
+    try:
+        data = yaml.safe_load(original)
+        data["baseline"]["epochs"] = 1
+        params_file.write_text(yaml.safe_dump(data, sort_keys=False))
+        changed = run(["dvc", "repro"], repo)
+        assert "Running stage 'baseline'" in changed.stdout
+        assert digest_tree(repo / "data/models") != {k: v for k, v in before.items() if "/data/models/" in k}
+    finally:
+        params_file.write_text(original)
+    back = run(["dvc", "repro"], repo)
+    for stage in ("baseline", "clone_head", "finetune", "cams"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in back.stdout, back.stdout
+        assert f"Running stage '{stage}'" not in back.stdout
+    assert digest_tree(repo / "data", repo / "reports") == before
+
+
+def test_backbone_grid_queues_one_experiment_per_backbone(repo):
+    """The README's one-liner queues vgg16, resnet50 and inception (removed again without running)."""
+    run(["dvc", "exp", "run", "--queue", "-S", "backbone=vgg16,resnet50,inception"], repo)
+    try:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        assert status.count("Queued") == 3, status
+        queued = run(["dvc", "exp", "show", "--json", "--param-deps"], repo).stdout
+        for name in ("vgg16", "resnet50", "inception"):
+            assert f'"backbone": "{name}"' in queued or f'"{name}"' in queued, name
+    finally:
+        run(["dvc", "queue", "remove", "--queued"], repo)
+    assert "Queued" not in run(["dvc", "queue", "status"], repo).stdout

@@ -363,3 +363,19 @@ def test_errors_are_explicit():
         result.at_thresholds({30: 1001, 50: 0, 70: 0})
     with pytest.raises(ValueError, match=r"maps: expected a non-empty \(n, H, W\) uint8 array"):
         level_boxes(np.zeros((2, 4, 4), np.float32))
+
+
+def test_largest_contour_box_matches_the_official_single_contour_box():
+    from pipeline.metrics.boxes import largest_contour_box
+    from tests.metrics.reference_boxes import reference_boxes
+
+    rng = np.random.default_rng(7)
+    maps = [cv2.resize(rng.random((5, 5)).astype(np.float32), (40, 40)) for _ in range(6)]
+    maps = [(m - m.min()) / (m.max() - m.min()) for m in maps] + [np.zeros((40, 40), np.float32)]
+    thresholds = [0.0, 0.2, 0.437, 0.8, 0.999]
+    for m in maps:
+        expected, _ = reference_boxes(m, thresholds, multi_contour=False)
+        for t, box in zip(thresholds, expected):
+            assert largest_contour_box(m, t).tolist() == box[0].tolist(), t
+    with pytest.raises(ValueError, match="one \\(H, W\\) map"):
+        largest_contour_box(np.zeros((2, 4, 4), np.float32), 0.5)

@@ -1,0 +1,184 @@
+"""Assemble the report: results table, sign diagnostics, figures and reports/README.md.
+
+Plain functions over the evaluate stage's outputs (metrics, curves), the stored CAMs and the prepared
+ground truth; the `report` stage script only reads params and calls `build_report`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.cams.engine import BRANCHES, VARIANTS
+from pipeline.cams.postprocess import postprocess
+from pipeline.cams.store import CamSet
+from pipeline.data.prepare import GroundTruth
+from pipeline.io import write_json, write_text
+from pipeline.metrics.boxes import box_iou, largest_contour_box
+from pipeline.metrics.evaluate import EvalOptions, check_alignment, postprocess_options
+from pipeline.report import figures, tables
+from pipeline.report.sign import box_union, sign_diagnostics, signed_maps
+
+FIGURES = {
+    "threshold_curves": "threshold_curves.png",
+    "pr_curves": "pr_curves.png",
+    "sign": "sign_diagnostics.png",
+    **{f"gallery_{v}": f"gallery_{v}.png" for v in VARIANTS},
+}
+
+
+def gallery_indices(n_images: int, k: int) -> list[int]:
+    """`k` test-image positions evenly spaced over 0..n_images-1 (so they span the classes when the test
+    split is sorted by class), without repeats."""
+    if n_images <= 0:
+        raise ValueError("gallery: the test split has no images")
+    k = min(k, n_images)
+    return sorted({int(round(i)) for i in np.linspace(0, n_images - 1, k)})
+
+
+def load_grid_images(image_root: Path, image_ids: Sequence[str], size: int) -> np.ndarray:
+    """(n, size, size, 3) uint8: each image resized to the evaluation grid, as the GT boxes were."""
+    out = np.empty((len(image_ids), size, size, 3), dtype=np.uint8)
+    for i, image_id in enumerate(image_ids):
+        path = Path(image_root) / image_id
+        try:
+            with Image.open(path) as im:
+                out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+        except OSError as exc:
+            raise FileNotFoundError(f"{path}: cannot read gallery image ({exc}); rerun `dvc repro download`") from exc
+    return out
+
+
+def sign_table(cams: CamSet, gt: GroundTruth) -> dict:
+    """Sign diagnostics of every variant x branch (ground-truth-class maps of the split)."""
+    check_alignment(cams, gt, "test")
+    return {v: {b: sign_diagnostics(cams.select(part="pos", branch=b, variant=v),
+                                    cams.select(part="neg", branch=b, variant=v), gt.boxes, gt.size)
+                for b in BRANCHES} for v in VARIANTS}
+
+
+@dataclass
+class GalleryPanel:
+    signed: dict[str, np.ndarray]      # branch -> (n, S, S) raw signed maps
+    pred_boxes: dict[str, np.ndarray]  # branch -> (n, 4)
+    captions: dict[str, list[str]]     # branch -> per image text
+
+
+def gallery_panel(cams: CamSet, gt: GroundTruth, variant: str, indices: Sequence[int], metrics: Mapping,
+                  opts: EvalOptions) -> GalleryPanel:
+    """Both branches' signed maps of `variant` at `indices`, the box the metric draws (largest contour of the
+    evaluation score map at the IoU-50 threshold the evaluate stage chose) and its IoU with the GT boxes."""
+    idx = np.asarray(indices)
+    panel = GalleryPanel({}, {}, {})
+    for branch in BRANCHES:
+        pos = cams.select(part="pos", branch=branch, variant=variant)[idx]
+        neg = cams.select(part="neg", branch=branch, variant=variant)[idx]
+        signed = signed_maps(pos, neg, gt.size)
+        scores = postprocess(pos, neg, postprocess_options(variant, branch, gt.size, opts))
+        threshold = float(metrics[variant][branch]["best_threshold_iou50"])
+        boxes = np.stack([largest_contour_box(s, threshold) for s in scores])
+        captions = []
+        for i, (m, box) in enumerate(zip(signed, boxes)):
+            gt_boxes = gt.boxes[idx[i]]
+            iou = float(box_iou(box[None], gt_boxes).max())
+            inside = box_union(gt_boxes, gt.size)
+            total = np.abs(m[inside]).sum()
+            values = m[inside].astype(np.float64)
+            neg_share = 100.0 * float(-values[values < 0].sum() / total) if total > 0 else 0.0
+            captions.append(f"IoU {iou:.2f} | neg in box {abs(neg_share):.0f}%")
+        panel.signed[branch], panel.pred_boxes[branch], panel.captions[branch] = signed, boxes, captions
+    return panel
+
+
+def report_markdown(frame, sign: Mapping, evaluation: Mapping, classification: Mapping,
+                    figure_files: Mapping[str, str]) -> str:
+    """reports/README.md: the tables, the options, the sign diagnostics and the figures with how to read them."""
+    e = evaluation
+    parts = [
+        f"# Results: `{e['backbone']}` on `{e['dataset']}`",
+        "",
+        "Written by the `report` stage (`dvc repro`) from `reports/metrics.json`; do not edit by hand. "
+        "Values are % on the test split. Each metric shows the softmax-branch map, the sigmoid-branch map and "
+        "the delta (sigmoid \u2212 softmax); the better branch is in bold. Layout as in the paper's "
+        "Table 2; `results.csv` holds the same numbers.",
+        "",
+        tables.results_markdown(frame),
+        "**Options used**",
+        "",
+        tables.options_markdown(evaluation, classification),
+        "## Sign diagnostics",
+        "",
+        "Raw signed maps of the ground-truth class (before ReLU, clamp or normalisation): the share of the map's "
+        "absolute mass that is negative inside and outside the GT box, averaged over images, and the share of "
+        "images whose box region sums to a negative value. A softmax map whose object region is negative is "
+        "the paper's sign collapse; a ReLU then discards that evidence. Grad-CAM++ (channel weights are sums of "
+        "ReLU'd gradients) and LayerCAM (ReLU'd gradients times non-negative activations) have no negative part "
+        "by construction, so their rows are zero. With a global-average-pooled linear head, Grad-CAM and "
+        "XGrad-CAM are CAM up to a positive factor (METHOD.md 3), so those three rows agree everywhere.",
+        "",
+        tables.sign_markdown(sign),
+        f"![sign diagnostics](figures/{figure_files['sign']})",
+        "",
+        "## Figures",
+        "",
+        "**Box accuracy against CAM threshold** (rows: variants; columns: IoU 30 / 50 / 70). The y value is the "
+        "share of test images whose best contour box reaches the IoU at that threshold; MaxBoxAccV2 averages "
+        "the three panels' chosen values. Dotted lines: the thresholds the evaluate stage chose "
+        f"(on `{e['threshold_split']}`). A curve that stays high over a wide range of thresholds is a map that "
+        "needs no tuning.",
+        "",
+        f"![box accuracy against CAM threshold](figures/{figure_files['threshold_curves']})",
+        "",
+    ]
+    if "pr_curves" in figure_files:
+        parts += ["**Pixel precision-recall** (foreground masks; PxAP is the area under each curve).", "",
+                  f"![pixel precision-recall curves](figures/{figure_files['pr_curves']})", ""]
+    parts += ["**Map galleries** (the same evenly spaced test images in each): left, the image with its GT box; "
+              "then each branch's signed map, red positive, blue negative, each scaled by its own max |M|. "
+              "Black: GT box. Green dashed: the box the metric draws (largest contour at the branch's chosen "
+              "IoU-50 threshold). Under each map: that box's IoU with the GT and the negative share inside "
+              "the box.", ""]
+    parts += [f"- {tables.VARIANT_LABELS[v]}: [figures/{figure_files[f'gallery_{v}']}]"
+              f"(figures/{figure_files[f'gallery_{v}']})" for v in VARIANTS]
+    parts += ["", f"![CAM gallery](figures/{figure_files['gallery_cam']})", ""]
+    return "\n".join(parts)
+
+
+def build_report(*, out_dir: Path, metrics: Mapping, evaluation: Mapping, classification: Mapping,
+                 plots_dir: Path, cams: CamSet, gt: GroundTruth, image_root: Path, class_names: Sequence[str],
+                 opts: EvalOptions, gallery_images: int, dpi: int) -> dict:
+    """Write README.md, results.csv, sign.json and figures/ under `out_dir`; return the sign diagnostics."""
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    frame = tables.results_frame(metrics, evaluation["backbone"])
+    sign = sign_table(cams, gt)
+    name = f"{evaluation['backbone']} on {evaluation['dataset']}"
+    files = dict(FIGURES)
+    figures.threshold_curves(figures.read_box_curves(plots_dir / "box_accuracy"), metrics,
+                             fig_dir / files["threshold_curves"], dpi=dpi,
+                             title=f"Box accuracy against CAM threshold: {name}")
+    pr = figures.read_pr_curves(plots_dir / "pixel_pr")
+    if pr is not None:
+        figures.pr_curves(pr, metrics, fig_dir / files["pr_curves"], dpi=dpi,
+                          title=f"Pixel precision-recall: {name}")
+    else:
+        files.pop("pr_curves")
+    figures.sign_bars(sign, fig_dir / files["sign"], dpi=dpi, title=f"Sign of the raw maps: {name}")
+    indices = gallery_indices(len(gt.image_ids), gallery_images)
+    images = load_grid_images(image_root, [gt.image_ids[i] for i in indices], gt.size)
+    rows = cams.index
+    labels = [f"{class_names[int(rows[i]['label'])][:24]}\npred: "
+              f"{'correct' if rows[i]['pred'] == rows[i]['label'] else class_names[int(rows[i]['pred'])][:18]}"
+              for i in indices]
+    for v in VARIANTS:
+        panel = gallery_panel(cams, gt, v, indices, metrics, opts)
+        figures.gallery(images, panel.signed, [gt.boxes[i] for i in indices], panel.pred_boxes, panel.captions,
+                        labels, fig_dir / files[f"gallery_{v}"], dpi=dpi,
+                        title=f"{tables.VARIANT_LABELS[v]}, ground-truth class: {name}")
+    write_text(out_dir / "results.csv", tables.write_csv_text(frame))
+    write_json(out_dir / "sign.json", sign)
+    write_text(out_dir / "README.md", report_markdown(frame, sign, evaluation, classification, files))
+    return sign

@@ -1,0 +1,184 @@
+"""The paper-style results table (METHOD.md 7.1): softmax-branch CAM vs sigmoid-branch CAM, with deltas.
+
+`results_frame` flattens the evaluate stage's metrics into one row per (backbone, variant) with, for each
+metric, the softmax value, the sigmoid value and the delta (sigmoid - softmax); `results_markdown` renders
+it as a few markdown tables that a person can read, with the better branch in bold (lower is better for
+Average Drop), and `options_markdown` lists the choices the numbers depend on.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pandas as pd
+
+from pipeline.cams.engine import BRANCHES, VARIANTS
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_better: bool = True
+
+
+METRICS = (
+    Metric("top1_loc", "Top-1 Loc"),
+    Metric("gt_known_loc", "GT-known Loc"),
+    Metric("maxboxacc_v2", "MaxBoxAccV2"),
+    Metric("maxboxacc_iou30", "IoU 30"),
+    Metric("maxboxacc_iou50", "IoU 50"),
+    Metric("maxboxacc_iou70", "IoU 70"),
+    Metric("maxboxacc", "MaxBoxAcc"),
+    Metric("pxap", "PxAP"),
+    Metric("avg_drop", "Avg Drop", higher_is_better=False),
+    Metric("inc_conf", "Inc Conf"),
+)
+BY_KEY = {m.key: m for m in METRICS}
+
+VARIANT_LABELS = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "xgradcam": "XGrad-CAM",
+                  "layercam": "LayerCAM"}
+
+# The markdown tables: (title, metric keys). Every metric of METRICS appears in exactly one.
+TABLES = (
+    ("Localization", ("top1_loc", "gt_known_loc", "maxboxacc_v2")),
+    ("MaxBoxAccV2 by IoU threshold, and MaxBoxAcc (largest contour, IoU 50)",
+     ("maxboxacc_iou30", "maxboxacc_iou50", "maxboxacc_iou70", "maxboxacc")),
+    ("Pixel average precision and explanation fidelity", ("pxap", "avg_drop", "inc_conf")),
+)
+
+
+def results_frame(metrics: Mapping, backbone: str) -> pd.DataFrame:
+    """One row per variant of `metrics` (the evaluate stage's metrics.json) for `backbone`.
+
+    Columns: backbone, variant, top1_cls, then <metric>_softmax, <metric>_sigmoid, <metric>_delta for every
+    metric present in the file (PxAP needs masks, Avg Drop / Inc Conf need `evaluate.fidelity`).
+    """
+    missing = [v for v in VARIANTS if v not in metrics]
+    if missing or "top1_cls" not in metrics:
+        raise ValueError(f"metrics: expected top1_cls and the variants {', '.join(VARIANTS)}; missing: "
+                         f"{', '.join(missing or ['top1_cls'])} -- rerun the evaluate stage")
+    rows = []
+    for variant in VARIANTS:
+        for branch in BRANCHES:
+            if branch not in metrics[variant]:
+                raise ValueError(f"metrics: {variant} has no '{branch}' branch; found {', '.join(metrics[variant])}")
+        row = {"backbone": backbone, "variant": variant, "top1_cls": float(metrics["top1_cls"])}
+        for m in METRICS:
+            values = [metrics[variant][b].get(m.key) for b in BRANCHES]
+            if any(v is None for v in values):
+                continue
+            soft, sig = (float(v) for v in values)
+            row.update({f"{m.key}_softmax": soft, f"{m.key}_sigmoid": sig, f"{m.key}_delta": sig - soft})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_csv_text(frame: pd.DataFrame) -> str:
+    """The frame as CSV text with a fixed float format (byte-stable across runs)."""
+    return frame.to_csv(index=False, float_format="%.4f", lineterminator="\n")
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _delta(value: float) -> str:
+    rounded = round(value, 2)
+    if rounded == 0:
+        return "0.00"
+    return f"{rounded:+.2f}".replace("-", "\u2212")
+
+
+def _pair(m: Metric, soft: float, sig: float) -> tuple[str, str]:
+    """The two values, the better one (after rounding) in bold."""
+    a, b = round(soft, 2), round(sig, 2)
+    if a == b:
+        return _fmt(soft), _fmt(sig)
+    sig_better = (b > a) == m.higher_is_better
+    return (_fmt(soft), f"**{_fmt(sig)}**") if sig_better else (f"**{_fmt(soft)}**", _fmt(sig))
+
+
+def results_markdown(frame: pd.DataFrame) -> str:
+    """The results as markdown tables (values in %), softmax | sigmoid | delta per metric."""
+    out = []
+    for title, keys in TABLES:
+        keys = [k for k in keys if f"{k}_softmax" in frame.columns]
+        if not keys:
+            continue
+        with_cls = title == TABLES[0][0]
+        head = ["Backbone", "Variant"] + (["Top-1 Cls"] if with_cls else [])
+        cells = []
+        for k in keys:
+            arrow = "" if BY_KEY[k].higher_is_better else " (lower is better)"
+            label = BY_KEY[k].label + arrow
+            cells += [f"{label}: softmax", "sigmoid", "\u0394"]
+        lines = [f"**{title}** (%)", "", "| " + " | ".join(head + cells) + " |",
+                 "|" + "---|" * 2 + "---:|" * (len(head) - 2 + len(cells))]
+        for _, row in frame.iterrows():
+            values = [str(row["backbone"]), VARIANT_LABELS.get(row["variant"], row["variant"])]
+            if with_cls:
+                values.append(_fmt(row["top1_cls"]))
+            for k in keys:
+                soft, sig = row[f"{k}_softmax"], row[f"{k}_sigmoid"]
+                values += [*_pair(BY_KEY[k], soft, sig), _delta(row[f"{k}_delta"])]
+            lines.append("| " + " | ".join(values) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def sign_markdown(sign: Mapping) -> str:
+    """The sign diagnostics ({variant: {branch: {key: %}}}) as one markdown table."""
+    head = ["Variant"]
+    for branch in BRANCHES:
+        head += [f"{branch}: negative inside box", "negative outside box", "box net negative"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for variant in VARIANTS:
+        if variant not in sign:
+            continue
+        values = [VARIANT_LABELS[variant]]
+        for branch in BRANCHES:
+            s = sign[variant][branch]
+            values += [_fmt(s["neg_share_inside"]), _fmt(s["neg_share_outside"]), _fmt(s["net_negative_inside"])]
+        lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _clamp_text(evaluation: Mapping) -> str:
+    clamp = evaluation.get("weight_clamp")
+    if clamp is None:
+        return "sigmoid branch only (official preset)" if evaluation.get("postprocess") == "official" else \
+            "none (clean preset)"
+    return {"none": "none", "sigmoid": "sigmoid branch only", "both": "both branches"}[clamp]
+
+
+def options_markdown(evaluation: Mapping, classification: Mapping) -> str:
+    """A bullet list of the run and the official-code options that the numbers depend on."""
+    e, c = evaluation, classification
+    post = e.get("postprocess")
+    relu = e.get("relu")
+    if relu is None:
+        relu_text = "off for CAM, on for the gradient variants (official)" if post == "official" else "on"
+    else:
+        relu_text = "on" if relu else "off"
+    upsample = e.get("upsample") or ("bicubic for CAM, bilinear for the gradient variants" if post == "official"
+                                     else "bilinear")
+    split = e.get("threshold_split")
+    lines = [
+        f"- Run: dataset `{e['dataset']}`, backbone `{e['backbone']}`, {e['images']} test images; "
+        + (f"hyperparameters from the preset `datasets.{e['preset'].replace('/', '.presets.')}` (METHOD.md 6.2)."
+           if e.get("preset") else "hyperparameters from params.yaml (no dataset preset for this backbone)."),
+        f"- Classification: Top-1 Cls {_fmt(c['top1_cls_softmax'])}% (softmax head, frozen: the logits are "
+        f"bit-identical after fine-tuning: `{str(c['softmax_logits_identical']).lower()}`); the sigmoid head's own "
+        f"Top-1 is {_fmt(c['top1_cls_sigmoid'])}%. Top-1 Loc of both branches counts the softmax prediction.",
+        f"- Sigmoid head: `head_init: {e['head_init']}`, BatchNorm during fine-tuning: `bn_mode: {e['bn_mode']}`.",
+        f"- Post-processing: `{post}` preset; weight clamp: {_clamp_text(e)}; ReLU: {relu_text}; "
+        f"upsampling: {upsample}.",
+        f"- Boxes: GT box rule `{e['gt_box_match']}` ({'best of all GT boxes' if e['gt_box_match'] == 'max' else 'first GT box only, official'}); "
+        f"threshold grid `{e['threshold_grid']}`; MaxBoxAcc thresholds chosen on "
+        f"`{split}`{' and applied to test' if split == 'val' else ' (oracle, official)'}; "
+        f"GT-known and Top-1 Loc at CAM threshold {e['loc_threshold']}.",
+    ]
+    if e.get("fidelity"):
+        lines.append(f"- Avg Drop / Inc Conf: maps of the `{e['fidelity_target']}` class, scored by the softmax head.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,41 @@
+"""Stage `report`: the paper-style results table, sign diagnostics and figures, for people and for PRs.
+
+Reads reports/metrics.json, evaluation.json, classification.json and the curve CSVs of the evaluate stage,
+the test CAMs and the prepared ground truth, and writes
+  reports/README.md        tables (softmax | sigmoid | delta per metric), the options used, figures
+  reports/results.csv      the same numbers, one row per backbone x variant
+  reports/sign.json        sign diagnostics of the raw maps (DVC metrics)
+  reports/figures/*.png    threshold curves, PR curves, sign bars, one signed-map gallery per variant
+"""
+import json
+import shutil
+
+from pipeline.stages.common import CAMS_DIR, REPORTS, eval_options, start, user_errors
+
+
+def main() -> None:
+    params = start()
+    from pipeline.cams.store import read_cams
+    from pipeline.data.prepare import load_ground_truth, load_prepared
+    from pipeline.report.build import build_report
+
+    with user_errors():
+        reads = {}
+        for name in ("metrics", "evaluation", "classification"):
+            path = REPORTS / f"{name}.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing; run the earlier stages first (dvc repro)")
+            reads[name] = json.loads(path.read_text())
+        prepared = load_prepared(params.prepared_dir(), dataset=params.dataset, num_classes=params.num_classes)
+        shutil.rmtree(REPORTS / "figures", ignore_errors=True)
+        sign = build_report(out_dir=REPORTS, plots_dir=REPORTS / "plots", cams=read_cams(CAMS_DIR / "test"),
+                            gt=load_ground_truth(params.prepared_dir(), "test"), image_root=prepared.image_root,
+                            class_names=prepared.info["class_names"], opts=eval_options(params),
+                            gallery_images=params.report.gallery_images, dpi=params.report.dpi, **reads)
+    cam = sign["cam"]
+    print(f"report: negative share of the CAM inside the GT box: softmax {cam['softmax']['neg_share_inside']:.1f}%, "
+          f"sigmoid {cam['sigmoid']['neg_share_inside']:.1f}% -> {REPORTS / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()

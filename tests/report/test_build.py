@@ -1,0 +1,131 @@
+"""The report builder on a small synthetic run: files, numbers, figures, determinism."""
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.cams.engine import BRANCHES, VARIANTS
+from pipeline.cams.store import CamSet
+from pipeline.data.prepare import GroundTruth
+from pipeline.metrics.boxes import box_iou
+from pipeline.metrics.evaluate import EvalOptions
+from pipeline.report.build import FIGURES, build_report, gallery_indices, gallery_panel, sign_table
+from tests.metrics.reference_boxes import reference_boxes
+from tests.report.test_tables import fake_metrics
+
+N, S, H = 8, 32, 4
+
+
+def fake_run(tmp_path):
+    """CAMs whose softmax maps are negative on the object and sigmoid maps positive, GT boxes, images."""
+    rng = np.random.default_rng(3)
+    maps = np.zeros((N, 1, 2, 2, len(VARIANTS), H, H), np.float32)
+    boxes = []
+    for i in range(N):
+        y, x = divmod(i % 4, 2)
+        blob = np.full((H, H), 0.1, np.float32)
+        blob[2 * y:2 * y + 2, 2 * x:2 * x + 2] = 1.0 + rng.random((2, 2))
+        maps[i, 0, 0, 1] = blob          # sigmoid branch: positive part only
+        maps[i, 0, 1, 0] = -blob         # softmax branch: the same blob, all negative weights
+        maps[i, 0, 0, 0] = 0.05          # and a faint positive background
+        boxes.append(np.array([[16 * x, 16 * y, 16 * x + 15, 16 * y + 15]]))
+    manifest = {"targets": ["gt"], "parts": ["pos", "neg"], "branches": list(BRANCHES), "variants": list(VARIANTS),
+                "images": N, "feature_size": [H, H]}
+    index = [{"image_id": f"img{i}.png", "label": str(i % 2), "pred": str(i % 2 if i < 6 else 1 - i % 2),
+              "logit_softmax": "0", "logit_sigmoid": "0"} for i in range(N)]
+    cams = CamSet(manifest, index, maps)
+    gt = GroundTruth(image_ids=[r["image_id"] for r in index], labels=np.array([i % 2 for i in range(N)]),
+                     boxes=boxes, fg=None, ignore=None, size=S)
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    for i in range(N):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(image_root / f"img{i}.png")
+    plots = tmp_path / "plots" / "box_accuracy"
+    plots.mkdir(parents=True)
+    t = np.arange(0, 1, 0.001)
+    for v in VARIANTS:
+        for b in BRANCHES:
+            rows = [f"{x:.3f},{100 * (1 - x):.4f},{50 * (1 - x):.4f},{10 * (1 - x):.4f},{40 * (1 - x):.4f}" for x in t]
+            (plots / f"{v}_{b}.csv").write_text("threshold,iou30,iou50,iou70,largest_contour_iou50\n" + "\n".join(rows))
+    return cams, gt, image_root
+
+
+def test_gallery_indices_are_evenly_spaced_and_bounded():
+    assert gallery_indices(300, 6) == [0, 60, 120, 179, 239, 299]
+    assert gallery_indices(3, 6) == [0, 1, 2]
+    with pytest.raises(ValueError, match="no images"):
+        gallery_indices(0, 4)
+
+
+def test_sign_table_sees_the_collapse(tmp_path):
+    cams, gt, _ = fake_run(tmp_path)
+    sign = sign_table(cams, gt)
+    assert sign["cam"]["softmax"]["net_negative_inside"] == 100.0
+    assert sign["cam"]["softmax"]["neg_share_inside"] > 90.0
+    assert sign["cam"]["sigmoid"]["neg_share_inside"] == 0.0
+    assert sign["cam"]["sigmoid"]["net_negative_inside"] == 0.0
+
+
+def test_gallery_boxes_are_the_official_largest_contour_boxes(tmp_path):
+    cams, gt, _ = fake_run(tmp_path)
+    metrics = fake_metrics()
+    opts = EvalOptions()
+    from pipeline.cams.postprocess import postprocess
+    from pipeline.metrics.evaluate import postprocess_options
+
+    panel = gallery_panel(cams, gt, "cam", [0, 3, 5], metrics, opts)
+    for branch in BRANCHES:
+        pos = cams.select(part="pos", branch=branch, variant="cam")
+        neg = cams.select(part="neg", branch=branch, variant="cam")
+        for row, i in enumerate([0, 3, 5]):
+            score = postprocess(pos[i:i + 1], neg[i:i + 1], postprocess_options("cam", branch, S, opts))[0]
+            expected = reference_boxes(score, [0.4], multi_contour=False)[0][0][0]
+            assert panel.pred_boxes[branch][row].tolist() == expected.tolist()
+            iou = box_iou(expected[None], gt.boxes[i]).max()
+            assert panel.captions[branch][row].startswith(f"IoU {iou:.2f}")
+        assert panel.signed[branch].shape == (3, S, S)
+    # the sigmoid blob sits on the box: IoU well above the softmax map's (ReLU leaves only the background)
+    assert all(float(c.split()[1]) >= 0.5 for c in panel.captions["sigmoid"])
+    assert panel.captions["softmax"][0].endswith("neg in box 100%")
+
+
+def test_build_report_writes_everything_deterministically(tmp_path):
+    cams, gt, image_root = fake_run(tmp_path)
+    evaluation = {"dataset": "synthbirds", "backbone": "resnet10t", "images": N, "head_init": "clone",
+                  "bn_mode": "eval", "postprocess": "clean", "weight_clamp": None, "relu": None, "upsample": None,
+                  "threshold_grid": "wsol", "threshold_split": "val", "gt_box_match": "max", "loc_threshold": 0.2,
+                  "fidelity": True, "fidelity_target": "pred"}
+    cls = {"top1_cls_softmax": 75.0, "top1_cls_sigmoid": 80.0, "softmax_logits_identical": True}
+    out = tmp_path / "reports"
+
+    def build():
+        return build_report(out_dir=out, metrics=fake_metrics(), evaluation=evaluation, classification=cls,
+                            plots_dir=tmp_path / "plots", cams=cams, gt=gt, image_root=image_root,
+                            class_names=["a", "b"], opts=EvalOptions(), gallery_images=4, dpi=60)
+
+    build()
+    files = {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+    expected_figures = {f"figures/{name}" for key, name in FIGURES.items() if key != "pr_curves"}
+    assert set(files) == {"README.md", "results.csv", "sign.json"} | expected_figures  # no masks -> no PR figure
+    for name in expected_figures:
+        with Image.open(out / name) as im:
+            assert im.width > 200 and im.height > 150, name
+    readme = (out / "README.md").read_text()
+    for label in ("| resnet10t | CAM |", "| resnet10t | Grad-CAM++ |", "| resnet10t | LayerCAM |"):
+        assert readme.count(label) == 3
+    assert "`head_init: clone`" in readme and "figures/gallery_cam.png" in readme
+    assert "figures/pr_curves.png" not in readme
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("backbone,variant,top1_cls,top1_loc_softmax")
+    build()
+    again = {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+    assert again == files
+
+
+def test_missing_curve_file_is_named(tmp_path):
+    cams, gt, image_root = fake_run(tmp_path)
+    (tmp_path / "plots/box_accuracy/layercam_sigmoid.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="layercam_sigmoid.csv: box-accuracy curve missing"):
+        build_report(out_dir=tmp_path / "r", metrics=fake_metrics(), evaluation={"backbone": "b", "dataset": "d"},
+                     classification={}, plots_dir=tmp_path / "plots", cams=cams, gt=gt, image_root=image_root,
+                     class_names=["a", "b"], opts=EvalOptions(), gallery_images=2, dpi=60)
