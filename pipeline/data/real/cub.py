@@ -1,0 +1,134 @@
+"""CUB-200-2011 from its own annotation files (CUB_200_2011.tgz, optional segmentations.tgz).
+
+Files (DATA.md section 3): `CUB_200_2011.tgz` from CaltechDATA (sha256 from TFDS); `segmentations.tgz`
+only with ``datasets.cub.segmentations: true``.
+
+Metadata built from the archive's `images.txt`, `image_class_labels.txt`, `bounding_boxes.txt`,
+`train_test_split.txt` and `classes.txt`:
+
+* image ids are the archive's paths under `images/` (``001.Black_footed_Albatross/X.jpg``), as in
+  wsolevaluation; labels are the 1-based class ids minus one (0..199, folder order); the first
+  ``num_classes`` classes are kept.
+* boxes: `bounding_boxes.txt` holds ``x y w h`` floats; like wsolevaluation's metadata
+  (``60 27 325 304`` -> ``60,27,385,331``) the box is ``int(x), int(y), int(x + w), int(y + h)``, then
+  clipped to the image (``x1 <= W - 1``, ``y1 <= H - 1``) since an inclusive pixel box cannot reach W.
+* image sizes are read from the image headers.
+* splits: test = `train_test_split.txt` 0 (5,794 images). wsolevaluation's val is CUBV2 (1,000 extra
+  Flickr images whose boxes live only in the wsolevaluation repository); it is not fetched here.
+  Instead the first ``val_per_class`` train images of each class (in `images.txt` order) form val and
+  are **removed** from train, so val is held out from training (5 per class = 1,000 images, the size
+  of CUBV2; train keeps 4,994). ``val_per_class: 0`` gives no val split and the full 5,994 train images.
+* ``segmentations: true``: `segmentations/<class>/<name>.png` (grey levels = fraction of 5 annotators)
+  become `masks/<id>.png` and a mask view `metadata_mask/{val,test}` (no ignore masks); the preprocess
+  step binarises them at > 0.5, i.e. a majority of annotators.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.data.fetch import RemoteFile, extract
+from pipeline.data.prepare import DataError
+from pipeline.data.real.common import (clamp_box, find_dir, image_sizes, move, remove_unlisted, rmtree,
+                                       split_off_per_class, write_classes, write_metadata)
+
+NUM_CLASSES = 200
+WHERE = ("https://data.caltech.edu/records/65de6-vp158 (CaltechDATA); Google Drive mirror id "
+         "1hbzc_P1FuxMkcabkgn9ZKinBwW683j45 (same sha256)")
+ARCHIVE = RemoteFile(
+    name="CUB_200_2011.tgz",
+    url="https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1",
+    size=1_150_585_339,
+    sha256="0c685df5597a8b24909f6a7c9db6d11e008733779a671760afef78feb49bf081",
+    md5="97eceeb196236b17998738112f37df78",
+    where=WHERE,
+)
+SEGMENTATIONS = RemoteFile(
+    name="segmentations.tgz",
+    url="https://data.caltech.edu/records/w9d68-gec53/files/segmentations.tgz?download=1",
+    size=39_272_883,
+    sha256="dc77f6cffea0cbe2e41d4201115c8f29a6320ecb04fffd2444f51b8066e4b84f",
+    md5=None,  # two different md5s circulate; the TFDS sha256 is trusted (DATA.md section 3)
+    where="https://data.caltech.edu/records/w9d68-gec53 (CaltechDATA); Google Drive mirror id "
+          "1EamOKGLoTuZdtcVYbHMWNpkn3iAVj8TP",
+)
+MANUAL_WHY = ""
+
+
+def files(cfg) -> list[RemoteFile]:
+    return [ARCHIVE] + ([SEGMENTATIONS] if cfg.segmentations else [])
+
+
+def _table(path: Path, columns: int) -> dict[int, list[str]]:
+    """`<id> <col> ...` rows of a CUB annotation file -> {id: [cols]}; DataError naming file and line."""
+    rows: dict[int, list[str]] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != columns + 1 or not parts[0].isdigit():
+            raise DataError(f"{path}:{lineno}: expected '<image id> ' and {columns} column(s), got {line!r}")
+        rows[int(parts[0])] = parts[1:]
+    return rows
+
+
+def build(paths: dict[str, Path], out: Path, cfg, *, progress: bool = True) -> dict:
+    """Unpack CUB into `out` (images/, metadata/, classes.txt; masks/ and metadata_mask/ with
+    segmentations) and return a summary."""
+    work = out / ".work"
+    extract(paths[ARCHIVE.name], work / "cub", progress=progress)
+    root = find_dir(work / "cub", "images.txt", ARCHIVE.name)
+    images = _table(root / "images.txt", 1)
+    labels_1 = _table(root / "image_class_labels.txt", 1)
+    is_train = _table(root / "train_test_split.txt", 1)
+    boxes_raw = _table(root / "bounding_boxes.txt", 4)
+    classes = _table(root / "classes.txt", 1)
+    if cfg.num_classes > len(classes):
+        raise DataError(f"datasets.cub.num_classes is {cfg.num_classes} but {ARCHIVE.name} has {len(classes)} classes")
+    names = [classes[c][0] for c in sorted(classes)][: cfg.num_classes]
+
+    ids_by_num = {n: images[n][0] for n in sorted(images)}
+    for table, file in ((labels_1, "image_class_labels.txt"), (is_train, "train_test_split.txt"),
+                        (boxes_raw, "bounding_boxes.txt")):
+        missing = sorted(set(ids_by_num) - set(table))
+        if missing:
+            raise DataError(f"{root / file}: no row for image id {missing[0]} ({ids_by_num[missing[0]]})")
+    labels = {ids_by_num[n]: int(labels_1[n][0]) - 1 for n in ids_by_num}
+    kept = [ids_by_num[n] for n in ids_by_num if labels[ids_by_num[n]] < cfg.num_classes]
+
+    move(root / "images", out / "images")
+    remove_unlisted(out / "images", set(kept))
+    sizes = image_sizes(out / "images", kept, progress=progress, desc="cub sizes")
+    boxes = {}
+    num_of = {v: k for k, v in ids_by_num.items()}
+    for i in kept:
+        x, y, w, h = (float(v) for v in boxes_raw[num_of[i]])
+        boxes[i] = (clamp_box(int(x), int(y), int(x + w), int(y + h), *sizes[i]),)
+
+    train = [i for i in kept if is_train[num_of[i]][0] == "1"]
+    test = [i for i in kept if is_train[num_of[i]][0] != "1"]
+    train, val = split_off_per_class(train, labels, cfg.val_per_class, "train")
+    splits = {"train": train, "val": val, "test": test}
+    for split, ids in splits.items():
+        if ids or split != "val":
+            write_metadata(out, "metadata", split, ids, labels, sizes, boxes=boxes)
+
+    masks = 0
+    if cfg.segmentations:
+        extract(paths[SEGMENTATIONS.name], work / "seg", progress=progress)
+        seg_root = find_dir(work / "seg", names[0], SEGMENTATIONS.name)
+        move(seg_root, out / "masks")
+        mask_of = {i: i.rsplit(".", 1)[0] + ".png" for i in val + test}
+        missing = [m for m in mask_of.values() if not (out / "masks" / m).is_file()]
+        if missing:
+            raise DataError(f"{SEGMENTATIONS.name}: no segmentation for {len(missing)} image(s), e.g. {missing[0]}")
+        remove_unlisted(out / "masks", set(mask_of.values()))
+        for split in ("val", "test"):
+            if splits[split]:
+                write_metadata(out, "metadata_mask", split, splits[split], labels, sizes,
+                               masks={i: ((mask_of[i],), None) for i in splits[split]})
+        masks = len(mask_of)
+    write_classes(out, names)
+    rmtree(work)
+    return {"counts": {s: len(ids) for s, ids in splits.items()}, "boxes": len(kept), "masks": masks,
+            "num_classes": cfg.num_classes,
+            "val": f"first {cfg.val_per_class} train images per class (held out of train); CUBV2 not used"}
