@@ -16,6 +16,9 @@ their parameter names match torchvision / wsolevaluation checkpoints):
 
 Any other name is a timm model, built as `timm.create_model(name, num_classes=0, global_pool='')` and used
 through `forward_features` (with `output_stride` when given). Its target layer is the last feature map.
+The data transforms normalise every image with the ImageNet mean/std; a timm model whose own normalisation
+differs (e.g. `tf_efficientnet_lite0`: mean = std = 0.5) re-normalises its input first, inside the trunk
+(an exact per-channel affine map, no parameters), so its ImageNet weights see the inputs they were trained on.
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ import torchvision
 from torch import nn
 from torchvision.models import inception as tv_inception
 
+from pipeline.data.images import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.models.names import ALIASES
-
 
 
 class Trunk(nn.Module):
@@ -141,20 +144,37 @@ class TimmTrunk(Trunk):
 
     target_layer = "forward_features (last feature map)"
 
-    def __init__(self, name: str, output_stride: int | None = None):
+    def __init__(self, name: str, output_stride: int | None = None, pretrained_cfg_overlay: dict | None = None):
+        """`pretrained_cfg_overlay`: build with timm's `pretrained=True` from this source, e.g.
+        `dict(file=path)` or `dict(state_dict=sd)` (see pipeline.models.pretrained); None = random init."""
         super().__init__()
         import timm
 
         kwargs = {} if output_stride is None else {"output_stride": output_stride}
+        if pretrained_cfg_overlay is not None:
+            kwargs.update(pretrained=True, pretrained_cfg_overlay=pretrained_cfg_overlay)
         try:
-            self.body = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **kwargs)
+            self.body = timm.create_model(name, num_classes=0, global_pool="", **kwargs)
         except (TypeError, AssertionError, ValueError) as exc:
             raise ValueError(f"backbone '{name}': timm could not build it with output_stride="
                              f"{output_stride}: {exc}") from exc
         self.arch = name
         self.channels = self.body.num_features
+        cfg = getattr(self.body, "pretrained_cfg", None) or {}
+        self.input_mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
+        self.input_std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
+        scale = shift = None
+        if len(self.input_mean) == 3 and (self.input_mean, self.input_std) != (IMAGENET_MEAN, IMAGENET_STD):
+            # x is normalised with the ImageNet mean/std; the model wants (raw - mean) / std
+            mean, std = torch.tensor(self.input_mean), torch.tensor(self.input_std)
+            scale = (torch.tensor(IMAGENET_STD) / std).view(1, 3, 1, 1)
+            shift = ((torch.tensor(IMAGENET_MEAN) - mean) / std).view(1, 3, 1, 1)
+        self.register_buffer("input_scale", scale, persistent=False)
+        self.register_buffer("input_shift", shift, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = torch.addcmul(self.input_shift, x, self.input_scale)
         return self.body.forward_features(x)
 
 

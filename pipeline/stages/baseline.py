@@ -1,11 +1,14 @@
-"""Stage `baseline`: train the vanilla softmax classifier (cross-entropy, SGD as METHOD.md 2.2), or import
-one from `baseline.checkpoint`. Writes data/models/baseline.pt and DVCLive logs under reports/baseline/."""
+"""Stage `baseline`: train the vanilla softmax classifier (cross-entropy, SGD as METHOD.md 2.2) from a random
+or an ImageNet-pretrained trunk (`baseline.pretrained`), or import one from `baseline.checkpoint`. Writes
+data/models/baseline.pt and DVCLive logs under reports/baseline/."""
 from pipeline.stages.common import BASELINE_CKPT, live, loader, model_spec, start, user_errors
 
 
 def main() -> None:
     params = start()
-    from pipeline.models.dual import DualBranchNet, load_checkpoint, save_checkpoint
+    from pipeline.models.convert import import_checkpoint
+    from pipeline.models.dual import DualBranchNet, save_checkpoint
+    from pipeline.models.pretrained import load_imagenet, local_file
     from pipeline.train.loops import predict, resolve_device, train_baseline
 
     b = params.baseline
@@ -15,11 +18,14 @@ def main() -> None:
         test_loader = loader(params, "test", train=False)
         val_loader = loader(params, "val", train=False) if params.data.val_per_class else None
         with live("reports/baseline") as lv:
-            if b.checkpoint:
-                model, _ = load_checkpoint(b.checkpoint, expect=spec)
+            if b.checkpoint:  # this project's checkpoint, or an official / wsolevaluation one (a path or URL)
+                model, info = import_checkpoint(local_file(b.checkpoint), spec)
+                print(f"baseline: {info}", flush=True)
                 lv.summary["imported"] = 1
             else:
                 model = DualBranchNet(spec)
+                if b.pretrained == "imagenet":
+                    print(f"baseline: {load_imagenet(model, b.pretrained_file)}", flush=True)
 
                 def on_epoch(epoch: int, metrics: dict) -> None:
                     if val_loader is not None:
