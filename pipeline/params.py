@@ -109,7 +109,7 @@ class CubParams:
     segmentations: bool = _f(doc="also fetch segmentations.tgz: masks and PxAP on val/test")
     mode: str = _f(choices=("auto", "manual"), doc=_MODE_DOC)
     source_dir: str | None = _f(doc=_SOURCE_DOC)
-    presets: dict[str, PresetParams] = _f(doc=_PRESETS_DOC)
+    presets: dict[str, PresetParams] = field(default_factory=dict, metadata={"doc": _PRESETS_DOC})
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class CarsParams:
     num_classes: int = _f(lo=2, hi=196, doc="the first N of the 196 classes")
     val_per_class: int = _f(lo=0, hi=20, doc="train images per class held out as val")
     source_dir: str | None = _f(doc=_SOURCE_DOC + "; always manual: the official links are dead")
-    presets: dict[str, PresetParams] = _f(doc=_PRESETS_DOC)
+    presets: dict[str, PresetParams] = field(default_factory=dict, metadata={"doc": _PRESETS_DOC})
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class IlsvrcParams:
     train_per_class: int | None = _f(lo=1, hi=1300, doc="train images per class from ILSVRC2012_img_train.tar "
                                                         "(null = all)")
     source_dir: str | None = _f(doc=_SOURCE_DOC + "; always manual: image-net.org needs a login")
-    presets: dict[str, PresetParams] = _f(doc=_PRESETS_DOC)
+    presets: dict[str, PresetParams] = field(default_factory=dict, metadata={"doc": _PRESETS_DOC})
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ class OpenImagesParams:
     val_per_class: int = _f(lo=0, hi=25, doc="official val images per class kept (25 = all)")
     mode: str = _f(choices=("auto", "manual"), doc=_MODE_DOC)
     source_dir: str | None = _f(doc=_SOURCE_DOC)
-    presets: dict[str, PresetParams] = _f(doc=_PRESETS_DOC)
+    presets: dict[str, PresetParams] = field(default_factory=dict, metadata={"doc": _PRESETS_DOC})
 
 
 DATASET_PARAMS: dict[str, type] = {"synthbirds": SynthBirdsParams, "cub": CubParams, "cars": CarsParams,
@@ -252,6 +252,13 @@ class ReportParams:
 
 
 @dataclass(frozen=True)
+class DistributedParams:
+    nproc: int = _f(lo=1, hi=1024, doc="processes (one per GPU) of the baseline, finetune, cams and evaluate "
+                                       "stages; > 1 runs them through torchrun (pipeline/dist.py)")
+    backend: str = _f(choices=("auto", "nccl", "gloo"), doc="auto: nccl on CUDA, gloo on the CPU")
+
+
+@dataclass(frozen=True)
 class ParamsFile:
     """`params.yaml` as written, before the tables are resolved."""
 
@@ -268,6 +275,7 @@ class ParamsFile:
     cams: CamsParams = _f()
     evaluate: EvaluateParams = _f()
     report: ReportParams = _f()
+    distributed: DistributedParams = _f()
 
 
 @dataclass(frozen=True)
@@ -430,6 +438,8 @@ def resolve_backbone(name: str, table: Mapping[str, Any]) -> tuple[str, str]:
 def _cross_checks(p: ParamsFile, errors: list[str]) -> None:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", p.device):
         errors.append(f"device: '{p.device}' is not valid; choose one of: auto, cpu, cuda, cuda:N")
+    if p.distributed.backend == "nccl" and p.device == "cpu":
+        errors.append("distributed.backend: 'nccl' needs CUDA but device is 'cpu'; use auto or gloo")
     if p.dataset not in p.datasets:
         errors.append(f"datasets.{p.dataset}: missing (settings of the selected dataset)")
     for name, d in p.datasets.items():

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.models.dual import DualBranchNet
+from pipeline.train.loops import to_device
 
 VARIANTS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam")
 BRANCHES = ("softmax", "sigmoid")
@@ -112,7 +113,7 @@ def compute_cams(model: DualBranchNet, images: torch.Tensor, targets: torch.Tens
     """
     check_eval_mode(model)
     device = model.head.weight.device
-    images = images.to(device)
+    images = to_device(images, device)
     targets = targets.to(device=device, dtype=torch.long)
     bf16 = amp and device.type == "cuda"
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -35,10 +35,11 @@ def iter_cam_records(model: DualBranchNet, loader: DataLoader, image_ids: Sequen
         labels = labels.to(gt.logits.device)
         own_soft = gt.logits.gather(1, labels[:, None])[:, 0].cpu().tolist()
         own_sig = gt.logits2.gather(1, labels[:, None])[:, 0].cpu().tolist()
+        preds = pred.cpu().tolist()  # one device-to-host copy per batch, not one per image
         for i, label in enumerate(labels.cpu().tolist()):
             if offset + i >= len(image_ids):
                 raise ValueError(f"the loader yields more images than the {len(image_ids)} image ids given")
-            yield CamRecord(image_ids[offset + i], label, int(pred[i]), own_soft[i], own_sig[i], maps[i])
+            yield CamRecord(image_ids[offset + i], label, preds[i], own_soft[i], own_sig[i], maps[i])
         offset += len(labels)
     if offset != len(image_ids):
         raise ValueError(f"the loader yielded {offset} images for {len(image_ids)} image ids")

@@ -63,8 +63,15 @@ class ImageSet(Dataset):
 
 
 def make_loader(dataset: ImageSet, *, batch_size: int, train: bool, seed: int, workers: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    """Shuffled (train) or ordered (test) loader; the shuffle order depends on `seed` only."""
+                pin_memory: bool = False, sampler=None) -> DataLoader:
+    """Shuffled (train) or ordered (test) loader; the shuffle order depends on `seed` only. A `sampler`
+    (a seeded DistributedSampler, pipeline/dist.py) replaces the shuffle. `pin_memory` and the workers'
+    prefetch depth only change speed, never the batches.
+
+    Train loaders start fresh workers every epoch, seeded from `generator`: the random crops and flips of an
+    epoch then depend on the generator's state alone, which pipeline/train/resume.py saves and restores.
+    """
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, num_workers=workers,
-                      pin_memory=pin_memory, drop_last=False, persistent_workers=workers > 0)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      generator=generator, num_workers=workers, pin_memory=pin_memory, drop_last=False,
+                      persistent_workers=workers > 0 and not train, prefetch_factor=4 if workers > 0 else None)

@@ -120,7 +120,8 @@ def fidelity(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Ten
 
 def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: EvalOptions, *,
                  model=None, batches=None, fidelity_target: str = "pred",
-                 progress: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+                 progress: Callable[[str], None] | None = None,
+                 map_pairs: Callable[[list, Callable], list] | None = None) -> tuple[dict, dict]:
     """Metrics of every (variant, branch) on the test split; returns (metrics, curves).
 
     metrics[variant][branch] holds maxboxacc_v2, maxboxacc_iou{30,50,70}, maxboxacc (v1: largest contour,
@@ -129,36 +130,44 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
     at those thresholds. metrics['top1_cls'] is the softmax branch's test accuracy (frozen, so it is the
     baseline's). curves[(variant, branch)] = {"thresholds", "box": {column: per-threshold accuracy (%)},
     "pr": (precision, recall) or None}.
+
+    `map_pairs(pairs, fn)` returns [fn(pair) for pair in pairs]; pipeline.dist.map_items spreads the
+    (variant, branch) pairs over the ranks of a distributed run (each pair computed as in one process).
     """
     for split, cam in cams.items():
         check_alignment(cam, gts[split], split)
     test = cams["test"]
     metrics: dict = {"top1_cls": 100.0 * float(np.mean([int(r["pred"]) == int(r["label"]) for r in test.index]))}
     curves: dict = {}
-    for variant in VARIANTS:
-        metrics[variant] = {}
-        for branch in BRANCHES:
-            if progress:
-                progress(f"{variant}/{branch}")
-            box, mask = box_and_mask(test, gts["test"], variant, branch, opts)
-            chosen = None
-            if opts.threshold_split == "val":
-                val_box, _ = box_and_mask(cams["val"], gts["val"], variant, branch, opts)
-                chosen = {mode: select_thresholds(val_box, mode) for mode in ("multi", "single")}
-            m = box_summary(box, chosen, opts.iou_thresholds)
-            if mask is not None:
-                m["pxap"] = mask.pxap
-            if model is not None and batches is not None:
-                pp = postprocess_options(variant, branch, gts["test"].size, opts)
-                m.update({k: v for k, v in fidelity(model, batches, test, variant, branch, pp, fidelity_target).items()
-                          if k in ("avg_drop", "inc_conf")})
-            metrics[variant][branch] = m
-            accuracy = box.box_accuracy("multi")
-            columns = {f"iou{d}": accuracy[i] for i, d in enumerate(opts.iou_thresholds)}
-            if 50 in opts.iou_thresholds:  # MaxBoxAcc (v1): the largest contour at IoU 50
-                columns["largest_contour_iou50"] = box.box_accuracy("single")[opts.iou_thresholds.index(50)]
-            curves[(variant, branch)] = {"thresholds": box.thresholds, "box": columns,
-                                         "pr": (mask.precision, mask.recall) if mask is not None else None}
+
+    def pair(variant_branch: tuple[str, str]) -> tuple[dict, dict]:
+        variant, branch = variant_branch
+        if progress:
+            progress(f"{variant}/{branch}")
+        box, mask = box_and_mask(test, gts["test"], variant, branch, opts)
+        chosen = None
+        if opts.threshold_split == "val":
+            val_box, _ = box_and_mask(cams["val"], gts["val"], variant, branch, opts)
+            chosen = {mode: select_thresholds(val_box, mode) for mode in ("multi", "single")}
+        m = box_summary(box, chosen, opts.iou_thresholds)
+        if mask is not None:
+            m["pxap"] = mask.pxap
+        if model is not None and batches is not None:
+            pp = postprocess_options(variant, branch, gts["test"].size, opts)
+            m.update({k: v for k, v in fidelity(model, batches, test, variant, branch, pp, fidelity_target).items()
+                      if k in ("avg_drop", "inc_conf")})
+        accuracy = box.box_accuracy("multi")
+        columns = {f"iou{d}": accuracy[i] for i, d in enumerate(opts.iou_thresholds)}
+        if 50 in opts.iou_thresholds:  # MaxBoxAcc (v1): the largest contour at IoU 50
+            columns["largest_contour_iou50"] = box.box_accuracy("single")[opts.iou_thresholds.index(50)]
+        return m, {"thresholds": box.thresholds, "box": columns,
+                   "pr": (mask.precision, mask.recall) if mask is not None else None}
+
+    pairs = [(variant, branch) for variant in VARIANTS for branch in BRANCHES]
+    results = map_pairs(pairs, pair) if map_pairs is not None else [pair(vb) for vb in pairs]
+    for (variant, branch), (m, curve) in zip(pairs, results):
+        metrics.setdefault(variant, {})[branch] = m
+        curves[(variant, branch)] = curve
     return metrics, curves
 
 

@@ -3,40 +3,49 @@
 Writes data/cams/<split>/ (manifest.json, index.csv, shard_*.npy; see pipeline/cams/store.py) for the test
 split, and the val split too with `cams.splits: val+test`. Post-processing
 (weight clamp, ReLU, upsampling, normalisation) belongs to evaluation, so changing it never reruns this.
+With `distributed.nproc` > 1 the ranks share the batches and rank 0 writes the same bytes (pipeline/dist.py).
 """
+import contextlib
 
-from pipeline.stages.common import CAMS_DIR, FINETUNED_CKPT, loader, model_spec, start, user_errors
+from pipeline.stages.common import CAMS_DIR, FINETUNED_CKPT, loader, model_spec, start, throughput, user_errors
 
 
 def main() -> None:
-    params = start()
+    params = start(distributed=True)
     from pipeline.cams.generate import iter_cam_records
     from pipeline.cams.store import write_cams
     from pipeline.data.prepare import load_prepared
+    from pipeline.dist import drain, finish, is_main, map_ordered
     from pipeline.io import atomic_dir
     from pipeline.models.dual import load_checkpoint
-    from pipeline.train.loops import resolve_device
+    from pipeline.train.loops import place, resolve_device
 
     c = params.cams
     with user_errors():
         device = resolve_device(params.device)
         model, _ = load_checkpoint(FINETUNED_CKPT, expect=model_spec(params))
-        model.to(device).eval()
+        place(model, device).eval()
         prepared = load_prepared(params.prepared_dir())
         targets = tuple(c.targets.split("+"))
-        with atomic_dir(CAMS_DIR) as tmp:
+        with (atomic_dir(CAMS_DIR) if is_main() else contextlib.nullcontext()) as tmp:
             for split in c.splits.split("+"):
                 ids = prepared.split(split).image_ids
-                records = iter_cam_records(model, loader(params, split, train=False, batch_size=c.batch_size),
-                                           ids, targets=targets, amp=c.amp)
+                records = map_ordered(loader(params, split, train=False, batch_size=c.batch_size), ids,
+                                      lambda part, part_ids: iter_cam_records(model, part, part_ids,
+                                                                              targets=targets, amp=c.amp))
+                if not is_main():  # distributed: this rank's batches go to rank 0, which writes
+                    drain(records)
+                    continue
                 info = {"backbone": params.backbone, "dataset": params.dataset, "split": split,
                         "target_layer": model.trunk.target_layer, "input_size": params.model.input_size,
                         "device_type": device.type, "amp": c.amp and device.type == "cuda"}
-                manifest = write_cams(tmp / split, records, targets=targets, feature_size=model.feature_size,
-                                      dtype=c.dtype, shard_size=c.shard_size, info=info)
+                with throughput(f"cams: {split}", len(ids) * len(targets), device):
+                    manifest = write_cams(tmp / split, records, targets=targets, feature_size=model.feature_size,
+                                          dtype=c.dtype, shard_size=c.shard_size, info=info)
                 print(f"cams: {split}: {manifest['images']} images x {len(manifest['variants'])} variants x "
                       f"{len(manifest['branches'])} branches x {len(targets)} target(s) at {manifest['feature_size']} "
                       f"in {len(manifest['shards'])} shard(s) -> {CAMS_DIR / split}")
+    finish()
 
 
 if __name__ == "__main__":

@@ -24,11 +24,58 @@ FINETUNED_CKPT = MODELS / "finetuned.pt"
 CAMS_DIR = Path("data/cams")
 
 
-def start() -> Params:
-    """Load and validate params (exit 2 listing every problem), then seed every generator."""
+def start(*, distributed: bool = False) -> Params:
+    """Load and validate params (exit 2 listing every problem), then seed every generator. `distributed`: the
+    stage can run on `distributed.nproc` processes (re-launched under torchrun, pipeline/dist.py)."""
     params = load_or_exit()
+    if distributed:
+        from pipeline import dist
+
+        d = params.distributed
+        with user_errors():
+            dist.setup(d.nproc, d.backend, params.device)
     seed_everything(params.seed)
+    _print_device(params)
     return params
+
+
+def _print_device(params: Params) -> None:
+    """One line naming the stage's device and the GPUs it was given (so `dvc queue logs` shows which
+    worker's GPU ran an experiment)."""
+    from pipeline.dist import is_main
+    from pipeline.train.loops import resolve_device
+
+    if not is_main():
+        return
+    try:
+        device = resolve_device(params.device)
+    except ValueError:
+        return  # the stage reports it
+    print(f"{Path(sys.argv[0]).stem}: device {device_name(device)}, "
+          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}", flush=True)
+
+
+def device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@contextlib.contextmanager
+def throughput(stage: str, images: int, device) -> Iterator[None]:
+    """Print the images per second of the block (rank 0), e.g. 'finetune: 2,400 images in 30.1 s ...'."""
+    import time
+
+    from pipeline.dist import is_main
+
+    start_time = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start_time
+    if is_main() and seconds > 0:
+        print(f"{stage}: {images:,} images in {seconds:.1f} s = {images / seconds:,.0f} images/s on "
+              f"{device_name(device)}", flush=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -59,7 +106,9 @@ def model_spec(params: Params):
 
 
 def loader(params: Params, split: str, *, train: bool, workers: int = 0, batch_size: int | None = None):
-    """DataLoader over a prepared split with the official train or test transform."""
+    """DataLoader over a prepared split with the official train or test transform. In a distributed run a
+    train loader covers this rank's share (DistributedSampler) with batch_size / nproc images per batch."""
+    from pipeline import dist
     from pipeline.data.images import ImageSet, eval_transform, make_loader, train_transform
     from pipeline.data.prepare import load_prepared
 
@@ -69,8 +118,10 @@ def loader(params: Params, split: str, *, train: bool, workers: int = 0, batch_s
     transform = train_transform(size) if train else eval_transform(size)
     dataset = ImageSet(prepared.image_root, data.image_ids, data.labels, transform,
                        approx_bytes=prepared.approx_bytes(split))
-    return make_loader(dataset, batch_size=batch_size or params.model.batch_size, train=train, seed=params.seed,
-                       workers=workers)
+    batch_size = batch_size or params.model.batch_size
+    return make_loader(dataset, batch_size=dist.local_batch(batch_size) if train else batch_size, train=train,
+                       seed=params.seed, workers=workers, pin_memory=dist.uses_cuda(params.device),
+                       sampler=dist.train_sampler(dataset, params.seed) if train else None)
 
 
 def eval_options(params: Params):
@@ -87,4 +138,8 @@ def live(directory: str):
     """A DVCLive logger that writes only metrics and plots (no dvc.yaml, no experiment, no timestamps)."""
     from dvclive import Live
 
+    from pipeline.dist import NullLive, is_main
+
+    if not is_main():  # distributed: rank 0 alone writes
+        return NullLive()
     return Live(dir=directory, save_dvc_exp=False, dvcyaml=False, report=None)

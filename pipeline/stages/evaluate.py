@@ -7,6 +7,7 @@ Reads data/cams/<split>/ and the prepared GT tables, applies the evaluation-time
   reports/plots/box_accuracy/<v>_<b>.csv   box accuracy against CAM threshold: one column per IoU (all
                                            contours) and the largest contour at IoU 50
   reports/plots/pixel_pr/<v>_<b>.csv       pixel precision-recall curve (datasets with masks)
+With `distributed.nproc` > 1 the ranks share the (variant, branch) pairs and rank 0 writes the same bytes.
 """
 
 from pipeline.stages.common import (CAMS_DIR, FINETUNED_CKPT, REPORTS, eval_options, loader, model_spec, start,
@@ -16,11 +17,12 @@ PLOTS = REPORTS / "plots"
 
 
 def main() -> None:
-    params = start()
+    params = start(distributed=True)
     import shutil
 
     from pipeline.cams.store import read_cams
     from pipeline.data.prepare import load_ground_truth
+    from pipeline.dist import finish, is_main, map_items
     from pipeline.io import write_json, write_text
     from pipeline.metrics.evaluate import evaluate_all
     from pipeline.models.dual import load_checkpoint
@@ -41,7 +43,10 @@ def main() -> None:
             batches = lambda: iter(test_loader)  # noqa: E731
         metrics, curves = evaluate_all(cams, gts, opts, model=model, batches=batches,
                                        fidelity_target=e.fidelity_target,
-                                       progress=lambda name: print(f"evaluate: {name}", flush=True))
+                                       progress=lambda name: print(f"evaluate: {name}", flush=True),
+                                       map_pairs=map_items)
+    if not is_main():  # distributed: every rank has every pair's results; rank 0 alone writes
+        return finish()
     write_json(REPORTS / "metrics.json", metrics)
     write_json(REPORTS / "evaluation.json", {
         "dataset": params.dataset, "backbone": params.backbone, "split": "test",
@@ -63,6 +68,7 @@ def main() -> None:
                key=lambda vb: metrics[vb[0]][vb[1]]["maxboxacc_v2"])
     print(f"evaluate: Top-1 Cls {metrics['top1_cls']:.2f}%; best MaxBoxAccV2 {metrics[best[0]][best[1]]['maxboxacc_v2']:.2f}"
           f" ({best[0]}, {best[1]} branch) -> {REPORTS / 'metrics.json'}")
+    finish()
 
 
 if __name__ == "__main__":

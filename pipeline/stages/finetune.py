@@ -2,24 +2,29 @@
 
 Checks that the softmax branch's test logits are bit-identical before and after (the trunk and softmax
 head are frozen, so Top-1 Cls cannot change) and fails if they are not. Writes data/models/finetuned.pt,
-DVCLive logs under reports/finetune/ and Top-1 Cls of both branches in reports/classification.json.
+DVCLive logs under reports/finetune/ and Top-1 Cls of both branches in reports/classification.json. A killed
+run, rerun, resumes after its last complete epoch from data/resume/finetune/ (pipeline/train/resume.py).
 """
 import sys
 
 from pipeline.io import write_json
-from pipeline.stages.common import DUAL_CKPT, FINETUNED_CKPT, REPORTS, live, loader, model_spec, start, user_errors
+from pipeline.stages.common import (DUAL_CKPT, FINETUNED_CKPT, REPORTS, live, loader, model_spec, start, throughput,
+                                    user_errors)
 
 
 def main() -> None:
-    params = start()
+    params = start(distributed=True)
     import torch
 
+    from pipeline.dist import finish, is_main, share_checkpoints
     from pipeline.models.dual import load_checkpoint, save_checkpoint
     from pipeline.train.loops import finetune_sigmoid_head, predict, resolve_device
+    from pipeline.train.resume import for_stage
 
     f = params.finetune
     with user_errors():
         device = resolve_device(params.device)
+        checkpoints = share_checkpoints(for_stage("finetune", params, device, inputs=[DUAL_CKPT]))
         model, extra = load_checkpoint(DUAL_CKPT, expect=model_spec(params))
         model.to(device)
         test_loader = loader(params, "test", train=False)
@@ -32,11 +37,14 @@ def main() -> None:
                 print(f"finetune epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
                       flush=True)
 
-            trained = finetune_sigmoid_head(
-                model, loader(params, "train", train=True, workers=f.workers), device, epochs=f.epochs,
-                lr=params.finetune_lr, lr_decay_every=f.lr_decay_every, momentum=f.momentum, nesterov=f.nesterov,
-                weight_decay=params.model.finetune_weight_decay, bn_mode=f.bn_mode, pos_weight=f.pos_weight,
-                on_epoch=on_epoch)
+            checkpoints.replay(lv)  # the resumed epochs' metrics, as first logged
+            train_loader = loader(params, "train", train=True, workers=f.workers)
+            with throughput("finetune", len(train_loader.dataset) * f.epochs, device):
+                trained = finetune_sigmoid_head(
+                    model, train_loader, device, epochs=f.epochs, lr=params.finetune_lr,
+                    lr_decay_every=f.lr_decay_every, momentum=f.momentum, nesterov=f.nesterov,
+                    weight_decay=params.model.finetune_weight_decay, bn_mode=f.bn_mode, pos_weight=f.pos_weight,
+                    on_epoch=on_epoch if is_main() else None, checkpoints=checkpoints)
             after = predict(model, test_loader, device, desc="test after")
             identical = torch.equal(before.logits, after.logits)
             result = {"top1_cls_softmax": after.top1(1), "top1_cls_sigmoid": after.top1(2),
@@ -47,13 +55,17 @@ def main() -> None:
             print(f"error: fine-tuning changed the softmax branch's test logits (max |diff| = {diff:.3g}); "
                   f"the trunk and softmax head must stay frozen", file=sys.stderr)
             raise SystemExit(1)
+        if not is_main():  # distributed: rank 0 alone writes; the others wait for it
+            return finish()
         write_json(REPORTS / "classification.json", {
             **result, "backbone": params.backbone, "dataset": params.dataset, "head_init": f.head_init,
             "bn_mode": f.bn_mode, "trained_parameters": trained, "num_test_images": len(after.labels)})
         model.cpu()
         save_checkpoint(model, FINETUNED_CKPT, stage="finetune", head_init=f.head_init, bn_mode=f.bn_mode)
+        checkpoints.clear()
     print(f"finetune: Top-1 Cls softmax {result['top1_cls_softmax']:.2f}% (unchanged, bit-identical logits), "
           f"sigmoid {result['top1_cls_sigmoid']:.2f}% -> {FINETUNED_CKPT}")
+    finish()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ nothing of DVC.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,22 +16,50 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pipeline.dist import ddp, rank_device, reduce_sums, set_epoch
 from pipeline.models.dual import (DualBranchNet, freeze_all_but_sigmoid_head, restore_eval_mode,
                                   set_finetune_mode)
 from pipeline.train.losses import balanced_bce
 from pipeline.train.optim import apply_lr, make_sgd
+from pipeline.train.resume import EpochCheckpoints
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when present, else CPU; `cuda`/`cuda:N` must exist."""
+    """`auto` -> CUDA when present, else CPU; `cuda`/`cuda:N` must exist. A distributed rank gets
+    cuda:LOCAL_RANK for any CUDA device (pipeline/dist.py)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return rank_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: '{name}' asked for, but CUDA is not available here; use auto or cpu")
-    return device
+    return rank_device(device)
+
+
+# Channels-last (NHWC) memory layout for the model and its inputs on CUDA, where cuDNN's convolutions are
+# faster in it (benchmarks/bench_train.py measures both; PIPELINE_CHANNELS_LAST=0 turns it off). The CPU
+# keeps the default layout, so CPU results do not change.
+CHANNELS_LAST = os.environ.get("PIPELINE_CHANNELS_LAST", "1") != "0"
+
+
+def _channels_last(device: torch.device) -> bool:
+    return CHANNELS_LAST and device.type == "cuda"
+
+
+def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move `model` to `device` (channels-last on CUDA); returns it."""
+    model.to(device)
+    if _channels_last(device):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of images on `device`, asynchronously from pinned memory, channels-last on CUDA."""
+    if _channels_last(device) and images.dim() == 4:
+        return images.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return images.to(device, non_blocking=True)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -58,7 +87,7 @@ def predict(model: DualBranchNet, loader: DataLoader, device: torch.device, *, d
     model.eval()
     logits, logits2, labels = [], [], []
     for images, targets in tqdm(loader, desc=desc, leave=False):
-        out = model(images.to(device))
+        out = model(to_device(images, device))
         logits.append(out.logits.float().cpu())
         if out.logits2 is not None:
             logits2.append(out.logits2.float().cpu())
@@ -88,24 +117,30 @@ def classifier_parameter_names(model: DualBranchNet) -> set[str]:
 def train_baseline(model: DualBranchNet, loader: DataLoader, device: torch.device, *, epochs: int, lr: float,
                    lr_classifier_ratio: float, lr_decay_every: int, momentum: float, nesterov: bool,
                    weight_decay: float, label_smoothing: float = 0.0,
-                   on_epoch: EpochCallback | None = None) -> None:
-    """Train the whole softmax classifier with cross-entropy (SGD, Nesterov, step decay)."""
-    model.to(device)
+                   on_epoch: EpochCallback | None = None, checkpoints: EpochCheckpoints | None = None) -> None:
+    """Train the whole softmax classifier with cross-entropy (SGD, Nesterov, step decay).
+
+    With `checkpoints`, resume after the last epoch saved there and save the state after every epoch.
+    """
+    place(model, device)
     head_names = classifier_parameter_names(model)
     named = list(model.named_parameters())
     optimizer = make_sgd([([p for n, p in named if n not in head_names], lr),
                           ([p for n, p in named if n in head_names], lr * lr_classifier_ratio)],
                          momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-    for epoch in range(1, epochs + 1):
+    first = checkpoints.restore(model, optimizer, loader) if checkpoints is not None else 1
+    net = ddp(model, device)  # distributed: DDP (gradients averaged over the ranks); else the model itself
+    for epoch in range(first, epochs + 1):
         factor = apply_lr(optimizer, epoch, lr_decay_every)
+        set_epoch(loader, epoch)
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
         for images, targets in tqdm(loader, desc=f"baseline epoch {epoch}/{epochs}", leave=False):
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            images, targets = to_device(images, device), targets.to(device, non_blocking=True)
             with autocast(device):
-                logits = model(images).logits
+                logits = net(images).logits
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -113,38 +148,47 @@ def train_baseline(model: DualBranchNet, loader: DataLoader, device: torch.devic
             loss_sum += loss.detach() * len(targets)
             correct += (logits.argmax(1) == targets).sum()
             seen += len(targets)
+        loss_sum, correct, seen = reduce_sums(loss_sum, correct, seen)  # over the ranks
+        metrics = {"train/loss": loss_sum.item() / seen, "train/acc": 100.0 * correct.item() / seen,
+                   "lr": lr * factor}
         if on_epoch is not None:
-            on_epoch(epoch, {"train/loss": loss_sum.item() / seen,
-                             "train/acc": 100.0 * correct.item() / seen, "lr": lr * factor})
+            on_epoch(epoch, metrics)
+        if checkpoints is not None:
+            checkpoints.save(epoch, model, optimizer, loader, metrics)
 
 
 def finetune_sigmoid_head(model: DualBranchNet, loader: DataLoader, device: torch.device, *, epochs: int,
                           lr: float, lr_decay_every: int, momentum: float, nesterov: bool, weight_decay: float,
                           bn_mode: str, pos_weight: float | None = None,
-                          on_epoch: EpochCallback | None = None) -> list[str]:
+                          on_epoch: EpochCallback | None = None,
+                          checkpoints: EpochCheckpoints | None = None) -> list[str]:
     """Train only the sigmoid head with class-balanced BCE; return the names of the trained parameters.
 
     The trunk and the softmax head are frozen (requires_grad=False) and run without autograd; BatchNorm
     follows `bn_mode` (see `set_finetune_mode`). The cross-entropy of the frozen softmax head is logged,
-    as in the official code, but gives no gradient.
+    as in the official code, but gives no gradient. With `checkpoints`, resume after the last epoch saved
+    there and save the state after every epoch.
     """
-    model.to(device)
+    place(model, device)
     trainable = freeze_all_but_sigmoid_head(model)
     optimizer = make_sgd([(list(model.head2.parameters()), lr)], momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay)
     try:
-        for epoch in range(1, epochs + 1):
+        first = checkpoints.restore(model, optimizer, loader) if checkpoints is not None else 1
+        head2 = ddp(model.head2, device)  # distributed: DDP over the only module that trains
+        for epoch in range(first, epochs + 1):
             factor = apply_lr(optimizer, epoch, lr_decay_every)
+            set_epoch(loader, epoch)
             set_finetune_mode(model, bn_mode)
             sums = torch.zeros(3, dtype=torch.float64, device=device)  # bce, ce, correct (sigmoid)
             seen = 0
             for images, targets in tqdm(loader, desc=f"finetune epoch {epoch}/{epochs}", leave=False):
-                images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                images, targets = to_device(images, device), targets.to(device, non_blocking=True)
                 with torch.no_grad(), autocast(device):
                     _, pooled = model.embed(images)
                     logits = model.head(pooled)
                 pooled = pooled.float()
-                logits2 = model.head2(pooled)
+                logits2 = head2(pooled)
                 loss = balanced_bce(logits2, targets, pos_weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -153,10 +197,14 @@ def finetune_sigmoid_head(model: DualBranchNet, loader: DataLoader, device: torc
                 sums += torch.stack([loss.detach().double() * len(targets), ce.double() * len(targets),
                                      (logits2.argmax(1) == targets).sum().double()])
                 seen += len(targets)
+            sums, seen = reduce_sums(sums, seen)  # over the ranks
             bce, ce, correct = (sums / seen).tolist()
+            metrics = {"train/bce": bce, "train/ce_frozen": ce, "train/acc_sigmoid": 100.0 * correct,
+                       "lr": lr * factor}
             if on_epoch is not None:
-                on_epoch(epoch, {"train/bce": bce, "train/ce_frozen": ce, "train/acc_sigmoid": 100.0 * correct,
-                                 "lr": lr * factor})
+                on_epoch(epoch, metrics)
+            if checkpoints is not None:
+                checkpoints.save(epoch, model, optimizer, loader, metrics)
     finally:
         restore_eval_mode(model)
         for p in model.parameters():

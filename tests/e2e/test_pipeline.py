@@ -202,3 +202,44 @@ def test_backbone_grid_queues_one_experiment_per_backbone(repo):
     finally:
         run(["dvc", "queue", "remove", "--queued"], repo)
     assert "Queued" not in run(["dvc", "queue", "status"], repo).stdout
+
+
+def test_two_queue_workers_each_pinned_to_its_own_gpu(repo):
+    """README's recipe: `CUDA_VISIBLE_DEVICES=<g> dvc queue start -j <g + 1>` per GPU g (-j N makes sure
+    workers 1..N exist, so each call adds one worker, with that shell's GPU). Every stage prints the
+    CUDA_VISIBLE_DEVICES it got, so each experiment's log names its worker's GPU."""
+    import time
+
+    run(["dvc", "exp", "run", "--queue", "-S", "evaluate.loc_threshold=0.25,0.3"], repo)
+
+    def status() -> list[tuple[str, str]]:
+        lines = run(["dvc", "queue", "status"], repo).stdout.splitlines()
+        return [(line.split()[1], line.split()[-1]) for line in lines[1:] if line.strip() and len(line.split()) >= 4
+                and not line.startswith("Worker")]
+
+    def start_worker(gpu: str, workers: int) -> None:
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+               "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1", "CUDA_VISIBLE_DEVICES": gpu}
+        # no pipes: the worker it spawns would keep them open and block subprocess.run until it exits
+        subprocess.run(["dvc", "queue", "start", "-j", str(workers)], cwd=repo, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+    start_worker("0", 1)
+    deadline = time.time() + 300
+    while not any(s == "Running" for _, s in status()):  # worker 0 holds the first experiment...
+        assert time.time() < deadline, status()
+        time.sleep(1)
+    start_worker("1", 2)                                 # ...so worker 2 takes the second
+    while any(s in ("Queued", "Running") for _, s in status()):
+        assert time.time() < deadline, status()
+        time.sleep(2)
+    tasks = status()
+    assert len(tasks) == 2 and all(s == "Success" for _, s in tasks), tasks
+    seen = set()
+    for name, _ in tasks:
+        log = run(["dvc", "queue", "logs", name], repo).stdout
+        gpus = {line.rsplit("CUDA_VISIBLE_DEVICES=", 1)[1].strip() for line in log.splitlines()
+                if "CUDA_VISIBLE_DEVICES=" in line}
+        assert len(gpus) == 1, log  # every stage of one experiment ran on its worker's GPU
+        seen |= gpus
+    assert seen == {"0", "1"}
