@@ -4,7 +4,6 @@ cams and evaluate on 2 processes must write the same bytes as on 1; baseline and
 and give a loadable model (not the same bytes: the ranks' shuffle, BatchNorm batches and gradient sums
 differ from one process). The single-process stages run once, in one Python process, for every test.
 """
-import hashlib
 import os
 import shutil
 import signal
@@ -18,6 +17,7 @@ import yaml
 
 from pipeline import dist
 from pipeline.params import ParamsError, validate
+from tests.project import copy_project, digests
 
 ROOT = Path(__file__).resolve().parents[1]
 # Several batches per split, a ragged last one, an odd batch count and shards that straddle batches and ranks.
@@ -43,16 +43,6 @@ def stage(repo: Path, name: str, check: bool = True) -> subprocess.CompletedProc
     return run([sys.executable, "-m", f"pipeline.stages.{name}"], repo, check)
 
 
-def digests(repo: Path, *paths: str) -> dict[str, str]:
-    out = {}
-    for rel in paths:
-        root = repo / rel
-        for path in sorted([root] if root.is_file() else root.rglob("*")):
-            if path.is_file():
-                out[str(path.relative_to(repo))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
 def set_params(repo: Path, **sections) -> None:
     path = repo / "params.yaml"
     data = yaml.safe_load(path.read_text())
@@ -65,12 +55,7 @@ def set_params(repo: Path, **sections) -> None:
 def repo(tmp_path_factory) -> Path:
     """A copy of the project on the smoke params, every stage up to evaluate run once on 1 process."""
     dest = tmp_path_factory.mktemp("dist") / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file() and not rel.startswith(("data/", "reports/")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
+    copy_project(dest)
     run([sys.executable, "-m", "pipeline.params", "apply", "configs/smoke.yaml"], dest)
     set_params(dest, **OVERRIDES)
     run([sys.executable, "-c", DRIVER, "download", "preprocess", "baseline", "clone_head", "finetune", "cams",

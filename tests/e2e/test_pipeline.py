@@ -3,13 +3,13 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tests.project import copy_project
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -37,12 +37,7 @@ def digest_tree(*roots: Path) -> dict[str, str]:
 def repo(tmp_path_factory) -> Path:
     """A fresh copy of the tracked project files, as a git repository, switched to the smoke params."""
     dest = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file() and not rel.startswith(("data/", "reports/")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
+    copy_project(dest)
     run(["git", "init", "-q"], dest)
     run([sys.executable, "-m", "pipeline.params", "apply", "configs/smoke.yaml"], dest)
     run(["git", "add", "-A"], dest)

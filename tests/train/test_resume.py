@@ -5,7 +5,6 @@ The interruptions use torch's global optimizer step hook, so no test-only code l
 process it raises after N optimizer steps; in the end-to-end test a small driver (DRIVER below) registers
 a hook that SIGKILLs its own process after N steps of the stage named `stage@N`.
 """
-import hashlib
 import os
 import random
 import shutil
@@ -26,6 +25,7 @@ from pipeline.models.dual import DualBranchNet, ModelSpec
 from pipeline.params import deep_merge, validate
 from pipeline.train.loops import finetune_sigmoid_head, train_baseline
 from pipeline.train.resume import EpochCheckpoints, for_stage
+from tests.project import copy_project, digests
 
 ROOT = Path(__file__).resolve().parents[2]
 K = 3
@@ -282,16 +282,6 @@ def stages(repo: Path, *names: str, killed: bool = False) -> str:
     return proc.stdout
 
 
-def digests(repo: Path, *paths: str) -> dict[str, str]:
-    out = {}
-    for rel in paths:
-        root = repo / rel
-        for path in sorted([root] if root.is_file() else root.rglob("*")):
-            if path.is_file():
-                out[str(path.relative_to(repo))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
 OUTPUTS = ("data/models", "reports/baseline", "reports/finetune", "reports/classification.json")
 
 
@@ -299,12 +289,7 @@ def test_killed_stages_resume_to_the_uninterrupted_bytes(tmp_path):
     """download .. finetune uninterrupted (the reference), then again with baseline and finetune each
     SIGKILLed in the middle of epoch 2 of 3 and rerun: the models and DVCLive files are the same bytes."""
     repo = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file() and not rel.startswith(("data/", "reports/")):
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, repo / rel)
+    copy_project(repo)
     # `python -m pipeline.params apply configs/smoke.yaml`, then 3 epochs each, in process
     p = deep_merge(yaml.safe_load((repo / "params.yaml").read_text()),
                    yaml.safe_load((repo / "configs/smoke.yaml").read_text()))
