@@ -6,13 +6,13 @@ import io
 import os
 import socket
 import tarfile
-import zipfile
 
 import pytest
 
 from pipeline.data import fetch
 from pipeline.data.fetch import (ArchiveError, ChecksumError, FetchError, ManualFilesError, RemoteFile, download,
                                  extract, fetch_files, require_files)
+from tests.data.archives import tar_bytes, zip_bytes
 
 NO_SLEEP = {"sleep": lambda seconds: None}
 
@@ -137,29 +137,11 @@ def test_unreachable_server_gives_up_after_retries_and_keeps_nothing(tmp_path):
 # extract
 
 
-def make_tar(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def make_zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("kind", ["tgz", "tar", "zip"])
 def test_extract_tar_and_zip_atomically(tmp_path, kind):
     members = {"top/a.txt": b"a", "top/sub/b.bin": payload(3000)}
     archive = tmp_path / f"x.{kind}"
-    archive.write_bytes(make_zip(members) if kind == "zip" else make_tar(members, "w:gz" if kind == "tgz" else "w"))
+    archive.write_bytes(zip_bytes(members) if kind == "zip" else tar_bytes(members, "w:gz" if kind == "tgz" else "w"))
     dest = tmp_path / "out"
     dest.mkdir()
     (dest / "stale.txt").write_text("replaced")
@@ -175,7 +157,7 @@ def test_extract_tar_and_zip_atomically(tmp_path, kind):
 def test_extract_refuses_path_traversal(tmp_path, name, kind):
     members = {"fine.txt": b"x", name: b"evil"}
     archive = tmp_path / f"bad.{kind}"
-    archive.write_bytes(make_zip(members) if kind == "zip" else make_tar(members))
+    archive.write_bytes(zip_bytes(members) if kind == "zip" else tar_bytes(members))
     with pytest.raises(ArchiveError, match="refusing member") as info:
         extract(archive, tmp_path / "work" / "out")
     assert str(archive) in str(info.value)
@@ -198,7 +180,7 @@ def test_extract_refuses_symlinks(tmp_path):
 @pytest.mark.parametrize("kind", ["tgz", "zip"])
 def test_corrupt_archive_leaves_nothing_behind(tmp_path, kind):
     members = {f"d/{i}.bin": payload(20_000 + i) for i in range(5)}
-    data = make_zip(members) if kind == "zip" else make_tar(members)
+    data = zip_bytes(members) if kind == "zip" else tar_bytes(members)
     broken = bytearray(data)
     if kind == "zip":  # flip bytes inside the first member's data: a CRC error on extraction
         start = data.index(b"d/0.bin") + len("d/0.bin") + 100

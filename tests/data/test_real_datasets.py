@@ -7,8 +7,6 @@ import csv
 import dataclasses
 import hashlib
 import io
-import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from pipeline.data.fetch import ManualFilesError, download
 from pipeline.data.prepare import load_ground_truth, prepare_dataset
 from pipeline.data.real import DATASETS, build_dataset, cars, cub, ilsvrc, openimages
 from pipeline.params import CarsParams, CubParams, IlsvrcParams, OpenImagesParams
+from tests.data.archives import tar_bytes, zip_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,24 +38,6 @@ def png(mask: np.ndarray, mode: str = "L") -> bytes:
     buf = io.BytesIO()
     im = Image.fromarray(mask.astype(np.uint8) * (255 if mask.dtype == bool else 1))
     (im.convert("1") if mode == "1" else im).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def tar_bytes(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 1_600_000_000
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
     return buf.getvalue()
 
 
