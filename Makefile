@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup repro test test-fast clean-venv compare
+.PHONY: setup repro test test-fast clean-venv compare plots plots-diff exp-table paper-table
 
 setup: $(STAMP)
 
@@ -30,6 +30,15 @@ test-fast: $(STAMP)
 BASE ?= main
 compare: $(STAMP)
 	@. $(BIN)/activate && python -m pipeline.report.compare --base $(BASE)
+
+# Every dvc.yaml plot as one page that needs no network (Vega inlined from the pinned vl-convert-python)
+# -> dvc_plots/index.html; `make plots-diff BASE=<rev>` overlays BASE's curves on the workspace's.
+PLOTS_TEMPLATE := build/plots/template.html
+plots: $(STAMP)
+	@. $(BIN)/activate && python -m pipeline.report.plots_page $(PLOTS_TEMPLATE) && dvc plots show --html-template $(PLOTS_TEMPLATE)
+
+plots-diff: $(STAMP)
+	@. $(BIN)/activate && python -m pipeline.report.plots_page $(PLOTS_TEMPLATE) && dvc plots diff $(BASE) --html-template $(PLOTS_TEMPLATE)
 
 clean-venv:
 	rm -rf $(VENV)
