@@ -40,5 +40,13 @@ plots: $(STAMP)
 plots-diff: $(STAMP)
 	@. $(BIN)/activate && python -m pipeline.report.plots_page $(PLOTS_TEMPLATE) && dvc plots diff $(BASE) --html-template $(PLOTS_TEMPLATE)
 
+# The experiments side by side in 25 columns (of about 520 in `dvc exp show --md`): the params that define a
+# run, Top-1 Cls, every variant's MaxBoxAccV2 and CAM's Top-1 Loc and PxAP, both branches.
+# `make exp-table EXP_ARGS="-A --only-changed"` passes more options to dvc exp show.
+EXP_KEEP := ^(Experiment|(params\.yaml:)?(dataset|backbone|family|seed|baseline\.epochs|finetune\.(head_init|bn_mode|epochs|lr))|(reports/metrics\.json:)?(top1_cls|(cam|gradcam|gradcampp|xgradcam|layercam)\.(softmax|sigmoid)\.maxboxacc_v2|cam\.(softmax|sigmoid)\.(top1_loc|pxap)))$$
+EXP_ARGS ?=
+exp-table: $(STAMP)
+	@. $(BIN)/activate && dvc exp show --md --drop '.*' --keep '$(EXP_KEEP)' $(EXP_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)
