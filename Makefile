@@ -48,5 +48,11 @@ EXP_ARGS ?=
 exp-table: $(STAMP)
 	@. $(BIN)/activate && dvc exp show --md --drop '.*' --keep '$(EXP_KEEP)' $(EXP_ARGS)
 
+# The experiments (dvc exp show --json, the workspace included) in the layout of the paper's Table 2, with the
+# paper's numbers beside ours where it reports the dataset; markdown on stdout (PAPER_ARGS=--csv for CSV).
+PAPER_ARGS ?=
+paper-table: $(STAMP)
+	@. $(BIN)/activate && python -m pipeline.report.paper_table $(PAPER_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)

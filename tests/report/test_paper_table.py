@@ -1,0 +1,215 @@
+"""`make paper-table` (pipeline.report.paper_table) on a throw-away git + DVC repository with real experiments.
+
+One fake stage writes reports/metrics.json from the params (numbers below), and `dvc exp run -S ...` runs it
+for CAM- and gradient-family settings on ilsvrc, openimages and synthbirds. main's params.yaml has no
+`family` (it means `cam`). The expected tables are written out by hand from STAGE's formula:
+
+    base = backbone's base + 5 (family grad) + 1 (head_init fresh) + 100 * finetune.lr
+    top1_cls = 50 + base; for variant i (cam 0, gradcam 1, gradcampp 2, xgradcam 3, layercam 4), branch j
+    (softmax 0, sigmoid 1): top1_loc = base + i + 2j, gt_known_loc + 0.5, maxboxacc_v2 + 0.25, pxap + 0.75;
+    openimages has PxAP only; a grad run has no "cam" entry (head_init clone) or one marked not applicable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.report import paper_numbers, paper_table
+from tests.report.test_compare import BIN, ROOT, VENV, git, sh
+
+PARAMS = """\
+dataset: ilsvrc
+backbone: vgg16
+finetune:
+  head_init: clone
+  bn_mode: eval
+  lr: 0.01
+"""
+STAGE = """\
+import json, yaml
+p = yaml.safe_load(open("params.yaml"))
+family = p.get("family", "cam")
+ft = p["finetune"]
+base = {"vgg16": 30, "inception_v3": 35, "resnet10t": 20}[p["backbone"]]
+base += (5 if family == "grad" else 0) + (1 if ft["head_init"] == "fresh" else 0) + round(100 * ft["lr"])
+metrics = {"top1_cls": 50 + base}
+for i, variant in enumerate(["cam", "gradcam", "gradcampp", "xgradcam", "layercam"]):
+    if variant == "cam" and family == "grad":
+        if ft["head_init"] == "fresh":
+            metrics["cam"] = {"not_applicable": "CAM is defined for the CAM family only"}
+        continue
+    metrics[variant] = {}
+    for j, branch in enumerate(["softmax", "sigmoid"]):
+        loc = base + i + 2 * j
+        m = {"pxap": loc + 0.75}
+        if p["dataset"] != "openimages":
+            m.update(top1_loc=loc, gt_known_loc=loc + 0.5, maxboxacc_v2=loc + 0.25)
+        metrics[variant][branch] = m
+import os; os.makedirs("reports", exist_ok=True)
+json.dump(metrics, open("reports/metrics.json", "w"), indent=2, sort_keys=True)
+"""
+# name: -S overrides on main's params, run in this order (the last one stays applied in the workspace)
+EXPERIMENTS = {
+    "vgg-grad": ["++family=grad"],
+    "vgg-grad-fresh": ["++family=grad", "finetune.head_init=fresh"],
+    "vgg-lr": ["finetune.lr=0.1"],
+    "inc-oi": ["dataset=openimages", "backbone=inception_v3"],
+    "inc-grad-bn": ["backbone=inception_v3", "++family=grad", "finetune.bn_mode=train"],
+    "tiny": ["dataset=synthbirds", "backbone=resnet10t"],
+}
+
+HEADER = ("| Backbone | Method | Setting | Top-1 Cls | Top-1 Loc softmax | Top-1 Loc sigmoid | GT-known Loc softmax "
+          "| GT-known Loc sigmoid | MaxBoxAccV2 softmax | MaxBoxAccV2 sigmoid | PxAP softmax | PxAP sigmoid "
+          "| Experiment |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+EXPECTED = f"""\
+# This repository's experiments in the layout of the paper's Table 2
+
+Values in %; softmax = the vanilla map, sigmoid = the sigmoid branch's map; Top-1 Cls is the softmax branch's. \
+A cell `ours (paper)` gives the paper's number beside ours, from {paper_numbers.SOURCE}.
+
+## ilsvrc
+
+{HEADER}
+| vgg16 | CAM | head_init=clone, bn_mode=eval | 81.00 (66.56) | 31.00 (43.11) | 33.00 (43.13) | 31.50 (59.53) \
+| 33.50 (59.56) | 31.25 (60.00) | 33.25 (60.25) | 31.75 | 33.75 | main |
+| vgg16 | CAM | head_init=clone, bn_mode=eval | 90.00 (66.56) | 40.00 (43.11) | 42.00 (43.13) | 40.50 (59.53) \
+| 42.50 (59.56) | 40.25 (60.00) | 42.25 (60.25) | 40.75 | 42.75 | vgg-lr |
+| vgg16 | Grad-CAM | head_init=clone, bn_mode=eval | 86.00 (69.62) | 37.00 (37.01) | 39.00 (44.69) | 37.50 (48.99) \
+| 39.50 (59.44) | 37.25 (52.50) | 39.25 (60.17) | 37.75 | 39.75 | vgg-grad |
+| vgg16 | Grad-CAM++ | head_init=clone, bn_mode=eval | 86.00 | 38.00 | 40.00 | 38.50 | 40.50 | 38.25 | 40.25 | 38.75 \
+| 40.75 | vgg-grad |
+| vgg16 | XGrad-CAM | head_init=clone, bn_mode=eval | 86.00 | 39.00 | 41.00 | 39.50 | 41.50 | 39.25 | 41.25 | 39.75 \
+| 41.75 | vgg-grad |
+| vgg16 | LayerCAM | head_init=clone, bn_mode=eval | 86.00 | 40.00 | 42.00 | 40.50 | 42.50 | 40.25 | 42.25 | 40.75 \
+| 42.75 | vgg-grad |
+| vgg16 | Grad-CAM | head_init=fresh, bn_mode=eval | 87.00 (69.62) | 38.00 (37.01) | 40.00 (44.69) | 38.50 (48.99) \
+| 40.50 (59.44) | 38.25 (52.50) | 40.25 (60.17) | 38.75 | 40.75 | vgg-grad-fresh |
+| vgg16 | Grad-CAM++ | head_init=fresh, bn_mode=eval | 87.00 | 39.00 | 41.00 | 39.50 | 41.50 | 39.25 | 41.25 | 39.75 \
+| 41.75 | vgg-grad-fresh |
+| vgg16 | XGrad-CAM | head_init=fresh, bn_mode=eval | 87.00 | 40.00 | 42.00 | 40.50 | 42.50 | 40.25 | 42.25 | 40.75 \
+| 42.75 | vgg-grad-fresh |
+| vgg16 | LayerCAM | head_init=fresh, bn_mode=eval | 87.00 | 41.00 | 43.00 | 41.50 | 43.50 | 41.25 | 43.25 | 41.75 \
+| 43.75 | vgg-grad-fresh |
+| inception | Grad-CAM | head_init=clone, bn_mode=train | 91.00 (67.79) | 42.00 (34.57) | 44.00 (33.72) \
+| 42.50 (46.35) | 44.50 (45.18) | 42.25 (52.30) | 44.25 (53.06) | 42.75 | 44.75 | inc-grad-bn |
+| inception | Grad-CAM++ | head_init=clone, bn_mode=train | 91.00 | 43.00 | 45.00 | 43.50 | 45.50 | 43.25 | 45.25 \
+| 43.75 | 45.75 | inc-grad-bn |
+| inception | XGrad-CAM | head_init=clone, bn_mode=train | 91.00 | 44.00 | 46.00 | 44.50 | 46.50 | 44.25 | 46.25 \
+| 44.75 | 46.75 | inc-grad-bn |
+| inception | LayerCAM | head_init=clone, bn_mode=train | 91.00 | 45.00 | 47.00 | 45.50 | 47.50 | 45.25 | 47.25 \
+| 45.75 | 47.75 | inc-grad-bn |
+
+## openimages
+
+{HEADER}
+| inception | CAM | head_init=clone, bn_mode=eval | 86.00 (56.22) | n/a | n/a | n/a | n/a | n/a | n/a \
+| 36.75 (62.25) | 38.75 (63.65) | inc-oi |
+
+## synthbirds (the paper reports no numbers for this dataset)
+
+{HEADER}
+| resnet10t | CAM | head_init=clone, bn_mode=eval | 71.00 | 21.00 | 23.00 | 21.50 | 23.50 | 21.25 | 23.25 | 21.75 \
+| 23.75 | workspace, tiny |
+"""
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    if not (VENV / ".installed").is_file():
+        pytest.skip(f"{VENV} has no .installed stamp (not made by `make setup`): make would install into it")
+    repo = tmp_path_factory.mktemp("paper_table") / "repo"
+    repo.mkdir()
+    sh(["git", "-c", "init.defaultBranch=main", "init", "-q"], repo)
+    sh([str(BIN / "dvc"), "init", "-q"], repo)
+    shutil.copy(ROOT / "Makefile", repo / "Makefile")
+    shutil.copy(ROOT / "requirements.txt", repo / "requirements.txt")
+    shutil.copytree(ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (repo / "params.yaml").write_text(PARAMS)
+    (repo / "stage.py").write_text(STAGE)
+    # `params.yaml: []`: the stage depends on every param, `family` included once an experiment adds it
+    (repo / "dvc.yaml").write_text(f"stages:\n  evaluate:\n    cmd: {sys.executable} stage.py\n"
+                                   "    deps: [stage.py]\n    params:\n      - params.yaml: []\n"
+                                   "    metrics:\n      - reports/metrics.json:\n          cache: false\n")
+    (repo / ".gitignore").write_text("/build/\n__pycache__/\n")
+    sh([str(BIN / "dvc"), "repro", "-q"], repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "vgg16 CAM on ilsvrc")
+    for name, overrides in EXPERIMENTS.items():
+        git(repo, "reset", "-q", "--hard")  # `dvc exp run` applied the last experiment to the workspace
+        sh([str(BIN / "dvc"), "exp", "run", "-q", "-n", name, *(a for o in overrides for a in ("-S", o))], repo)
+    os.utime(repo / "requirements.txt", (0, 0))  # older than the venv's stamp: make installs nothing
+    return repo
+
+
+@pytest.fixture(scope="module")
+def exp_json(repo) -> list:
+    return json.loads(sh([str(BIN / "dvc"), "exp", "show", "--json"], repo).stdout)
+
+
+def test_make_paper_table_prints_the_expected_tables(repo):
+    proc = sh(["make", "-s", "paper-table", f"VENV={VENV}"], repo)
+    assert proc.stdout == EXPECTED
+
+
+def test_every_run_is_read_with_its_params(exp_json):
+    runs = paper_table.runs_from_exp_show(exp_json)
+    assert sorted(run.name for run in runs) == sorted(["workspace", "main", *EXPERIMENTS])
+    by_name = {run.name: run for run in runs}
+    assert "family" not in by_name["main"].params  # main has no family param: it counts as cam
+    assert paper_table.setting_of(by_name["main"]).family == "cam"
+    assert paper_table.setting_of(by_name["inc-oi"]).backbone == "inception"  # the alias inception_v3
+    assert by_name["vgg-grad-fresh"].metrics["cam"] == {"not_applicable": "CAM is defined for the CAM family only"}
+
+
+def test_csv_has_ours_and_the_papers_number_in_separate_columns(repo, exp_json, tmp_path):
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps(exp_json))
+    proc = sh([sys.executable, "-m", "pipeline.report.paper_table", "--csv", "--exp-json", str(path)], repo)
+    lines = proc.stdout.splitlines()
+    assert lines[0].split(",")[:9] == ["dataset", "backbone", "family", "head_init", "bn_mode", "method", "variant",
+                                       "top1_cls", "top1_cls_paper"]
+    assert len(lines) == 1 + 16
+    assert lines[1] == ("ilsvrc,vgg16,cam,clone,eval,CAM,cam,81,66.56,31,43.11,33,43.13,31.5,59.53,33.5,59.56,31.25,60,"
+                        "33.25,60.25,31.75,,33.75,,main")
+    assert lines[-3].startswith("ilsvrc,inception,grad,clone,train,LayerCAM,layercam,91,,45,,47,")
+    assert lines[-2] == "openimages,inception,cam,clone,eval,CAM,cam,86,56.22,,,,,,,,,,,,,36.75,62.25,38.75,63.65,inc-oi"
+
+
+def test_an_unknown_family_is_named_with_the_valid_ones():
+    run = paper_table.Run("exp-x", {"dataset": "ilsvrc", "backbone": "vgg16", "family": "gard"}, {"top1_cls": 1})
+    with pytest.raises(paper_table.UserError, match=r"exp-x: params.yaml `family: gard` .* valid: cam, grad"):
+        paper_table.setting_of(run)
+
+
+def test_outside_a_dvc_repository_it_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert paper_table.main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "dvc repository" in captured.err.lower(), captured.err
+
+
+@pytest.mark.parametrize("value", [None, "n/a", float("nan"), float("inf"), True])
+def test_a_value_that_is_not_a_finite_number_reads_na(value):
+    run = paper_table.Run("r", {"dataset": "cub", "backbone": "resnet50"},
+                          {"top1_cls": 70.0, "cam": {"softmax": {"top1_loc": value}, "sigmoid": "n/a"}})
+    (row,) = paper_table.rows([run])
+    assert row["cells"]["softmax.top1_loc"] == (None, None)
+    assert row["cells"]["sigmoid.top1_loc"] == (None, None)
+    assert row["cells"]["top1_cls"] == (70.0, None)
+
+
+def test_paper_numbers_are_method_md_7_1():
+    """Spot checks against METHOD.md 7.1's table, one per column kind."""
+    assert paper_numbers.paper_value("ilsvrc", "vgg16", "gradcam", "sigmoid", "top1_loc") == 44.69
+    assert paper_numbers.paper_value("ilsvrc", "resnet50", "cam", None, "top1_cls") == 73.87
+    assert paper_numbers.paper_value("ilsvrc", "inception", "cam", "softmax", "maxboxacc_v2") == 63.51
+    assert paper_numbers.paper_value("openimages", "inception", "gradcam", "sigmoid", "pxap") == 48.16
+    assert paper_numbers.paper_value("openimages", "resnet50", "gradcam", None, "top1_cls") == 74.02
+    assert paper_numbers.paper_value("openimages", "vgg16", "cam", "softmax", "top1_loc") is None
+    assert paper_numbers.paper_value("ilsvrc", "vgg16", "gradcampp", "softmax", "top1_loc") is None
+    assert len(paper_numbers.PAPER) == 12
