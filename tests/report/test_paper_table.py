@@ -213,3 +213,9 @@ def test_paper_numbers_are_method_md_7_1():
     assert paper_numbers.paper_value("openimages", "vgg16", "cam", "softmax", "top1_loc") is None
     assert paper_numbers.paper_value("ilsvrc", "vgg16", "gradcampp", "softmax", "top1_loc") is None
     assert len(paper_numbers.PAPER) == 12
+
+
+def test_the_module_needs_neither_torch_nor_dvcs_python_api():
+    code = ("import sys, pipeline.report.paper_table; "
+            "print(sorted(m for m in ('torch', 'dvc', 'timm') if m in sys.modules))")
+    assert sh([sys.executable, "-c", code], ROOT).stdout.strip() == "[]"
