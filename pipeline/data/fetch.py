@@ -7,7 +7,8 @@ so a `.part` file left by a killed run is resumed by the next run.
 * :func:`download` streams a URL into ``<dest>.part``, resumes an existing ``.part`` with an HTTP
   ``Range`` request (206: append; 200: the server ignored the range, start again; 416: the part is
   already complete), retries a connection that drops mid-file (resuming each time, with a short
-  backoff), and checks size and checksum *before* renaming ``.part`` to ``dest``. On a mismatch the
+  backoff; bounded: a few attempts without progress, a total time, a size cap, redirects only to the
+  record's hosts), and checks size and checksum *before* renaming ``.part`` to ``dest``. On a mismatch the
   partial file is deleted and :class:`ChecksumError` names the file, the URL, both checksums and what
   to do.
 * :func:`extract` unpacks a tar (plain, .gz, .bz2, .xz) or zip archive into a temporary folder beside
@@ -20,7 +21,10 @@ so a `.part` file left by a killed run is resumed by the next run.
   verified (a small ``.<name>.verified`` stamp avoids re-hashing unchanged multi-GB files), missing
   ones are downloaded (``mode="auto"``) or reported (``mode="manual"``). A file without a published
   checksum (``sha256=None``, OpenImages30k) has its sha256 recorded in ``<name>.sha256`` and printed
-  on first download; later runs check against that record.
+  on first download, but only when the whole file came in that run, from the URL's origin or a host
+  its record allows, with its end announced by the server (a file redirected elsewhere, or possibly
+  truncated, is refused, not recorded);
+  later runs check against that record.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import tarfile
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -46,6 +51,11 @@ from tqdm import tqdm
 CHUNK = 1 << 20
 USER_AGENT = "wsol-dvc-pipeline/1 (python urllib)"
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+DEFAULT_MAX_SIZE = 200 << 30
+"""Size cap of a download whose size is neither recorded nor given (ILSVRC train, the largest file, is
+147.9 GB)."""
+DEFAULT_MAX_SECONDS = 12 * 3600.0
+"""Total time one file's download may take, all attempts together."""
 
 
 class FetchError(ValueError):
@@ -78,6 +88,10 @@ class RemoteFile:
         size: size in bytes, or None when unknown.
         sha256, md5: hex digests, or None when none is published.
         where: where a user can get the file (shown in manual-mode errors).
+        allowed_hosts: hosts besides the URL's own that a download may be redirected to (``"host"``
+            exactly, or ``".suffix"`` for any host ending so); a redirect to any other origin is refused.
+        max_size: the most bytes a download may bring when ``size`` is unknown (a server that sends no
+            Content-Length, or a wrong file, cannot fill the disk); None: :data:`DEFAULT_MAX_SIZE`.
     """
 
     name: str
@@ -86,6 +100,8 @@ class RemoteFile:
     sha256: str | None
     md5: str | None
     where: str
+    allowed_hosts: tuple[str, ...] = ()
+    max_size: int | None = None
 
     def describe(self) -> str:
         parts = []
@@ -164,20 +180,33 @@ def _content_range_start(value: str | None) -> int | None:
 
 def download(url: str, dest: Path | str, *, size: int | None = None, sha256: str | None = None,
              md5: str | None = None, progress: bool = True, retries: int = 5, backoff: float = 1.0,
-             timeout: float = 60.0, chunk_size: int = CHUNK,
-             sleep: Callable[[float], None] = time.sleep) -> str:
+             timeout: float = 60.0, chunk_size: int = CHUNK, max_seconds: float = DEFAULT_MAX_SECONDS,
+             max_size: int | None = None, allowed_hosts: Sequence[str] = (),
+             sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> str:
     """Download `url` to `dest` through ``<dest>.part``, resuming and retrying; return the file's sha256.
 
     An existing ``<dest>.part`` is resumed with ``Range: bytes=N-``. A connection that fails or ends
-    early is retried up to `retries` times in a row (each retry resumes; the wait doubles from `backoff`
-    seconds; an attempt that received data resets the count). HTTP errors other than 408/425/429/5xx are not retried. Size and checksums are checked
-    before the rename; on a mismatch the partial file is deleted and ChecksumError is raised. An
-    existing `dest` is verified and kept (ChecksumError if it does not match).
+    early is retried, each retry resuming, the wait doubling from `backoff` seconds. Bounds, so that no
+    server can keep it busy forever:
+
+    * at most `retries` failed attempts in a row *without progress*; progress means the ``.part`` file
+      grew past its largest size so far (a server that drops the connection and ignores ``Range`` makes
+      none, however many bytes each attempt brings);
+    * at most `max_seconds` in all (checked between attempts and while reading);
+    * at most `size` bytes when the size is known, else `max_size` (:data:`DEFAULT_MAX_SIZE` if None):
+      a larger Content-Length is refused before reading, and a body without one is cut at the cap;
+    * redirects only within the URL's origin (scheme, host, port) or to `allowed_hosts`, never from
+      https to http.
+
+    HTTP errors other than 408/425/429/5xx are not retried. Size and checksums are checked before the
+    rename; on a mismatch the partial file is deleted and ChecksumError is raised. An existing `dest`
+    is verified and kept (ChecksumError if it does not match).
 
     Raises:
-        FetchError: the server refused the file or the connection failed `retries + 1` times (the
-            ``.part`` file is kept, so running again resumes).
-        ChecksumError: the complete file has the wrong size or checksum (nothing is left behind).
+        FetchError: the server refused the file, redirected elsewhere, or the bounds above were reached
+            (the ``.part`` file is kept where resuming makes sense).
+        ChecksumError: the complete file has the wrong size or checksum, or exceeds the size cap
+            (nothing is left behind).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -188,15 +217,86 @@ def download(url: str, dest: Path | str, *, size: int | None = None, sha256: str
                                 f"delete it and run again to download it afresh")
         return file_digests(dest)[1]
     return _download(url, dest, size=size, sha256=sha256, md5=md5, progress=progress, retries=retries,
-                     backoff=backoff, timeout=timeout, chunk_size=chunk_size, sleep=sleep)[0]
+                     backoff=backoff, timeout=timeout, chunk_size=chunk_size, max_seconds=max_seconds,
+                     max_size=max_size, allowed_hosts=allowed_hosts, sleep=sleep, clock=clock).sha256
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """What :func:`_download` reports: the digests, and whether the bytes can be trusted without a
+    published checksum (see :func:`_download`)."""
+
+    sha256: str
+    md5: str
+    trustworthy: bool
+    why_not: str = ""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+def _host_allowed(host: str, allowed: Sequence[str]) -> bool:
+    return any(host == a.lower() or (a.startswith(".") and host.endswith(a.lower())) for a in allowed)
+
+
+class _RedirectRefused(Exception):
+    """A redirect to an origin the file's record does not allow."""
+
+
+def _opener(url: str, allowed_hosts: Sequence[str]) -> urllib.request.OpenerDirector:
+    """A urllib opener whose redirects stay within `url`'s origin or go to `allowed_hosts` (no https ->
+    http downgrade)."""
+    origin = _origin(url)
+
+    class Guard(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            newurl = urllib.parse.urljoin(req.full_url, newurl)
+            target = _origin(newurl)
+            if target != origin and (not _host_allowed(target[1], allowed_hosts)
+                                     or (origin[0] == "https" and target[0] != "https")):
+                raise _RedirectRefused(f"the server redirected to {newurl} (host {target[1]!r}), another origin "
+                                       f"than {origin[0]}://{origin[1]}:{origin[2]}, and the file's record allows "
+                                       f"only {list(allowed_hosts) or 'no other host'}")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return urllib.request.build_opener(Guard)
 
 
 def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5: str | None, progress: bool,
-              retries: int, backoff: float, timeout: float, chunk_size: int,
-              sleep: Callable[[float], None]) -> tuple[str, str]:
-    """The body of :func:`download` for a missing `dest`; returns (sha256, md5) of the file."""
+              retries: int, backoff: float, timeout: float, chunk_size: int, sleep: Callable[[float], None],
+              max_seconds: float = DEFAULT_MAX_SECONDS, max_size: int | None = None,
+              allowed_hosts: Sequence[str] = (), clock: Callable[[], float] = time.monotonic) -> _Fetched:
+    """The body of :func:`download` for a missing `dest`.
+
+    Also reports whether the file is *trustworthy* without a checksum: every byte arrived in this call
+    (no ``.part`` from an earlier run), from the URL's origin or a host its record allows (any other
+    redirect is refused before a byte is read), and its end was announced by the server (Content-Length / Content-Range, or a complete
+    chunked body), so a connection that merely closed is not taken for the end of the file.
+    """
     part = dest.with_name(dest.name + ".part")
+    cap = size if size is not None else (max_size if max_size is not None else DEFAULT_MAX_SIZE)
+    started = clock()
     failures = 0
+    best = part.stat().st_size if part.exists() else 0  # largest .part size so far: progress = beyond it
+    untrusted = "part of it came from an earlier run's .part file" if best else ""
+    opener = _opener(url, allowed_hosts)
+
+    def out_of_time(what: str) -> FetchError:
+        kept = part.stat().st_size if part.exists() else 0
+        return FetchError(f"{url}: download of {dest.name} gave up after {clock() - started:.0f} s, over its "
+                          f"{max_seconds:.0f} s limit ({what}). {kept:,} bytes are kept in {part}; run again to "
+                          f"resume, or place the complete file at {dest}")
+
+    def too_big(what: str) -> ChecksumError:
+        part.unlink(missing_ok=True)
+        return ChecksumError(f"{url}: {dest.name} {what}, more than the {cap:,} bytes this file may have "
+                             f"({'its recorded size' if size is not None else 'the cap for a file of unknown size'}"
+                             f"); nothing was kept. The server sends a different file: get the right one "
+                             f"(DATA.md section 3) and place it at {dest}")
+
     while True:
         have = part.stat().st_size if part.exists() else 0
         if size is not None and have > size:  # longer than the file can be: start again
@@ -205,11 +305,11 @@ def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5
         if size is not None and have == size and have > 0:
             break  # complete already (a run killed between the last byte and the rename)
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-        received = 0
+        announced = False
         if have:
             headers["Range"] = f"bytes={have}-"
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+            with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
                 if have and resp.status == 206:
                     start = _content_range_start(resp.headers.get("Content-Range"))
                     if start != have:
@@ -220,20 +320,35 @@ def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5
                     have, mode = 0, "wb"
                 length = resp.headers.get("Content-Length")
                 length = int(length) if length is not None and length.isdigit() else None
+                if length is not None and have + length > cap:
+                    raise too_big(f"is announced as {have + length:,} bytes (Content-Length)")
+                announced = length is not None or bool(getattr(resp, "chunked", False))
                 total = have + length if length is not None else size
                 with open(part, mode) as fh, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                                   unit_divisor=1024, desc=dest.name,
                                                   disable=bar_disabled(progress)) as bar:
+                    received = 0
                     while chunk := resp.read(chunk_size):
+                        if have + received + len(chunk) > cap:
+                            fh.close()
+                            raise too_big("arrives without a length and runs past the cap")
                         fh.write(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
+                        if clock() - started > max_seconds:
+                            raise out_of_time("while reading")
                 if length is not None and received < length:
                     raise _Cut(f"connection closed after {have + received:,} of {have + length:,} bytes")
             break
+        except _RedirectRefused as exc:
+            part.unlink(missing_ok=True)
+            raise FetchError(f"{url}: refused to download {dest.name}: {exc}. If the publisher moved the file "
+                             f"there, add that host to the file's allowed_hosts (pipeline/data/real/); "
+                             f"otherwise place the file at {dest} yourself") from None
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and have:
-                break  # nothing left to send: the part is complete (verified below)
+                announced = True  # the server says the part holds the whole file
+                break
             if exc.code not in RETRY_STATUS or failures >= retries:
                 hint = (" The file is not (or no longer) at this URL: check DATA.md section 3 for a mirror, or "
                         f"place the file at {dest} yourself." if exc.code in (401, 403, 404, 410) else "")
@@ -241,15 +356,19 @@ def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5
                     from None
             failures += 1
         except (_Cut, urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            if received:  # the attempt made progress: a fresh budget of retries for the rest
-                failures = 0
+            now = part.stat().st_size if part.exists() else 0
+            if now > best:  # the attempt made progress: a fresh budget of retries for the rest
+                best, failures = now, 0
             if failures >= retries:
                 raise FetchError(
-                    f"{url}: download of {dest.name} failed {failures + 1} times in a row (last: {exc}). "
-                    f"{part.stat().st_size if part.exists() else 0:,} bytes are kept in {part}; "
-                    f"run again to resume, or place the complete file at {dest}") from None
+                    f"{url}: download of {dest.name} failed {failures + 1} times in a row without progress "
+                    f"(last: {exc}). {now:,} bytes are kept in {part}; run again to resume, or place the "
+                    f"complete file at {dest}") from None
             failures += 1
-        sleep(backoff * 2 ** (failures - 1))
+        wait = backoff * 2 ** (failures - 1) if failures else 0.0
+        if clock() - started + wait > max_seconds:
+            raise out_of_time("between attempts")
+        sleep(wait)
 
     actual_size, got_sha, got_md5 = file_digests(part, progress=progress)
     problem = _mismatch(actual_size, got_sha, got_md5, want_size=size, want_sha256=sha256, want_md5=md5)
@@ -259,8 +378,11 @@ def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5
             f"{dest.name}: the file downloaded from {url} is wrong: {problem} (sha256 of what arrived: {got_sha}). "
             f"The partial file was deleted. Run again to download it afresh; if it fails again the server "
             f"now serves a different file: get the right one (DATA.md section 3) and place it at {dest}")
+    why_not = untrusted or (
+        "" if announced or size is not None else "the server did not announce its length, so a connection "
+        "that closed early cannot be told from the end of the file")
     os.replace(part, dest)
-    return got_sha, got_md5
+    return _Fetched(got_sha, got_md5, not why_not, why_not)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -479,12 +601,20 @@ def fetch_files(dataset: str, files: Sequence[RemoteFile], directory: Path | str
         sha256, md5 = _expected(spec, path)
         path.parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"retries": 5, "backoff": 1.0, "timeout": 60.0, "chunk_size": CHUNK, "sleep": time.sleep,
-                  **(download_kwargs or {})}
-        got_sha, got_md5 = _download(spec.url, path, size=spec.size, sha256=sha256, md5=md5, progress=progress,
-                                     **kwargs)
-        _write_stamp(path, got_sha, got_md5)
-        if not sha256 and not md5:
-            path.with_name(path.name + ".sha256").write_text(f"{got_sha}  {spec.name}\n")
-            print(f"{dataset}: {spec.name} has no published checksum; recorded sha256 {got_sha} in "
+                  "max_seconds": DEFAULT_MAX_SECONDS, **(download_kwargs or {})}
+        record_first = not sha256 and not md5
+        if record_first:  # nothing to check against: only a file wholly fetched in this run may be recorded
+            path.with_name(path.name + ".part").unlink(missing_ok=True)
+        got = _download(spec.url, path, size=spec.size, sha256=sha256, md5=md5, progress=progress,
+                        max_size=spec.max_size, allowed_hosts=spec.allowed_hosts, **kwargs)
+        if record_first and not got.trustworthy:
+            path.unlink()
+            raise FetchError(f"{dataset}: {spec.name} has no published checksum, and the download from "
+                             f"{spec.url} cannot be trusted as the first record: {got.why_not}. Nothing was "
+                             f"recorded or kept; run again, or place the file at {path} yourself")
+        _write_stamp(path, got.sha256, got.md5)
+        if record_first:
+            path.with_name(path.name + ".sha256").write_text(f"{got.sha256}  {spec.name}\n")
+            print(f"{dataset}: {spec.name} has no published checksum; recorded sha256 {got.sha256} in "
                   f"{path.name}.sha256 (later runs check against it)", file=sys.stderr)
     return paths

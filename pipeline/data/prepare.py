@@ -10,8 +10,9 @@ Works on any dataset in the raw layout (SynthBirds now; CUB, Cars, ImageNet, Ope
 
 Every listed image must exist and decode, and its decoded size must equal `image_sizes.txt`. GT boxes are
 rescaled to the evaluation grid by independent truncation, `x' = int(x * S / W)`, `y' = int(y * S / H)`
-(METHOD.md 4.3); masks are resized with nearest-neighbour, thresholded > 0.5 and OR-ed over instances,
-and the ignore region minus the foreground is kept apart (METHOD.md 4.5).
+(METHOD.md 4.3), as wsolevaluation's `resize_bbox`; masks are read as its `load_mask_image` does (OpenCV,
+INTER_NEAREST: `read_mask`), thresholded > 0.5 and OR-ed over instances, and the ignore region minus the
+foreground is kept apart (METHOD.md 4.5; `read_gt_mask`).
 
 Writes (no file per image):
     images.csv       split,image_id,label,width,height  (one row per image, metadata order)
@@ -27,6 +28,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -43,21 +45,44 @@ class DataError(ValueError):
     """Raw data that cannot be prepared: the message names the file and what is wrong."""
 
 
-def rescale_box(box: tuple[int, int, int, int], width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """Map an inclusive original-resolution box onto a size x size grid by truncation (METHOD.md 4.3)."""
+def rescale_box(box: tuple[int, int, int, int], width: int, height: int,
+                size: int | tuple[int, int]) -> tuple[int, int, int, int]:
+    """Map an inclusive original-resolution box onto a size x size (or (width, height) = size) grid by
+    truncation, `x' = int(x * S / W)` (METHOD.md 4.3, wsolevaluation's `resize_bbox`)."""
     x0, y0, x1, y1 = box
-    return (int(x0 * size / width), int(y0 * size / height), int(x1 * size / width), int(y1 * size / height))
+    new_w, new_h = (size, size) if isinstance(size, int) else size
+    return (int(x0 * new_w / width), int(y0 * new_h / height), int(x1 * new_w / width), int(y1 * new_h / height))
 
 
-def _mask_to_grid(path: Path, size: int) -> np.ndarray:
+def read_mask(path: Path, size: int) -> np.ndarray:
+    """One mask PNG on the size x size evaluation grid, as wsolevaluation's `load_mask_image` reads it:
+    `cv2.imread(IMREAD_GRAYSCALE)` as float32, `cv2.resize` with INTER_NEAREST (pixel x takes source pixel
+    floor(x * W / size); Pillow's NEAREST takes floor((x + 0.5) * W / size) and picks other pixels), then
+    `> 0.5` after scaling to [0, 1]. For 0/255 masks (OpenImages) that is the official `> 0.5` on the raw
+    grey values; for CUB's soft segmentations (grey = fraction of 5 annotators) it is a majority vote."""
     try:
-        with Image.open(path) as im:
-            grey = np.asarray(im.convert("L").resize((size, size), Image.NEAREST), dtype=np.float32) / 255.0
+        data = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{path}: mask listed in the metadata is missing") from None
     except OSError as exc:
-        raise DataError(f"{path}: mask cannot be decoded ({exc})") from exc
-    return grey > 0.5
+        raise DataError(f"{path}: mask cannot be read ({exc})") from exc
+    grey = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    if grey is None:
+        raise DataError(f"{path}: mask cannot be decoded (not an image OpenCV can read)")
+    grid = cv2.resize(np.float32(grey), (size, size), interpolation=cv2.INTER_NEAREST)
+    return grid / 255.0 > 0.5
+
+
+def read_gt_mask(mask_root: Path, instances: tuple[str, ...] | list[str], ignore_path: str | None,
+                 size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (foreground, ignore) bool masks of one image on the grid (wsolevaluation's `get_mask`): the
+    foreground is the union of the instance masks, the ignore region the ignore mask minus the foreground
+    (all False without an ignore file)."""
+    fg = np.zeros((size, size), dtype=bool)
+    for rel in instances:
+        fg |= read_mask(Path(mask_root) / rel, size)
+    ignore = read_mask(Path(mask_root) / ignore_path, size) & ~fg if ignore_path else np.zeros_like(fg)
+    return fg, ignore
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -144,12 +169,8 @@ def _pack_masks(ids: list[str], view: SplitMetadata, mask_root: Path, size: int)
     ignore = np.zeros_like(fg)
     for i, image_id in enumerate(ids):
         instances, ignore_path = view.masks.get(image_id, ((), None))
-        m = np.zeros((size, size), dtype=bool)
-        for rel in instances:
-            m |= _mask_to_grid(mask_root / rel, size)
-        fg[i] = m.ravel()
-        if ignore_path:
-            ignore[i] = (_mask_to_grid(mask_root / ignore_path, size) & ~m).ravel()
+        image_fg, image_ignore = read_gt_mask(mask_root, instances, ignore_path, size)
+        fg[i], ignore[i] = image_fg.ravel(), image_ignore.ravel()
     return np.packbits(fg, axis=1), np.packbits(ignore, axis=1)
 
 

@@ -17,6 +17,32 @@ Everything is a pure function of :class:`SynthBirdsSpec`: an image depends only 
 ``numpy.random.default_rng([seed, split_index, class_index, image_index])`` and the class design
 on ``numpy.random.default_rng([seed, 1000])``, so output files are byte-identical for equal specs
 and any number of workers.
+
+**The same bytes on every machine.** Equal specs give equal files not only on one machine but on any
+x86-64 or ARM CPU, whatever SIMD extensions numpy dispatches to (SSE, AVX2, AVX-512) and whatever BLAS
+kernel it loads. numpy's ``exp``, ``sin``, ``cos`` (and ``log``, ``power``, ``tanh``, ...) on arrays run
+CPU-specific SIMD code that is accurate to a few ulp but not correctly rounded, so their last bits differ
+between CPU generations, and ``@`` (BLAS) sums and fuses products in a kernel-specific order; a last-bit
+change moves a polygon vertex across a pixel's rounding boundary now and then (3 of 1,200 default images
+differed between AVX-512 and AVX2 dispatch). glibc's scalar ``math.sin``/``exp`` are no remedy: glibc
+picks an FMA build of them on CPUs that have FMA, and they differ between glibc versions. So the
+generator uses only:
+
+* IEEE-754 basic operations (``+ - * /``, comparisons, ``min``/``max``, float-to-int casts), elementwise
+  on numpy arrays or on Python floats: these are correctly rounded, so every CPU, SIMD width and numpy
+  build gives the same bits (numpy never fuses two ufunc calls into one FMA);
+* :func:`_cos_sin` and :func:`_exp`, computed by mpmath in integer arithmetic (pure Python, the same
+  result everywhere) and rounded to the nearest float; the 48-gon's unit circle is such a table;
+* no matrix products, reductions or ``np.arange``/``linspace`` on floats (rotations are written out,
+  sums are explicit elementwise additions in a fixed order);
+* numpy's random ``Generator`` (PCG64 integers turned into floats with basic operations; the normal
+  sampler compares with ``exp`` only in its rare wedge case, where a last-bit difference would change
+  the outcome with probability about 2**-52);
+* Pillow (pinned in requirements.txt) for drawing, resampling and PNG encoding: its polygon fill and
+  8-bit resampling are integer / fixed-point C code, compiled for the baseline ISA in the PyPI wheels.
+
+``tests/data/test_synthbirds.py`` renders images in subprocesses with numpy's AVX-512 and AVX2 dispatch
+switched off and OpenBLAS forced to other kernels, compares the bytes and pins their digest.
 """
 
 from __future__ import annotations
@@ -26,11 +52,12 @@ import multiprocessing
 import os
 import shutil
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import product
 from pathlib import Path
 
 import numpy as np
+from mpmath.libmp import from_float, mpf_cos_sin, mpf_exp, round_nearest, to_float
 from PIL import Image, ImageChops, ImageDraw
 from tqdm import tqdm
 
@@ -280,14 +307,50 @@ def _check_split(split: str) -> str:
     return split
 
 
+# --- machine-independent float functions (see the module docstring) ------------------------------
+
+_FLOAT_BITS = 53
+"""Precision of the mpmath evaluations: a binary64 mantissa, rounded to nearest."""
+
+
+def _cos_sin(angle: float) -> tuple[float, float]:
+    """Return ``(cos(angle), sin(angle))`` rounded to the nearest float, identically on every machine.
+
+    mpmath's integer-arithmetic evaluation at an explicit precision (its global context is neither
+    read nor changed), instead of libm or numpy, whose results depend on the CPU.
+    """
+    c, s = mpf_cos_sin(from_float(float(angle)), _FLOAT_BITS, round_nearest)
+    return to_float(c, rnd=round_nearest), to_float(s, rnd=round_nearest)
+
+
+def _exp(x: float) -> float:
+    """Return ``exp(x)`` rounded to the nearest float, identically on every machine (as _cos_sin)."""
+    return to_float(mpf_exp(from_float(float(x)), _FLOAT_BITS, round_nearest), rnd=round_nearest)
+
+
+def _rotate(points: np.ndarray, c: float, s: float) -> np.ndarray:
+    """Rotate ``(n, 2)`` points by the angle with cosine ``c`` and sine ``s`` (y down: clockwise on
+    screen), written out elementwise instead of as a BLAS matrix product (see the module docstring)."""
+    x, y = points[:, 0], points[:, 1]
+    return np.stack([x * c - y * s, x * s + y * c], axis=1)
+
+
+def _steps(start: float, stop: float, step: float) -> list[float]:
+    """Return ``start, start + step, ...`` below ``stop`` (``np.arange`` in basic float operations)."""
+    return [start + i * step for i in range(max(0, math.ceil((stop - start) / step)))]
+
+
+_CIRCLE = np.array([_cos_sin(2.0 * math.pi * k / 48) for k in range(48)])
+"""``(cos t, sin t)`` at the 48 vertices ``t = 2 pi k / 48`` of the polygon that draws ellipses."""
+
+
 # --- drawing --------------------------------------------------------------------------------------
 
 
 def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0) -> np.ndarray:
     """Return a 48-gon approximating an ellipse (local units, rotated by ``angle`` radians)."""
-    t = np.linspace(0.0, 2.0 * math.pi, 48, endpoint=False)
-    x, y = rx * np.cos(t), ry * np.sin(t)
-    c, s = math.cos(angle), math.sin(angle)
+    x, y = rx * _CIRCLE[:, 0], ry * _CIRCLE[:, 1]
+    c, s = _cos_sin(angle)
     return np.stack([cx + c * x - s * y, cy + s * x + c * y], axis=1)
 
 
@@ -317,9 +380,15 @@ def _background(rng: np.random.Generator, size: int, side: int) -> Image.Image:
     ]
     grid = int(rng.integers(3, 6))
     logits = rng.normal(0.0, 2.5, size=(grid, grid, len(hues)))
-    weights = np.exp(logits - logits.max(axis=2, keepdims=True))
-    weights /= weights.sum(axis=2, keepdims=True)
-    coarse = Image.fromarray(np.uint8(weights @ hues)).resize((size, size), Image.BICUBIC)
+    shifted = logits - logits.max(axis=2, keepdims=True)
+    weights = np.array([_exp(v) for v in shifted.ravel().tolist()]).reshape(shifted.shape)
+    total = weights[..., 0]
+    for k in range(1, len(hues)):  # softmax and colour mix as elementwise sums in a fixed order
+        total = total + weights[..., k]
+    mix = (weights[..., 0] / total)[..., None] * hues[0]
+    for k in range(1, len(hues)):
+        mix = mix + (weights[..., k] / total)[..., None] * hues[k]
+    coarse = Image.fromarray(np.uint8(mix)).resize((size, size), Image.BICUBIC)
     fine_grid = int(rng.integers(8, 15))
     fine = rng.normal(0.0, 14.0, size=(fine_grid, fine_grid)).astype(np.float32)
     texture = np.asarray(Image.fromarray(fine, "F").resize((size, size), Image.BICUBIC))
@@ -347,17 +416,16 @@ def _draw_distractors(rng: np.random.Generator, spec: SynthBirdsSpec, canvas: Im
         elif kind == 1:
             half = rng.uniform(0.03, 0.12, size=2) * side
             corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half
-            c, s = math.cos(angle), math.sin(angle)
-            draw.polygon(_polygon(corners @ np.array([[c, s], [-s, c]]) + centre), fill=colour)
+            draw.polygon(_polygon(_rotate(corners, *_cos_sin(angle)) + centre), fill=colour)
         else:
             half_length = rng.uniform(0.25, 0.6) * side
-            direction = np.array([math.cos(angle), math.sin(angle)])
+            direction = np.array(_cos_sin(angle))
             width = max(1, round(rng.uniform(0.015, 0.04) * side))
             ends = [centre - half_length * direction, centre + half_length * direction]
             draw.line(_polygon(np.array(ends)), fill=colour, width=width)
             fork = ends[0] + rng.uniform(0.3, 0.8) * (ends[1] - ends[0])
             twig_angle = angle + rng.choice([-1.0, 1.0]) * rng.uniform(0.4, 0.9)
-            twig = fork + 0.4 * half_length * np.array([math.cos(twig_angle), math.sin(twig_angle)])
+            twig = fork + 0.4 * half_length * np.array(_cos_sin(twig_angle))
             draw.line(_polygon(np.array([fork, twig])), fill=colour, width=max(1, width * 2 // 3))
 
 
@@ -370,11 +438,15 @@ class _Pose:
     angle: float
     flip: bool
 
+    @cached_property
+    def cos_sin(self) -> tuple[float, float]:
+        """``(cos, sin)`` of ``angle``, computed once (see :func:`_cos_sin`)."""
+        return _cos_sin(self.angle)
+
     def transform(self, points: np.ndarray) -> list[tuple[float, float]]:
         """Map local bird coordinates (x forward, y down, length 1) to canvas pixels."""
         local = points * np.array([-1.0 if self.flip else 1.0, 1.0])
-        c, s = math.cos(self.angle), math.sin(self.angle)
-        rotated = local @ np.array([[c, s], [-s, c]])
+        rotated = _rotate(local, *self.cos_sin)
         return _polygon(rotated * self.length + np.asarray(self.centre))
 
 
@@ -461,17 +533,16 @@ def _draw_bird(
 
     pattern = Image.new("L", (side, side), 0)
     pattern_draw = ImageDraw.Draw(pattern)
-    c, s = math.cos(shape.wing_tilt), math.sin(shape.wing_tilt)
-    to_wing = np.array([[c, s], [-s, c]])
+    tilt = _cos_sin(shape.wing_tilt)
     wing_a, wing_b = shape.wing_half_axes
     if bird.wing_pattern == "striped":
-        for u in np.arange(-wing_a + 0.05, wing_a, 0.11):
+        for u in _steps(-wing_a + 0.05, wing_a, 0.11):
             band = np.array([[u, -wing_b], [u + 0.055, -wing_b], [u + 0.055, wing_b], [u, wing_b]])
-            pattern_draw.polygon(pose.transform(band @ to_wing + shape.wing_centre), fill=255)
+            pattern_draw.polygon(pose.transform(_rotate(band, *tilt) + shape.wing_centre), fill=255)
     else:
-        for row, v in enumerate(np.arange(-wing_b * 0.5, wing_b * 0.9, 0.1)):
-            for u in np.arange(-wing_a + 0.06 + 0.05 * (row % 2), wing_a - 0.03, 0.1):
-                spot = _ellipse(u, v, 0.035, 0.035) @ to_wing + shape.wing_centre
+        for row, v in enumerate(_steps(-wing_b * 0.5, wing_b * 0.9, 0.1)):
+            for u in _steps(-wing_a + 0.06 + 0.05 * (row % 2), wing_a - 0.03, 0.1):
+                spot = _rotate(_ellipse(u, v, 0.035, 0.035), *tilt) + shape.wing_centre
                 pattern_draw.polygon(pose.transform(spot), fill=255)
     wing_mask = Image.new("L", (side, side), 0)
     ImageDraw.Draw(wing_mask).polygon(wing, fill=255)

@@ -2,8 +2,10 @@
 
 Serves in-memory files with `Range: bytes=N-` support (206 + Content-Range, 416 past the end). Switches:
 `cut_after[path] = N` sends the full Content-Length but closes the connection after N bytes, on the first
-request for that path only; `ignore_range` answers every request with 200 and the whole file. Every request
-is logged as (path, Range header or None, status).
+request for that path only; `cut_every[path] = N` does so on every request; `no_length` (a set of paths)
+sends no Content-Length and ends the body by closing the connection; `redirects[path] = url` answers 302
+to `url`; `ignore_range` answers every request with 200 and the whole file. Every request is logged as
+(path, Range header or None, status).
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ class FileServer:
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.cut_after: dict[str, int] = {}
+        self.cut_every: dict[str, int] = {}
+        self.no_length: set[str] = set()
+        self.redirects: dict[str, str] = {}
         self.ignore_range = False
         self.log: list[tuple[str, str | None, int]] = []
         self._lock = threading.Lock()
@@ -31,6 +36,13 @@ class FileServer:
             def do_GET(self):
                 path = self.path.split("?")[0]
                 rng = self.headers.get("Range")
+                if path in server.redirects:
+                    server._record(path, rng, 302)
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 data = server.files.get(path)
                 if data is None:
                     return self._reply(path, rng, 404, b"not found")
@@ -47,7 +59,10 @@ class FileServer:
                 body = data[start:]
                 status = 206 if start else 200
                 self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
+                if path in server.no_length:
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(body)))
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.send_header("Accept-Ranges", "bytes")
@@ -56,6 +71,8 @@ class FileServer:
                 with server._lock:
                     if path in server.cut_after:
                         cut = server.cut_after.pop(path)  # first request only
+                    elif path in server.cut_every:
+                        cut = server.cut_every[path]
                 server._record(path, rng, status)
                 if cut is not None:
                     self.wfile.write(body[:cut])
@@ -89,6 +106,16 @@ class FileServer:
 
 @pytest.fixture
 def file_server():
+    server = FileServer()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+@pytest.fixture
+def other_server():
+    """A second server: another origin (another port) than `file_server`."""
     server = FileServer()
     server.thread.start()
     yield server

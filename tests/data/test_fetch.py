@@ -284,3 +284,134 @@ def test_every_cut_that_made_progress_gets_fresh_retries(file_server, tmp_path, 
     assert (tmp_path / "flaky.bin").read_bytes() == data
     assert [r for _, r, _ in file_server.log][:3] == [None, "bytes=4000-", "bytes=8000-"]
     assert len(file_server.log) == 12  # 11 cut requests + the final one; only 2 retries allowed in a row
+
+
+# ----------------------------------------------------------------------------------------------------
+# bounds: attempts without progress, total time, size cap, redirects, record-on-first-download
+
+
+def test_server_that_drops_and_ignores_range_is_given_up_after_retries(file_server, tmp_path):
+    data = payload()
+    url = file_server.add("/drop.tgz", data)
+    file_server.cut_every["/drop.tgz"] = 1000
+    file_server.ignore_range = True  # every attempt starts again at byte 0 and gets 1,000 bytes
+    with pytest.raises(FetchError, match=r"failed 4 times in a row without progress") as info:
+        download(url, tmp_path / "drop.tgz", size=len(data), sha256=sha(data), progress=False, retries=3,
+                 backoff=0.001)
+    assert len(file_server.log) == 4  # the first attempt's 1,000 bytes are progress, the next three are not
+    assert "1,000 bytes are kept" in str(info.value)
+
+
+def test_total_time_is_bounded_even_when_every_attempt_makes_progress(file_server, tmp_path):
+    data = payload()
+    url = file_server.add("/slow.tgz", data)
+    file_server.cut_every["/slow.tgz"] = 1000  # honours Range: 1,000 more bytes per attempt
+    ticks = iter(range(10_000))
+    with pytest.raises(FetchError, match=r"over its 20 s limit") as info:
+        download(url, tmp_path / "slow.tgz", size=len(data), sha256=sha(data), progress=False,
+                 max_seconds=20, clock=lambda: float(next(ticks)), **NO_SLEEP)
+    assert 3 <= len(file_server.log) <= 20  # each attempt reads the clock a few times
+    assert "run again to resume" in str(info.value)
+    assert (tmp_path / "slow.tgz.part").stat().st_size == 1000 * len(file_server.log)
+
+
+def test_slow_real_download_stops_at_the_time_limit(file_server, tmp_path):
+    data = payload()
+    url = file_server.add("/trickle.tgz", data)
+    file_server.cut_every["/trickle.tgz"] = 1000
+    with pytest.raises(FetchError, match=r"over its 0 s limit"):
+        download(url, tmp_path / "trickle.tgz", size=len(data), progress=False, max_seconds=0.3, backoff=0.05)
+
+
+def test_body_without_length_is_cut_at_the_cap(file_server, tmp_path):
+    data = payload(50_000)
+    url = file_server.add("/nolen.zip", data)
+    file_server.no_length.add("/nolen.zip")
+    with pytest.raises(ChecksumError, match=r"runs past the cap.*more than the 10,000 bytes.*unknown size"):
+        download(url, tmp_path / "nolen.zip", max_size=10_000, progress=False, chunk_size=4096)
+    assert leftovers(tmp_path) == []
+    with pytest.raises(ChecksumError, match=r"more than the 10,000 bytes this file may have \(its recorded size"):
+        download(url, tmp_path / "nolen.zip", size=10_000, progress=False, chunk_size=4096)
+    assert leftovers(tmp_path) == []
+    assert download(url, tmp_path / "nolen.zip", max_size=50_000, progress=False) == sha(data)  # fits
+
+
+def test_announced_length_over_the_cap_is_refused_before_reading(file_server, tmp_path):
+    data = payload(50_000)
+    url = file_server.add("/big.zip", data)
+    with pytest.raises(ChecksumError, match=r"announced as 50,000 bytes \(Content-Length\)"):
+        download(url, tmp_path / "big.zip", max_size=10_000, progress=False)
+    assert leftovers(tmp_path) == [] and len(file_server.log) == 1
+
+
+def test_default_cap_applies_without_size_or_max_size(file_server, tmp_path, monkeypatch):
+    monkeypatch.setattr(fetch, "DEFAULT_MAX_SIZE", 5_000)
+    url = file_server.add("/c.bin", payload(6_000))
+    file_server.no_length.add("/c.bin")
+    with pytest.raises(ChecksumError, match="5,000 bytes"):
+        download(url, tmp_path / "c.bin", progress=False, chunk_size=1024)
+
+
+def test_redirect_within_the_origin_is_followed(file_server, tmp_path):
+    data = payload(3000)
+    file_server.add("/real.bin", data)
+    file_server.redirects["/moved.bin"] = "/real.bin"
+    assert download(file_server.url("/moved.bin"), tmp_path / "m.bin", sha256=sha(data), progress=False) == sha(data)
+    assert [s for _, _, s in file_server.log] == [302, 200]
+
+
+def test_redirect_to_another_origin_is_refused_unless_the_record_allows_its_host(file_server, other_server,
+                                                                                tmp_path):
+    data = payload(3000)
+    other_server.add("/elsewhere.bin", data)
+    foreign = f"http://localhost:{other_server.httpd.server_address[1]}/elsewhere.bin"
+    file_server.redirects["/f.bin"] = foreign
+    url = file_server.url("/f.bin")
+    with pytest.raises(FetchError, match=r"refused to download f\.bin: the server redirected to .*'localhost'.*"
+                                         r"allowed_hosts") as info:
+        download(url, tmp_path / "f.bin", sha256=sha(data), progress=False, allowed_hosts=("mirror.example",))
+    assert foreign in str(info.value)
+    assert other_server.log == [] and leftovers(tmp_path) == []
+    got = download(url, tmp_path / "f.bin", sha256=sha(data), progress=False, allowed_hosts=("localhost",))
+    assert got == sha(data) and other_server.log == [("/elsewhere.bin", None, 200)]
+    assert fetch._host_allowed("a.files.1drv.com", (".1drv.com",)) and not fetch._host_allowed("1drv.com.evil",
+                                                                                              (".1drv.com",))
+
+
+def test_record_first_refuses_a_foreign_redirect_and_records_nothing(file_server, other_server, tmp_path):
+    data = payload(3000)
+    other_server.add("/x.zip", data)
+    file_server.redirects["/oi.zip"] = f"http://localhost:{other_server.httpd.server_address[1]}/x.zip"
+    f = spec("OpenImages_images.zip", url=file_server.url("/oi.zip"), checksum=False)
+    with pytest.raises(FetchError, match="redirected"):
+        fetch_files("openimages", [f], tmp_path, mode="auto", progress=False)
+    assert leftovers(tmp_path) == [] and other_server.log == []
+
+
+def test_record_first_refuses_a_body_whose_end_was_not_announced(file_server, tmp_path):
+    data = payload(3000)
+    f = spec("OpenImages_images.zip", url=file_server.add("/oi.zip", data), checksum=False)
+    file_server.no_length.add("/oi.zip")
+    with pytest.raises(FetchError, match=r"cannot be trusted as the first record: the server did not announce its "
+                                         r"length"):
+        fetch_files("openimages", [f], tmp_path, mode="auto", progress=False)
+    assert leftovers(tmp_path) == []  # neither the file nor a .sha256 record
+
+
+def test_record_first_never_resumes_an_earlier_part(file_server, tmp_path):
+    data = payload(3000)
+    f = spec("OpenImages_images.zip", url=file_server.add("/oi.zip", data), checksum=False)
+    (tmp_path / "OpenImages_images.zip.part").write_bytes(b"forged prefix")  # from some earlier run
+    fetch_files("openimages", [f], tmp_path, mode="auto", progress=False)
+    assert (tmp_path / "OpenImages_images.zip").read_bytes() == data
+    assert file_server.log == [("/oi.zip", None, 200)]  # fetched whole, not resumed
+    assert (tmp_path / "OpenImages_images.zip.sha256").read_text().startswith(sha(data))
+
+
+def test_record_first_trusts_a_cut_resumed_within_the_same_run(file_server, tmp_path):
+    data = payload(30_000)
+    f = spec("OpenImages_images.zip", url=file_server.add("/oi.zip", data), checksum=False)
+    file_server.cut_after["/oi.zip"] = 10_000
+    fetch_files("openimages", [f], tmp_path, mode="auto", progress=False, download_kwargs=NO_SLEEP)
+    assert file_server.log == [("/oi.zip", None, 200), ("/oi.zip", "bytes=10000-", 206)]
+    assert (tmp_path / "OpenImages_images.zip.sha256").read_text().startswith(sha(data))

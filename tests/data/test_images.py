@@ -46,3 +46,15 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available here; use auto or cpu"):
             resolve_device("cuda:0")
+
+
+def test_eval_transform_is_the_official_test_transform_on_pil_images():
+    """wsolevaluation (data_loaders.py) evaluates on `Resize((224, 224))` of the PIL image, then ToTensor and
+    Normalize; GT boxes are rescaled to the same grid. Ours must give the same tensor, bit for bit."""
+    from torchvision import transforms
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (335, 500, 3), dtype=np.uint8))  # CUB's first test size
+    official = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
+                                   transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    assert torch.equal(eval_transform(224)(image), official(image))

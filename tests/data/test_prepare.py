@@ -1,12 +1,15 @@
 """The preprocess step: image checks, GT box rescaling (METHOD.md 4.3), packed masks, clear errors."""
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.prepare import DataError, load_prepared, prepare_dataset, rescale_box
+from pipeline.data.prepare import (DataError, load_ground_truth, load_prepared, prepare_dataset, read_gt_mask,
+                                   read_mask, rescale_box)
 from pipeline.data.synthbirds import SynthBirdsSpec, generate
 from pipeline.data.wsol import SplitMetadata, write_split
 
@@ -161,3 +164,62 @@ def test_load_prepared_checks_params(tmp_path):
     with pytest.raises(DataError, match="run the preprocess stage first"):
         load_prepared(tmp_path / "nothing")
     assert json.loads((tmp_path / "prep" / "dataset.json").read_text())["eval_size"] == 8
+
+
+# --- masks read as wsolevaluation's load_mask_image (OpenCV INTER_NEAREST) ------------------------
+
+FIXTURE_MASKS = Path(__file__).resolve().parents[1] / "fixtures" / "wsol_test_masks"
+
+
+def test_read_mask_samples_source_pixel_floor_x_times_scale(tmp_path):
+    # 7 columns -> 3: OpenCV INTER_NEAREST takes columns floor(x * 7 / 3) = 0, 2, 4; Pillow's NEAREST
+    # would take floor((x + 0.5) * 7 / 3) = 1, 3, 5.
+    stripes = np.zeros((7, 7), np.uint8)
+    stripes[:, [0, 2, 4]] = 255
+    Image.fromarray(stripes).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png", 3).tolist() == [[True, True, True]] * 3
+    pil = np.asarray(Image.fromarray(stripes).resize((3, 3), Image.NEAREST)) > 127
+    assert not pil.any()
+
+
+def test_read_mask_threshold_is_half_of_full_scale(tmp_path):
+    soft = np.array([[0, 127, 128, 255]], np.uint8)  # CUB: grey = fraction of annotators
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    assert read_mask(tmp_path / "soft.png", 4)[0].tolist() == [False, False, True, True]
+
+
+def test_read_mask_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="nope.png: mask listed in the metadata is missing"):
+        read_mask(tmp_path / "nope.png", 8)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="bad.png: mask cannot be decoded"):
+        read_mask(tmp_path / "bad.png", 8)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match="empty.png: mask cannot be decoded"):
+        read_mask(tmp_path / "empty.png", 8)
+
+
+def test_prepare_packs_the_official_masks_as_the_official_loader_reads_them(tmp_path):
+    # A raw dataset made of wsolevaluation's test masks (two val images, one with two instances).
+    raw = tmp_path / "raw"
+    image_ids = ("val/0bt_c3/3a29f0b33894d4a6.png", "val/0bt_c3/3b3b9931325d65c9.png")
+    shutil.copytree(FIXTURE_MASKS / "val", raw / "masks" / "val")
+    for image_id in image_ids:
+        (raw / "images" / image_id).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (1600, 1066)).save(raw / "images" / image_id)
+    stem = [i.removesuffix(".png") for i in image_ids]
+    masks = {image_ids[0]: ((f"{stem[0]}_m0bt_c3_d2422806.png", f"{stem[0]}_m0bt_c3_3581e3ae.png"),
+                            f"{stem[0]}_ignore.png"),
+             image_ids[1]: ((f"{stem[1]}_m0bt_c3_d4e2e136.png",), f"{stem[1]}_ignore.png")}
+    for split in ("train", "test"):
+        write_split(raw / "metadata" / split, SplitMetadata(image_ids, dict.fromkeys(image_ids, 0), {}))
+        write_split(raw / "metadata_mask" / split,
+                    SplitMetadata(image_ids, dict.fromkeys(image_ids, 0), {}, masks=masks))
+    prepare_dataset(raw, tmp_path / "prep", dataset="openimages", num_classes=1, eval_size=224, progress=False)
+    truth = load_ground_truth(tmp_path / "prep", "test")
+    # foreground pixels of wsolevaluation's evaluation_test.py; background + ignore = the rest
+    assert truth.fg.sum(axis=(1, 2)).tolist() == [833, 347]
+    assert truth.ignore.sum(axis=(1, 2)).tolist() == [0, 224 * 224 - 347 - 13910]
+    for k, image_id in enumerate(image_ids):
+        fg, ignore = read_gt_mask(raw / "masks", *masks[image_id], 224)
+        assert np.array_equal(truth.fg[k], fg) and np.array_equal(truth.ignore[k], ignore)

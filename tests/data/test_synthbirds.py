@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -253,3 +257,82 @@ def test_tight_box() -> None:
     assert tight_box(mask) == (2, 1, 4, 4)
     with pytest.raises(ValueError):
         tight_box(np.zeros((2, 2), dtype=bool))
+
+
+# --- the same bytes on every machine --------------------------------------------------------------
+
+_AVX512 = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_KNL AVX512_KNM"
+DISPATCH_SETTINGS: dict[str, dict[str, str]] = {
+    "default dispatch": {},
+    "no AVX-512": {"NPY_DISABLE_CPU_FEATURES": _AVX512},
+    "no AVX2/FMA/AVX-512, generic BLAS": {
+        "NPY_DISABLE_CPU_FEATURES": f"AVX2 FMA3 {_AVX512}",
+        "OPENBLAS_CORETYPE": "Prescott",
+    },
+}
+"""numpy SIMD dispatch and OpenBLAS kernel choices that stand in for other CPU generations."""
+
+# Images of the default spec (seed 42) whose bytes on the generator before the deterministic-math
+# rewrite differed between AVX-512 and AVX2 dispatch on an AVX-512 machine, then a plain range.
+_RENDERED = [("train", 6, 7), ("train", 1, 100), ("train", 4, 108)] + [
+    (split, label, index) for split in ("train", "test") for label in range(10) for index in range(3)
+]
+_RENDER_SCRIPT = f"""
+import hashlib
+from pipeline.data.synthbirds import SynthBirdsSpec, render_image
+spec = SynthBirdsSpec(num_classes=10, image_size=96, seed=42)
+digest = hashlib.sha256()
+for split, label, index in {_RENDERED!r}:
+    image, mask = render_image(spec, split, label, index)
+    digest.update(image.tobytes() + mask.tobytes())
+print(digest.hexdigest())
+"""
+RENDERED_SHA256 = "8cfdafe010c789e3d03a91778e729c18712a4f14515dbce552263a2f4557d900"
+"""sha256 of the images and masks of ``_RENDERED``, on every machine."""
+
+
+def _render_digest(env: dict[str, str]) -> str:
+    """Run _RENDER_SCRIPT in a fresh interpreter (numpy reads the dispatch variables at import)."""
+    root = Path(__file__).resolve().parents[2]
+    full_env = {**os.environ, "PYTHONPATH": str(root), **env}
+    for name in ("NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES", "OPENBLAS_CORETYPE"):
+        if name not in env:
+            full_env.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", _RENDER_SCRIPT], env=full_env, cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_images_are_bit_identical_under_any_simd_dispatch_and_blas_kernel() -> None:
+    digests = {name: _render_digest(env) for name, env in DISPATCH_SETTINGS.items()}
+    assert digests == dict.fromkeys(DISPATCH_SETTINGS, RENDERED_SHA256)
+
+
+def test_tiny_dataset_files_are_pinned(tiny) -> None:
+    root, _ = tiny
+    combined = hashlib.sha256("".join(f"{p} {d}\n" for p, d in _digests(root).items()).encode())
+    assert combined.hexdigest() == TINY_SHA256
+
+
+TINY_SHA256 = "12634ca50a752e5f579e60635448c375d9ff5c2f8b6ffeb1fba6600ba52c1adf"
+"""sha256 over the sorted ``path digest`` lines of every file of the TINY dataset."""
+
+
+def test_float_helpers_use_no_platform_maths() -> None:
+    from pipeline.data.synthbirds import _cos_sin, _exp, _rotate, _steps
+
+    # mpmath's correctly rounded values, checked against exact identities and libm within 1 ulp
+    assert _cos_sin(0.0) == (1.0, 0.0) and _exp(0.0) == 1.0
+    for x in (-3.0, -0.7, 0.1, 0.5, 1.0, 2.0, 12.5):
+        c, s = _cos_sin(x)
+        assert abs(c - math.cos(x)) <= math.ulp(c) and abs(s - math.sin(x)) <= math.ulp(s)
+        assert abs(_exp(x) - math.exp(x)) <= math.ulp(math.exp(x))
+    assert _cos_sin(1.0) == (0.5403023058681398, 0.8414709848078965)  # cos 1, sin 1 to 17 digits
+    assert _exp(1.0) == 2.718281828459045 == math.e
+    points = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, -1.0]])
+    c, s = _cos_sin(0.3)
+    np.testing.assert_allclose(_rotate(points, c, s), points @ np.array([[c, s], [-s, c]]),
+                               rtol=0, atol=1e-15)
+    assert _steps(0.0, 0.3, 0.1) == [0.0, 0.1, 0.2] and _steps(1.0, 1.0, 0.1) == []
+    np.testing.assert_allclose(_steps(-0.19, 0.24, 0.11), np.arange(-0.19, 0.24, 0.11), atol=1e-15)

@@ -34,6 +34,9 @@ from pipeline.data.real.common import (clamp_box, find_dir, image_sizes, move, r
 NUM_CLASSES = 200
 WHERE = ("https://data.caltech.edu/records/65de6-vp158 (CaltechDATA); Google Drive mirror id "
          "1hbzc_P1FuxMkcabkgn9ZKinBwW683j45 (same sha256)")
+CALTECH_HOSTS = (".caltech.edu", "s3.us-west-2.amazonaws.com")
+"""Hosts a CaltechDATA download may be redirected to (its S3 file store; not checked from here: no
+network). The sha256 is published, so a file from anywhere else would be rejected by it anyway."""
 ARCHIVE = RemoteFile(
     name="CUB_200_2011.tgz",
     url="https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1",
@@ -41,6 +44,7 @@ ARCHIVE = RemoteFile(
     sha256="0c685df5597a8b24909f6a7c9db6d11e008733779a671760afef78feb49bf081",
     md5="97eceeb196236b17998738112f37df78",
     where=WHERE,
+    allowed_hosts=CALTECH_HOSTS,
 )
 SEGMENTATIONS = RemoteFile(
     name="segmentations.tgz",
@@ -50,6 +54,7 @@ SEGMENTATIONS = RemoteFile(
     md5=None,  # two different md5s circulate; the TFDS sha256 is trusted (DATA.md section 3)
     where="https://data.caltech.edu/records/w9d68-gec53 (CaltechDATA); Google Drive mirror id "
           "1EamOKGLoTuZdtcVYbHMWNpkn3iAVj8TP",
+    allowed_hosts=CALTECH_HOSTS,
 )
 MANUAL_WHY = ""
 

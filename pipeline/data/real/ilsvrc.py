@@ -44,7 +44,7 @@ VAL = RemoteFile("ILSVRC2012_img_val.tar", "https://image-net.org/data/ILSVRC/20
                  "29b22e2961454d5413ddabcf34fc5622", WHERE)
 BBOX_VAL = RemoteFile("ILSVRC2012_bbox_val_v3.tgz",
                       "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_bbox_val_v3.tgz", None, None,
-                      "f4cd18b5ea29fe6bbea62ec9c20d80f0", WHERE)
+                      "f4cd18b5ea29fe6bbea62ec9c20d80f0", WHERE, max_size=64 << 20)  # about 2.2 MB
 TRAIN = RemoteFile("ILSVRC2012_img_train.tar", "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_img_train.tar",
                    147_897_477_120, None, "1d675b47d978889d74fa0da5fadfb00e", WHERE)
 MANUAL_WHY = "ImageNet cannot be downloaded automatically: image-net.org needs a login and accepting its terms."

@@ -35,18 +35,24 @@ from pipeline.data.real.common import (first_per_class, image_sizes, move, remov
 
 NUM_CLASSES = 100
 SPLITS = ("train", "val", "test")
+ONEDRIVE_HOSTS = (".1drv.com", ".onedrive.live.com", ".onedrive.com")
+"""Where a onedrive.live.com download link redirects to (its file servers, e.g. public.<dc>.files.1drv.com;
+not checked from here: no network). No checksum is published, so any other host is refused, and the first
+download is recorded only when it is complete (pipeline/data/fetch.py)."""
 IMAGES = RemoteFile(
     "OpenImages_images.zip",
     "https://onedrive.live.com/download?cid=B7111B95B80CCC66&resid=B7111B95B80CCC66%2130813&authkey=AHgXVPxKxO_5Fvc",
     None, None, None,
     "wsolevaluation's OneDrive link (clovaai/wsolevaluation dataset/prepare_openimages.sh) or its README's "
-    "Google Drive id 1oOb4WQ-lb8SYppHEg3lWnpHk1X8WVO4e")
+    "Google Drive id 1oOb4WQ-lb8SYppHEg3lWnpHk1X8WVO4e",
+    allowed_hosts=ONEDRIVE_HOSTS, max_size=64 << 30)
 ANNOTATIONS = RemoteFile(
     "OpenImages_annotations.zip",
     "https://onedrive.live.com/download?cid=B7111B95B80CCC66&resid=B7111B95B80CCC66%2130811&authkey=AMWbBWZVQFbm4jw",
     None, None, None,
     "wsolevaluation's OneDrive link (clovaai/wsolevaluation dataset/prepare_openimages.sh) or its README's "
-    "Google Drive id 1eu1YvcZlsEalhXTS_5Ni5tkImCliIPie")
+    "Google Drive id 1eu1YvcZlsEalhXTS_5Ni5tkImCliIPie",
+    allowed_hosts=ONEDRIVE_HOSTS, max_size=16 << 30)
 MANUAL_WHY = ""
 
 
