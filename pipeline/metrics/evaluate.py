@@ -138,12 +138,14 @@ def _digest(cams: dict[str, CamSet], variant: str, branch: str, pp: PostProcess,
 
 def box_and_mask(cams: CamSet, gt: GroundTruth, variant: str, branch: str, opts: EvalOptions,
                  pp: PostProcess | None = None, per_image: bool = False,
-                 progress: Callable[[int], None] | None = None) -> tuple[BoxResult, MaskResult | None]:
-    """Box metrics (and PxAP where the split has masks) of one (variant, branch) on one split; `pp` defaults
-    to the headline protocol's post-processing."""
+                 progress: Callable[[int], None] | None = None, with_masks: bool = True
+                 ) -> tuple[BoxResult, MaskResult | None]:
+    """Box metrics (and PxAP where the split has masks, unless `with_masks` is off) of one (variant, branch)
+    on one split; `pp` defaults to the headline protocol's post-processing."""
     pp = pp or postprocess_options(variant, branch, gt.size, opts)
     correct = np.array([int(r["pred"]) == int(r["label"]) for r in cams.index], dtype=bool)
-    masks = MaskEvaluator(grid=opts.threshold_grid, per_image=per_image) if gt.fg is not None else None
+    masks = (MaskEvaluator(grid=opts.threshold_grid, per_image=per_image)
+             if gt.fg is not None and with_masks else None)
     boxes = BoxEvaluator(grid=opts.threshold_grid, iou_thresholds=opts.iou_thresholds,
                          loc_threshold=opts.loc_threshold, gt_box_match=opts.gt_box_match, per_image=per_image)
     for sl, maps in score_maps(cams, variant, branch, pp):
@@ -218,7 +220,7 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
     deals the units to the ranks of a distributed run. `on_result(key, box_result, mask_result,
     fidelity_result)` is called for every key = (protocol, variant, branch, split) with the per-image arrays
     (BoxResult.per_image_*, MaskResult.per_image_*, fidelity's avg_drop_terms / inc_conf_flags; mask and
-    fidelity None where not computed), so a bootstrap can stream over them; the headline protocol's key is
+    fidelity None where not computed: masks on val, fidelity on val and outside the headline), so a bootstrap can stream over them; the headline protocol's key is
     its `opts.postprocess` name. Off (None) by default: the per-image arrays are then not kept.
     """
     for split, cam in cams.items():
@@ -264,7 +266,8 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
             out = {}
             for split in splits:
                 out[split] = box_and_mask(cams[split], gts[split], u.variant, u.branch, opts, u.pp,
-                                          per_image=per_image, progress=bar.update)
+                                          per_image=per_image, progress=bar.update,
+                                          with_masks=split == "test")  # PxAP is a test number
             results.append(out)
         fid_units = [i for i, u in enumerate(mine) if u.fidelity]
         if fid_units:

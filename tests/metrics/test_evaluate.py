@@ -121,5 +121,6 @@ def test_protocols_dedup_and_per_image_callback(tmp_path):
     assert box.per_image_top1_loc.tolist() == [True, True, False, True]
     assert (mask.per_image_fg_hist.sum(0) == mask.fg_hist).all()
     assert seen[("official", "cam", "softmax", "val")][0].n_images == 3
+    assert seen[("official", "cam", "softmax", "val")][1] is None  # PxAP: test only
     with pytest.raises(ValueError, match="protocols: 'fancy' is not valid"):
         evaluate_all(cams, gts, EvalOptions(protocols=("fancy",)))
