@@ -233,7 +233,7 @@ class EvaluateParams:
                           doc="headline protocol: clean (no clamp, ReLU, bilinear, min-max for every map), official "
                               "(METHOD.md 3) or official_symmetric (official, the sigmoid branch's rule for both)")
     protocols: str = _f(doc="further named protocols scored on the same maps, joined by '+' "
-                            "(e.g. official+official_symmetric), or none")
+                            "(e.g. official+official_symmetric; the headline's own name is skipped), or none")
     weight_clamp: str | None = _f(choices=(None, "none", "sigmoid", "both"),
                                   doc="override: which branch's maps keep only non-negative channel weights")
     relu: bool | None = _f(doc="override: ReLU on the combined map (null = the preset's)")

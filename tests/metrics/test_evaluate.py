@@ -124,3 +124,24 @@ def test_protocols_dedup_and_per_image_callback(tmp_path):
     assert seen[("official", "cam", "softmax", "val")][1] is None  # PxAP: test only
     with pytest.raises(ValueError, match="protocols: 'fancy' is not valid"):
         evaluate_all(cams, gts, EvalOptions(protocols=("fancy",)))
+
+
+def test_protocol_params_are_validated():
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.params import ParamsError, validate
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    assert validate(data).evaluate.protocols == "official+official_symmetric"
+    for bad in ("official+fancy", "official+official", ""):
+        data["evaluate"]["protocols"] = bad
+        with pytest.raises(ParamsError, match="evaluate.protocols: .* is not valid; give distinct names of clean, "
+                                              "official, official_symmetric joined by '\\+', or none"):
+            validate(data)
+    data["evaluate"]["protocols"] = "none"
+    assert validate(data).evaluate.protocols == "none"
+    data["evaluate"]["workers"] = 2  # removed: evaluation parallelism is distributed.nproc
+    with pytest.raises(ParamsError, match="evaluate.workers: unknown key"):
+        validate(data)
