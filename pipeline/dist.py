@@ -20,9 +20,10 @@ CPU without CUDA. In a single process every helper here is the identity or a no-
   round the ranks' records are gathered to rank 0, which yields them in image order to the shard writer:
   data/cams/ is byte-identical to one process (on the CPU: given the same intra-op thread count, which the
   self-launch passes on).
-- evaluate: the (variant, branch) pairs are dealt round-robin to the ranks (`map_items`), each computed
-  exactly as in one process, and gathered to every rank in order; rank 0 writes metrics.json, evaluation.json
-  and plots/, byte-identical to one process (same thread-count caveat on the CPU).
+- evaluate: the distinct post-processed map sets (work units of pipeline/metrics/evaluate.py) are dealt to the
+  ranks by estimated cost (`map_shares`, `deal`), each computed exactly as in one process, and gathered to
+  every rank in order; rank 0 writes metrics.json, evaluation.json and plots/, byte-identical to one process
+  (same thread-count caveat on the CPU). This is evaluate's only parallelism (one process per rank, no pool).
 """
 from __future__ import annotations
 
@@ -310,6 +311,38 @@ def map_items(items: Sequence[T], fn: Callable[[T], R]) -> list[R]:
     mine = [fn(item) for item in items[me::world]]
     parts = all_gather(mine)
     return [parts[i % world][i // world] for i in range(len(items))]
+
+
+def deal(weights: Sequence[float], world: int) -> list[list[int]]:
+    """Item indices per rank: heaviest first, each to the least-loaded rank (ties: the lowest rank), so the
+    ranks' totals stay close; deterministic, and every rank computes the same deal."""
+    shares: list[list[int]] = [[] for _ in range(world)]
+    loads = [0.0] * world
+    for i in sorted(range(len(weights)), key=lambda i: (-weights[i], i)):
+        r = min(range(world), key=lambda r: (loads[r], r))
+        shares[r].append(i)
+        loads[r] += weights[i]
+    return [sorted(share) for share in shares]
+
+
+def map_shares(items: Sequence[T], fn: Callable[[list[T]], list[R]], weights: Sequence[float] | None = None
+               ) -> list[R]:
+    """`fn(items)` spread over the ranks: each rank calls `fn` once on its share (`deal` by `weights`, else
+    round-robin) and must return one result per item, in order; every rank gets the full list in item order.
+    In one process: fn(list(items))."""
+    world = world_size()
+    if world == 1:
+        return list(fn(list(items)))
+    shares = deal(weights, world) if weights is not None else [list(range(r, len(items), world))
+                                                              for r in range(world)]
+    mine = fn([items[i] for i in shares[rank()]])
+    if len(mine) != len(shares[rank()]):
+        raise ValueError(f"map_shares: fn returned {len(mine)} results for {len(shares[rank()])} items")
+    out: list = [None] * len(items)
+    for share, results in zip(shares, all_gather(list(mine))):
+        for i, result in zip(share, results):
+            out[i] = result
+    return out
 
 
 def batch_indices(n: int, batch_size: int) -> list[list[int]]:

@@ -224,10 +224,16 @@ class CamsParams:
     amp: bool = _f(doc="bf16 autocast for the trunk on CUDA (ignored on the CPU)")
 
 
+PROTOCOLS = ("clean", "official", "official_symmetric")  # pipeline.metrics.evaluate.PROTOCOLS (tests check)
+
+
 @dataclass(frozen=True)
 class EvaluateParams:
-    postprocess: str = _f(choices=("clean", "official"),
-                          doc="clean: no clamp, ReLU, bilinear, min-max for every map; official: METHOD.md 3")
+    postprocess: str = _f(choices=PROTOCOLS,
+                          doc="headline protocol: clean (no clamp, ReLU, bilinear, min-max for every map), official "
+                              "(METHOD.md 3) or official_symmetric (official, the sigmoid branch's rule for both)")
+    protocols: str = _f(doc="further named protocols scored on the same maps, joined by '+' "
+                            "(e.g. official+official_symmetric; the headline's own name is skipped), or none")
     weight_clamp: str | None = _f(choices=(None, "none", "sigmoid", "both"),
                                   doc="override: which branch's maps keep only non-negative channel weights")
     relu: bool | None = _f(doc="override: ReLU on the combined map (null = the preset's)")
@@ -242,7 +248,6 @@ class EvaluateParams:
     fidelity: bool = _f(doc="compute Average Drop and Increase in Confidence (one forward per map)")
     fidelity_target: str = _f(choices=("pred", "gt"),
                               doc="class whose map and softmax score are used (the precursor: pred)")
-    workers: int = _f(lo=1, hi=256, doc="processes for the box metrics (results do not depend on it)")
 
 
 @dataclass(frozen=True)
@@ -457,6 +462,10 @@ def _cross_checks(p: ParamsFile, errors: list[str]) -> None:
     if p.evaluate.threshold_split == "val" and "val" not in p.cams.splits:
         errors.append("evaluate.threshold_split: 'val' needs the val maps; set cams.splits: val+test "
                       "or evaluate.threshold_split: test")
+    extra = [] if p.evaluate.protocols == "none" else p.evaluate.protocols.split("+")
+    if [x for x in extra if x not in PROTOCOLS] or len(set(extra)) != len(extra):
+        errors.append(f"evaluate.protocols: {p.evaluate.protocols!r} is not valid; give distinct names of "
+                      f"{', '.join(PROTOCOLS)} joined by '+', or none")
     if p.evaluate.fidelity_target == "pred" and "pred" not in p.cams.targets:
         errors.append("evaluate.fidelity_target: 'pred' needs maps for the predicted class; set "
                       "cams.targets: gt+pred or evaluate.fidelity_target: gt")

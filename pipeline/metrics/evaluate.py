@@ -1,49 +1,86 @@
-"""Evaluate stored CAMs: post-process each (variant, branch), then box, mask and fidelity metrics.
+"""Evaluate stored CAMs: post-process each (protocol, variant, branch), then box, mask and fidelity metrics.
 
 Plain functions over the CAM shards (`pipeline.cams.store`) and the prepared ground truth
 (`pipeline.data.prepare.GroundTruth`); the evaluate stage wires params to them.
+
+Protocols (`PROTOCOLS`, a registry of named post-processing rules): `clean` (one rule for every map),
+`official` (METHOD.md 3, per variant: the clamp for the sigmoid branch only) and `official_symmetric`
+(official, with the sigmoid branch's rule, clamp included, for both branches: the official difference minus
+its post-processing asymmetry). The headline protocol (`EvalOptions.postprocess`, with the single-knob
+overrides `weight_clamp`, `relu`, `upsample` on top) fills metrics[variant][branch]; every further named
+protocol of `EvalOptions.protocols` fills metrics["protocols"][name][variant][branch].
+
+No duplicate work: every (protocol, variant, branch) is post-processed once to get a content digest of the
+maps it would score (test and val score maps, and the fidelity maps); (protocol, variant, branch) triples with
+the same digest share one work unit, scored once and reported under each of them. Units are dealt to the
+ranks of a distributed run (`pipeline.dist.map_shares`), the only parallelism here; each rank batches the
+fidelity forwards of its units: per image batch, one forward of the plain images and one forward of the
+masked images of several units concatenated.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.cams.engine import BRANCHES, VARIANTS
 from pipeline.cams.postprocess import PostProcess, clean_options, official_options, postprocess
 from pipeline.cams.store import CamSet
 from pipeline.data.prepare import GroundTruth
 from pipeline.metrics.boxes import BoxEvaluator, BoxResult, select_thresholds
-from pipeline.metrics.fidelity import FidelityAccumulator, fidelity_scores
+from pipeline.metrics.fidelity import FidelityAccumulator, fidelity_scores_many
 from pipeline.metrics.masks import MaskEvaluator, MaskResult
 
-CHUNK = 512  # images post-processed at once: bounds memory on large test sets
+CHUNK = 512          # images post-processed at once: bounds memory on large test sets
+FIDELITY_GROUP = 8   # map sets whose masked images share one forward (batch_size x 8 images)
+
+
+def _official_symmetric(variant: str, branch: str, size: int) -> PostProcess:
+    if branch not in BRANCHES:
+        raise ValueError(f"branch: '{branch}' is not valid; choose one of: {', '.join(BRANCHES)}")
+    return official_options(variant, "sigmoid", size)
+
+
+PROTOCOLS: dict[str, Callable[[str, str, int], PostProcess]] = {
+    "clean": lambda variant, branch, size: clean_options(size),
+    "official": official_options,
+    "official_symmetric": _official_symmetric,
+}
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    postprocess: str = "clean"            # clean | official
-    weight_clamp: str | None = None       # override: none | sigmoid | both
-    relu: bool | None = None              # override
-    upsample: str | None = None           # override: bilinear | bicubic
+    postprocess: str = "clean"            # the headline protocol: a PROTOCOLS name
+    weight_clamp: str | None = None       # override of the headline: none | sigmoid | both
+    relu: bool | None = None              # override of the headline
+    upsample: str | None = None           # override of the headline: bilinear | bicubic
     threshold_grid: str = "wsol"
     threshold_split: str = "val"          # val | test
     gt_box_match: str = "max"
     loc_threshold: float = 0.2
     iou_thresholds: tuple[int, ...] = (30, 50, 70)
-    workers: int = 1
+    protocols: tuple[str, ...] = ()       # further named protocols, scored on the same maps (no overrides)
+
+
+def _check_protocol(name: str, what: str) -> None:
+    if name not in PROTOCOLS:
+        raise ValueError(f"{what}: '{name}' is not valid; choose one of: {', '.join(PROTOCOLS)}")
+
+
+def protocol_options(protocol: str, variant: str, branch: str, size: int) -> PostProcess:
+    """The post-processing of a named protocol for (variant, branch)."""
+    _check_protocol(protocol, "protocol")
+    return PROTOCOLS[protocol](variant, branch, size)
 
 
 def postprocess_options(variant: str, branch: str, size: int, opts: EvalOptions) -> PostProcess:
-    """The preset's post-processing for (variant, branch), with the overrides of `opts` applied."""
-    if opts.postprocess == "official":
-        base = official_options(variant, branch, size)
-    elif opts.postprocess == "clean":
-        base = clean_options(size)
-    else:
-        raise ValueError(f"postprocess: '{opts.postprocess}' is not valid; choose one of: clean, official")
+    """The headline protocol's post-processing for (variant, branch), with the overrides of `opts` applied."""
+    _check_protocol(opts.postprocess, "postprocess")
+    base = PROTOCOLS[opts.postprocess](variant, branch, size)
     changes: dict = {}
     if opts.weight_clamp is not None:
         changes["weight_clamp"] = opts.weight_clamp == "both" or (opts.weight_clamp == "sigmoid" and branch == "sigmoid")
@@ -74,100 +111,205 @@ def score_maps(cams: CamSet, variant: str, branch: str, pp: PostProcess, target:
         yield sl, postprocess(pos[sl], neg[sl], pp)
 
 
-def box_and_mask(cams: CamSet, gt: GroundTruth, variant: str, branch: str, opts: EvalOptions
+@dataclass(frozen=True)
+class Unit:
+    """One distinct map set: (variant, branch) raw maps under post-processing `pp` (`fidelity`: also scored
+    for Average Drop / Increase in Confidence)."""
+
+    variant: str
+    branch: str
+    pp: PostProcess
+    fidelity: bool
+
+
+def _digest(cams: dict[str, CamSet], variant: str, branch: str, pp: PostProcess, fidelity: tuple | None) -> str:
+    """sha256 of every score map the unit would score: the gt maps of each split, the fidelity maps."""
+    h = hashlib.sha256()
+    for split in sorted(cams):
+        for _, maps in score_maps(cams[split], variant, branch, pp):
+            h.update(maps.tobytes())
+    if fidelity is not None:
+        target, size = fidelity
+        h.update(f"fidelity:{target}:{size}".encode())
+        for _, maps in score_maps(cams["test"], variant, branch, replace(pp, size=size), target):
+            h.update(maps.tobytes())
+    return h.hexdigest()
+
+
+def box_and_mask(cams: CamSet, gt: GroundTruth, variant: str, branch: str, opts: EvalOptions,
+                 pp: PostProcess | None = None, per_image: bool = False,
+                 progress: Callable[[int], None] | None = None, with_masks: bool = True
                  ) -> tuple[BoxResult, MaskResult | None]:
-    """Box metrics (and PxAP where the split has masks) of one (variant, branch) on one split."""
-    pp = postprocess_options(variant, branch, gt.size, opts)
+    """Box metrics (and PxAP where the split has masks, unless `with_masks` is off) of one (variant, branch)
+    on one split; `pp` defaults to the headline protocol's post-processing."""
+    pp = pp or postprocess_options(variant, branch, gt.size, opts)
     correct = np.array([int(r["pred"]) == int(r["label"]) for r in cams.index], dtype=bool)
-    masks = MaskEvaluator(grid=opts.threshold_grid) if gt.fg is not None else None
-    with BoxEvaluator(grid=opts.threshold_grid, iou_thresholds=opts.iou_thresholds,
-                      loc_threshold=opts.loc_threshold, gt_box_match=opts.gt_box_match,
-                      workers=opts.workers) as boxes:
-        for sl, maps in score_maps(cams, variant, branch, pp):
-            boxes.accumulate(maps, gt.boxes[sl], correct[sl])
-            if masks is not None:
-                masks.accumulate(maps, gt.fg[sl], gt.ignore[sl])
-        result = boxes.compute()
-    return result, (masks.compute() if masks is not None else None)
+    masks = (MaskEvaluator(grid=opts.threshold_grid, per_image=per_image)
+             if gt.fg is not None and with_masks else None)
+    boxes = BoxEvaluator(grid=opts.threshold_grid, iou_thresholds=opts.iou_thresholds,
+                         loc_threshold=opts.loc_threshold, gt_box_match=opts.gt_box_match, per_image=per_image)
+    for sl, maps in score_maps(cams, variant, branch, pp):
+        boxes.accumulate(maps, gt.boxes[sl], correct[sl])
+        if masks is not None:
+            masks.accumulate(maps, gt.fg[sl], gt.ignore[sl])
+        if progress:
+            progress(len(maps))
+    return boxes.compute(), (masks.compute() if masks is not None else None)
 
 
-def fidelity(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], cams: CamSet,
-             variant: str, branch: str, pp: PostProcess, target: str) -> dict:
-    """Average Drop / Increase in Confidence of one (variant, branch), scored by the softmax head.
-
-    `batches()` yields the (normalised images, labels) of the split in CAM order; the maps are those of the
-    `target` kind ('gt' or 'pred'), post-processed to the input size, and the target class is the label or
-    the softmax prediction accordingly.
-    """
+def fidelity_many(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], cams: CamSet,
+                  units: list[Unit], target: str, progress: Callable[[int], None] | None = None,
+                  group: int = FIDELITY_GROUP) -> list[dict]:
+    """Average Drop / Increase in Confidence of several map sets, scored by the softmax head, in one pass over
+    the images: per batch one forward of the images (Y) and, per group of `group` units, one forward of their
+    masked images concatenated (O). `batches()` yields the (normalised images, labels) of the split in CAM
+    order; the maps are those of the `target` kind ('gt' or 'pred'), post-processed to the input size, and
+    the target class is the label or the softmax prediction accordingly."""
+    if not units:
+        return []
     preds = torch.tensor([int(r["pred"]) for r in cams.index])
-    acc = FidelityAccumulator()
-    maps = cams.select(target=target, part="pos", branch=branch, variant=variant)
-    neg = cams.select(target=target, part="neg", branch=branch, variant=variant)
+    accs = [FidelityAccumulator() for _ in units]
+    raw = [(cams.select(target=target, part="pos", branch=u.branch, variant=u.variant),
+            cams.select(target=target, part="neg", branch=u.branch, variant=u.variant)) for u in units]
     start = 0
     device = next(model.parameters()).device
     for images, labels in batches():
         n = len(labels)
         size = images.shape[-1]
-        cam = torch.from_numpy(postprocess(maps[start:start + n], neg[start:start + n], replace(pp, size=size)))
-        classes = preds[start:start + n] if target == "pred" else labels
-        y, o = fidelity_scores(model, images.to(device), cam.to(device), classes.to(device))
-        acc.accumulate(y, o)
+        classes = (preds[start:start + n] if target == "pred" else labels).to(device)
+        images = images.to(device)
+        y = None
+        for g in range(0, len(units), group):
+            cams_list = [torch.from_numpy(postprocess(pos[start:start + n], neg[start:start + n],
+                                                      replace(u.pp, size=size))).to(device)
+                         for u, (pos, neg) in zip(units[g:g + group], raw[g:g + group])]
+            y_g, outs = fidelity_scores_many(model, images, cams_list, classes, y=y)
+            y = y_g
+            for acc, o in zip(accs[g:g + group], outs):
+                acc.accumulate(y, o)
         start += n
-    if start != len(maps):
-        raise ValueError(f"fidelity: the image loader gave {start} images, the CAM set holds {len(maps)}")
-    return acc.compute()
+        if progress:
+            progress(n * len(units))
+    if start != len(cams.index):
+        raise ValueError(f"fidelity: the image loader gave {start} images, the CAM set holds {len(cams.index)}")
+    return [acc.compute() for acc in accs]
+
+
+def fidelity(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], cams: CamSet,
+             variant: str, branch: str, pp: PostProcess, target: str) -> dict:
+    """Average Drop / Increase in Confidence of one (variant, branch) (`fidelity_many` of one unit)."""
+    return fidelity_many(model, batches, cams, [Unit(variant, branch, pp, True)], target)[0]
 
 
 def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: EvalOptions, *,
-                 model=None, batches=None, fidelity_target: str = "pred",
+                 model=None, batches=None, fidelity_target: str = "pred", fidelity_size: int | None = None,
                  progress: Callable[[str], None] | None = None,
-                 map_pairs: Callable[[list, Callable], list] | None = None) -> tuple[dict, dict]:
-    """Metrics of every (variant, branch) on the test split; returns (metrics, curves).
+                 map_units: Callable[[list, Callable, list], list] | None = None,
+                 on_result: Callable[..., None] | None = None, show_progress: bool = False) -> tuple[dict, dict]:
+    """Metrics of every (protocol, variant, branch) on the test split; returns (metrics, curves).
 
-    metrics[variant][branch] holds maxboxacc_v2, maxboxacc_iou{30,50,70}, maxboxacc (v1: largest contour,
-    IoU 50), gt_known_loc, top1_loc, best thresholds, and pxap / avg_drop / inc_conf where computed; with
-    `threshold_split: val` the MaxBoxAcc thresholds are chosen on val and the numbers are test accuracies
-    at those thresholds. metrics['top1_cls'] is the softmax branch's test accuracy (frozen, so it is the
-    baseline's). curves[(variant, branch)] = {"thresholds", "box": {column: per-threshold accuracy (%)},
-    "pr": (precision, recall) or None}.
+    metrics[variant][branch] (the headline protocol, `opts.postprocess` with its overrides) holds
+    maxboxacc_v2, maxboxacc_iou{30,50,70}, maxboxacc (v1: largest contour, IoU 50), gt_known_loc, top1_loc,
+    best thresholds, and pxap / avg_drop / inc_conf where computed; metrics["protocols"][name] holds the same
+    for every further protocol of `opts.protocols` (fidelity: headline only). With `threshold_split: val` the
+    MaxBoxAcc thresholds are chosen on val and the numbers are test accuracies at those thresholds.
+    metrics['top1_cls'] is the softmax branch's test accuracy. curves[(variant, branch)] (headline) =
+    {"thresholds", "box": {column: per-threshold accuracy (%)}, "pr": (precision, recall) or None}.
 
-    `map_pairs(pairs, fn)` returns [fn(pair) for pair in pairs]; pipeline.dist.map_items spreads the
-    (variant, branch) pairs over the ranks of a distributed run (each pair computed as in one process).
+    `map_units(units, fn, weights)` returns fn(units) (one result per unit, in order); pipeline.dist.map_shares
+    deals the units to the ranks of a distributed run. `on_result(key, box_result, mask_result,
+    fidelity_result)` is called for every key = (protocol, variant, branch, split) with the per-image arrays
+    (BoxResult.per_image_*, MaskResult.per_image_*, fidelity's avg_drop_terms / inc_conf_flags; mask and
+    fidelity None where not computed: masks on val, fidelity on val and outside the headline), so a bootstrap can stream over them; the headline protocol's key is
+    its `opts.postprocess` name. Off (None) by default: the per-image arrays are then not kept.
     """
     for split, cam in cams.items():
         check_alignment(cam, gts[split], split)
+    for name in opts.protocols:
+        _check_protocol(name, "protocols")
     test = cams["test"]
+    size = gts["test"].size
+    with_fidelity = model is not None and batches is not None
+    fidelity_key = (fidelity_target, fidelity_size or size) if with_fidelity else None
+    splits = ["test"] + (["val"] if opts.threshold_split == "val" else [])
+    scored = {s: cams[s] for s in splits}
+    headline = opts.postprocess
+    protocols = [headline] + [p for p in opts.protocols if p != headline]
+
+    # 1. every (protocol, variant, branch) -> a unit, by content digest
+    keys, unit_of, units, digests = [], {}, [], {}
+    for protocol in protocols:
+        for variant in VARIANTS:
+            for branch in BRANCHES:
+                pp = (postprocess_options(variant, branch, size, opts) if protocol == headline
+                      else protocol_options(protocol, variant, branch, size))
+                wants_fidelity = with_fidelity and protocol == headline
+                d = _digest(scored, variant, branch, pp, fidelity_key if wants_fidelity else None)
+                if d not in digests:
+                    digests[d] = len(units)
+                    units.append(Unit(variant, branch, pp, wants_fidelity))
+                keys.append((protocol, variant, branch))
+                unit_of[(protocol, variant, branch)] = digests[d]
+    if progress:
+        progress(f"{len(keys)} (protocol, variant, branch) map sets, {len(units)} distinct")
+    n_box = sum(len(cams[s].index) for s in splits)
+    n_fid = len(test.index)
+    weights = [n_box + (4 * n_fid if u.fidelity else 0) for u in units]  # a forward costs ~4 box evaluations
+
+    per_image = on_result is not None
+
+    def work(mine: list[Unit]) -> list[dict]:
+        total = sum(n_box + (n_fid if u.fidelity else 0) for u in mine)
+        bar = tqdm(total=total, desc="evaluate", unit="img", disable=not show_progress, smoothing=0)
+        results = []
+        for u in mine:
+            out = {}
+            for split in splits:
+                out[split] = box_and_mask(cams[split], gts[split], u.variant, u.branch, opts, u.pp,
+                                          per_image=per_image, progress=bar.update,
+                                          with_masks=split == "test")  # PxAP is a test number
+            results.append(out)
+        fid_units = [i for i, u in enumerate(mine) if u.fidelity]
+        if fid_units:
+            scores = fidelity_many(model, batches, test, [mine[i] for i in fid_units], fidelity_target,
+                                   progress=bar.update)
+            for i, s in zip(fid_units, scores):
+                results[i]["fidelity"] = s if per_image else {k: s[k] for k in ("avg_drop", "inc_conf", "n")}
+        bar.close()
+        return results
+
+    results = map_units(units, work, weights) if map_units is not None else work(units)
+
+    # 2. report every key from its unit
     metrics: dict = {"top1_cls": 100.0 * float(np.mean([int(r["pred"]) == int(r["label"]) for r in test.index]))}
     curves: dict = {}
-
-    def pair(variant_branch: tuple[str, str]) -> tuple[dict, dict]:
-        variant, branch = variant_branch
-        if progress:
-            progress(f"{variant}/{branch}")
-        box, mask = box_and_mask(test, gts["test"], variant, branch, opts)
+    for protocol, variant, branch in keys:
+        r = results[unit_of[(protocol, variant, branch)]]
+        box, mask = r["test"]
         chosen = None
         if opts.threshold_split == "val":
-            val_box, _ = box_and_mask(cams["val"], gts["val"], variant, branch, opts)
+            val_box, _ = r["val"]
             chosen = {mode: select_thresholds(val_box, mode) for mode in ("multi", "single")}
         m = box_summary(box, chosen, opts.iou_thresholds)
         if mask is not None:
             m["pxap"] = mask.pxap
-        if model is not None and batches is not None:
-            pp = postprocess_options(variant, branch, gts["test"].size, opts)
-            m.update({k: v for k, v in fidelity(model, batches, test, variant, branch, pp, fidelity_target).items()
-                      if k in ("avg_drop", "inc_conf")})
-        accuracy = box.box_accuracy("multi")
-        columns = {f"iou{d}": accuracy[i] for i, d in enumerate(opts.iou_thresholds)}
-        if 50 in opts.iou_thresholds:  # MaxBoxAcc (v1): the largest contour at IoU 50
-            columns["largest_contour_iou50"] = box.box_accuracy("single")[opts.iou_thresholds.index(50)]
-        return m, {"thresholds": box.thresholds, "box": columns,
-                   "pr": (mask.precision, mask.recall) if mask is not None else None}
-
-    pairs = [(variant, branch) for variant in VARIANTS for branch in BRANCHES]
-    results = map_pairs(pairs, pair) if map_pairs is not None else [pair(vb) for vb in pairs]
-    for (variant, branch), (m, curve) in zip(pairs, results):
-        metrics.setdefault(variant, {})[branch] = m
-        curves[(variant, branch)] = curve
+        fid = r.get("fidelity") if protocol == headline else None
+        if fid is not None:
+            m.update({k: fid[k] for k in ("avg_drop", "inc_conf")})
+        if protocol == headline:
+            metrics.setdefault(variant, {})[branch] = m
+            accuracy = box.box_accuracy("multi")
+            columns = {f"iou{d}": accuracy[i] for i, d in enumerate(opts.iou_thresholds)}
+            if 50 in opts.iou_thresholds:  # MaxBoxAcc (v1): the largest contour at IoU 50
+                columns["largest_contour_iou50"] = box.box_accuracy("single")[opts.iou_thresholds.index(50)]
+            curves[(variant, branch)] = {"thresholds": box.thresholds, "box": columns,
+                                         "pr": (mask.precision, mask.recall) if mask is not None else None}
+        else:
+            metrics.setdefault("protocols", {}).setdefault(protocol, {}).setdefault(variant, {})[branch] = m
+        if on_result is not None:
+            for split in splits:
+                b, msk = r[split]
+                on_result((protocol, variant, branch, split), b, msk, fid if split == "test" else None)
     return metrics, curves
 
 

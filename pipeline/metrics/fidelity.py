@@ -57,13 +57,55 @@ def fidelity_scores(model: DualBranchNet, images: torch.Tensor, cams: torch.Tens
     return y, o
 
 
+def fidelity_scores_many(model: DualBranchNet, images: torch.Tensor, cams: list[torch.Tensor], targets: torch.Tensor,
+                         y: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`fidelity_scores` of several map sets on the same images: (Y, [O per map set]). Y comes from one forward
+    of `images` (or is the `y` given, from an earlier call on the same images and targets); the masked images
+    of every map set go through one forward, concatenated. Per image, the same numbers as `fidelity_scores`
+    where the backend's per-sample results do not depend on the batch (the tests check this on the CPU)."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W); got shape {tuple(images.shape)}")
+    b, _, h, w = images.shape
+    for k, cam in enumerate(cams):
+        if tuple(cam.shape) != (b, h, w):
+            raise ValueError(f"cams[{k}] must be (B, H, W) = {(b, h, w)} to match the images; got {tuple(cam.shape)}")
+        if torch.isnan(cam).any() or (cam.numel() and (cam.min() < 0 or cam.max() > 1)):
+            raise ValueError(f"cams[{k}] must be in [0, 1] without NaN")
+    if tuple(targets.shape) != (b,):
+        raise ValueError(f"targets must have shape ({b},); got {tuple(targets.shape)}")
+    targets = targets.to(device=images.device, dtype=torch.long)
+    masked = torch.cat([images * cam.to(device=images.device, dtype=images.dtype)[:, None] for cam in cams]) \
+        if cams else images[:0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits_y = model(images).logits if y is None else None
+            logits_o = model(masked).logits if cams else None
+    finally:
+        model.train(was_training)
+    rows = torch.arange(b, device=images.device)
+    if y is None:
+        num_classes = logits_y.shape[1]
+        if b and (targets.min() < 0 or targets.max() >= num_classes):
+            raise ValueError(f"targets must be class indices in [0, {num_classes}); got {targets.tolist()}")
+        y = torch.softmax(logits_y.double(), dim=1)[rows, targets]
+    outs = [] if logits_o is None else [torch.softmax(part.double(), dim=1)[rows, targets]
+                                         for part in logits_o.split(b)]
+    return y, outs
+
+
 class FidelityAccumulator:
-    """Sums max(0, Y - O) / Y and 1[O > Y] in float64 over batches; `compute` returns the means in %."""
+    """Sums max(0, Y - O) / Y and 1[O > Y] in float64 over batches; `compute` returns the means in %, and the
+    per-image terms behind them in accumulation order: `avg_drop_terms` (n,) float64 = 100 max(0, Y - O) / Y
+    and `inc_conf_flags` (n,) bool = O > Y (their means are avg_drop, to float rounding, and inc_conf)."""
 
     def __init__(self) -> None:
         self.drop_sum = 0.0
         self.increase_sum = 0.0
         self.n = 0
+        self._drops: list[np.ndarray] = []
+        self._flags: list[np.ndarray] = []
 
     def accumulate(self, y: torch.Tensor | np.ndarray, o: torch.Tensor | np.ndarray) -> None:
         """Add a batch of target-class probabilities Y (original image) and O (image * CAM)."""
@@ -73,13 +115,18 @@ class FidelityAccumulator:
             raise ValueError(f"Y and O must be 1-D of the same length; got {tuple(y.shape)} and {tuple(o.shape)}")
         if not (y > 0).all() or torch.isnan(o).any():
             raise ValueError("Y must be > 0 (it divides the drop) and O must not be NaN")
-        self.drop_sum += float((torch.clamp(y - o, min=0) / y).sum())
-        self.increase_sum += float((o > y).sum())
+        drops, flags = torch.clamp(y - o, min=0) / y, o > y
+        self.drop_sum += float(drops.sum())
+        self.increase_sum += float(flags.sum())
         self.n += y.numel()
+        self._drops.append(100.0 * drops.numpy())
+        self._flags.append(flags.numpy())
 
-    def compute(self) -> dict[str, float | int]:
-        """{"avg_drop": mean max(0, Y-O)/Y * 100, "inc_conf": mean 1[O > Y] * 100, "n": N}."""
+    def compute(self) -> dict:
+        """{"avg_drop": mean max(0, Y-O)/Y * 100, "inc_conf": mean 1[O > Y] * 100, "n": N, "avg_drop_terms",
+        "inc_conf_flags"} (the last two: the per-image arrays of the class docstring)."""
         if self.n == 0:
             raise ValueError("no image was accumulated")
         return {"avg_drop": 100.0 * self.drop_sum / self.n, "inc_conf": 100.0 * self.increase_sum / self.n,
-                "n": self.n}
+                "n": self.n, "avg_drop_terms": np.concatenate(self._drops).astype(np.float64),
+                "inc_conf_flags": np.concatenate(self._flags).astype(bool)}

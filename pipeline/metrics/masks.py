@@ -45,20 +45,34 @@ class MaskResult:
     precision: np.ndarray
     recall: np.ndarray
     pxap: float
+    per_image_fg_hist: np.ndarray | None = None  # (n, n_bins) int64, accumulation order (MaskEvaluator(per_image=True))
+    per_image_bg_hist: np.ndarray | None = None  # summed over images: fg_hist / bg_hist
 
 
 class MaskEvaluator:
     """Accumulates foreground/background score histograms over batches and computes PxAP.
 
     Counters are int64, so the result does not depend on how the images are split into batches or in
-    which order they come.
+    which order they come. `per_image`: also keep each image's two histograms (MaskResult.per_image_*, for
+    the bootstrap; the same bins, by a searchsorted + bincount that the tests check against np.histogram).
     """
 
-    def __init__(self, *, grid: str = "official"):
+    def __init__(self, *, grid: str = "official", per_image: bool = False):
         self.thresholds = threshold_grid(grid)
         self.edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
         self.fg_hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
         self.bg_hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
+        self.per_image = bool(per_image)
+        self._per_image: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def _image_hists(self, scoremaps: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(B, n_bins) histograms of each map's values under `mask`: np.histogram's bins [E_k, E_k+1) with the
+        last one closed, i.e. bin searchsorted(E, x, "right") - 1, clipped to the last bin for x = E[-1]."""
+        n_bins = len(self.edges) - 1
+        image = np.broadcast_to(np.arange(len(scoremaps))[:, None, None], scoremaps.shape)[mask]
+        k = np.minimum(np.searchsorted(self.edges, scoremaps[mask], side="right") - 1, n_bins - 1)
+        return np.bincount(image * n_bins + k, minlength=len(scoremaps) * n_bins).reshape(len(scoremaps), n_bins
+                                                                                          ).astype(np.int64)
 
     def accumulate(self, scoremaps: np.ndarray, fg: np.ndarray, ignore: np.ndarray) -> None:
         """Add a batch: `scoremaps` (B, H, W) floats in [0, 1]; `fg` and `ignore` (B, H, W) bool masks,
@@ -82,6 +96,8 @@ class MaskEvaluator:
         background = ~(fg | ignore)
         self.fg_hist += np.histogram(scoremaps[fg], bins=self.edges)[0].astype(np.int64)
         self.bg_hist += np.histogram(scoremaps[background], bins=self.edges)[0].astype(np.int64)
+        if self.per_image:
+            self._per_image.append((self._image_hists(scoremaps, fg), self._image_hists(scoremaps, background)))
 
     def compute(self) -> MaskResult:
         """PxAP (in %) and the PR curve from the accumulated histograms (rule in the module docstring).
@@ -102,6 +118,12 @@ class MaskEvaluator:
         recall = tp / num_fg
         nonzero = predicted != 0
         pxap = 100.0 * float((precision[1:] * np.diff(recall))[nonzero[1:]].sum())
-        return MaskResult(thresholds=self.thresholds.copy(), edges=self.edges.copy(),
+        per_image = {}
+        if self.per_image:
+            n_bins = len(self.edges) - 1
+            parts = [(np.zeros((0, n_bins), np.int64),) * 2, *self._per_image]
+            per_image = {"per_image_fg_hist": np.concatenate([f for f, _ in parts]),
+                         "per_image_bg_hist": np.concatenate([b for _, b in parts])}
+        return MaskResult(**per_image, thresholds=self.thresholds.copy(), edges=self.edges.copy(),
                           fg_hist=self.fg_hist.copy(), bg_hist=self.bg_hist.copy(), cuts=self.edges[:-1][::-1].copy(),
                           tp=tp, fp=fp, precision=precision, recall=recall, pxap=pxap)

@@ -131,7 +131,8 @@ def eval_options(params: Params):
     e = params.evaluate
     return EvalOptions(postprocess=e.postprocess, weight_clamp=e.weight_clamp, relu=e.relu, upsample=e.upsample,
                        threshold_grid=e.threshold_grid, threshold_split=e.threshold_split,
-                       gt_box_match=e.gt_box_match, loc_threshold=e.loc_threshold, workers=e.workers)
+                       gt_box_match=e.gt_box_match, loc_threshold=e.loc_threshold,
+                       protocols=() if e.protocols == "none" else tuple(e.protocols.split("+")))
 
 
 def live(directory: str):

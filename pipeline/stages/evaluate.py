@@ -7,7 +7,9 @@ Reads data/cams/<split>/ and the prepared GT tables, applies the evaluation-time
   reports/plots/box_accuracy/<v>_<b>.csv   box accuracy against CAM threshold: one column per IoU (all
                                            contours) and the largest contour at IoU 50
   reports/plots/pixel_pr/<v>_<b>.csv       pixel precision-recall curve (datasets with masks)
-With `distributed.nproc` > 1 the ranks share the (variant, branch) pairs and rank 0 writes the same bytes.
+metrics.json holds the headline protocol (`evaluate.postprocess`) at metrics[variant][branch] and every further
+protocol of `evaluate.protocols` at metrics["protocols"][name][variant][branch]. Evaluation's only parallelism:
+with `distributed.nproc` > 1 the ranks share the distinct map sets and rank 0 writes the same bytes.
 """
 
 from pipeline.stages.common import (CAMS_DIR, FINETUNED_CKPT, REPORTS, eval_options, loader, model_spec, start,
@@ -19,15 +21,18 @@ PLOTS = REPORTS / "plots"
 def main() -> None:
     params = start(distributed=True)
     import shutil
+    import time
 
+    from pipeline.cams.engine import BRANCHES, VARIANTS
     from pipeline.cams.store import read_cams
     from pipeline.data.prepare import load_ground_truth
-    from pipeline.dist import finish, is_main, map_items
+    from pipeline.dist import finish, is_main, map_shares
     from pipeline.io import write_json, write_text
     from pipeline.metrics.evaluate import evaluate_all
     from pipeline.models.dual import load_checkpoint
     from pipeline.train.loops import resolve_device
 
+    began = time.perf_counter()
     e = params.evaluate
     opts = eval_options(params)
     splits = ["test"] + (["val"] if e.threshold_split == "val" else [])
@@ -42,9 +47,9 @@ def main() -> None:
             test_loader = loader(params, "test", train=False, batch_size=params.cams.batch_size)
             batches = lambda: iter(test_loader)  # noqa: E731
         metrics, curves = evaluate_all(cams, gts, opts, model=model, batches=batches,
-                                       fidelity_target=e.fidelity_target,
-                                       progress=lambda name: print(f"evaluate: {name}", flush=True),
-                                       map_pairs=map_items)
+                                       fidelity_target=e.fidelity_target, fidelity_size=params.model.input_size,
+                                       progress=lambda text: print(f"evaluate: {text}", flush=True) if is_main()
+                                       else None, map_units=map_shares, show_progress=is_main())
     if not is_main():  # distributed: every rank has every pair's results; rank 0 alone writes
         return finish()
     write_json(REPORTS / "metrics.json", metrics)
@@ -52,7 +57,7 @@ def main() -> None:
         "dataset": params.dataset, "backbone": params.backbone, "split": "test",
         "images": cams["test"].manifest["images"], "preset": params.preset, "head_init": params.finetune.head_init,
         "bn_mode": params.finetune.bn_mode, **{k: getattr(e, k) for k in (
-            "postprocess", "weight_clamp", "relu", "upsample", "threshold_grid", "threshold_split",
+            "postprocess", "protocols", "weight_clamp", "relu", "upsample", "threshold_grid", "threshold_split",
             "gt_box_match", "loc_threshold", "fidelity", "fidelity_target")}})
     shutil.rmtree(PLOTS, ignore_errors=True)
     for (variant, branch), c in curves.items():
@@ -64,10 +69,13 @@ def main() -> None:
             precision, recall = c["pr"]
             rows = [f"{r:.6f},{p:.6f}" for p, r in zip(precision, recall)]
             write_text(PLOTS / "pixel_pr" / f"{variant}_{branch}.csv", "\n".join(["recall,precision", *rows]) + "\n")
-    best = max(((v, b) for v in metrics if isinstance(metrics[v], dict) for b in metrics[v]),
-               key=lambda vb: metrics[vb[0]][vb[1]]["maxboxacc_v2"])
+    best = max(((v, b) for v in VARIANTS for b in BRANCHES), key=lambda vb: metrics[vb[0]][vb[1]]["maxboxacc_v2"])
     print(f"evaluate: Top-1 Cls {metrics['top1_cls']:.2f}%; best MaxBoxAccV2 {metrics[best[0]][best[1]]['maxboxacc_v2']:.2f}"
           f" ({best[0]}, {best[1]} branch) -> {REPORTS / 'metrics.json'}")
+    n_images = sum(len(c.index) for c in cams.values())
+    seconds = time.perf_counter() - began
+    print(f"evaluate: {seconds:.1f} s for {n_images} images ({1e3 * seconds / n_images:.1f} ms per image, "
+          f"{len(cams['test'].index)} test), every protocol and metric included", flush=True)
     finish()
 
 

@@ -1,10 +1,11 @@
-"""Box metrics (pipeline.metrics.boxes): parity of the fast path with the official two sweeps, hand-computed
-boxes and IoUs, threshold selection, invariance to batching / order / workers, and error messages."""
+"""Box metrics (pipeline.metrics.boxes, pipeline.metrics.box_levels): parity of the fast path with the official
+two sweeps, hand-computed boxes and IoUs, threshold selection, invariance to batching / order, per-image
+outcomes, and error messages."""
 import cv2
 import numpy as np
 import pytest
 
-import pipeline.metrics.boxes as boxes_module
+import pipeline.metrics.box_levels as box_levels_module
 from pipeline.metrics.boxes import (BoxEvaluator, BoxResult, box_iou, level_boxes, quantize_scoremaps,
                                     select_thresholds, threshold_grid)
 from tests.metrics.reference_boxes import reference_grid, reference_image, reference_level_boxes
@@ -126,13 +127,13 @@ def counters(result: BoxResult) -> tuple:
 
 def test_level_boxes_match_find_contours_at_every_level(monkeypatch):
     calls = []
-    fallback = boxes_module._largest_contour_box
+    fallback = box_levels_module._largest_contour_box
 
     def counted(u: np.ndarray, level: int) -> np.ndarray:
         calls.append(level)
         return fallback(u, level)
 
-    monkeypatch.setattr(boxes_module, "_largest_contour_box", counted)
+    monkeypatch.setattr(box_levels_module, "_largest_contour_box", counted)
     maps = adversarial_maps() + random_maps(1) + list(cam_like(3, 48, 6, 2)) + list(cam_like(2, 224, 14, 3))
     for shape in {m.shape for m in maps}:
         batch = quantize_scoremaps(np.stack([m for m in maps if m.shape == shape]))
@@ -285,7 +286,7 @@ def test_maxboxacc_v2_is_the_mean_of_per_iou_maxima():
 # ---------------------------------------------------------------------------------------------- invariance
 
 
-def test_batching_order_and_workers_do_not_change_the_counters():
+def test_batching_and_order_do_not_change_the_counters():
     rng = np.random.default_rng(11)
     maps = cam_like(10, 32, 4, 12)
     maps[3] = 0.0
@@ -300,22 +301,39 @@ def test_batching_order_and_workers_do_not_change_the_counters():
     for i in order:
         per_image.accumulate(maps[i:i + 1], gts[i:i + 1], correct[i:i + 1])
     assert counters(per_image.compute()) == expected
-    with BoxEvaluator(gt_box_match="first", workers=2) as pooled:
-        pooled.accumulate(maps[order[:6]], [gts[i] for i in order[:6]], correct[order[:6]])
-        pooled.accumulate(maps[order[6:]], [gts[i] for i in order[6:]], correct[order[6:]])
-        assert counters(pooled.compute()) == expected
+    two = BoxEvaluator(gt_box_match="first")
+    two.accumulate(maps[order[:6]], [gts[i] for i in order[:6]], correct[order[:6]])
+    two.accumulate(maps[order[6:]], [gts[i] for i in order[6:]], correct[order[6:]])
+    assert counters(two.compute()) == expected
 
 
-def test_single_worker_never_starts_a_pool(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a pool was started with workers=1")
-    monkeypatch.setattr(boxes_module.multiprocessing, "get_context", forbidden)
-    evaluator = BoxEvaluator()
-    evaluator.accumulate(cam_like(3, 16, 3, 0), [np.array([[1, 1, 5, 5]])] * 3, np.ones(3, bool))
-    assert evaluator.compute().n_images == 3
-
-
-# ---------------------------------------------------------------------------------------------- errors
+def test_per_image_outcomes_sum_to_the_counters_and_match_the_reference():
+    rng = np.random.default_rng(5)
+    maps = list(cam_like(7, 40, 5, 6)) + [np.zeros((40, 40), np.float32)]
+    gts = [gt_for((40, 40), rng) for _ in maps]
+    correct = rng.random(len(maps)) < 0.5
+    evaluator = BoxEvaluator(gt_box_match="first", per_image=True)
+    evaluator.accumulate(np.stack(maps[:3]), gts[:3], correct[:3])  # two batches: accumulation order is kept
+    evaluator.accumulate(np.stack(maps[3:]), gts[3:], correct[3:])
+    result = evaluator.compute()
+    n = len(maps)
+    assert result.per_image_multi.shape == result.per_image_single.shape == (n, 3, 1001)
+    assert result.per_image_multi.dtype == result.per_image_gt_known.dtype == np.bool_
+    assert (result.per_image_multi.sum(0) == result.multi_counts).all()
+    assert (result.per_image_single.sum(0) == result.single_counts).all()
+    assert result.per_image_gt_known.sum() == result.gt_known_count
+    assert result.per_image_top1_loc.sum() == result.top1_loc_count
+    assert not (result.per_image_top1_loc & ~correct).any()
+    thresholds = reference_grid("official")
+    for i, (m, g) in enumerate(zip(maps, gts)):
+        multi, single, loc = reference_image(m, g, thresholds, DELTAS, 0.2)
+        assert (result.per_image_multi[i] == multi).all() and (result.per_image_single[i] == single).all(), i
+        assert result.per_image_gt_known[i] == (loc[0] >= 0.5), i
+    plain = BoxEvaluator()
+    plain.accumulate(np.stack(maps), gts, correct)
+    assert plain.compute().per_image_multi is None  # off by default
+    empty = BoxEvaluator(per_image=True).compute()
+    assert empty.per_image_multi.shape == (0, 3, 1001) and empty.per_image_gt_known.shape == (0,)
 
 
 def test_errors_are_explicit():
@@ -329,8 +347,6 @@ def test_errors_are_explicit():
         BoxEvaluator(gt_box_match="all")
     with pytest.raises(ValueError, match="iou_thresholds"):
         BoxEvaluator(iou_thresholds=(30, 150))
-    with pytest.raises(ValueError, match="workers"):
-        BoxEvaluator(workers=0)
     evaluator = BoxEvaluator()
     maps, gt = np.zeros((2, 8, 8), np.float32), np.array([[1, 1, 3, 3]])
     with pytest.raises(ValueError, match="batch lengths differ: 2 score maps, 1 GT box lists, 2 correct flags"):

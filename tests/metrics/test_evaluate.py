@@ -5,7 +5,8 @@ import pytest
 
 from pipeline.cams.store import CamRecord, read_cams, write_cams
 from pipeline.data.prepare import GroundTruth
-from pipeline.metrics.evaluate import EvalOptions, check_alignment, evaluate_all, postprocess_options
+from pipeline.metrics.evaluate import (PROTOCOLS, EvalOptions, check_alignment, evaluate_all, postprocess_options,
+                                      protocol_options)
 
 
 def test_presets_and_overrides():
@@ -23,7 +24,15 @@ def test_presets_and_overrides():
     assert (pp.weight_clamp, pp.relu, pp.upsample, pp.size) == (True, False, "bicubic", 32)
     assert postprocess_options("cam", "softmax", 32, EvalOptions(weight_clamp="sigmoid")).weight_clamp is False
     assert postprocess_options("cam", "sigmoid", 32, EvalOptions(weight_clamp="sigmoid")).weight_clamp is True
-    with pytest.raises(ValueError, match="postprocess: 'x' is not valid; choose one of: clean, official"):
+    sym_soft = protocol_options("official_symmetric", "cam", "softmax", 64)
+    assert sym_soft == cam_sig == protocol_options("official_symmetric", "cam", "sigmoid", 64)
+    assert protocol_options("official", "gradcam", "softmax", 64).weight_clamp is False
+    assert protocol_options("official_symmetric", "gradcam", "softmax", 64).weight_clamp is True
+    assert postprocess_options("cam", "softmax", 64, EvalOptions(postprocess="official_symmetric")) == sym_soft
+    from pipeline.params import PROTOCOLS as PARAM_PROTOCOLS
+    assert tuple(PROTOCOLS) == PARAM_PROTOCOLS
+    with pytest.raises(ValueError, match="postprocess: 'x' is not valid; choose one of: clean, official, "
+                                         "official_symmetric"):
         postprocess_options("cam", "softmax", 32, EvalOptions(postprocess="x"))
 
 
@@ -82,3 +91,57 @@ def test_misaligned_cams_and_gt_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="test: the CAM shards \\(2 images\\) and the prepared GT table \\(2 images\\) "
                                          "disagree from position 0"):
         check_alignment(cams, other, "test")
+
+
+def test_protocols_dedup_and_per_image_callback(tmp_path):
+    boxes = [(2, 3, 9, 12), (0, 0, 15, 7), (5, 5, 10, 10), (4, 1, 13, 14)]
+    test, gt_test = make_split(tmp_path, "test", boxes, preds=[0, 0, 1, 0])
+    val, gt_val = make_split(tmp_path, "val", boxes[:3])
+    cams, gts = {"test": test, "val": val}, {"test": gt_test, "val": gt_val}
+    seen = {}
+    messages = []
+    opts = EvalOptions(protocols=("official", "official_symmetric"))
+    metrics, curves = evaluate_all(cams, gts, opts, progress=messages.append,
+                                   on_result=lambda key, box, mask, fid: seen.setdefault(key, (box, mask, fid)))
+    alone, _ = evaluate_all(cams, gts, EvalOptions())
+    headline = {k: v for k, v in metrics.items() if k != "protocols"}
+    assert headline == alone  # the extra protocols leave the headline as it was
+    assert set(metrics["protocols"]) == {"official", "official_symmetric"}
+    # every variant holds the same raw maps, at the evaluation size (resizing is the identity) and binary
+    # (0/1: every scaling and min-max gives them back): by content, 30 map sets are 2, the softmax
+    # blocks and the all-zero sigmoid maps, whatever the protocol
+    assert messages == ["30 (protocol, variant, branch) map sets, 2 distinct"]
+    sym, off = metrics["protocols"]["official_symmetric"], metrics["protocols"]["official"]
+    assert sym["gradcam"]["sigmoid"] == off["gradcam"]["sigmoid"]
+    assert off["cam"]["softmax"]["maxboxacc_v2"] == 100.0
+    assert len(seen) == 3 * 5 * 2 * 2
+    box, mask, fid = seen[("clean", "cam", "softmax", "test")]
+    assert fid is None  # no model given: no fidelity
+    assert box.per_image_multi.shape == (4, 3, 1000) and box.per_image_gt_known.tolist() == [True] * 4
+    assert box.per_image_top1_loc.tolist() == [True, True, False, True]
+    assert (mask.per_image_fg_hist.sum(0) == mask.fg_hist).all()
+    assert seen[("official", "cam", "softmax", "val")][0].n_images == 3
+    assert seen[("official", "cam", "softmax", "val")][1] is None  # PxAP: test only
+    with pytest.raises(ValueError, match="protocols: 'fancy' is not valid"):
+        evaluate_all(cams, gts, EvalOptions(protocols=("fancy",)))
+
+
+def test_protocol_params_are_validated():
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.params import ParamsError, validate
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    assert validate(data).evaluate.protocols == "official+official_symmetric"
+    for bad in ("official+fancy", "official+official", ""):
+        data["evaluate"]["protocols"] = bad
+        with pytest.raises(ParamsError, match="evaluate.protocols: .* is not valid; give distinct names of clean, "
+                                              "official, official_symmetric joined by '\\+', or none"):
+            validate(data)
+    data["evaluate"]["protocols"] = "none"
+    assert validate(data).evaluate.protocols == "none"
+    data["evaluate"]["workers"] = 2  # removed: evaluation parallelism is distributed.nproc
+    with pytest.raises(ParamsError, match="evaluate.workers: unknown key"):
+        validate(data)

@@ -91,7 +91,7 @@ def test_all_ones_cam_keeps_the_confidence(model):
     assert torch.equal(y, o)
     acc = FidelityAccumulator()
     acc.accumulate(y, o)
-    assert acc.compute() == {"avg_drop": 0.0, "inc_conf": 0.0, "n": 3}
+    assert summary(acc.compute()) == {"avg_drop": 0.0, "inc_conf": 0.0, "n": 3}
 
 
 def test_sigmoid_head_is_never_used(model):
@@ -122,11 +122,24 @@ def test_accumulator_formulas_by_hand():
     o = np.array([0.4, 0.6, 0.2, 0.25])
     whole = FidelityAccumulator()
     whole.accumulate(y, o)
-    assert whole.compute() == {"avg_drop": pytest.approx(31.25), "inc_conf": 25.0, "n": 4}
+    out = whole.compute()
+    assert summary(out) == {"avg_drop": pytest.approx(31.25), "inc_conf": 25.0, "n": 4}
     split = FidelityAccumulator()
     split.accumulate(torch.tensor(y[:1]), torch.tensor(o[:1]))
     split.accumulate(torch.tensor(y[1:]), torch.tensor(o[1:]))
-    assert split.compute() == pytest.approx(whole.compute())
+    assert summary(split.compute()) == pytest.approx(summary(whole.compute()))
+    # per-image terms, in accumulation order: 100 max(0, Y - O) / Y and O > Y
+    for result in (out, split.compute()):
+        assert result["avg_drop_terms"].dtype == np.float64 and result["inc_conf_flags"].dtype == np.bool_
+        np.testing.assert_array_equal(result["avg_drop_terms"], [50.0, 0.0, 0.0, 75.0])
+        assert result["inc_conf_flags"].tolist() == [False, True, False, False]
+        assert result["avg_drop_terms"].mean() == pytest.approx(result["avg_drop"], rel=1e-14, abs=0)
+        assert 100.0 * result["inc_conf_flags"].sum() / len(result["inc_conf_flags"]) == result["inc_conf"]
+
+
+def summary(result: dict) -> dict:
+    """The aggregate numbers of FidelityAccumulator.compute (without the per-image arrays)."""
+    return {k: result[k] for k in ("avg_drop", "inc_conf", "n")}
 
 
 def test_errors(model):
@@ -144,3 +157,18 @@ def test_errors(model):
         fidelity_scores(model, images, cams * 2, targets)
     with pytest.raises(ValueError, match="class indices"):
         fidelity_scores(model, images, cams, torch.tensor([0, 1, 5]))
+
+
+def test_many_map_sets_in_one_forward_match_one_at_a_time(model):
+    from pipeline.metrics.fidelity import fidelity_scores_many
+
+    images, cams, targets = batch()
+    others = [cams, torch.ones_like(cams), cams.flip(-1)]
+    y, outs = fidelity_scores_many(model, images, others, targets)
+    for cam, o in zip(others, outs):
+        y1, o1 = fidelity_scores(model, images, cam, targets)
+        assert torch.equal(y, y1) and torch.equal(o, o1)
+    y2, outs2 = fidelity_scores_many(model, images, others[:1], targets, y=y)  # Y handed over: no forward
+    assert y2 is y and torch.equal(outs2[0], outs[0])
+    with pytest.raises(ValueError, match=r"cams\[1\] must be in \[0, 1\]"):
+        fidelity_scores_many(model, images, [cams, cams * 2], targets)

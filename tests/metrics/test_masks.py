@@ -203,3 +203,27 @@ def test_unpack_masks_round_trip(size):
     assert np.array_equal(out, masks)
     with pytest.raises(ValueError, match="shape"):
         unpack_masks(packed, size + 1)
+
+
+@pytest.mark.parametrize("grid", ["official", "wsol"])
+def test_per_image_histograms_sum_to_the_aggregate_and_match_np_histogram(grid):
+    rng = np.random.default_rng(3)
+    maps = rng.random((5, 12, 12)).astype(np.float32)
+    maps[0, :2] = 1.0                      # the top edge, the duplicate 1.0 edge of the official grid
+    maps[1] = np.round(maps[1] * 1000) / 1000  # values on the bin edges
+    maps[2] = 0.0
+    fg = rng.random(maps.shape) < 0.4
+    ignore = ~fg & (rng.random(maps.shape) < 0.2)
+    evaluator = MaskEvaluator(grid=grid, per_image=True)
+    evaluator.accumulate(maps[:2], fg[:2], ignore[:2])
+    evaluator.accumulate(maps[2:], fg[2:], ignore[2:])
+    result = evaluator.compute()
+    assert result.per_image_fg_hist.shape == result.per_image_bg_hist.shape == (5, len(result.edges) - 1)
+    assert result.per_image_fg_hist.dtype == np.int64
+    assert (result.per_image_fg_hist.sum(0) == result.fg_hist).all()
+    assert (result.per_image_bg_hist.sum(0) == result.bg_hist).all()
+    for i in range(5):
+        background = ~(fg[i] | ignore[i])
+        assert (result.per_image_fg_hist[i] == np.histogram(maps[i][fg[i]], bins=result.edges)[0]).all()
+        assert (result.per_image_bg_hist[i] == np.histogram(maps[i][background], bins=result.edges)[0]).all()
+    assert MaskEvaluator(grid=grid).compute.__self__.per_image is False
