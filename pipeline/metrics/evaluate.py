@@ -163,7 +163,7 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
         return m, {"thresholds": box.thresholds, "box": columns,
                    "pr": (mask.precision, mask.recall) if mask is not None else None}
 
-    pairs = [(variant, branch) for variant in VARIANTS for branch in BRANCHES]
+    pairs = [(variant, branch) for variant in test.manifest["variants"] for branch in BRANCHES]
     results = map_pairs(pairs, pair) if map_pairs is not None else [pair(vb) for vb in pairs]
     for (variant, branch), (m, curve) in zip(pairs, results):
         metrics.setdefault(variant, {})[branch] = m
