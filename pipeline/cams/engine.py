@@ -213,13 +213,24 @@ def compute_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, 
             kinds = [targets] + ([logits.argmax(1)] if pred else [])
         results = []
         for k, t in enumerate(kinds):
-            rows = torch.stack([w[t] for w in weights], dim=1) if gap else None  # (B, 2, C)
+            # The prediction's maps differ from the ground truth's only where the two classes differ.
+            sel = None if k == 0 else (t != targets).nonzero()[:, 0]
+            if sel is not None and len(sel) == 0:
+                results.append(results[0])
+                continue
+            part = slice(None) if sel is None else sel
+            rows = torch.stack([w[t[part]] for w in weights], dim=1) if gap else None  # (b, 2, C)
             if grads is None:
-                inputs = CamInputs(flat, sum_a, (rows / n)[..., None], constant_grad=True, head_rows=rows)
+                inputs = CamInputs(flat[part], sum_a[part], (rows / n)[..., None], constant_grad=True, head_rows=rows)
                 pos, neg = _maps(variants, inputs)
             else:
-                pos, neg = _chunked_maps(variants, flat, sum_a, grads[k], rows)
-            results.append((pos.reshape(*pos.shape[:3], height, width), neg.reshape(*neg.shape[:3], height, width)))
+                pos, neg = _chunked_maps(variants, flat[part], sum_a[part], [g[part] for g in grads[k]], rows)
+            pos, neg = (m.reshape(*m.shape[:3], height, width) for m in (pos, neg))
+            if sel is not None:
+                full_pos, full_neg = results[0][0].clone(), results[0][1].clone()
+                full_pos[sel], full_neg[sel] = pos, neg
+                pos, neg = full_pos, full_neg
+            results.append((pos, neg))
     (pos, neg), pred_maps = results[0], (results[1] if pred else (None, None))
     return CamBatch(logits=logits, logits2=logits2, pos=pos, neg=neg, variants=tuple(v.name for v in variants),
                     pred_pos=pred_maps[0], pred_neg=pred_maps[1])

@@ -116,8 +116,12 @@ def test_fast_path_equals_autograd_on_a_gap_linear_head(seed):
 def test_pred_maps_from_the_same_forward_equal_a_second_call(make):
     model = make(seed=3)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    targets = torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        predicted = model(x).logits.argmax(1)
+    targets = predicted.clone()
+    targets[1::2] = (predicted[1::2] + 1) % 5  # images 0, 2 correctly classified, 1, 3 not
     both = compute_cams(model, x, targets, pred=True)
+    assert torch.equal(both.pred_pos[0::2], both.pos[0::2]) and not torch.equal(both.pred_pos[1], both.pos[1])
     again = compute_cams(model, x, both.logits.argmax(1))
     torch.testing.assert_close(both.pred_pos, again.pos, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(both.pred_neg, again.neg, rtol=1e-6, atol=1e-7)
