@@ -149,7 +149,7 @@ def _maps(variants: tuple[CamVariant, ...], inputs: CamInputs) -> tuple[torch.Te
         if signed:
             neg[:, :, signed] = out[:, :, len(combined):]
     for i, w, nonneg in pixel:
-        pos[:, :, i] = (w.clamp(min=0) * a[:, None]).sum(dim=2)
+        pos[:, :, i] = ((w if nonneg else w.clamp(min=0)) * a[:, None]).sum(dim=2)
         if not nonneg:
             neg[:, :, i] = (w.clamp(max=0) * a[:, None]).sum(dim=2)
     return pos, neg
