@@ -1,41 +1,44 @@
-"""One-pass CAM engine: all five CAM variants for both heads from one trunk forward (METHOD.md 3).
+"""One-pass CAM engine: every CAM variant of the model's family, for both heads, from one trunk forward.
 
-`compute_cams(model, images, targets)` runs the trunk once without autograd, then treats the float32
-target-layer feature map A (B, C, h, w) as a leaf, recomputes both heads from it (GAP -> linear, exactly
-as `DualBranchNet.embed`/`forward` do in eval mode) and takes g = dS/dA of the raw target logit S of each
-branch (pre-softmax for the softmax head, pre-sigmoid for the sigmoid head; per-sample scores summed over
-the batch, as pytorch-grad-cam's `ClassifierOutputTarget` does). No gradient ever flows into the trunk.
+`compute_cams(model, images, targets)` runs the trunk once without autograd, giving the float32 target-layer
+feature map A (B, C, h, w). Each head is a module on A (`pipeline.models.heads.Head`: in eval mode
+`model.head(A)` / `model.head2(A)` are the model's logits), so the gradient g = dS/dA of each branch's raw
+target logit S (pre-softmax for the softmax head, pre-sigmoid for the sigmoid head; per-sample scores summed
+over the batch, as pytorch-grad-cam's `ClassifierOutputTarget` does) is taken through the head module itself:
+pooling, MLP, dropout (the identity in eval mode). For an MLP head g varies over the map. A is a detached
+leaf, so no gradient ever reaches the trunk's (or the heads') parameters.
 
-With A, g and the head weights W of the branch, for target class k:
+Fast path: a head that is exactly GAP -> linear (`head.gap_linear()`) has dS/dA_c = W[k, c] / hw, constant
+over the map, so no autograd is run at all and every variant's weights come in closed form from W[k] and
+sum_xy A (`pipeline.cams.variants.CamInputs`); `fast_path=False` forces the autograd path (the tests check
+that both agree).
 
-- `cam`:       alpha_c = W[k, c] / C              (the mean over channels, for every backbone; the official
-                                                    Inception code sums instead, METHOD.md 1.6: the scale
-                                                    disappears in the min-max normalisation)
-- `gradcam`:   alpha_c = mean_xy g_c
-- `gradcampp`: a = g^2 / (2 g^2 + (sum_xy A_c) g^3 + 1e-6), a = 0 where g = 0;  alpha_c = sum_xy relu(g_c) a
-- `xgradcam`:  alpha_c = sum_xy (g_c A_c) / (sum_xy A_c + 1e-7)
-- `layercam`:  pixel-wise, M = sum_c relu(g_c) A_c (no channel weights)
-
-For the four channel-weight variants the map M = sum_c alpha_c A_c is returned split by the sign of the
-weights: pos = sum_c max(alpha_c, 0) A_c and neg = sum_c min(alpha_c, 0) A_c, so the raw signed map is
-pos + neg and the official "negative weight clamp" of the sigmoid branch (METHOD.md 3.1, 8.2) is pos alone.
-For `layercam` pos = M and neg = 0. The maps are raw: no ReLU, clamp, upsampling or normalisation here;
-those are evaluation-time options (`pipeline.cams.postprocess`), so changing them never recomputes maps.
+The variants and their formulas are the registry's (`pipeline.cams.variants`); the model's family (its
+`spec.family`, "cam" when absent) decides which exist: CAM only for the CAM family, as the official code.
+Each map is returned split by the sign of the weights: pos = sum_c max(w_c, 0) A_c and neg = sum_c
+min(w_c, 0) A_c, so the raw signed map is pos + neg and the official "negative weight clamp" of the sigmoid
+branch (METHOD.md 3.1, 8.2) is pos alone; neg = 0 for variants whose weights are non-negative by
+construction. The maps are raw: no ReLU, clamp, upsampling or normalisation here; those are evaluation-time
+options (`pipeline.cams.postprocess`), so changing them never recomputes maps. All channel-weight variants
+(and LayerCAM on the fast path, where its pixel weights are constant) are combined with A in one batched
+matrix product.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from pipeline.models.dual import DualBranchNet
+from pipeline.cams import variants as registry
+from pipeline.cams.variants import CamInputs, CamVariant
+from pipeline.models.heads import Head
 from pipeline.train.loops import to_device
 
-VARIANTS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam")
 BRANCHES = ("softmax", "sigmoid")
-
-GRADCAMPP_EPS = 1e-6  # pytorch-grad-cam GradCAMPlusPlus
-XGRADCAM_EPS = 1e-7   # pytorch-grad-cam XGradCAM
+CHUNK_ELEMENTS = 1 << 18  # elements of one (images x C x hw) gradient chunk in `_chunked_maps` (1 MiB)
+VARIANTS = registry.names()  # every registered variant (the CAM family's list); a model's own: model_variants
 
 
 @dataclass
@@ -44,90 +47,190 @@ class CamBatch:
 
     logits: torch.Tensor   # (B, K) float32, softmax branch
     logits2: torch.Tensor  # (B, K) float32, sigmoid branch (pre-sigmoid)
-    pos: torch.Tensor      # (B, 2, 5, h, w) float32: [branch, variant] map from the non-negative weights
-    neg: torch.Tensor      # (B, 2, 5, h, w) float32: map from the negative weights (<= 0 where A >= 0)
+    pos: torch.Tensor      # (B, 2, V, h, w) float32: [branch, variant] map from the non-negative weights
+    neg: torch.Tensor      # (B, 2, V, h, w) float32: map from the negative weights (<= 0 where A >= 0)
+    variants: tuple[str, ...] = VARIANTS  # names of the V variants, in registry order
+    pred_pos: torch.Tensor | None = None  # the same for the softmax branch's top-1 prediction (`pred=True`)
+    pred_neg: torch.Tensor | None = None
 
 
-def check_eval_mode(model: DualBranchNet) -> None:
+def model_family(model: nn.Module) -> str:
+    """The model's family, "cam" or "grad" (`model.spec.family`; "cam" when the spec has none)."""
+    return registry.check_family(getattr(getattr(model, "spec", None), "family", registry.DEFAULT_FAMILY))
+
+
+def model_variants(model: nn.Module) -> tuple[CamVariant, ...]:
+    """The CAM variants defined for `model` (its family's), in registry order."""
+    return registry.for_family(model_family(model))
+
+
+def gap_linear(head: nn.Module) -> nn.Linear | None:
+    """The linear layer of a head that is exactly GAP -> linear in eval mode, else None.
+
+    A `Head` says so itself; a bare `nn.Linear` (the head of older `DualBranchNet`s, applied to the pooled
+    vector) is read as GAP -> that linear layer.
+    """
+    if isinstance(head, Head):
+        return head.gap_linear()
+    if type(head) is nn.Linear:
+        return head
+    return None
+
+
+def head_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The head's logits from the feature map (B, C, h, w)."""
+    if isinstance(head, Head):
+        return head(features)
+    if type(head) is nn.Linear:
+        return head(features.mean(dim=(2, 3)))
+    raise TypeError(f"head: {type(head).__name__} is neither a pipeline.models.heads.Head nor an nn.Linear")
+
+
+def check_eval_mode(model: nn.Module) -> None:
     """Raise ValueError unless every module of `model` is in eval mode and the sigmoid head exists.
 
-    Eval mode makes the maps batch-invariant (BatchNorm running statistics) and makes the Inception
-    feature dropout the identity, so pooling the feature map is exactly what the heads read.
+    Eval mode makes the maps batch-invariant (BatchNorm running statistics) and makes dropout the identity,
+    so the heads read exactly the map A.
     """
-    if model.head2 is None:
+    if getattr(model, "head2", None) is None:
         raise ValueError("the model has no sigmoid head; run the clone_head stage first")
     training = [name or "<model>" for name, m in model.named_modules() if m.training]
     if training:
         raise ValueError(f"compute_cams needs the model in eval mode; in train mode: {', '.join(training[:5])}")
 
 
-def head_gradients(model: DualBranchNet, features: torch.Tensor,
-                   targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Recompute both heads from the feature map A and differentiate the target logits with respect to A.
+def head_gradients(model: nn.Module, features: torch.Tensor, targets: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run both heads on the feature map A and differentiate the target logits with respect to A.
 
-    logits_h = W_h (mean_xy A) + b_h for h in (softmax, sigmoid); S_h = sum_b logits_h[b, targets[b]];
+    S_h = sum_b logits_h[b, targets[b]] for h in (softmax, sigmoid), through the head modules themselves;
     returns (logits, logits2, g) with g = stack_h dS_h/dA of shape (B, 2, C, h, w), all float32 and detached.
-    Only A is differentiated: the head parameters enter as constants and the trunk is not in the graph.
+    Only A is differentiated: the trunk is not in the graph and no parameter receives a gradient.
     """
+    logits, logits2, grads = _autograd_heads(model, features, lambda _: [targets])
+    return logits, logits2, torch.stack(grads[0], dim=1)
+
+
+def _autograd_heads(model: nn.Module, features: torch.Tensor, kinds) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """One forward of both heads on A (as detached leaves), then one backward per target tensor of
+    `kinds(logits)` (so a target may depend on the softmax logits, e.g. the prediction)."""
     with torch.enable_grad():
-        a = features.detach().float().requires_grad_(True)
-        pooled = a.mean(dim=(2, 3))
-        index = targets.view(-1, 1)
-        logits = [torch.nn.functional.linear(pooled, head.weight.detach().float(), head.bias.detach().float())
-                  for head in (model.head, model.head2)]
-        grads = [torch.autograd.grad(out.gather(1, index).sum(), a, retain_graph=i == 0)[0]
-                 for i, out in enumerate(logits)]
-    return logits[0].detach(), logits[1].detach(), torch.stack(grads, dim=1)
+        leaves = [features.detach().float().requires_grad_(True) for _ in BRANCHES]
+        outs = [head_logits(head, a) for head, a in zip((model.head, model.head2), leaves)]
+        targets = kinds(outs[0].detach())
+        grads = []
+        for i, t in enumerate(targets):
+            index = t.view(-1, 1)
+            score = sum(out.gather(1, index).sum() for out in outs)
+            grads.append(torch.autograd.grad(score, leaves, retain_graph=i < len(targets) - 1))
+    return outs[0].detach(), outs[1].detach(), grads  # grads[kind] = (dS_softmax/dA, dS_sigmoid/dA)
 
 
-def channel_weights(features: torch.Tensor, grads: torch.Tensor, head_rows: torch.Tensor) -> torch.Tensor:
-    """Channel weights alpha (B, 2, 4, C) of the variants cam, gradcam, gradcampp, xgradcam.
+def _maps(variants: tuple[CamVariant, ...], inputs: CamInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """pos, neg (B, H, V, hw) of `variants` from their weights on `inputs` (see the module docstring)."""
+    a = inputs.features                                  # (B, C, N)
+    batch, channels, n = a.shape
+    heads = inputs.grads.shape[1]
+    combined: list[tuple[int, torch.Tensor, bool]] = []  # (variant index, (B, H, C) weights, nonnegative)
+    pixel: list[tuple[int, torch.Tensor, bool]] = []
+    for i, v in enumerate(variants):
+        w = v.weights(inputs)
+        if v.kind == "pixel" and not (inputs.constant_grad and w.shape[-1] == 1):
+            pixel.append((i, w, v.nonnegative))
+        else:
+            combined.append((i, w[..., 0] if v.kind == "pixel" else w, v.nonnegative))
+    pos = a.new_empty(batch, heads, len(variants), n)   # every variant writes its pos part
+    neg = a.new_zeros(batch, heads, len(variants), n)   # zero for the non-negative ones
+    if combined:
+        rows = [w.clamp(min=0) for _, w, _ in combined] + [w.clamp(max=0) for _, w, nn_ in combined if not nn_]
+        out = torch.bmm(torch.stack(rows, dim=2).reshape(batch, -1, channels), a).reshape(batch, heads, -1, n)
+        signed = [i for i, _, nn_ in combined if not nn_]
+        pos[:, :, [i for i, _, _ in combined]] = out[:, :, :len(combined)]
+        if signed:
+            neg[:, :, signed] = out[:, :, len(combined):]
+    for i, w, nonneg in pixel:
+        pos[:, :, i] = ((w if nonneg else w.clamp(min=0)) * a[:, None]).sum(dim=2)
+        if not nonneg:
+            neg[:, :, i] = (w.clamp(max=0) * a[:, None]).sum(dim=2)
+    return pos, neg
 
-    features A: (B, C, h, w); grads g: (B, 2, C, h, w) (one per branch); head_rows: (B, 2, C), the FC weight
-    row W_h[k_b] of each branch for each sample's target. Formulas in the module docstring.
-    """
-    a = features[:, None]                                   # (B, 1, C, h, w)
-    spatial = (-2, -1)
-    sum_a = a.sum(dim=spatial)                              # (B, 1, C)
-    cam = head_rows / features.shape[1]
-    gradcam = grads.mean(dim=spatial)
-    g2 = grads * grads
-    aij = g2 / (2 * g2 + sum_a[..., None, None] * (g2 * grads) + GRADCAMPP_EPS)
-    aij = torch.where(grads != 0, aij, torch.zeros_like(aij))
-    gradcampp = (grads.clamp(min=0) * aij).sum(dim=spatial)
-    xgradcam = (grads * a).sum(dim=spatial) / (sum_a + XGRADCAM_EPS)
-    return torch.stack([cam, gradcam, gradcampp, xgradcam], dim=2)
+
+def _chunked_maps(variants: tuple[CamVariant, ...], flat: torch.Tensor, sum_a: torch.Tensor,
+                  grads: tuple[torch.Tensor, ...], rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_maps` for full gradients (one (B, C, h, w) tensor per head), one head and a few images at a time, so
+    that the variants' elementwise intermediates stay small (in cache) instead of (B, 2, C, h, w) arrays."""
+    batch, channels, n = flat.shape
+    pos = flat.new_empty(batch, len(grads), len(variants), n)
+    neg = torch.empty_like(pos)
+    step = max(1, CHUNK_ELEMENTS // (channels * n))
+    for start in range(0, batch, step):
+        part = slice(start, start + step)
+        for h, g in enumerate(grads):
+            inputs = CamInputs(flat[part], sum_a[part], g[part].reshape(-1, 1, channels, n), constant_grad=False,
+                               head_rows=rows[part, h:h + 1] if rows is not None else None)
+            pos[part, h:h + 1], neg[part, h:h + 1] = _maps(variants, inputs)
+    return pos, neg
 
 
-def compute_cams(model: DualBranchNet, images: torch.Tensor, targets: torch.Tensor, *,
-                 amp: bool = False) -> CamBatch:
-    """Raw signed CAMs of all five variants for both heads and each image's target class.
+def compute_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *, amp: bool = False,
+                 pred: bool = False, fast_path: bool = True) -> CamBatch:
+    """Raw signed maps of the model's CAM variants for both heads and each image's target class.
 
-    One no-grad trunk forward on the model's device gives A (B, C, h, w); `head_gradients` gives the logits
-    and g; then pos[b, h, v] = sum_c max(alpha_c, 0) A_c and neg[b, h, v] = sum_c min(alpha_c, 0) A_c for the
-    channel-weight variants v (`channel_weights`), and pos = sum_c relu(g_c) A_c, neg = 0 for layercam.
-    `targets` (B,) holds class indices (the ground-truth labels in the official protocol). The model must be
-    in eval mode (`check_eval_mode`); the result does not depend on which other images share the batch.
+    One no-grad trunk forward on the model's device gives A (B, C, h, w); the heads' gradients (closed form
+    for GAP-linear heads, autograd through the head otherwise) give each variant's weights; the maps are
+    split into pos / neg parts (module docstring). `targets` (B,) holds class indices (the ground-truth
+    labels in the official protocol); with `pred` the maps for the softmax branch's top-1 prediction come
+    too (`pred_pos` / `pred_neg`), from the same trunk forward. The model must be in eval mode
+    (`check_eval_mode`); the result does not depend on which other images share the batch.
     `amp`: on CUDA, run the trunk under bf16 autocast (faster; features, and so the logits, then differ
     from a float32 forward by bf16 rounding). Everything after the trunk is float32; ignored on the CPU.
     """
     check_eval_mode(model)
-    device = model.head.weight.device
+    variants = model_variants(model)
+    device = next(model.head.parameters()).device
     images = to_device(images, device)
     targets = targets.to(device=device, dtype=torch.long)
     bf16 = amp and device.type == "cuda"
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         features = model.trunk(images)
     features = features.float()
-    logits, logits2, grads = head_gradients(model, features, targets)
+    batch, channels, height, width = features.shape
+    n = height * width
+    linears = [gap_linear(h) for h in (model.head, model.head2)]
+    gap = all(lin is not None for lin in linears)
+    flat = features.reshape(batch, channels, n)
     with torch.no_grad():
-        batch, channels, height, width = features.shape
-        head_rows = torch.stack([model.head.weight[targets], model.head2.weight[targets]], dim=1).float()
-        alpha = channel_weights(features, grads, head_rows)                  # (B, 2, 4, C)
-        signed = torch.cat([alpha.clamp(min=0), alpha.clamp(max=0)], dim=1)  # (B, sign x branch, 4, C)
-        flat = features.reshape(batch, channels, height * width)
-        maps = torch.bmm(signed.reshape(batch, -1, channels), flat).reshape(batch, 2, 2, 4, height, width)
-        layercam = (grads.clamp(min=0) * features[:, None]).sum(dim=2)         # (B, 2, h, w)
-        pos = torch.cat([maps[:, 0], layercam[:, :, None]], dim=2)
-        neg = torch.cat([maps[:, 1], torch.zeros_like(layercam)[:, :, None]], dim=2)
-    return CamBatch(logits=logits, logits2=logits2, pos=pos.contiguous(), neg=neg.contiguous())
+        sum_a = flat.sum(dim=-1)[:, None]                                      # (B, 1, C)
+        weights = [lin.weight.float() for lin in linears] if gap else None
+        if gap and fast_path:
+            pooled = features.mean(dim=(2, 3))
+            logits, logits2 = (F.linear(pooled, w, lin.bias.float()) for w, lin in zip(weights, linears))
+            kinds = [targets] + ([logits.argmax(1)] if pred else [])
+            grads = None
+        else:
+            logits, logits2, grads = _autograd_heads(
+                model, features, lambda out: [targets] + ([out.argmax(1)] if pred else []))
+            kinds = [targets] + ([logits.argmax(1)] if pred else [])
+        results = []
+        for k, t in enumerate(kinds):
+            # The prediction's maps differ from the ground truth's only where the two classes differ.
+            sel = None if k == 0 else (t != targets).nonzero()[:, 0]
+            if sel is not None and len(sel) == 0:
+                results.append(results[0])
+                continue
+            part = slice(None) if sel is None else sel
+            rows = torch.stack([w[t[part]] for w in weights], dim=1) if gap else None  # (b, 2, C)
+            if grads is None:
+                inputs = CamInputs(flat[part], sum_a[part], (rows / n)[..., None], constant_grad=True, head_rows=rows)
+                pos, neg = _maps(variants, inputs)
+            else:
+                pos, neg = _chunked_maps(variants, flat[part], sum_a[part], [g[part] for g in grads[k]], rows)
+            pos, neg = (m.reshape(*m.shape[:3], height, width) for m in (pos, neg))
+            if sel is not None:
+                full_pos, full_neg = results[0][0].clone(), results[0][1].clone()
+                full_pos[sel], full_neg[sel] = pos, neg
+                pos, neg = full_pos, full_neg
+            results.append((pos, neg))
+    (pos, neg), pred_maps = results[0], (results[1] if pred else (None, None))
+    return CamBatch(logits=logits, logits2=logits2, pos=pos, neg=neg, variants=tuple(v.name for v in variants),
+                    pred_pos=pred_maps[0], pred_neg=pred_maps[1])

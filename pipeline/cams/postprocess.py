@@ -14,10 +14,11 @@ with scale(M) = (M - min M) / (max(M - min M) + 1e-7) (pytorch-grad-cam's `scale
 `cv2.resize` with INTER_LINEAR ("bilinear") or INTER_CUBIC ("bicubic").
 
 Two presets:
-- `official_options(variant, branch, size)`: what the official code does (METHOD.md 3.2-3.3). CAM: clamp for
-  the sigmoid branch only, no ReLU, bicubic, exact min-max. Gradient family: clamp for the sigmoid branch,
-  ReLU, pytorch-grad-cam's scaling with bilinear resizing, then exact min-max (the official code's bicubic
-  resize of the already full-size map is a no-op and is skipped).
+- `official_options(variant, branch, size)`: what the official code does (METHOD.md 3.2-3.3): the clamp for
+  the sigmoid branch only, then the variant's own rule from the registry (`pipeline.cams.variants`). CAM: no
+  ReLU, bicubic, exact min-max. Gradient variants: ReLU, pytorch-grad-cam's scaling with bilinear resizing,
+  then exact min-max (the official code's bicubic resize of the already full-size map is a no-op and is
+  skipped).
 - `clean_options(size)`: one rule for every variant and branch: no clamp (the raw signed map), ReLU,
   bilinear, exact min-max.
 """
@@ -29,7 +30,8 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.cams.engine import BRANCHES, VARIANTS
+from pipeline.cams import variants as registry
+from pipeline.cams.engine import BRANCHES
 
 INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 SCALE_EPS = 1e-7  # pytorch-grad-cam scale_cam_image
@@ -57,15 +59,11 @@ class PostProcess:
 
 def official_options(variant: str, branch: str, size: int) -> PostProcess:
     """The official code's post-processing of `variant` for `branch` (METHOD.md 3.1-3.3)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: '{variant}' is not valid; choose one of: {', '.join(VARIANTS)}")
+    rule = registry.get(variant).official
     if branch not in BRANCHES:
         raise ValueError(f"branch: '{branch}' is not valid; choose one of: {', '.join(BRANCHES)}")
-    clamp = branch == "sigmoid"
-    if variant == "cam":
-        return PostProcess(weight_clamp=clamp, relu=False, upsample="bicubic", size=size,
-                           official_grad_scaling=False)
-    return PostProcess(weight_clamp=clamp, relu=True, upsample="bilinear", size=size, official_grad_scaling=True)
+    return PostProcess(weight_clamp=branch == "sigmoid", relu=rule.relu, upsample=rule.upsample, size=size,
+                       official_grad_scaling=rule.official_grad_scaling)
 
 
 def clean_options(size: int) -> PostProcess:

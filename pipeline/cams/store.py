@@ -2,11 +2,15 @@
 
 Layout of a CAM folder (written atomically: a temporary folder renamed into place when complete):
 
-    manifest.json      variants, branches, parts, targets, feature size, dtype, shard size, counts, model
+    manifest.json      variants (by name, registry order), branches, parts, targets, feature size, dtype,
+                       shard size, counts, model (family, backbone, ...)
     index.csv          row,image_id,label,pred,logit_softmax,logit_sigmoid,shard,offset  (one row per image,
                        in image order; pred = softmax-branch prediction; logits of the ground-truth class)
-    shard_00000.npy    float array (n, T, 2, 2, 5, h, w): [image, target kind, part (pos, neg),
-                       branch (softmax, sigmoid), variant (cam, gradcam, gradcampp, xgradcam, layercam), y, x]
+    shard_00000.npy    float array (n, T, 2, 2, V, h, w): [image, target kind, part (pos, neg),
+                       branch (softmax, sigmoid), variant (the manifest's `variants`, V of them), y, x]
+
+The variants are those of the model's family (`pipeline.cams.variants`): for the CAM family cam, gradcam,
+gradcampp, xgradcam, layercam (V = 5); for the gradient family the same without cam (V = 4).
 
 `pos` is the part of the map from non-negative channel weights and `neg` the part from negative ones, so
 the raw signed map is pos + neg and the official weight-clamped map is pos (pipeline.cams.engine). Shard
@@ -17,13 +21,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.cams.engine import BRANCHES, VARIANTS
+from pipeline.cams import variants as registry
+from pipeline.cams.engine import BRANCHES
 from pipeline.io import atomic_dir, write_json, write_npy, write_text
 
 PARTS = ("pos", "neg")
@@ -34,7 +39,7 @@ INDEX_COLUMNS = ("row", "image_id", "label", "pred", "logit_softmax", "logit_sig
 
 @dataclass
 class CamRecord:
-    """The maps of one image: `maps` is (T, 2 parts, 2 branches, 5 variants, h, w)."""
+    """The maps of one image: `maps` is (T, 2 parts, 2 branches, V variants, h, w)."""
 
     image_id: str
     label: int
@@ -45,12 +50,17 @@ class CamRecord:
 
 
 def write_cams(out_dir: Path, records: Iterable[CamRecord], *, targets: tuple[str, ...], feature_size: tuple[int, int],
-               dtype: str, shard_size: int, info: dict) -> dict:
-    """Stream `records` into shards of `shard_size` images under `out_dir`; return the manifest."""
+               dtype: str, shard_size: int, info: dict, variants: Sequence[str] | None = None) -> dict:
+    """Stream `records` into shards of `shard_size` images under `out_dir`; return the manifest.
+
+    `variants`: the names of the maps' variant axis, in order (default: the CAM family's, every registered
+    variant); each must be registered."""
     if dtype not in ("float32", "float16"):
         raise ValueError(f"cams dtype: '{dtype}' is not valid; choose one of: float32, float16")
+    variants = [registry.get(v).name for v in variants] if variants is not None else \
+        [v.name for v in registry.for_family(registry.DEFAULT_FAMILY)]
     h, w = feature_size
-    expected = (len(targets), len(PARTS), len(BRANCHES), len(VARIANTS), h, w)
+    expected = (len(targets), len(PARTS), len(BRANCHES), len(variants), h, w)
     rows, shard, shards = [], [], []
     with atomic_dir(out_dir) as tmp:
         def flush() -> None:
@@ -74,7 +84,7 @@ def write_cams(out_dir: Path, records: Iterable[CamRecord], *, targets: tuple[st
         writer.writerow(INDEX_COLUMNS)
         writer.writerows(rows)
         write_text(tmp / "index.csv", buf.getvalue())
-        manifest = {"format": FORMAT, "variants": list(VARIANTS), "branches": list(BRANCHES), "parts": list(PARTS),
+        manifest = {"format": FORMAT, "variants": variants, "branches": list(BRANCHES), "parts": list(PARTS),
                     "targets": list(targets), "feature_size": [h, w], "dtype": dtype, "shard_size": shard_size,
                     "images": len(rows), "shards": shards, **info}
         write_json(tmp / "manifest.json", manifest)
@@ -87,7 +97,7 @@ class CamSet:
 
     manifest: dict
     index: list[dict]
-    maps: np.ndarray  # (N, T, 2, 2, 5, h, w)
+    maps: np.ndarray  # (N, T, 2, 2, V, h, w)
 
     def select(self, *, target: str = "gt", part: str, branch: str, variant: str) -> np.ndarray:
         """(N, h, w) maps of one target kind, part, branch and variant."""

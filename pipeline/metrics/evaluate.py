@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.cams.engine import BRANCHES, VARIANTS
+from pipeline.cams.engine import BRANCHES
 from pipeline.cams.postprocess import PostProcess, clean_options, official_options, postprocess
 from pipeline.cams.store import CamSet
 from pipeline.data.prepare import GroundTruth
@@ -239,7 +239,7 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
     # 1. every (protocol, variant, branch) -> a unit, by content digest
     keys, unit_of, units, digests = [], {}, [], {}
     for protocol in protocols:
-        for variant in VARIANTS:
+        for variant in test.manifest["variants"]:  # the CAM set's own variants (its family's)
             for branch in BRANCHES:
                 pp = (postprocess_options(variant, branch, size, opts) if protocol == headline
                       else protocol_options(protocol, variant, branch, size))

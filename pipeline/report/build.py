@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.cams.engine import BRANCHES, VARIANTS
+from pipeline.cams import variants as registry
+from pipeline.cams.engine import BRANCHES
 from pipeline.cams.postprocess import postprocess
 from pipeline.cams.store import CamSet
 from pipeline.data.prepare import GroundTruth
@@ -26,8 +27,22 @@ FIGURES = {
     "threshold_curves": "threshold_curves.png",
     "pr_curves": "pr_curves.png",
     "sign": "sign_diagnostics.png",
-    **{f"gallery_{v}": f"gallery_{v}.png" for v in VARIANTS},
 }
+
+
+def figure_names(variants: Sequence[str]) -> dict[str, str]:
+    """Figure key -> file name under figures/: the fixed figures plus one gallery per variant of the run."""
+    return {**FIGURES, **{f"gallery_{v}": f"gallery_{v}.png" for v in variants}}
+
+
+def run_variants(cams: CamSet) -> list[str]:
+    """The variants of the run, as its CAM manifest lists them (registry order)."""
+    return [registry.get(v).name for v in cams.manifest["variants"]]
+
+
+def run_family(cams: CamSet) -> str:
+    """The model family of the run (the CAM manifest's `family`; CAM sets written before it existed: cam)."""
+    return registry.check_family(cams.manifest.get("family", registry.DEFAULT_FAMILY))
 
 
 def gallery_indices(n_images: int, k: int) -> list[int]:
@@ -57,7 +72,7 @@ def sign_table(cams: CamSet, gt: GroundTruth) -> dict:
     check_alignment(cams, gt, "test")
     return {v: {b: sign_diagnostics(cams.select(part="pos", branch=b, variant=v),
                                     cams.select(part="neg", branch=b, variant=v), gt.boxes, gt.size)
-                for b in BRANCHES} for v in VARIANTS}
+                for b in BRANCHES} for v in run_variants(cams)}
 
 
 @dataclass
@@ -93,10 +108,22 @@ def gallery_panel(cams: CamSet, gt: GroundTruth, variant: str, indices: Sequence
     return panel
 
 
+GAP_IDENTITY = ("With a global-average-pooled linear head, Grad-CAM and XGrad-CAM are CAM up to a positive factor "
+                "(METHOD.md 3), so those three rows agree everywhere.")
+GRAD_FAMILY_NOTE = ("This is a gradient-family model: CAM is not computed (n/a above). Where its head is an MLP the "
+                    "gradient varies over the map, so Grad-CAM and XGrad-CAM differ; with a global-average-pooled "
+                    "linear head they agree (METHOD.md 3.3).")
+
+
 def report_markdown(frame, sign: Mapping, evaluation: Mapping, classification: Mapping,
-                    figure_files: Mapping[str, str]) -> str:
-    """reports/README.md: the tables, the options, the sign diagnostics and the figures with how to read them."""
+                    figure_files: Mapping[str, str], variants: Sequence[str] | None = None,
+                    family: str = registry.DEFAULT_FAMILY) -> str:
+    """reports/README.md: the tables, the options, the sign diagnostics and the figures with how to read them.
+
+    `variants`: the run's variants (one gallery each; default: the family's)."""
     e = evaluation
+    if variants is None:
+        variants = [v.name for v in registry.for_family(family)]
     parts = [
         f"# Results: `{e['backbone']}` on `{e['dataset']}`",
         "",
@@ -105,7 +132,7 @@ def report_markdown(frame, sign: Mapping, evaluation: Mapping, classification: M
         "the delta (sigmoid \u2212 softmax); the better branch is in bold. Layout as in the paper's "
         "Table 2; `results.csv` holds the same numbers.",
         "",
-        tables.results_markdown(frame),
+        tables.results_markdown(frame, family),
         "**Options used**",
         "",
         tables.options_markdown(evaluation, classification),
@@ -116,8 +143,8 @@ def report_markdown(frame, sign: Mapping, evaluation: Mapping, classification: M
         "images whose box region sums to a negative value. A softmax map whose object region is negative is "
         "the paper's sign collapse; a ReLU then discards that evidence. Grad-CAM++ (channel weights are sums of "
         "ReLU'd gradients) and LayerCAM (ReLU'd gradients times non-negative activations) have no negative part "
-        "by construction, so their rows are zero. With a global-average-pooled linear head, Grad-CAM and "
-        "XGrad-CAM are CAM up to a positive factor (METHOD.md 3), so those three rows agree everywhere.",
+        "by construction, so their rows are zero. " + (GAP_IDENTITY if family == registry.DEFAULT_FAMILY
+                                                        else GRAD_FAMILY_NOTE),
         "",
         tables.sign_markdown(sign),
         f"![sign diagnostics](figures/{figure_files['sign']})",
@@ -142,8 +169,9 @@ def report_markdown(frame, sign: Mapping, evaluation: Mapping, classification: M
               "IoU-50 threshold). Under each map: that box's IoU with the GT and the negative share inside "
               "the box.", ""]
     parts += [f"- {tables.VARIANT_LABELS[v]}: [figures/{figure_files[f'gallery_{v}']}]"
-              f"(figures/{figure_files[f'gallery_{v}']})" for v in VARIANTS]
-    parts += ["", f"![CAM gallery](figures/{figure_files['gallery_cam']})", ""]
+              f"(figures/{figure_files[f'gallery_{v}']})" for v in variants]
+    first = variants[0]
+    parts += ["", f"![{tables.VARIANT_LABELS[first]} gallery](figures/{figure_files[f'gallery_{first}']})", ""]
     return "\n".join(parts)
 
 
@@ -153,14 +181,15 @@ def build_report(*, out_dir: Path, metrics: Mapping, evaluation: Mapping, classi
     """Write README.md, results.csv, sign.json and figures/ under `out_dir`; return the sign diagnostics."""
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
-    frame = tables.results_frame(metrics, evaluation["backbone"])
+    variants, family = run_variants(cams), run_family(cams)
+    frame = tables.results_frame(metrics, evaluation["backbone"], family)
     sign = sign_table(cams, gt)
     name = f"{evaluation['backbone']} on {evaluation['dataset']}"
-    files = dict(FIGURES)
-    figures.threshold_curves(figures.read_box_curves(plots_dir / "box_accuracy"), metrics,
+    files = figure_names(variants)
+    figures.threshold_curves(figures.read_box_curves(plots_dir / "box_accuracy", variants), metrics,
                              fig_dir / files["threshold_curves"], dpi=dpi,
                              title=f"Box accuracy against CAM threshold: {name}")
-    pr = figures.read_pr_curves(plots_dir / "pixel_pr")
+    pr = figures.read_pr_curves(plots_dir / "pixel_pr", variants)
     if pr is not None:
         figures.pr_curves(pr, metrics, fig_dir / files["pr_curves"], dpi=dpi,
                           title=f"Pixel precision-recall: {name}")
@@ -173,12 +202,13 @@ def build_report(*, out_dir: Path, metrics: Mapping, evaluation: Mapping, classi
     labels = [f"{class_names[int(rows[i]['label'])][:24]}\npred: "
               f"{'correct' if rows[i]['pred'] == rows[i]['label'] else class_names[int(rows[i]['pred'])][:18]}"
               for i in indices]
-    for v in VARIANTS:
+    for v in variants:
         panel = gallery_panel(cams, gt, v, indices, metrics, opts)
         figures.gallery(images, panel.signed, [gt.boxes[i] for i in indices], panel.pred_boxes, panel.captions,
                         labels, fig_dir / files[f"gallery_{v}"], dpi=dpi,
                         title=f"{tables.VARIANT_LABELS[v]}, ground-truth class: {name}")
     write_text(out_dir / "results.csv", tables.write_csv_text(frame))
     write_json(out_dir / "sign.json", sign)
-    write_text(out_dir / "README.md", report_markdown(frame, sign, evaluation, classification, files))
+    write_text(out_dir / "README.md", report_markdown(frame, sign, evaluation, classification, files, variants,
+                                                          family))
     return sign

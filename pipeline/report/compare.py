@@ -29,9 +29,10 @@ from pathlib import Path
 
 import pandas as pd
 
-# Same names as pipeline.cams.engine (not imported from there: that pulls in torch).
-VARIANTS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam")
-BRANCHES = ("softmax", "sigmoid")
+from pipeline.cams import variants as registry  # torch-free
+
+VARIANTS = registry.names()
+BRANCHES = ("softmax", "sigmoid")  # as pipeline.cams.engine (not imported from there: that pulls in torch)
 IOUS = (30, 50, 70)
 CURVES_DIR = "reports/plots/box_accuracy"
 DEFAULT_BASE = "main"
@@ -338,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base", default=DEFAULT_BASE, help="git revision to compare with (default: main)")
     parser.add_argument("--out-dir", default=None,
                         help=f"folder for the figure (default: {DEFAULT_OUT_DIR} under the repository root)")
-    parser.add_argument("--variant", default="cam", help=f"CAM variant to plot: {', '.join(VARIANTS)}")
+    parser.add_argument("--variant", default=VARIANTS[0], help=f"CAM variant to plot: {', '.join(VARIANTS)} "
+                        f"(default: {VARIANTS[0]}; a gradient-family run has no {VARIANTS[0]}: pick another)")
     args = parser.parse_args(argv)
     try:
         markdown = build_report(args.base, args.variant, args.out_dir, Path.cwd())

@@ -24,7 +24,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.cams.engine import BRANCHES, VARIANTS  # noqa: E402
+from pipeline.cams import variants as registry  # noqa: E402
+from pipeline.cams.engine import BRANCHES  # noqa: E402
 from pipeline.io import write_bytes  # noqa: E402
 from pipeline.report.tables import VARIANT_LABELS  # noqa: E402
 
@@ -50,10 +51,11 @@ def save(fig: plt.Figure, path: Path, dpi: int, *, palette: bool = False) -> Non
     write_bytes(Path(path), buf.getvalue())
 
 
-def read_box_curves(directory: Path) -> pd.DataFrame:
-    """The evaluate stage's box_accuracy CSVs as a long frame: variant, branch, threshold, iou, accuracy."""
+def read_box_curves(directory: Path, variants: Sequence[str] | None = None) -> pd.DataFrame:
+    """The evaluate stage's box_accuracy CSVs of `variants` (default: every registered one) as a long frame:
+    variant (its label), branch, threshold, iou, accuracy."""
     frames = []
-    for variant in VARIANTS:
+    for variant in variants if variants is not None else registry.names():
         for branch in BRANCHES:
             path = Path(directory) / f"{variant}_{branch}.csv"
             if not path.is_file():
@@ -66,13 +68,14 @@ def read_box_curves(directory: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def read_pr_curves(directory: Path) -> pd.DataFrame | None:
-    """The pixel precision-recall CSVs as a long frame (variant, branch, recall, precision), or None."""
+def read_pr_curves(directory: Path, variants: Sequence[str] | None = None) -> pd.DataFrame | None:
+    """The pixel precision-recall CSVs of `variants` (default: every registered one) as a long frame
+    (variant, branch, recall, precision), or None."""
     directory = Path(directory)
     if not directory.is_dir():
         return None
     frames = []
-    for variant in VARIANTS:
+    for variant in variants if variants is not None else registry.names():
         for branch in BRANCHES:
             path = directory / f"{variant}_{branch}.csv"
             if path.is_file():
@@ -88,7 +91,7 @@ def threshold_curves(curves: pd.DataFrame, metrics: Mapping, path: Path, *, dpi:
                            linewidth=1.4, facet_kws={"margin_titles": True, "sharey": True}, errorbar=None,
                            estimator=None)
     for (variant_label, iou), ax in grid.axes_dict.items():
-        variant = {v: k for k, v in VARIANT_LABELS.items()}[variant_label]
+        variant = registry.by_label(variant_label)
         key = f"best_threshold_iou{iou.split()[-1]}"
         for branch in BRANCHES:
             t = metrics.get(variant, {}).get(branch, {}).get(key)
@@ -110,7 +113,7 @@ def pr_curves(curves: pd.DataFrame, metrics: Mapping, path: Path, *, dpi: int, t
                            palette=PALETTE, hue_order=list(BRANCHES), height=2.8, aspect=1.0, sort=False,
                            estimator=None, errorbar=None, linewidth=1.4)
     for variant_label, ax in grid.axes_dict.items():
-        variant = {v: k for k, v in VARIANT_LABELS.items()}[variant_label]
+        variant = registry.by_label(variant_label)
         text = "\n".join(f"PxAP {b}: {metrics[variant][b]['pxap']:.1f}" for b in BRANCHES
                          if "pxap" in metrics.get(variant, {}).get(b, {}))
         ax.text(0.97, 0.97, text, ha="right", va="top", transform=ax.transAxes, fontsize=8,
@@ -178,7 +181,7 @@ def sign_bars(sign: Mapping, path: Path, *, dpi: int, title: str) -> None:
     labels = {"neg_share_inside": "negative mass inside GT box", "neg_share_outside": "negative mass outside GT box",
               "net_negative_inside": "images whose box is net negative"}
     rows = [{"variant": VARIANT_LABELS[v], "branch": b, "statistic": labels[k], "percent": sign[v][b][k]}
-            for v in VARIANTS if v in sign for b in BRANCHES for k in labels]
+            for v in registry.names() if v in sign for b in BRANCHES for k in labels]
     with sns.axes_style("whitegrid"):
         grid = sns.catplot(data=pd.DataFrame(rows), x="variant", y="percent", hue="branch", col="statistic",
                            kind="bar", palette=PALETTE, hue_order=list(BRANCHES), height=3.0, aspect=1.3,

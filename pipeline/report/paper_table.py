@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.cams import variants
 from pipeline.models.names import ALIASES
 from pipeline.report.paper_numbers import DATASETS as PAPER_DATASETS
 from pipeline.report.paper_numbers import SOURCE, paper_value
@@ -47,10 +48,9 @@ PARAMS_FILE = "params.yaml"
 DEFAULT_FAMILY = "cam"
 # The paper's rows per model family (METHOD.md 7.1 and 1.1): the CAM family gives CAM, the gradient family
 # the four gradient variants. Keys and labels as in reports/metrics.json and the report.
-METHODS = {
-    "cam": (("cam", "CAM"),),
-    "grad": (("gradcam", "Grad-CAM"), ("gradcampp", "Grad-CAM++"), ("xgradcam", "XGrad-CAM"),
-             ("layercam", "LayerCAM")),
+METHODS = {  # the CAM family's own method (CAM), and the gradient family's variants, from the registry
+    "cam": tuple((v.name, v.label) for v in variants.for_family("cam") if not v.applies_to("grad")),
+    "grad": tuple((v.name, v.label) for v in variants.for_family("grad")),
 }
 BRANCHES = ("softmax", "sigmoid")
 BRANCH_METRICS = (("top1_loc", "Top-1 Loc"), ("gt_known_loc", "GT-known Loc"), ("maxboxacc_v2", "MaxBoxAccV2"),

@@ -3,7 +3,9 @@
 `results_frame` flattens the evaluate stage's metrics into one row per (backbone, variant) with, for each
 metric, the softmax value, the sigmoid value and the delta (sigmoid - softmax); `results_markdown` renders
 it as a few markdown tables that a person can read, with the better branch in bold (lower is better for
-Average Drop), and `options_markdown` lists the choices the numbers depend on.
+Average Drop), and `options_markdown` lists the choices the numbers depend on. The variants, their order
+and labels come from the registry (`pipeline.cams.variants`); a variant the run's model family does not
+have (CAM for the gradient family) is a row of "n/a" with the registry's footnote, not a number.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pipeline.cams.engine import BRANCHES, VARIANTS
+from pipeline.cams import variants as registry
+from pipeline.cams.engine import BRANCHES
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,8 @@ METRICS = (
 )
 BY_KEY = {m.key: m for m in METRICS}
 
-VARIANT_LABELS = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "xgradcam": "XGrad-CAM",
-                  "layercam": "LayerCAM"}
+VARIANT_LABELS = {v.name: v.label for v in registry.REGISTRY.values()}
+NOT_APPLICABLE = "n/a"
 
 # The markdown tables: (title, metric keys). Every metric of METRICS appears in exactly one.
 TABLES = (
@@ -48,22 +51,27 @@ TABLES = (
 )
 
 
-def results_frame(metrics: Mapping, backbone: str) -> pd.DataFrame:
-    """One row per variant of `metrics` (the evaluate stage's metrics.json) for `backbone`.
+def results_frame(metrics: Mapping, backbone: str, family: str = registry.DEFAULT_FAMILY) -> pd.DataFrame:
+    """One row per registered variant for `backbone`, from `metrics` (the evaluate stage's metrics.json).
 
     Columns: backbone, variant, top1_cls, then <metric>_softmax, <metric>_sigmoid, <metric>_delta for every
-    metric present in the file (PxAP needs masks, Avg Drop / Inc Conf need `evaluate.fidelity`).
+    metric present in the file (PxAP needs masks, Avg Drop / Inc Conf need `evaluate.fidelity`). A variant
+    that `family` does not have gets a row with empty metric values (shown as n/a).
     """
-    missing = [v for v in VARIANTS if v not in metrics]
+    expected = [v.name for v in registry.for_family(family)]
+    missing = [v for v in expected if v not in metrics]
     if missing or "top1_cls" not in metrics:
-        raise ValueError(f"metrics: expected top1_cls and the variants {', '.join(VARIANTS)}; missing: "
+        raise ValueError(f"metrics: expected top1_cls and the variants {', '.join(expected)}; missing: "
                          f"{', '.join(missing or ['top1_cls'])} -- rerun the evaluate stage")
     rows = []
-    for variant in VARIANTS:
+    for variant in registry.names():
+        if variant not in expected:  # not defined for this family: no numbers at all, Top-1 Cls included
+            rows.append({"backbone": backbone, "variant": variant})
+            continue
+        row = {"backbone": backbone, "variant": variant, "top1_cls": float(metrics["top1_cls"])}
         for branch in BRANCHES:
             if branch not in metrics[variant]:
                 raise ValueError(f"metrics: {variant} has no '{branch}' branch; found {', '.join(metrics[variant])}")
-        row = {"backbone": backbone, "variant": variant, "top1_cls": float(metrics["top1_cls"])}
         for m in METRICS:
             values = [metrics[variant][b].get(m.key) for b in BRANCHES]
             if any(v is None for v in values):
@@ -72,6 +80,16 @@ def results_frame(metrics: Mapping, backbone: str) -> pd.DataFrame:
             row.update({f"{m.key}_softmax": soft, f"{m.key}_sigmoid": sig, f"{m.key}_delta": sig - soft})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def not_applicable(family: str) -> list[registry.CamVariant]:
+    """The registered variants a run of `family` does not have, in registry order."""
+    return [v for v in registry.REGISTRY.values() if not v.applies_to(family)]
+
+
+def footnotes(family: str) -> str:
+    """The markdown footnote lines explaining each n/a row ('' when there is none)."""
+    return "".join(f"n/a: {v.not_applicable}\n\n" for v in not_applicable(family))
 
 
 def write_csv_text(frame: pd.DataFrame) -> str:
@@ -99,8 +117,10 @@ def _pair(m: Metric, soft: float, sig: float) -> tuple[str, str]:
     return (_fmt(soft), f"**{_fmt(sig)}**") if sig_better else (f"**{_fmt(soft)}**", _fmt(sig))
 
 
-def results_markdown(frame: pd.DataFrame) -> str:
-    """The results as markdown tables (values in %), softmax | sigmoid | delta per metric."""
+def results_markdown(frame: pd.DataFrame, family: str = registry.DEFAULT_FAMILY) -> str:
+    """The results as markdown tables (values in %), softmax | sigmoid | delta per metric; the variants that
+    `family` does not have read n/a, with a footnote under the tables."""
+    absent = {v.name for v in not_applicable(family)}
     out = []
     for title, keys in TABLES:
         keys = [k for k in keys if f"{k}_softmax" in frame.columns]
@@ -118,13 +138,16 @@ def results_markdown(frame: pd.DataFrame) -> str:
         for _, row in frame.iterrows():
             values = [str(row["backbone"]), VARIANT_LABELS.get(row["variant"], row["variant"])]
             if with_cls:
-                values.append(_fmt(row["top1_cls"]))
+                values.append(NOT_APPLICABLE if row["variant"] in absent else _fmt(row["top1_cls"]))
             for k in keys:
+                if row["variant"] in absent:
+                    values += [NOT_APPLICABLE] * 3
+                    continue
                 soft, sig = row[f"{k}_softmax"], row[f"{k}_sigmoid"]
                 values += [*_pair(BY_KEY[k], soft, sig), _delta(row[f"{k}_delta"])]
             lines.append("| " + " | ".join(values) + " |")
         out.append("\n".join(lines))
-    return "\n\n".join(out) + "\n"
+    return "\n\n".join(out) + "\n" + ("\n" + footnotes(family).rstrip("\n") + "\n" if absent else "")
 
 
 def sign_markdown(sign: Mapping) -> str:
@@ -133,7 +156,7 @@ def sign_markdown(sign: Mapping) -> str:
     for branch in BRANCHES:
         head += [f"{branch}: negative inside box", "negative outside box", "box net negative"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    for variant in VARIANTS:
+    for variant in registry.names():
         if variant not in sign:
             continue
         values = [VARIANT_LABELS[variant]]

@@ -12,6 +12,7 @@ from pipeline.stages.common import CAMS_DIR, FINETUNED_CKPT, loader, model_spec,
 
 def main() -> None:
     params = start(distributed=True)
+    from pipeline.cams.engine import model_family, model_variants
     from pipeline.cams.generate import iter_cam_records
     from pipeline.cams.store import write_cams
     from pipeline.data.prepare import load_prepared
@@ -37,11 +38,13 @@ def main() -> None:
                     drain(records)
                     continue
                 info = {"backbone": params.backbone, "dataset": params.dataset, "split": split,
+                        "family": model_family(model),
                         "target_layer": model.trunk.target_layer, "input_size": params.model.input_size,
                         "device_type": device.type, "amp": c.amp and device.type == "cuda"}
                 with throughput(f"cams: {split}", len(ids) * len(targets), device):
                     manifest = write_cams(tmp / split, records, targets=targets, feature_size=model.feature_size,
-                                          dtype=c.dtype, shard_size=c.shard_size, info=info)
+                                          dtype=c.dtype, shard_size=c.shard_size, info=info,
+                                          variants=[v.name for v in model_variants(model)])
                 print(f"cams: {split}: {manifest['images']} images x {len(manifest['variants'])} variants x "
                       f"{len(manifest['branches'])} branches x {len(targets)} target(s) at {manifest['feature_size']} "
                       f"in {len(manifest['shards'])} shard(s) -> {CAMS_DIR / split}")

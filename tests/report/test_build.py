@@ -10,17 +10,18 @@ from pipeline.cams.store import CamSet
 from pipeline.data.prepare import GroundTruth
 from pipeline.metrics.boxes import box_iou
 from pipeline.metrics.evaluate import EvalOptions
-from pipeline.report.build import FIGURES, build_report, gallery_indices, gallery_panel, sign_table
+from pipeline.report.build import build_report, figure_names, gallery_indices, gallery_panel, sign_table
 from tests.metrics.reference_boxes import reference_boxes
 from tests.report.test_tables import fake_metrics
 
 N, S, H = 8, 32, 4
 
 
-def fake_run(tmp_path):
-    """CAMs whose softmax maps are negative on the object and sigmoid maps positive, GT boxes, images."""
+def fake_run(tmp_path, variants=VARIANTS, family=None):
+    """CAMs whose softmax maps are negative on the object and sigmoid maps positive, GT boxes, images.
+    `variants` / `family`: those of the CAM manifest (no family key when None, as in older CAM sets)."""
     rng = np.random.default_rng(3)
-    maps = np.zeros((N, 1, 2, 2, len(VARIANTS), H, H), np.float32)
+    maps = np.zeros((N, 1, 2, 2, len(variants), H, H), np.float32)
     boxes = []
     for i in range(N):
         y, x = divmod(i % 4, 2)
@@ -30,8 +31,10 @@ def fake_run(tmp_path):
         maps[i, 0, 1, 0] = -blob         # softmax branch: the same blob, all negative weights
         maps[i, 0, 0, 0] = 0.05          # and a faint positive background
         boxes.append(np.array([[16 * x, 16 * y, 16 * x + 15, 16 * y + 15]]))
-    manifest = {"targets": ["gt"], "parts": ["pos", "neg"], "branches": list(BRANCHES), "variants": list(VARIANTS),
+    manifest = {"targets": ["gt"], "parts": ["pos", "neg"], "branches": list(BRANCHES), "variants": list(variants),
                 "images": N, "feature_size": [H, H]}
+    if family is not None:
+        manifest["family"] = family
     index = [{"image_id": f"img{i}.png", "label": str(i % 2), "pred": str(i % 2 if i < 6 else 1 - i % 2),
               "logit_softmax": "0", "logit_sigmoid": "0"} for i in range(N)]
     cams = CamSet(manifest, index, maps)
@@ -44,7 +47,7 @@ def fake_run(tmp_path):
     plots = tmp_path / "plots" / "box_accuracy"
     plots.mkdir(parents=True)
     t = np.arange(0, 1, 0.001)
-    for v in VARIANTS:
+    for v in variants:
         for b in BRANCHES:
             rows = [f"{x:.3f},{100 * (1 - x):.4f},{50 * (1 - x):.4f},{10 * (1 - x):.4f},{40 * (1 - x):.4f}" for x in t]
             (plots / f"{v}_{b}.csv").write_text("threshold,iou30,iou50,iou70,largest_contour_iou50\n" + "\n".join(rows))
@@ -106,7 +109,7 @@ def test_build_report_writes_everything_deterministically(tmp_path):
 
     build()
     files = {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
-    expected_figures = {f"figures/{name}" for key, name in FIGURES.items() if key != "pr_curves"}
+    expected_figures = {f"figures/{name}" for key, name in figure_names(VARIANTS).items() if key != "pr_curves"}
     assert set(files) == {"README.md", "results.csv", "sign.json"} | expected_figures  # no masks -> no PR figure
     for name in expected_figures:
         with Image.open(out / name) as im:
@@ -129,3 +132,32 @@ def test_missing_curve_file_is_named(tmp_path):
         build_report(out_dir=tmp_path / "r", metrics=fake_metrics(), evaluation={"backbone": "b", "dataset": "d"},
                      classification={}, plots_dir=tmp_path / "plots", cams=cams, gt=gt, image_root=image_root,
                      class_names=["a", "b"], opts=EvalOptions(), gallery_images=2, dpi=60)
+
+
+def test_grad_family_report_shows_cam_as_not_applicable(tmp_path):
+    """A gradient-family run has no CAM maps: the tables show CAM as n/a with the registry's footnote, the
+    CSV row is empty, and there is no CAM gallery; the other variants are reported as usual."""
+    grad = [v for v in VARIANTS if v != "cam"]
+    cams, gt, image_root = fake_run(tmp_path, variants=grad, family="grad")
+    metrics = fake_metrics()
+    del metrics["cam"]
+    evaluation = {"dataset": "synthbirds", "backbone": "vgg16", "images": N, "head_init": "clone",
+                  "bn_mode": "eval", "postprocess": "official", "weight_clamp": None, "relu": None, "upsample": None,
+                  "threshold_grid": "wsol", "threshold_split": "test", "gt_box_match": "first", "loc_threshold": 0.2}
+    cls = {"top1_cls_softmax": 75.0, "top1_cls_sigmoid": 80.0, "softmax_logits_identical": True}
+    out = tmp_path / "reports"
+    sign = build_report(out_dir=out, metrics=metrics, evaluation=evaluation, classification=cls,
+                        plots_dir=tmp_path / "plots", cams=cams, gt=gt, image_root=image_root, class_names=["a", "b"],
+                        opts=EvalOptions(postprocess="official"), gallery_images=2, dpi=50)
+    assert list(sign) == grad
+    readme = (out / "README.md").read_text()
+    cam_rows = [line for line in readme.splitlines() if line.startswith("| vgg16 | CAM |")]
+    assert len(cam_rows) == 3 and all(set(r.split(" | ")[2:]) <= {"n/a", "n/a |"} for r in cam_rows), cam_rows
+    assert cam_rows[0].count("n/a") == 1 + 3 * 3  # Top-1 Cls and the three localization metrics x 3 cells
+    assert "n/a: CAM is defined for the CAM family only" in readme
+    assert readme.count("| vgg16 | Grad-CAM |") == 3 and "gradient-family model" in readme
+    assert not (out / "figures/gallery_cam.png").exists() and (out / "figures/gallery_gradcam.png").is_file()
+    assert "gallery_cam.png" not in readme
+    csv = (out / "results.csv").read_text().splitlines()
+    assert csv[1] == "vgg16,cam" + "," * (csv[0].count(",") - 1)
+    assert csv[2].startswith("vgg16,gradcam,94.3333,")

@@ -273,12 +273,14 @@ def test_render_markdown_sections():
                                                params_md="", figure=None)
 
 
-def test_variant_names_match_the_cam_engine():
-    # compare.py keeps its own copy so that it does not import torch; keep the two in step.
-    tree = ast.parse((ROOT / "pipeline/cams/engine.py").read_text())
-    names = {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
-             for t in node.targets if isinstance(t, ast.Name) and t.id in ("VARIANTS", "BRANCHES")}
-    assert names == {"VARIANTS": compare.VARIANTS, "BRANCHES": compare.BRANCHES}
+def test_variant_names_come_from_the_registry_without_torch():
+    from pipeline.cams import variants
+    from pipeline.cams.engine import BRANCHES
+
+    assert compare.VARIANTS == variants.names() and compare.BRANCHES == BRANCHES
+    proc = subprocess.run([sys.executable, "-c", "import sys, pipeline.report.compare; print('torch' in sys.modules)"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
 
 
 def test_read_curves_reports_a_malformed_csv(tmp_path):

@@ -1,0 +1,173 @@
+"""The CAM variant registry: every CAM variant is one `CamVariant` entry of `REGISTRY` (METHOD.md 3).
+
+A variant says, in one place, everything the rest of the pipeline needs to know about it:
+
+- `name` (the key in shards, metrics, curve files) and `label` (what the report prints);
+- its weights, from the target-layer feature map A, the gradient g = dS/dA of the branch's raw target logit S
+  and the head (`CamInputs`): `channel` weights alpha (B, H, C), combined as M = sum_c alpha_c A_c, or
+  `pixel` weights w (B, H, C, hw), combined as M = sum_c w_c A_c per pixel (H = number of heads, i.e. branches);
+- whether those weights are non-negative by construction (then the stored `neg` part is zero);
+- its official post-processing rule (`OfficialRule`; the sigmoid branch's weight clamp is common to all);
+- the model families it is defined for, and the footnote the report prints where it is not.
+
+The engine (`pipeline.cams.engine`) computes the variants the model's family has, in registry order; the
+CAM shards list them by name in their manifest; post-processing, evaluation, the report and the comparison
+read the names, labels and rules from here. Adding a variant is one entry below plus a test of its formula.
+No other module switches on a variant name (`tests/cams/test_variants.py` checks this).
+
+This module imports neither torch nor numpy (the comparison tool reads it without torch): the weight
+functions only call tensor methods of their inputs.
+
+Formulas (pytorch-grad-cam 1.5.7, as the official code uses it; eps as there):
+
+- `cam`:       alpha_c = W[k, c] / C (W: the GAP-linear head's weight; the mean over channels; the official
+               Inception code sums instead, METHOD.md 1.6: the scale vanishes in the min-max normalisation)
+- `gradcam`:   alpha_c = mean_xy g_c
+- `gradcampp`: a = g^2 / (2 g^2 + (sum_xy A_c) g^3 + 1e-6), a = 0 where g = 0;  alpha_c = sum_xy relu(g_c) a
+               (computed as sum over g > 0 of g^3 / (g^2 (2 + g sum_xy A_c) + 1e-6), the same expression)
+- `xgradcam`:  alpha_c = sum_xy (g_c A_c) / (sum_xy A_c + 1e-7)
+- `layercam`:  pixel weights relu(g_c): M = sum_c relu(g_c) A_c
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+FAMILIES = ("cam", "grad")
+DEFAULT_FAMILY = "cam"  # a model whose spec names no family
+
+GRADCAMPP_EPS = 1e-6  # pytorch-grad-cam GradCAMPlusPlus
+XGRADCAM_EPS = 1e-7   # pytorch-grad-cam XGradCAM
+
+
+@dataclass(frozen=True)
+class OfficialRule:
+    """The official code's post-processing of a variant (METHOD.md 3.2-3.3), apart from the weight clamp."""
+
+    relu: bool
+    upsample: str               # "bilinear" | "bicubic"
+    official_grad_scaling: bool  # pytorch-grad-cam's scale_cam_image path
+
+
+class CamInputs:
+    """What a variant's weights are computed from, for one batch and every head.
+
+    `features` A: (B, C, hw) float32; `sum_a`: (B, 1, C) = sum_xy A. The gradient is either `grads`
+    (B, H, C, hw), the real dS/dA through the head, or, for a GAP-linear head, the closed form: constant over
+    the map, `grads` (B, H, C, 1) = W[k] / hw (`constant_grad` is then True). `head_rows` (B, H, C) is the
+    target row W[k] of each GAP-linear head (None for any other head). The methods below give the spatial
+    reductions in the form that fits either case, so one formula per variant serves both.
+    """
+
+    def __init__(self, features, sum_a, grads, *, constant_grad: bool, head_rows=None):
+        self.features, self.sum_a, self.grads = features, sum_a, grads
+        self.constant_grad = constant_grad
+        self.hw = features.shape[-1]
+        self.channels = features.shape[1]
+        self._head_rows = head_rows
+
+    @property
+    def head_rows(self):
+        if self._head_rows is None:
+            raise ValueError("this CAM variant needs the head to be exactly GAP -> linear (head.gap_linear())")
+        return self._head_rows
+
+    def sum_xy(self, values):
+        """sum over (x, y) of an elementwise function of g, given as its values (B, H, C, hw or 1)."""
+        return values[..., 0] * self.hw if self.constant_grad else values.sum(dim=-1)
+
+    def sum_xy_ga(self):
+        """sum_xy g_c A_c, (B, H, C)."""
+        if self.constant_grad:
+            return self.grads[..., 0] * self.sum_a
+        return (self.grads * self.features[:, None]).sum(dim=-1)
+
+
+@dataclass(frozen=True)
+class CamVariant:
+    name: str
+    label: str
+    kind: str                                  # "channel" | "pixel"
+    weights: Callable[[CamInputs], object]     # channel: (B, H, C); pixel: (B, H, C, hw or 1)
+    nonnegative: bool                          # the weights are >= 0 by construction (no negative part)
+    official: OfficialRule
+    families: tuple[str, ...] = FAMILIES
+    not_applicable: str = ""                   # the report's footnote for a family it is not defined for
+
+    def applies_to(self, family: str) -> bool:
+        return family in self.families
+
+
+def _cam(x: CamInputs):
+    return x.head_rows / x.channels
+
+
+def _gradcam(x: CamInputs):
+    return x.grads.mean(dim=-1)
+
+
+def _gradcampp(x: CamInputs):
+    gp = x.grads.clamp(min=0)
+    g2 = gp * gp
+    den = gp * x.sum_a[..., None]
+    den.add_(2).mul_(g2).add_(GRADCAMPP_EPS)
+    return x.sum_xy(g2.mul_(gp).div_(den))
+
+
+def _xgradcam(x: CamInputs):
+    return x.sum_xy_ga() / (x.sum_a + XGRADCAM_EPS)
+
+
+def _layercam(x: CamInputs):
+    return x.grads.clamp(min=0)
+
+
+CAM_RULE = OfficialRule(relu=False, upsample="bicubic", official_grad_scaling=False)
+GRAD_RULE = OfficialRule(relu=True, upsample="bilinear", official_grad_scaling=True)
+
+REGISTRY: dict[str, CamVariant] = {v.name: v for v in (
+    CamVariant("cam", "CAM", "channel", _cam, False, CAM_RULE, families=("cam",),
+               not_applicable="CAM is defined for the CAM family only (conv features, GAP, one linear layer); "
+                              "the official code evaluates it there only, so a gradient-family run has no CAM."),
+    CamVariant("gradcam", "Grad-CAM", "channel", _gradcam, False, GRAD_RULE),
+    CamVariant("gradcampp", "Grad-CAM++", "channel", _gradcampp, True, GRAD_RULE),
+    CamVariant("xgradcam", "XGrad-CAM", "channel", _xgradcam, False, GRAD_RULE),
+    CamVariant("layercam", "LayerCAM", "pixel", _layercam, True, GRAD_RULE),
+)}
+
+
+def names() -> tuple[str, ...]:
+    """Every registered variant name, in registry (report) order."""
+    return tuple(REGISTRY)
+
+
+def get(name: str) -> CamVariant:
+    """The registered variant `name`; ValueError naming the valid ones otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"variant: '{name}' is not valid; choose one of: {', '.join(REGISTRY)}") from None
+
+
+def check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"family: '{family}' is not valid; choose one of: {', '.join(FAMILIES)}")
+    return family
+
+
+def for_family(family: str) -> tuple[CamVariant, ...]:
+    """The variants a model of `family` has, in registry order."""
+    check_family(family)
+    return tuple(v for v in REGISTRY.values() if v.applies_to(family))
+
+
+def label(name: str) -> str:
+    return get(name).label
+
+
+def by_label(text: str) -> str:
+    """The variant name whose report label is `text`."""
+    for v in REGISTRY.values():
+        if v.label == text:
+            return v.name
+    raise ValueError(f"no CAM variant has the label '{text}'")
