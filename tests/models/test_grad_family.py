@@ -258,3 +258,21 @@ def test_timm_grad_head_size_comes_from_the_spec():
     assert model.head.linear_layers()[0].in_features == model.trunk.channels * 4
     # settings a backbone ignores are dropped from its spec, so they never make checkpoints differ
     assert DualBranchNet(ModelSpec("resnet10t", 3, 64, grad_grid=2, grad_hidden=16)).spec.grad_hidden is None
+
+
+def test_checkpoints_store_the_family_and_format_1_loads_as_cam(tmp_path):
+    from pipeline.models.dual import load_checkpoint, save_checkpoint
+
+    grad = DualBranchNet(ModelSpec("resnet10t", 3, 32, family="grad", grad_grid=2, grad_hidden=8))
+    save_checkpoint(grad, tmp_path / "grad.pt")
+    payload = torch.load(tmp_path / "grad.pt", weights_only=True)
+    assert payload["format"] == 2 and payload["spec"]["family"] == "grad" and payload["spec"]["grad_hidden"] == 8
+    with pytest.raises(CheckpointError, match=r"family: checkpoint has 'grad', params ask for 'cam' \(set family: grad"):
+        load_checkpoint(tmp_path / "grad.pt", expect=ModelSpec("resnet10t", 3, 32))
+    cam = DualBranchNet(ModelSpec("resnet10t", 3, 32))
+    spec = {k: v for k, v in payload["spec"].items() if k not in ("family", "grad_grid", "grad_hidden")}
+    torch.save({"format": 1, "spec": spec, "has_head2": False, "state_dict": cam.state_dict(), "extra": {}},
+               tmp_path / "old.pt")  # a checkpoint written before model families existed
+    model, _ = load_checkpoint(tmp_path / "old.pt", expect=ModelSpec("resnet10t", 3, 32))
+    assert model.spec.family == "cam"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in cam.state_dict().items())
