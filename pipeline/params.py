@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from pipeline.models.names import ALIASES, WSOL_ARCHS
+from pipeline.models.archs import ALIASES, FAMILIES, fixed_stride, is_registered
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -159,6 +159,12 @@ class BackboneParams:
 
 
 @dataclass(frozen=True)
+class GradHeadParams:
+    grid: int = _f(lo=1, hi=14, doc="side of the adaptive average pool before the MLP")
+    hidden: int = _f(lo=1, hi=8192, doc="width of the MLP's two hidden layers")
+
+
+@dataclass(frozen=True)
 class DownloadParams:
     root: str = _f(doc="where raw datasets are written, relative to the repository")
     workers: int = _f(lo=1, hi=256, doc="processes for the synthetic generator")
@@ -269,6 +275,10 @@ class ParamsFile:
 
     dataset: str = _f(choices=DATASETS)
     backbone: str = _f()
+    family: str = _f(choices=FAMILIES, doc="model family: cam (GAP -> linear heads) | grad (the official "
+                                         "gradient-family heads, README 'Model families')")
+    grad_head: GradHeadParams = _f(doc="grad-family head of timm backbones (vgg16, resnet50, inception use "
+                                       "the official heads)")
     seed: int = _f(lo=0, hi=2**32 - 1)
     device: str = _f(doc="auto, cpu, cuda or cuda:N")
     datasets: dict[str, DatasetParams] = _f(tables=DATASET_PARAMS)
@@ -428,7 +438,7 @@ def resolve_backbone(name: str, table: Mapping[str, Any]) -> tuple[str, str]:
     for key in (canonical, name, *sorted(a for a, c in ALIASES.items() if c == canonical)):
         if key in table:
             return canonical, key
-    if canonical not in WSOL_ARCHS and _known_timm_model(canonical):
+    if not is_registered(canonical) and _known_timm_model(canonical):
         if ANY_TIMM in table:
             return canonical, ANY_TIMM
         raise ValueError(f"backbone: '{name}' is a timm model, but backbones.{ANY_TIMM} (the settings "
@@ -452,7 +462,7 @@ def _cross_checks(p: ParamsFile, errors: list[str]) -> None:
             errors.append(f"datasets.{name}.min_distractors: {d.min_distractors} is above "
                           f"max_distractors ({d.max_distractors})")
     for name, b in p.backbones.items():
-        if b.output_stride is not None and name in WSOL_ARCHS:
+        if b.output_stride is not None and fixed_stride(name):
             errors.append(f"backbones.{name}.output_stride: must be null for the WSOL backbone '{name}' "
                           f"(its stride is fixed by METHOD.md 1.3; use large_feature_map)")
     data = p.datasets.get(p.dataset)

@@ -187,3 +187,21 @@ def test_bad_preset_keys_are_named(base):
     assert any(m.startswith("datasets.cub.presets.vgg16.baseline_epoch: unknown key (did you mean 'baseline_epochs'?)")
                for m in found), found
     assert any(m.startswith("datasets.cub.presets.vgg16.pretrained:") and "imagenet" in m for m in found), found
+
+
+def test_family_and_grad_head_are_validated(base):
+    assert validate(base).family == "cam" and validate(base).grad_head.grid == 3
+    data = copy.deepcopy(base)
+    data["family"] = "gradcam"
+    data["grad_head"]["hidden"] = 0
+    data["grad_head"]["gird"] = 2
+    assert sorted(problems(data)) == [
+        "family: 'gradcam' is not valid; choose one of: cam, grad",
+        "grad_head.gird: unknown key (did you mean 'grid'?); valid keys here: grid, hidden",
+        "grad_head.hidden: 0 is out of range; valid: [1, 8192]"]
+    data = copy.deepcopy(base)
+    del data["family"]
+    assert problems(data)[0].startswith("family: missing (model family: cam")
+    data = copy.deepcopy(base)
+    data["family"] = "grad"
+    assert validate(data).family == "grad"

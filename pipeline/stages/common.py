@@ -102,7 +102,8 @@ def model_spec(params: Params):
     from pipeline.models.dual import ModelSpec
 
     return ModelSpec(backbone=params.backbone, num_classes=params.num_classes, input_size=params.model.input_size,
-                     large_feature_map=params.model.large_feature_map, output_stride=params.model.output_stride)
+                     large_feature_map=params.model.large_feature_map, output_stride=params.model.output_stride,
+                     family=params.family, grad_grid=params.grad_head.grid, grad_hidden=params.grad_head.hidden)
 
 
 def loader(params: Params, split: str, *, train: bool, workers: int = 0, batch_size: int | None = None):

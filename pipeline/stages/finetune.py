@@ -58,7 +58,8 @@ def main() -> None:
         if not is_main():  # distributed: rank 0 alone writes; the others wait for it
             return finish()
         write_json(REPORTS / "classification.json", {
-            **result, "backbone": params.backbone, "dataset": params.dataset, "head_init": f.head_init,
+            **result, "backbone": params.backbone, "family": params.family, "dataset": params.dataset,
+            "head_init": f.head_init,
             "bn_mode": f.bn_mode, "trained_parameters": trained, "num_test_images": len(after.labels)})
         model.cpu()
         save_checkpoint(model, FINETUNED_CKPT, stage="finetune", head_init=f.head_init, bn_mode=f.bn_mode)

@@ -97,19 +97,12 @@ def predict(model: DualBranchNet, loader: DataLoader, device: torch.device, *, d
 
 def classifier_parameter_names(model: DualBranchNet) -> set[str]:
     """Parameters in the official code's "classifier" group (METHOD.md 2.2), which gets
-    lr * lr_classifier_ratio: the heads plus conv6 (VGG16), the SPG layers (Inception), layer4 (ResNet50);
-    for timm backbones the heads alone."""
-    arch = model.trunk.arch
+    lr * lr_classifier_ratio: the heads, plus the trunk parameters the backbone's registry entry puts there
+    (`Backbone.in_classifier_group`: conv6 for VGG16, the SPG layers for Inception, layer4 for ResNet50;
+    none for timm backbones)."""
     names = set()
     for name, _ in model.named_parameters():
-        inner = name.removeprefix("trunk.")
-        if not name.startswith("trunk."):
-            names.add(name)
-        elif arch == "vgg16" and not inner.startswith("features."):
-            names.add(name)
-        elif arch == "inception" and not inner.startswith(("Mixed", "Conv2d_")):
-            names.add(name)
-        elif arch == "resnet50" and inner.startswith("layer4."):
+        if not name.startswith("trunk.") or model.arch.in_classifier_group(name.removeprefix("trunk."), model.spec):
             names.add(name)
     return names
 
@@ -185,10 +178,10 @@ def finetune_sigmoid_head(model: DualBranchNet, loader: DataLoader, device: torc
             for images, targets in tqdm(loader, desc=f"finetune epoch {epoch}/{epochs}", leave=False):
                 images, targets = to_device(images, device), targets.to(device, non_blocking=True)
                 with torch.no_grad(), autocast(device):
-                    _, pooled = model.embed(images)
-                    logits = model.head(pooled)
-                pooled = pooled.float()
-                logits2 = head2(pooled)
+                    _, head_in = model.embed(images)  # the map (or, in train mode, its pre-head op: one
+                    logits = model.head(head_in)       # dropout mask shared by both heads, METHOD.md 2.4)
+                head_in = head_in.float()
+                logits2 = head2(head_in)
                 loss = balanced_bce(logits2, targets, pos_weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -297,9 +297,11 @@ def test_wrong_backbone_is_a_clear_error(tmp_path, refs):
     bare = tmp_path / "bare.pth"
     torch.save(refs["resnet50"].state_dict(), bare)
     with pytest.raises(CheckpointError,
-                       match=r"holds a resnet50 network .* backbone 'inception'; set backbone: resnet50"):
+                       match=r"holds a resnet50 network \(cam family, 5 classes\) \(the same keys fit families cam "
+                             r"and grad\), but the params ask for backbone 'inception', family 'cam', 5 classes; "
+                             r"set backbone: resnet50$"):
         import_checkpoint(bare, ModelSpec("inception", K, 96))
-    with pytest.raises(CheckpointError, match="timm backbone 'resnet18'"):
+    with pytest.raises(CheckpointError, match=r"holds a resnet50 network .* backbone 'resnet18'.*; set backbone: resnet50"):
         load_official_state_dict(DualBranchNet(ModelSpec("resnet18", K, 64)), refs["resnet50"].state_dict())
 
 
@@ -319,10 +321,54 @@ def test_unmatched_missing_and_shape_problems_are_listed(refs, ours):
     assert "the params ask for 5 classes" in msg
 
 
-def test_grad_family_checkpoints_are_refused(ours):
+def test_a_partial_state_dict_cannot_be_told(ours):
     sd = {"features.0.weight": torch.zeros(64, 3, 3, 3), "classifier.0.weight": torch.zeros(4096, 25088)}
-    with pytest.raises(CheckpointError, match="grad-family VGG16"):
+    with pytest.raises(CheckpointError, match="cannot tell which architecture the file holds"):
         load_official_state_dict(fresh(ours, "vgg16"), sd)
+
+
+# ----------------------------------------------------------------------------------------------------
+# timm state dicts (issue 14.3): imported as they are, and recognised when they do not fit
+
+
+def _timm_file(tmp_path, name, num_classes, seed=0):
+    import timm
+
+    torch.manual_seed(seed)
+    net = randomise_(timm.create_model(name, num_classes=num_classes), seed=seed)
+    torch.save(net.state_dict(), tmp_path / f"{name}.pth")
+    return tmp_path / f"{name}.pth", net
+
+
+def test_a_timm_state_dict_imports_with_its_classifier(tmp_path):
+    path, net = _timm_file(tmp_path, "resnet10t", 10)
+    model, info = import_checkpoint(path, ModelSpec("resnet10t", 10, 64))
+    assert info.layout == "timm resnet10t"
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_timm_state_dict_that_does_not_fit_names_what_it_holds(tmp_path):
+    path, _ = _timm_file(tmp_path, "resnet18", K)
+    with pytest.raises(CheckpointError, match=r"holds a resnet18 network \(cam family, 5 classes\), but the params "
+                                              r"ask for backbone 'resnet10t'.*; set backbone: resnet18$"):
+        import_checkpoint(path, ModelSpec("resnet10t", K, 64))
+    path, _ = _timm_file(tmp_path, "resnet10t", 10)
+    with pytest.raises(CheckpointError, match=r"holds a resnet10t network \(cam family, 10 classes\).*"
+                                              r"5 classes; set datasets.<dataset>.num_classes: 10$"):
+        import_checkpoint(path, ModelSpec("resnet10t", K, 64))
+    with pytest.raises(CheckpointError, match=r"holds a resnet10t network .*; set family: cam$"):
+        import_checkpoint(path, ModelSpec("resnet10t", 10, 64, family="grad"))
+    with pytest.raises(CheckpointError, match=r"holds a resnet10t network .*; set backbone: resnet10t$"):
+        import_checkpoint(path, ModelSpec("vgg16", 10, 64))
+
+
+def test_unknown_layout_says_it_cannot_tell(tmp_path):
+    torch.save({"state_dict": {"encoder.conv.weight": torch.zeros(8, 3, 3, 3)}}, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match=r"(?s)odd.pth: does not fit our resnet10t network \(cam family\).*"
+                                              r"cannot tell which architecture the file holds"):
+        import_checkpoint(tmp_path / "odd.pth", ModelSpec("resnet10t", K, 64))
 
 
 def test_our_own_checkpoints_still_import(tmp_path):

@@ -4,6 +4,7 @@ installed by `make setup`), timm file overlays, torchvision-format files for the
 import copy
 import functools
 import hashlib
+import importlib
 import http.server
 import os
 import shutil
@@ -14,6 +15,7 @@ import timm
 import torch
 import torchvision
 
+from pipeline.models import archs
 from pipeline.models import pretrained as pt
 from pipeline.models.dual import DualBranchNet, ModelSpec
 from pipeline.models.pretrained import PretrainedError, load_imagenet, wheel_file
@@ -57,7 +59,7 @@ def sha256(path) -> str:
 
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "efficientnet_lite0"])
 def test_wheel_files_are_found_and_verified(backbone):
-    spec = pt.WHEEL_WEIGHTS[pt.ALIASES[backbone]]
+    spec = pt.WHEEL_WEIGHTS[archs.canonical(backbone)]
     path = wheel_file(backbone)  # raises with the pip command when missing: `make setup` installs them
     assert path.stat().st_size == spec.size
     assert sha256(path) == spec.sha256
@@ -256,12 +258,13 @@ def test_default_torchvision_url_is_used_and_checked(server, tmp_path, monkeypat
     torch.save(sd, tmp_path / "r50.pth")
     name = f"resnet50-{sha256(tmp_path / 'r50.pth')[:8]}.pth"
     shutil.copy(tmp_path / "r50.pth", root / name)
-    monkeypatch.setitem(pt.TORCHVISION_URLS, "resnet50", f"{base}/{name}")
+    resnet50 = importlib.import_module("pipeline.models.archs.resnet50")  # the registry owns the default URL
+    monkeypatch.setattr(resnet50, "URL", f"{base}/{name}")
     model = DualBranchNet(ModelSpec("resnet50", 5, 32))
     report = load_imagenet(model, None, cache_dir=tmp_path / "cache")
     assert name in report.source and torch.equal(model.trunk.conv1.weight, sd["conv1.weight"])
     assert not report.head_loaded and report.dropped == ["fc.bias", "fc.weight"]  # 5 classes: fc is dropped
-    monkeypatch.setitem(pt.TORCHVISION_URLS, "resnet50", f"{base}/missing-0676ba61.pth")
+    monkeypatch.setattr(resnet50, "URL", f"{base}/missing-0676ba61.pth")
     with pytest.raises(PretrainedError, match="could not be fetched .* set baseline.pretrained_file"):
         load_imagenet(model, None, cache_dir=tmp_path / "cache")
 

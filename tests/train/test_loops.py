@@ -65,3 +65,26 @@ def test_classifier_group_matches_official_substrings():
     inc = classifier_parameter_names(DualBranchNet(ModelSpec("inception", K, 96)))
     assert inc == {"trunk.SPG_A3_1b.weight", "trunk.SPG_A3_1b.bias", "trunk.SPG_A3_2b.weight",
                    "trunk.SPG_A3_2b.bias", "head.weight", "head.bias"}
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "batch_stats"])
+def test_grad_family_finetune_trains_only_the_sigmoid_mlp_and_keeps_softmax_logits(bn_mode):
+    """The gradient family (a timm trunk with the small PoolMlpHead, dropout inside both MLPs): only the
+    sigmoid MLP trains; in batch_stats mode dropout and batch statistics are active during training, yet the
+    eval-mode softmax logits stay bit-identical."""
+    torch.manual_seed(0)
+    model = DualBranchNet(ModelSpec("resnet18", K, 32, family="grad", grad_grid=2, grad_hidden=32))
+    train_baseline(model, toy_loader(shuffle=True), CPU, epochs=1, lr=0.05, lr_classifier_ratio=1.0,
+                   lr_decay_every=10, momentum=0.9, nesterov=True, weight_decay=0.0)
+    model.add_sigmoid_head("random", generator=torch.Generator().manual_seed(1))
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    before = predict(model, toy_loader(seed=1), CPU)
+    trained = finetune_sigmoid_head(model, toy_loader(shuffle=True), CPU, epochs=2, lr=0.1, lr_decay_every=10,
+                                    momentum=0.9, nesterov=True, weight_decay=1e-4, bn_mode=bn_mode)
+    after = predict(model, toy_loader(seed=1), CPU)
+    assert trained == [f"head2.classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")]
+    assert torch.equal(before.logits, after.logits)
+    assert not torch.equal(before.logits2, after.logits2)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before_state[key]) != key.startswith("head2."), key
+    assert not model.training
