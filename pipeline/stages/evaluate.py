@@ -10,8 +10,8 @@ Reads data/cams/<split>/ and the prepared GT tables, applies the evaluation-time
 With `distributed.nproc` > 1 the ranks share the (variant, branch) pairs and rank 0 writes the same bytes.
 """
 
-from pipeline.stages.common import (CAMS_DIR, FINETUNED_CKPT, REPORTS, eval_options, loader, model_spec, start,
-                                    user_errors)
+from pipeline.stages.common import (CAMS_DIR, FINETUNED_CKPT, REPORTS, check_params, eval_options, loader, model_spec,
+                                    start, user_errors)
 
 PLOTS = REPORTS / "plots"
 
@@ -68,6 +68,7 @@ def main() -> None:
                key=lambda vb: metrics[vb[0]][vb[1]]["maxboxacc_v2"])
     print(f"evaluate: Top-1 Cls {metrics['top1_cls']:.2f}%; best MaxBoxAccV2 {metrics[best[0]][best[1]]['maxboxacc_v2']:.2f}"
           f" ({best[0]}, {best[1]} branch) -> {REPORTS / 'metrics.json'}")
+    check_params()
     finish()
 
 
