@@ -31,8 +31,9 @@ def start(*, distributed: bool = False) -> Params:
 
     Under DVC, also check that the params this stage uses are the ones DVC will record in dvc.lock (see
     `check_params`); a stage calls `check_params()` again when its work is done."""
+    before = _params_bytes()  # read first: an edit while loading then shows at the end check
     params = load_or_exit()
-    _GUARD.update(stage=stage_name(), bytes=_params_bytes(), values=resolved(params))
+    _GUARD.update(stage=stage_name(), bytes=before, values=resolved(params))
     check_params(when="start")
     if distributed:
         from pipeline import dist
