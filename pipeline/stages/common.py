@@ -93,8 +93,16 @@ def _pick(values: dict, dotted: str):
 
 
 def _differences(keys: list[str] | None, old: dict, new: dict) -> list[str]:
+    """'key: old -> new' for every leaf that differs under `keys` (a group key such as `evaluate` names the
+    changed keys inside it)."""
+    def leaves(key: str, a, b) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in leaves(f"{key}.{k}", a.get(k, "<missing>"),
+                                                                        b.get(k, "<missing>"))]
+        return [] if a == b else [f"{key}: {a!r} -> {b!r}"]
+
     keys = sorted(set(old) | set(new)) if keys is None else keys
-    return [f"{k}: {_pick(old, k)!r} -> {_pick(new, k)!r}" for k in keys if _pick(old, k) != _pick(new, k)]
+    return [d for k in keys for d in leaves(k, _pick(old, k), _pick(new, k))]
 
 
 def check_params(when: str = "end") -> None:

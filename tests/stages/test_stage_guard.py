@@ -66,6 +66,15 @@ def test_an_edit_of_this_stages_param_during_the_run_fails_it(project, capsys):
                    f"were made with the values read at start, so they are not recorded; run `dvc repro` again\n")
 
 
+def test_a_group_key_names_the_changed_keys_inside(project, capsys, monkeypatch):
+    monkeypatch.setenv("DVC_STAGE", "evaluate")  # declares the whole `evaluate` group
+    common.start()
+    edit(project / "params.yaml", **{"evaluate.loc_threshold": 0.3, "evaluate.relu": True})
+    err = exit_message(capsys, common.check_params)
+    assert err.startswith("error: params.yaml changed while stage 'evaluate' ran: evaluate.loc_threshold: 0.2 -> 0.3; "
+                          "evaluate.relu: None -> True; its outputs")
+
+
 def test_an_edit_through_the_backbone_table_is_seen(project, capsys):
     """backbones.<entry> is read through `model`: the resolved values are compared, not the raw keys."""
     common.start()
