@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
 import re
 import sys
 import types
@@ -26,6 +28,10 @@ import yaml
 from pipeline.models.archs import ALIASES, FAMILIES, fixed_stride, is_registered
 
 PARAMS_FILE = Path("params.yaml")
+# Written by `python -m pipeline.params validate` (the first DVC stage, `validate`): the validated params as the
+# stages read them (tables resolved, the preset applied, null defaults filled in). Every other stage declares
+# its keys of this file as DVC params, so a stage depends on exactly the values it uses (see `resolved`).
+RESOLVED_FILE = Path("data/params.json")
 
 # The entry of `backbones:` used for a timm model name that has no entry of its own.
 ANY_TIMM = "any_timm"
@@ -364,6 +370,9 @@ def _check_scalar(value: Any, tp: Any, key: str, meta: Mapping, errors: list[str
         return None
     if base is float:
         value = float(value)
+        if not math.isfinite(value):
+            errors.append(f"{key}: must be a finite number, got {value!r}")
+            return None
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         valid = ", ".join("null" if c is None else str(c) for c in choices)
@@ -530,16 +539,69 @@ def apply_preset(raw: ParamsFile, model: BackboneParams, preset: PresetParams) -
     return dataclasses.replace(raw, baseline=baseline, finetune=finetune, evaluate=evaluate), model
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that rejects a key given twice in one mapping (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r} (first given on line {seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and validate a params file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
     except FileNotFoundError:
         raise ParamsError([f"{path}: file not found (run from the repository root)"], str(path)) from None
     except yaml.YAMLError as exc:
         raise ParamsError([f"not valid YAML: {exc}"], str(path)) from None
+    if data is None:
+        raise ParamsError([f"{path}: the file is empty; it must map the keys {', '.join(_field_names(ParamsFile))} "
+                           f"to their settings (see the committed params.yaml)"], str(path))
     return validate(data, str(path))
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def resolved(p: Params) -> dict[str, Any]:
+    """The params as the stages use them, the content of RESOLVED_FILE (plain JSON values).
+
+    Every group of params.yaml except the two tables, with the dataset's preset applied; `backbone` is the
+    canonical name (inception_v3 and inception build the same network); `model` holds the selected entry of
+    `backbones:` (its own, an alias's or any_timm's, with the preset applied) and `data` the selected
+    dataset's settings without its presets, so that a stage keyed on `model.input_size` or `data.num_classes`
+    never reruns for another backbone's entry or another dataset's (or backbone's) preset; the null defaults
+    that mean "the backbone's value" hold the value used. Generic over the schema: a key added to a group of
+    ParamsFile appears here without a change.
+    """
+    out = {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v := getattr(p.raw, f.name)) else v
+           for f in dataclasses.fields(p.raw) if f.name not in ("datasets", "backbones")}
+    out["backbone"] = p.backbone
+    out["preset"] = p.preset
+    out["model"] = dataclasses.asdict(p.model)
+    out["data"] = {k: v for k, v in dataclasses.asdict(p.data).items() if k != "presets"}
+    out["preprocess"]["eval_size"] = p.eval_size
+    out["baseline"]["lr"] = p.baseline_lr
+    out["finetune"]["lr"] = p.finetune_lr
+    out["cams"]["batch_size"] = p.cams.batch_size or p.model.batch_size
+    return out
+
+
+def resolved_json(p: Params) -> str:
+    """RESOLVED_FILE's bytes: sorted keys, floats as Python writes them (exact round trip, unlike
+    pipeline.io's fixed-precision canonical JSON, which would merge nearby learning rates)."""
+    return json.dumps(resolved(p), sort_keys=True, indent=2, allow_nan=False) + "\n"
 
 
 def load_or_exit(path: str | Path = PARAMS_FILE) -> Params:
@@ -560,9 +622,9 @@ def deep_merge(base: Mapping, override: Mapping) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.params [check | apply OVERRIDES.yaml]`.
+    """`python -m pipeline.params [check | validate | apply OVERRIDES.yaml]`.
 
-    `check` validates params.yaml; `apply` merges an overrides file (e.g. configs/smoke.yaml) into
+    `check` validates params.yaml; `validate` (the DVC stage) also writes RESOLVED_FILE; `apply` merges an overrides file (e.g. configs/smoke.yaml) into
     params.yaml, validates the result and writes it back, like `dvc exp run -S` does for single keys.
     """
     argv = sys.argv[1:] if argv is None else argv
@@ -575,13 +637,31 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         PARAMS_FILE.write_text(yaml.safe_dump(merged, sort_keys=False))
         return 0
+    if argv == ["validate"]:  # the DVC stage `validate`
+        return _validate_stage()
     if argv in ([], ["check"]):
         p = load_or_exit()
         preset = f" preset={p.preset}" if p.preset else ""
         print(f"params.yaml is valid: dataset={p.dataset} backbone={p.backbone} device={p.device}{preset}")
         return 0
-    print("usage: python -m pipeline.params [check | apply OVERRIDES.yaml]", file=sys.stderr)
+    print("usage: python -m pipeline.params [check | validate | apply OVERRIDES.yaml]", file=sys.stderr)
     return 2
+
+
+def _validate_stage() -> int:
+    """Validate params.yaml and write RESOLVED_FILE; fail if params.yaml changed meanwhile (DVC records the
+    params it reads after the command, which must be the ones validated)."""
+    before = PARAMS_FILE.read_bytes() if PARAMS_FILE.is_file() else None
+    p = load_or_exit()
+    from pipeline.io import write_text
+
+    write_text(RESOLVED_FILE, resolved_json(p))
+    if (PARAMS_FILE.read_bytes() if PARAMS_FILE.is_file() else None) != before:
+        print(f"error: {PARAMS_FILE} changed while it was being validated; run again", file=sys.stderr)
+        return 2
+    preset = f" preset={p.preset}" if p.preset else ""
+    print(f"validate: params.yaml is valid: dataset={p.dataset} backbone={p.backbone}{preset} -> {RESOLVED_FILE}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """params.yaml validation: every problem is reported, with the key and what is valid."""
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -205,3 +206,153 @@ def test_family_and_grad_head_are_validated(base):
     data = copy.deepcopy(base)
     data["family"] = "grad"
     assert validate(data).family == "grad"
+
+
+# ----------------------------------------------------------------------------------------------------
+# NaN, infinity, empty and duplicated keys; the resolved params the DVC stages are keyed on
+
+
+def float_leaves(data, prefix=""):
+    """(dotted key, path) of every float value in a params mapping."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from float_leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{key}"
+
+
+def set_key(data: dict, dotted: str, value) -> dict:
+    data = copy.deepcopy(data)
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return data
+
+
+def test_every_float_in_params_yaml_rejects_nan_and_infinity(base):
+    keys = list(float_leaves(base))
+    assert "evaluate.loc_threshold" in keys and "datasets.cub.presets.vgg16.baseline_lr" in keys and len(keys) > 40
+    for key in keys:
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            assert problems(set_key(base, key, bad)) == [f"{key}: must be a finite number, got {bad!r}"], key
+
+
+@pytest.mark.parametrize("key", ["finetune.lr", "baseline.lr", "finetune.pos_weight", "evaluate.loc_threshold"])
+def test_nan_from_yaml_is_named(tmp_path, base, key):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(set_key(base, key, "NAN")).replace("NAN", ".nan"))
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert info.value.problems == [f"{key}: must be a finite number, got nan"]
+
+
+def test_typos_anywhere_are_named_with_the_valid_keys(base):
+    data = copy.deepcopy(base)
+    data["finetun"] = {"lr": 0.1}
+    data["finetune"]["epoch"] = 5
+    data["datasets"]["cub"]["segmentation"] = True
+    found = problems(data)
+    assert any(m.startswith("datasets.cub.segmentation: unknown key (did you mean 'segmentations'?)") for m in found)
+    assert any(m.startswith("finetun: unknown key (did you mean 'finetune'?); valid keys here: dataset, backbone")
+               for m in found), found
+    assert any(m.startswith("finetune.epoch: unknown key (did you mean 'epochs'?); valid keys here: head_init")
+               for m in found), found
+    assert len(found) == 3
+
+
+def test_empty_missing_and_duplicated_files(tmp_path, base):
+    path = tmp_path / "params.yaml"
+    path.write_text("# nothing here\n")
+    with pytest.raises(ParamsError, match="the file is empty; it must map the keys dataset, backbone, family, grad_head, seed"):
+        load_params(path)
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "absent.yaml")
+    text = yaml.safe_dump(base, sort_keys=False)
+    path.write_text(text + "seed: 7\n")
+    with pytest.raises(ParamsError, match=r"found duplicate key 'seed' \(first given on line \d+\)"):
+        load_params(path)
+
+
+def resolved_of(data: dict) -> str:
+    from pipeline.params import resolved_json
+
+    return resolved_json(validate(data))
+
+
+def test_resolved_params_ignore_other_datasets_backbones_and_presets(base):
+    same = resolved_of(base)
+    other = copy.deepcopy(base)
+    other["datasets"]["cub"]["presets"]["resnet10t"] = {"input_size": 224, "finetune_lr": 0.5}
+    other["datasets"]["cub"]["num_classes"] = 7
+    other["backbones"]["vgg16"]["finetune_lr"] = 0.5
+    other["backbones"]["any_timm"]["input_size"] = 64
+    assert resolved_of(other) == same
+    # on cub with resnet50, the vgg16 preset is another backbone's; resnet50's own is applied
+    cub = {**copy.deepcopy(base), "dataset": "cub", "backbone": "resnet50"}
+    before = json.loads(resolved_of(cub))
+    cub["datasets"]["cub"]["presets"]["vgg16"]["finetune_lr"] = 0.5
+    assert json.loads(resolved_of(cub)) == before
+    cub["datasets"]["cub"]["presets"]["resnet50"]["finetune_lr"] = 0.5
+    after = json.loads(resolved_of(cub))
+    assert after["model"]["finetune_lr"] == 0.5 and after["finetune"]["lr"] == 0.5
+    assert {k for k in after if after[k] != before[k]} == {"model", "finetune"}
+    assert before["preset"] == "cub/resnet50" and "presets" not in before["data"]
+
+
+def test_resolved_params_fill_in_the_table_defaults(base):
+    r = json.loads(resolved_of(base))
+    entry = base["backbones"][base["backbone"]]
+    assert r["model"] == entry and r["data"] == base["datasets"]["synthbirds"]
+    assert r["baseline"]["lr"] == entry["baseline_lr"] and r["finetune"]["lr"] == entry["finetune_lr"]
+    assert r["cams"]["batch_size"] == entry["batch_size"] and r["preprocess"]["eval_size"] == entry["input_size"]
+    # the same network under another name, and a timm name without an entry of its own
+    assert json.loads(resolved_of({**base, "backbone": "inception_v3"}))["model"] == base["backbones"]["inception"]
+    timm = json.loads(resolved_of({**base, "backbone": "efficientnet_b0"}))
+    assert timm["backbone"] == "efficientnet_b0" and timm["model"] == base["backbones"]["any_timm"]
+    # an explicit value equal to the table's gives the same bytes: nothing reruns
+    assert resolved_of(set_key(base, "finetune.lr", entry["finetune_lr"])) == resolved_of(base)
+    # floats are written exactly (pipeline.io's canonical JSON keeps 6 decimals)
+    assert json.loads(resolved_of(set_key(base, "finetune.lr", 1.268269e-05)))["finetune"]["lr"] == 1.268269e-05
+
+
+DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("dataset,backbone", [("synthbirds", "resnet10t"), ("synthbirds", "inception_v3"),
+                                              ("synthbirds", "efficientnet_b0"), ("cub", "resnet50"),
+                                              ("openimages", "mobilenetv2"), ("ilsvrc", "vgg16")])
+def test_every_key_a_stage_declares_exists_in_the_resolved_params(base, dataset, backbone):
+    """dvc.yaml keys stages on data/params.json: every declared key must be there for every kind of backbone
+    (own entry, alias, any_timm) and dataset, else DVC fails the stage with 'missing params'."""
+    from pipeline.params import RESOLVED_FILE, resolved
+
+    r = resolved(validate({**base, "dataset": dataset, "backbone": backbone}))
+    declared = 0
+    for name, stage in DVC_STAGES.items():
+        for entry in stage.get("params", []):
+            if isinstance(entry, dict) and RESOLVED_FILE.as_posix() in entry:
+                for key in entry[RESOLVED_FILE.as_posix()]:
+                    node = r
+                    for part in key.split("."):
+                        assert isinstance(node, dict) and part in node, (name, key)
+                        node = node[part]
+                    declared += 1
+            else:  # only validate reads params.yaml itself
+                assert name == "validate" and entry == {"params.yaml": None}, (name, entry)
+    assert declared > 50
+
+
+def test_validate_command_writes_the_resolved_file_or_fails_naming_the_key(tmp_path, base):
+    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(base))
+    cmd = [sys.executable, "-m", "pipeline.params", "validate"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "validate: params.yaml is valid: dataset=synthbirds backbone=resnet10t -> data/params.json\n"
+    assert (tmp_path / "data/params.json").read_text() == resolved_of(base)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(base) + "finetun: {lr: 0.1}\n")
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert "finetun: unknown key (did you mean 'finetune'?); valid keys here: dataset, backbone" in proc.stderr

@@ -10,7 +10,8 @@ the checkpoint, and DVCLive's metrics and plots (one step: the imported model's 
 """
 from pathlib import Path
 
-from pipeline.stages.common import BASELINE_CKPT, live, loader, model_spec, start, throughput, user_errors
+from pipeline.stages.common import (BASELINE_CKPT, check_params, epochs_to_run, live, loader, model_spec, start,
+                                    throughput, user_errors)
 
 
 def checkpoint_file(checkpoint: str) -> Path:
@@ -85,7 +86,7 @@ def main() -> None:
 
                 checkpoints.replay(lv)  # the resumed epochs' metrics, as first logged
                 train_loader = loader(params, "train", train=True, workers=b.workers)
-                with throughput("baseline", len(train_loader.dataset) * b.epochs, device):
+                with throughput("baseline", len(train_loader.dataset) * epochs_to_run(b.epochs, checkpoints), device):
                     train_baseline(model, train_loader, device, epochs=b.epochs, lr=params.baseline_lr,
                                    lr_classifier_ratio=b.lr_classifier_ratio, lr_decay_every=b.lr_decay_every,
                                    momentum=b.momentum, nesterov=b.nesterov,
@@ -104,6 +105,7 @@ def main() -> None:
         save_checkpoint(model, BASELINE_CKPT, stage="baseline", test_top1_cls=round(top1, 4))
         if checkpoints is not None:
             checkpoints.clear()
+    check_params()
     print(f"baseline: {params.backbone} Top-1 Cls on test = {top1:.2f}% -> {BASELINE_CKPT}")
     finish()
 

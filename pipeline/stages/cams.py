@@ -7,7 +7,8 @@ With `distributed.nproc` > 1 the ranks share the batches and rank 0 writes the s
 """
 import contextlib
 
-from pipeline.stages.common import CAMS_DIR, FINETUNED_CKPT, loader, model_spec, start, throughput, user_errors
+from pipeline.stages.common import (CAMS_DIR, FINETUNED_CKPT, check_params, loader, model_spec, start, throughput,
+                                    user_errors)
 
 
 def main() -> None:
@@ -48,6 +49,8 @@ def main() -> None:
                 print(f"cams: {split}: {manifest['images']} images x {len(manifest['variants'])} variants x "
                       f"{len(manifest['branches'])} branches x {len(targets)} target(s) at {manifest['feature_size']} "
                       f"in {len(manifest['shards'])} shard(s) -> {CAMS_DIR / split}")
+    if is_main():
+        check_params()
     finish()
 
 

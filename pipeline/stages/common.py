@@ -6,6 +6,7 @@ this module and the stage scripts are the only places that know about DVC's conv
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.params import Params, load_or_exit
+from pipeline.params import PARAMS_FILE, RESOLVED_FILE, Params, load_or_exit, resolved
 
 MODELS = Path("data/models")
 REPORTS = Path("reports")
@@ -26,8 +27,14 @@ CAMS_DIR = Path("data/cams")
 
 def start(*, distributed: bool = False) -> Params:
     """Load and validate params (exit 2 listing every problem), then seed every generator. `distributed`: the
-    stage can run on `distributed.nproc` processes (re-launched under torchrun, pipeline/dist.py)."""
+    stage can run on `distributed.nproc` processes (re-launched under torchrun, pipeline/dist.py).
+
+    Under DVC, also check that the params this stage uses are the ones DVC will record in dvc.lock (see
+    `check_params`); a stage calls `check_params()` again when its work is done."""
+    before = _params_bytes()  # read first: an edit while loading then shows at the end check
     params = load_or_exit()
+    _GUARD.update(stage=stage_name(), bytes=before, values=resolved(params))
+    check_params(when="start")
     if distributed:
         from pipeline import dist
 
@@ -37,6 +44,112 @@ def start(*, distributed: bool = False) -> Params:
     seed_everything(params.seed)
     _print_device(params)
     return params
+
+
+# ----------------------------------------------------------------------------------------------------
+# dvc.lock records what the stage used
+#
+# DVC has no pre-run hook, so validation is the first stage, `validate` (dvc.yaml, `always_changed: true`): it
+# checks the whole params.yaml and writes data/params.json, the params as the stages use them
+# (pipeline/params.py `resolved`). Every other stage declares its keys of that file as DVC params, so a stage
+# depends on exactly the values it reads, and DVC skips it when they did not change. DVC reads a stage's params
+# after its command has run; these checks make sure the values it records are the ones the stage used:
+# - at start, data/params.json (what DVC records) must hold the values this process resolved from params.yaml
+#   (params.yaml may have been edited after `validate` ran, e.g. during an earlier stage);
+# - at the end, params.yaml must still resolve to the values read at start (an edit during the run).
+
+_GUARD: dict = {}
+
+
+def stage_name() -> str:
+    """The DVC stage running this process (DVC sets DVC_STAGE), else the stage module's name."""
+    return os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
+
+
+def _params_bytes() -> bytes | None:
+    return PARAMS_FILE.read_bytes() if PARAMS_FILE.is_file() else None
+
+
+def stage_keys(stage: str, dvc_file: str | Path = "dvc.yaml") -> list[str] | None:
+    """The keys of RESOLVED_FILE that `dvc_file` declares as params of `stage` (None: not declared there)."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(Path(dvc_file).read_text())["stages"][stage]
+    except (OSError, KeyError, TypeError):
+        return None
+    for entry in spec.get("params") or []:
+        if isinstance(entry, dict) and RESOLVED_FILE.as_posix() in entry:
+            return list(entry[RESOLVED_FILE.as_posix()] or [])
+    return None
+
+
+def _pick(values: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(values, dict) or part not in values:
+            return "<missing>"
+        values = values[part]
+    return values
+
+
+def _differences(keys: list[str] | None, old: dict, new: dict) -> list[str]:
+    """'key: old -> new' for every leaf that differs under `keys` (a group key such as `evaluate` names the
+    changed keys inside it)."""
+    def leaves(key: str, a, b) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in leaves(f"{key}.{k}", a.get(k, "<missing>"),
+                                                                        b.get(k, "<missing>"))]
+        return [] if a == b else [f"{key}: {a!r} -> {b!r}"]
+
+    keys = sorted(set(old) | set(new)) if keys is None else keys
+    return [d for k in keys for d in leaves(k, _pick(old, k), _pick(new, k))]
+
+
+def check_params(when: str = "end") -> None:
+    """Exit 2, naming the keys, when the params this stage used are not the ones DVC is about to record.
+
+    `when="start"` (from `start()`, only under DVC): the stage's keys in data/params.json against the values
+    resolved from params.yaml now. `when="end"` (each stage, after writing its outputs): params.yaml against
+    the values read at start; only the keys this stage depends on count, so an edit of another stage's
+    params never throws this one's work away (that edit reruns the other stage on the next `dvc repro`).
+    """
+    if not _GUARD:
+        return
+    stage = _GUARD["stage"]
+    keys = stage_keys(stage)
+    if when == "start":
+        if "DVC_STAGE" not in os.environ or keys is None:
+            return
+        try:
+            recorded = json.loads(RESOLVED_FILE.read_text())
+        except (OSError, ValueError) as exc:
+            _params_exit(f"{RESOLVED_FILE}: cannot be read ({exc}); run `dvc repro` (its first stage, validate, "
+                         f"writes it)")
+        changed = _differences(keys, recorded, _GUARD["values"])
+        if changed:
+            _params_exit(f"{PARAMS_FILE} changed after the validate stage ran: {'; '.join(changed)} "
+                         f"({RESOLVED_FILE} -> {PARAMS_FILE}); stage '{stage}' did not start; run `dvc repro` "
+                         f"again so that it validates and records the new values")
+        return
+    if _params_bytes() == _GUARD["bytes"]:
+        return
+    from pipeline.params import ParamsError, load_params
+
+    try:
+        now = resolved(load_params())
+    except ParamsError as exc:
+        _params_exit(f"{PARAMS_FILE} changed while stage '{stage}' ran and is no longer valid ({exc}); "
+                     f"its outputs were made with the values read at start and are not recorded; fix it and "
+                     f"run `dvc repro` again")
+    changed = _differences(keys, _GUARD["values"], now)
+    if changed:
+        _params_exit(f"{PARAMS_FILE} changed while stage '{stage}' ran: {'; '.join(changed)}; its outputs were "
+                     f"made with the values read at start, so they are not recorded; run `dvc repro` again")
+
+
+def _params_exit(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 def _print_device(params: Params) -> None:
@@ -65,7 +178,9 @@ def device_name(device) -> str:
 
 @contextlib.contextmanager
 def throughput(stage: str, images: int, device) -> Iterator[None]:
-    """Print the images per second of the block (rank 0), e.g. 'finetune: 2,400 images in 30.1 s ...'."""
+    """Print the images per second of the block (rank 0), e.g. 'finetune: 2,400 images in 30.1 s ...'.
+    `images` counts the work this run does (a resumed training's restored epochs excluded, `epochs_to_run`);
+    no line when it is 0 (every epoch was restored)."""
     import time
 
     from pipeline.dist import is_main
@@ -73,9 +188,15 @@ def throughput(stage: str, images: int, device) -> Iterator[None]:
     start_time = time.perf_counter()
     yield
     seconds = time.perf_counter() - start_time
-    if is_main() and seconds > 0:
+    if is_main() and seconds > 0 and images > 0:
         print(f"{stage}: {images:,} images in {seconds:.1f} s = {images / seconds:,.0f} images/s on "
               f"{device_name(device)}", flush=True)
+
+
+def epochs_to_run(epochs: int, checkpoints=None) -> int:
+    """The epochs a training runs in this process: `epochs` less those restored from `checkpoints`
+    (pipeline/train/resume.py's EpochCheckpoints, or None)."""
+    return max(0, epochs - (checkpoints.epochs_done if checkpoints is not None else 0))
 
 
 def seed_everything(seed: int) -> None:

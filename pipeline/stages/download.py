@@ -6,7 +6,7 @@ datasets.<dataset>.source_dir), a folder outside every DVC output so that an int
 the next run; their metadata is then built from the dataset's own annotation files.
 """
 from pipeline.data.synthbirds import SynthBirdsSpec, generate
-from pipeline.stages.common import start, user_errors
+from pipeline.stages.common import check_params, start, user_errors
 
 
 def main() -> None:
@@ -17,6 +17,7 @@ def main() -> None:
 
         with user_errors():
             summary = build_dataset(params.dataset, d, params.raw_dir(), archive_dir=params.download.archive_dir)
+        check_params()
         print(f"download: {params.dataset} -> {params.raw_dir()}: {summary['counts']} images")
         return
     spec = SynthBirdsSpec(num_classes=d.num_classes, image_size=d.image_size, train_per_class=d.train_per_class,
@@ -25,6 +26,7 @@ def main() -> None:
                           confuser_prob=d.confuser_prob, supersample=d.supersample)
     with user_errors():
         summary = generate(spec, params.raw_dir(), workers=params.download.workers)
+    check_params()
     print(f"download: {params.dataset} -> {params.raw_dir()}: {summary}")
 
 

@@ -12,8 +12,8 @@ protocol of `evaluate.protocols` at metrics["protocols"][name][variant][branch].
 with `distributed.nproc` > 1 the ranks share the distinct map sets and rank 0 writes the same bytes.
 """
 
-from pipeline.stages.common import (CAMS_DIR, FINETUNED_CKPT, REPORTS, eval_options, loader, model_spec, start,
-                                    user_errors)
+from pipeline.stages.common import (CAMS_DIR, FINETUNED_CKPT, REPORTS, check_params, eval_options, loader, model_spec,
+                                    start, user_errors)
 
 PLOTS = REPORTS / "plots"
 
@@ -76,6 +76,7 @@ def main() -> None:
     seconds = time.perf_counter() - began
     print(f"evaluate: {seconds:.1f} s for {n_images} images ({1e3 * seconds / n_images:.1f} ms per image, "
           f"{len(cams['test'].index)} test), every protocol and metric included", flush=True)
+    check_params()
     finish()
 
 

@@ -8,8 +8,8 @@ run, rerun, resumes after its last complete epoch from data/resume/finetune/ (pi
 import sys
 
 from pipeline.io import write_json
-from pipeline.stages.common import (DUAL_CKPT, FINETUNED_CKPT, REPORTS, live, loader, model_spec, start, throughput,
-                                    user_errors)
+from pipeline.stages.common import (DUAL_CKPT, FINETUNED_CKPT, REPORTS, check_params, epochs_to_run, live, loader,
+                                    model_spec, start, throughput, user_errors)
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
 
             checkpoints.replay(lv)  # the resumed epochs' metrics, as first logged
             train_loader = loader(params, "train", train=True, workers=f.workers)
-            with throughput("finetune", len(train_loader.dataset) * f.epochs, device):
+            with throughput("finetune", len(train_loader.dataset) * epochs_to_run(f.epochs, checkpoints), device):
                 trained = finetune_sigmoid_head(
                     model, train_loader, device, epochs=f.epochs, lr=params.finetune_lr,
                     lr_decay_every=f.lr_decay_every, momentum=f.momentum, nesterov=f.nesterov,
@@ -64,6 +64,7 @@ def main() -> None:
         model.cpu()
         save_checkpoint(model, FINETUNED_CKPT, stage="finetune", head_init=f.head_init, bn_mode=f.bn_mode)
         checkpoints.clear()
+    check_params()
     print(f"finetune: Top-1 Cls softmax {result['top1_cls_softmax']:.2f}% (unchanged, bit-identical logits), "
           f"sigmoid {result['top1_cls_sigmoid']:.2f}% -> {FINETUNED_CKPT}")
     finish()

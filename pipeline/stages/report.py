@@ -10,7 +10,7 @@ the test CAMs and the prepared ground truth, and writes
 import json
 import shutil
 
-from pipeline.stages.common import CAMS_DIR, REPORTS, eval_options, start, user_errors
+from pipeline.stages.common import CAMS_DIR, REPORTS, check_params, eval_options, start, user_errors
 
 
 def main() -> None:
@@ -32,6 +32,7 @@ def main() -> None:
                             gt=load_ground_truth(params.prepared_dir(), "test"), image_root=prepared.image_root,
                             class_names=prepared.info["class_names"], opts=eval_options(params),
                             gallery_images=params.report.gallery_images, dpi=params.report.dpi, **reads)
+    check_params()
     from pipeline.cams.variants import label
     first = next(iter(sign))  # the run's first variant (CAM for the CAM family)
     cam = sign[first]

@@ -126,7 +126,9 @@ def test_second_repro_is_up_to_date_and_changes_no_byte(repo):
     before = digest_tree(repo / "data", repo / "reports")
     lock = (repo / "dvc.lock").read_text()
     proc = run(["dvc", "repro"], repo)
-    assert "Data and pipelines are up to date" in proc.stdout
+    # only the validate stage runs (always_changed: it checks params.yaml on every run), to the same bytes
+    assert proc.stdout.count("Running stage") == 1 and "Running stage 'validate'" in proc.stdout
+    assert "Stage 'report' didn't change, skipping" in proc.stdout
     assert digest_tree(repo / "data", repo / "reports") == before
     assert (repo / "dvc.lock").read_text() == lock
 
@@ -138,10 +140,12 @@ def test_evaluation_option_reruns_only_evaluate_and_report(repo):
         data = yaml.safe_load(original)
         data["evaluate"]["postprocess"] = "official"
         params_file.write_text(yaml.safe_dump(data, sort_keys=False))
+        run(["dvc", "repro", "validate"], repo)  # the stages are keyed on the params it writes
         status = run(["dvc", "status", "--json"], repo).stdout
-        assert sorted(json.loads(status)) == ["evaluate", "report"]
+        assert sorted(json.loads(status)) == ["evaluate", "report", "validate"]  # validate: always changed
     finally:
         params_file.write_text(original)
+        run(["dvc", "repro", "validate"], repo)
 
 
 def test_bad_param_fails_fast_with_message(repo):
@@ -156,10 +160,11 @@ def test_bad_param_fails_fast_with_message(repo):
         assert "finetune.lr: -1.0 is out of range; valid: (0.0, 10.0]" in proc.stderr + proc.stdout
     finally:
         params_file.write_text(original)
-    # DVC removed the stage's outputs before the command failed; the run-cache brings them back untrained.
+    # validate failed before any other stage ran: nothing was removed, nothing reruns.
+    assert "Running stage 'validate'" in proc.stdout and "Running stage 'finetune'" not in proc.stdout
     restored = run(["dvc", "repro"], repo)
-    assert "Stage 'finetune' is cached - skipping run, checking out outputs" in restored.stdout
-    assert "Running stage" not in restored.stdout
+    assert "Stage 'finetune' didn't change, skipping" in restored.stdout
+    assert restored.stdout.count("Running stage") == 1 and "Running stage 'validate'" in restored.stdout
 
 
 def test_going_back_to_a_configuration_restores_from_the_run_cache(repo):

@@ -316,10 +316,13 @@ def test_killed_stages_resume_to_the_uninterrupted_bytes(tmp_path):
     out = stages(repo, "baseline", "clone_head", f"finetune@{mid_epoch_2}", killed=True)
     assert "baseline: resuming from epoch 2 of 3 (epoch 1 restored from data/resume/baseline/" in out
     assert "baseline epoch 1:" not in out and "baseline epoch 3:" in out
+    train_images = synth["num_classes"] * synth["train_per_class"]
+    assert f"baseline: {2 * train_images:,} images in " in out  # the throughput line counts epochs 2-3 only
     assert not (repo / "data/resume/baseline").exists()
     assert len(list((repo / "data/resume/finetune").glob("*/checkpoint.pt"))) == 1
 
     out = stages(repo, "finetune")
     assert "finetune: resuming from epoch 2 of 3 (epoch 1 restored from data/resume/finetune/" in out
+    assert f"finetune: {2 * train_images:,} images in " in out
     assert not (repo / "data/resume").exists()
     assert digests(repo, *OUTPUTS) == reference

@@ -1,0 +1,171 @@
+"""End to end, with the real `dvc repro`: params.yaml is validated on every run (the `validate` stage), stages
+rerun only for the values they use, and a stage whose params changed while it ran records nothing."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from tests.project import copy_project, digests
+
+pytestmark = pytest.mark.e2e
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+       "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1"}
+STAGES = ("download", "preprocess", "baseline", "clone_head", "finetune", "cams", "evaluate", "report")
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def ran(proc: subprocess.CompletedProcess) -> list[str]:
+    return [s for s in ("validate", *STAGES) if f"Running stage '{s}'" in proc.stdout]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("repo")
+    copy_project(dest)
+    run(["git", "init", "-q"], dest)
+    run([sys.executable, "-m", "pipeline.params", "apply", "configs/smoke.yaml"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"], dest)
+    proc = run(["dvc", "repro"], dest)
+    assert ran(proc) == ["validate", *STAGES]
+    return dest
+
+
+@pytest.fixture
+def params(repo):
+    """params.yaml of the repo, restored after the test."""
+    path = repo / "params.yaml"
+    original = path.read_text()
+    yield path
+    path.write_text(original)
+
+
+def edited(path: Path, **changes) -> None:
+    data = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def state(repo: Path) -> dict:
+    return digests(repo, "data/raw", "data/prepared", "data/models", "data/cams", "reports")
+
+
+def test_unchanged_params_rerun_only_validate(repo):
+    before, lock = state(repo), (repo / "dvc.lock").read_text()
+    proc = run(["dvc", "repro"], repo)
+    assert ran(proc) == ["validate"]
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in proc.stdout
+    assert state(repo) == before and (repo / "dvc.lock").read_text() == lock
+    status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    assert status == {"validate": ["always changed"]}
+
+
+@pytest.mark.parametrize("text,messages", [
+    ("finetun:\n  lr: 0.1\n", ["finetun: unknown key (did you mean 'finetune'?); valid keys here: dataset, backbone"]),
+    (None, ["finetune.epoch: unknown key (did you mean 'epochs'?)", "finetune.lr: must be a finite number, got nan",
+            "evaluate.loc_threshold: must be a finite number, got inf",
+            "backbones.vgg16.finetune_lr: must be a number, got '0.1' (str)"]),
+])
+def test_a_bad_param_anywhere_fails_in_validate_before_any_stage(repo, params, text, messages):
+    lock = (repo / "dvc.lock").read_text()
+    if text is None:  # one run lists every problem
+        edited(params, **{"finetune.epoch": 5, "finetune.lr": "NAN", "evaluate.loc_threshold": "INF",
+                          "backbones.vgg16.finetune_lr": "0.1"})
+        params.write_text(params.read_text().replace("NAN", ".nan").replace("INF", ".inf"))
+    else:
+        params.write_text(params.read_text() + text)
+    began = time.monotonic()
+    proc = run(["dvc", "repro"], repo, check=False)
+    seconds = time.monotonic() - began
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and ran(proc) == ["validate"], out
+    for message in messages:
+        assert message in out
+    assert f"{len(messages)} problem(s)" in out
+    assert seconds < 60, seconds  # validation alone: a few seconds on an idle machine
+    assert (repo / "dvc.lock").read_text() == lock
+
+
+def test_another_datasets_preset_or_backbones_entry_reruns_nothing(repo, params):
+    before = state(repo)
+    edited(params, **{"datasets.cub.presets.resnet10t": {"input_size": 224, "finetune_lr": 0.5},
+                      "datasets.cub.num_classes": 20, "backbones.vgg16.finetune_lr": 0.5,
+                      "backbones.any_timm.input_size": 64})
+    proc = run(["dvc", "repro"], repo)
+    assert ran(proc) == ["validate"], proc.stdout
+    assert state(repo) == before
+
+
+def test_status_names_the_edit_and_after_validate_the_stages_it_reruns(repo, params):
+    edited(params, **{"evaluate.postprocess": "official"})
+    status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    assert list(status) == ["validate"] and status["validate"][1] == "always changed"
+    assert status["validate"][0]["changed deps"]["params.yaml"]["evaluate"] == "modified"
+    run(["dvc", "repro", "validate"], repo)
+    status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    assert sorted(status) == ["evaluate", "report", "validate"]
+    assert status["evaluate"] == [{"changed deps": {"data/params.json": {"evaluate": "modified"}}}]
+
+
+def test_a_stage_whose_params_change_while_it_runs_records_nothing(repo, params):
+    """evaluate reruns for a new loc_threshold; params.yaml is edited again while it runs: it fails and
+    dvc.lock keeps the last recorded values; the next repro validates and runs with the newest."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    recorded = lock["stages"]["evaluate"]["params"]["data/params.json"]["evaluate"]["loc_threshold"]
+    edited(params, **{"evaluate.loc_threshold": 0.25})
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("evaluate: device"):  # printed by start(), after it read params.yaml
+            edited(params, **{"evaluate.loc_threshold": 0.3})
+    proc.wait(timeout=600)
+    out = "".join(lines)
+    assert proc.returncode != 0, out
+    assert ("error: params.yaml changed while stage 'evaluate' ran: evaluate.loc_threshold: 0.25 -> 0.3; its "
+            "outputs were made with the values read at start, so they are not recorded") in out
+    assert "Running stage 'report'" not in out
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert lock["stages"]["evaluate"]["params"]["data/params.json"]["evaluate"]["loc_threshold"] == recorded
+    assert json.loads((repo / "data/params.json").read_text())["evaluate"]["loc_threshold"] == 0.25
+    again = run(["dvc", "repro"], repo)
+    assert ran(again) == ["validate", "evaluate", "report"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert lock["stages"]["evaluate"]["params"]["data/params.json"]["evaluate"]["loc_threshold"] == 0.3
+    assert json.loads((repo / "reports/evaluation.json").read_text())["loc_threshold"] == 0.3
+
+
+def test_exp_run_validates_and_shows_params(repo):
+    # DVC refuses `-S` for a key params.yaml lacks; `-S +key=value` adds it, and validate fails
+    bad = run(["dvc", "exp", "run", "-S", "finetune.epoch=5"], repo, check=False)
+    assert bad.returncode != 0 and "Could not override 'finetune.epoch'" in bad.stdout + bad.stderr
+    bad = run(["dvc", "exp", "run", "-S", "+finetune.epoch=5"], repo, check=False)
+    assert bad.returncode != 0 and ran(bad) == ["validate"]
+    assert "finetune.epoch: unknown key (did you mean 'epochs'?)" in bad.stdout + bad.stderr
+    run(["git", "checkout", "params.yaml"], repo)
+    good = run(["dvc", "exp", "run", "-S", "evaluate.loc_threshold=0.25"], repo)
+    assert ran(good) == ["validate", "evaluate", "report"], good.stdout
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    text = json.dumps(shown)
+    assert '"loc_threshold": 0.25' in text and '"data/params.json"' in text
+    diff = json.loads(run(["dvc", "params", "diff", "--json"], repo).stdout)
+    assert diff["params.yaml"]["evaluate.loc_threshold"]["new"] == 0.25
+    assert diff["data/params.json"]["evaluate.loc_threshold"]["new"] == 0.25
+    run(["dvc", "metrics", "diff", "--json"], repo)
