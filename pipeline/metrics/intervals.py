@@ -233,8 +233,8 @@ class IntervalAccumulator:
             draw = np.random.default_rng([self.seed, STREAM_SEEDS]).integers(0, len(seeds),
                                                                               size=(self.resamples, len(seeds)))
             for metric in METRICS:
-                per = [(self._values[(protocol, variant, "softmax", s)], self._values[(protocol, variant, "sigmoid", s)])
-                       for s in seeds]
+                per = [(self._values[(protocol, variant, "softmax", s)],
+                        self._values[(protocol, variant, "sigmoid", s)]) for s in seeds]
                 if not all(metric in soft and metric in sig for soft, sig in per):
                     continue
                 deltas = np.stack([sig[metric] - soft[metric] for soft, sig in per])  # (S, R + 1)

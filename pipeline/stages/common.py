@@ -50,7 +50,8 @@ def replicate(params: Params, index: int | None = None) -> Replicate:
     name = f"replicate_{index}"
     return Replicate(index=index, seed=params.finetune_seed(index), dual_ckpt=MODELS / name / "dual.pt",
                      finetuned_ckpt=MODELS / name / "finetuned.pt", cams_dir=CAMS_DIR / name,
-                     live_dir=REPORTS / "finetune" / name, classification=REPORTS / "finetune" / name / "classification.json")
+                     live_dir=REPORTS / "finetune" / name,
+                     classification=REPORTS / "finetune" / name / "classification.json")
 
 
 def replicate_arg() -> int | None:

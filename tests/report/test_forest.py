@@ -19,7 +19,8 @@ def rows():
         for variant, shift in (("cam", 0.15), ("gradcam", -0.15)):
             p = rng.uniform(0.3, 0.6, n)
             for seed in (0, 1):
-                for branch, q in (("softmax", p), ("sigmoid", np.clip(p + (shift if protocol == "clean" else 0), 0, 1))):
+                q_sig = np.clip(p + (shift if protocol == "clean" else 0), 0, 1)
+                for branch, q in (("softmax", p), ("sigmoid", q_sig)):
                     u = rng.random(n)
                     known = u < q if branch == "sigmoid" else u < p
                     b = NS(per_image_multi=np.repeat(known[:, None, None], 3, axis=1).repeat(4, axis=2),
