@@ -1,5 +1,6 @@
 """Power of the current run: per-image outcomes from data/cams (one BoxEvaluator count per image), then the
-bootstrap half-widths (pipeline/metrics/intervals.py), saved to /tmp/power/*.npz for bench_power_project.py.
+bootstrap half-widths (pipeline/metrics/intervals.py), saved to /tmp/power/*.npz for power_project.py (reads
+DATA_DIR/cams/<split>/, the layout before replicates: use DATA_DIR/cams/replicate_0 layouts by symlink).
 Usage: python benchmarks/power_outcomes.py [DATA_DIR]   (default /work/main/data; writes /tmp/power/)."""
 from pathlib import Path
 import sys, time
