@@ -126,12 +126,13 @@ def test_nproc_above_one_relaunches_under_torchrun_with_the_threads(monkeypatch)
     for name in ("LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(dist.subprocess, "Popen", FakeTorchrun)
+    monkeypatch.setattr(sys, "argv", ["cams.py", "1"])  # the stage's arguments (a replicate index) go along
     handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exit_info:
         dist.setup(3, "auto", "cpu", module="pipeline.stages.cams")
     assert exit_info.value.code == 5  # torchrun's status
     assert launched["cmd"] == [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               "--nproc_per_node=3", "-m", "pipeline.stages.cams"]
+                               "--nproc_per_node=3", "-m", "pipeline.stages.cams", "1"]
     assert launched["env"]["OMP_NUM_THREADS"] == str(torch.get_num_threads())
     assert signal.getsignal(signal.SIGTERM) == handler  # the forwarding handler is removed again
     dist.setup(1, "auto", "cpu", module="pipeline.stages.cams")  # one process: nothing happens
