@@ -90,10 +90,11 @@ def resolve_backend(backend: str, device: str) -> str:
     return backend
 
 
-def launch_command(module: str, nproc: int) -> list[str]:
-    """torchrun (of this interpreter's environment) running `python -m module` on `nproc` local ranks."""
+def launch_command(module: str, nproc: int, args: list[str] | None = None) -> list[str]:
+    """torchrun (of this interpreter's environment) running `python -m module ARGS` on `nproc` local ranks
+    (ARGS: this process's command-line arguments unless given, e.g. a stage's replicate index)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", module]
+            "-m", module, *(sys.argv[1:] if args is None else args)]
 
 
 def relaunch(module: str, nproc: int, *, cuda: bool) -> int:

@@ -195,6 +195,8 @@ class BaselineParams:
                                          "format); null = the backbone's default (the PyPI wheel for "
                                          "mobilenetv2 / efficientnet_lite0, torchvision's URL for the WSOL "
                                          "backbones, timm's hub otherwise)")
+    seed: int = _f(lo=0, hi=2**32 - 1, doc="training seed of the baseline (init, shuffling, augmentation); the "
+                                           "top-level seed drives the dataset generator")
     epochs: int = _f(lo=0, hi=10000)
     lr: float | None = _f(lo=0.0, hi=10.0, lo_open=True,
                           doc="null = backbones.<backbone>.baseline_lr")
@@ -213,6 +215,9 @@ class FinetuneParams:
                         doc="clone = copy of the softmax head (paper); random = official code's init")
     bn_mode: str = _f(choices=("eval", "batch_stats"),
                       doc="eval = frozen BN (clean); batch_stats = official code (METHOD.md 2.4)")
+    seed: int = _f(lo=0, hi=2**32 - 1, doc="the first fine-tuning seed: replicate k trains with seed + k")
+    replicates: list[int] = _f(lo=0, hi=1023, doc="fine-tuning replicates k (DVC stages clone_head@k, finetune@k, "
+                                                  "cams@k), each with seed finetune.seed + k")
     epochs: int = _f(lo=1, hi=10000)
     lr: float | None = _f(lo=0.0, hi=10.0, lo_open=True,
                           doc="null = backbones.<backbone>.finetune_lr")
@@ -260,6 +265,9 @@ class EvaluateParams:
     fidelity: bool = _f(doc="compute Average Drop and Increase in Confidence (one forward per map)")
     fidelity_target: str = _f(choices=("pred", "gt"),
                               doc="class whose map and softmax score are used (the precursor: pred)")
+    bootstrap_resamples: int = _f(lo=1, hi=1_000_000, doc="bootstrap replicates of the delta intervals "
+                                                          "(pipeline/metrics/intervals.py)")
+    bootstrap_seed: int = _f(lo=0, hi=2**32 - 1, doc="seed of the bootstrap draws (the same seed, the same bytes)")
 
 
 @dataclass(frozen=True)
@@ -333,6 +341,10 @@ class Params:
 
     def prepared_dir(self) -> Path:
         return Path(self.raw.preprocess.root) / self.raw.dataset
+
+    def finetune_seed(self, replicate: int) -> int:
+        """The seed of fine-tuning replicate `replicate` (finetune.seed + replicate)."""
+        return self.raw.finetune.seed + replicate
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -410,6 +422,13 @@ def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             values[name] = _build(tp, data[name], key + ".", errors)
+        elif typing.get_origin(tp) is list:
+            items = data[name]
+            if not isinstance(items, list) or not items:
+                errors.append(f"{key}: must be a non-empty list, got {items!r}")
+                continue
+            values[name] = [_check_scalar(v, typing.get_args(tp)[0], f"{key}[{i}]", f.metadata, errors)
+                            for i, v in enumerate(items)]
         elif typing.get_origin(tp) is dict:
             item_cls = typing.get_args(tp)[1]
             tables = f.metadata.get("tables")
@@ -488,6 +507,11 @@ def _cross_checks(p: ParamsFile, errors: list[str]) -> None:
     if p.evaluate.fidelity_target == "pred" and "pred" not in p.cams.targets:
         errors.append("evaluate.fidelity_target: 'pred' needs maps for the predicted class; set "
                       "cams.targets: gt+pred or evaluate.fidelity_target: gt")
+    reps = p.finetune.replicates
+    if len(set(reps)) != len(reps):
+        errors.append(f"finetune.replicates: {reps} has repeats; give each replicate index once, e.g. [0, 1, 2]")
+    if p.finetune.seed + max(reps) > 2**32 - 1:
+        errors.append(f"finetune.seed: {p.finetune.seed} + the largest replicate {max(reps)} is above 2**32 - 1")
     if p.baseline.pretrained_file is not None and p.baseline.pretrained == "none":
         errors.append("baseline.pretrained_file: is set but baseline.pretrained is 'none'; set "
                       "baseline.pretrained: imagenet or baseline.pretrained_file: null")

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Several batches per split, a ragged last one, an odd batch count and shards that straddle batches and ranks.
 OVERRIDES = {"baseline": {"epochs": 1}, "finetune": {"epochs": 1},
              "cams": {"batch_size": 6, "shard_size": 5}}
-DRIVER = "import runpy, sys\nfor s in sys.argv[1:]:\n    runpy.run_module(f'pipeline.stages.{s}', run_name='__main__')"
+DRIVER = "import runpy, sys\nfor s in sys.argv[1:]:\n    sys.argv = [s]\n    runpy.run_module(f'pipeline.stages.{s}', run_name='__main__')"
 EVALUATE_OUTPUTS = ("reports/metrics.json", "reports/evaluation.json", "reports/plots")
 
 
@@ -90,9 +90,9 @@ def test_baseline_and_finetune_train_with_ddp_on_two_processes(repo):
     run([sys.executable, "-c", DRIVER, "clone_head"], repo)
     out = stage(repo, "finetune").stdout
     assert "finetune: 2 processes (gloo) through torchrun" in out
-    model, extra = load_checkpoint(repo / "data/models/finetuned.pt")
+    model, extra = load_checkpoint(repo / "data/models/replicate_0/finetuned.pt")
     assert extra["stage"] == "finetune" and model.head2 is not None
-    cls = yaml.safe_load((repo / "reports/classification.json").read_text())
+    cls = yaml.safe_load((repo / "reports/finetune/replicate_0/classification.json").read_text())
     assert cls["softmax_logits_identical"] is True  # only the sigmoid head trained under DDP
     assert cls["trained_parameters"] == ["head2.weight", "head2.bias"]
     assert not (repo / "data/resume").exists() or not any((repo / "data/resume").rglob("*.pt"))
@@ -126,12 +126,13 @@ def test_nproc_above_one_relaunches_under_torchrun_with_the_threads(monkeypatch)
     for name in ("LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(dist.subprocess, "Popen", FakeTorchrun)
+    monkeypatch.setattr(sys, "argv", ["cams.py", "1"])  # the stage's arguments (a replicate index) go along
     handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exit_info:
         dist.setup(3, "auto", "cpu", module="pipeline.stages.cams")
     assert exit_info.value.code == 5  # torchrun's status
     assert launched["cmd"] == [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               "--nproc_per_node=3", "-m", "pipeline.stages.cams"]
+                               "--nproc_per_node=3", "-m", "pipeline.stages.cams", "1"]
     assert launched["env"]["OMP_NUM_THREADS"] == str(torch.get_num_threads())
     assert signal.getsignal(signal.SIGTERM) == handler  # the forwarding handler is removed again
     dist.setup(1, "auto", "cpu", module="pipeline.stages.cams")  # one process: nothing happens

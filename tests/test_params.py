@@ -356,3 +356,20 @@ def test_validate_command_writes_the_resolved_file_or_fails_naming_the_key(tmp_p
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert "finetun: unknown key (did you mean 'finetune'?); valid keys here: dataset, backbone" in proc.stderr
+
+
+def test_fine_tuning_replicates_and_seeds(base):
+    p = validate(base)
+    assert p.finetune.replicates == [0, 1, 2] and p.finetune_seed(2) == p.finetune.seed + 2
+    bad = copy.deepcopy(base)
+    bad["finetune"]["replicates"] = [0, 1, 1, -1, "a"]
+    bad["finetune"]["seed"] = 2**32 - 1
+    got = problems(bad)
+    assert "finetune.replicates[3]: -1 is out of range; valid: [0, 1023]" in got
+    assert "finetune.replicates[4]: must be an integer, got 'a' (str)" in got
+    bad["finetune"]["replicates"] = [0, 1, 1]
+    got = problems(bad)
+    assert "finetune.replicates: [0, 1, 1] has repeats; give each replicate index once, e.g. [0, 1, 2]" in got
+    assert "finetune.seed: 4294967295 + the largest replicate 1 is above 2**32 - 1" in got
+    bad["finetune"]["replicates"] = []
+    assert problems(bad) == ["finetune.replicates: must be a non-empty list, got []"]

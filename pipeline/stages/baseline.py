@@ -50,7 +50,7 @@ def _dvc_cached(out: Path) -> Path | None:
 
 
 def main() -> None:
-    params = start(distributed=True)
+    params = start(distributed=True, seed=lambda p: p.baseline.seed)
     from pipeline.dist import finish, is_main, share_checkpoints
     from pipeline.models.convert import import_checkpoint
     from pipeline.models.dual import DualBranchNet, save_checkpoint
@@ -85,7 +85,7 @@ def main() -> None:
                           flush=True)
 
                 checkpoints.replay(lv)  # the resumed epochs' metrics, as first logged
-                train_loader = loader(params, "train", train=True, workers=b.workers)
+                train_loader = loader(params, "train", train=True, workers=b.workers, seed=b.seed)
                 with throughput("baseline", len(train_loader.dataset) * epochs_to_run(b.epochs, checkpoints), device):
                     train_baseline(model, train_loader, device, epochs=b.epochs, lr=params.baseline_lr,
                                    lr_classifier_ratio=b.lr_classifier_ratio, lr_decay_every=b.lr_decay_every,

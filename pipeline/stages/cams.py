@@ -1,18 +1,19 @@
 """Stage `cams`: every CAM variant from both branches, raw and signed at feature resolution, in shards.
 
-Writes data/cams/<split>/ (manifest.json, index.csv, shard_*.npy; see pipeline/cams/store.py) for the test
-split, and the val split too with `cams.splits: val+test`. Post-processing
+`python -m pipeline.stages.cams K` writes, for fine-tuning replicate K, data/cams/replicate_K/<split>/
+(manifest.json, index.csv, shard_*.npy; see pipeline/cams/store.py) for the test split, and the val split too
+with `cams.splits: val+test`. Post-processing
 (weight clamp, ReLU, upsampling, normalisation) belongs to evaluation, so changing it never reruns this.
 With `distributed.nproc` > 1 the ranks share the batches and rank 0 writes the same bytes (pipeline/dist.py).
 """
 import contextlib
 
-from pipeline.stages.common import (CAMS_DIR, FINETUNED_CKPT, check_params, loader, model_spec, start, throughput,
-                                    user_errors)
+from pipeline.stages.common import check_params, loader, model_spec, replicate, replicate_arg, start, throughput, user_errors
 
 
 def main() -> None:
-    params = start(distributed=True)
+    params = start(distributed=True, seed=lambda p: replicate(p, replicate_arg()).seed)
+    rep = replicate(params, replicate_arg())
     from pipeline.cams.engine import model_family, model_variants
     from pipeline.cams.generate import iter_cam_records
     from pipeline.cams.store import write_cams
@@ -25,11 +26,11 @@ def main() -> None:
     c = params.cams
     with user_errors():
         device = resolve_device(params.device)
-        model, _ = load_checkpoint(FINETUNED_CKPT, expect=model_spec(params))
+        model, _ = load_checkpoint(rep.finetuned_ckpt, expect=model_spec(params))
         place(model, device).eval()
         prepared = load_prepared(params.prepared_dir())
         targets = tuple(c.targets.split("+"))
-        with (atomic_dir(CAMS_DIR) if is_main() else contextlib.nullcontext()) as tmp:
+        with (atomic_dir(rep.cams_dir) if is_main() else contextlib.nullcontext()) as tmp:
             for split in c.splits.split("+"):
                 ids = prepared.split(split).image_ids
                 records = map_ordered(loader(params, split, train=False, batch_size=c.batch_size), ids,
@@ -48,7 +49,7 @@ def main() -> None:
                                           variants=[v.name for v in model_variants(model)])
                 print(f"cams: {split}: {manifest['images']} images x {len(manifest['variants'])} variants x "
                       f"{len(manifest['branches'])} branches x {len(targets)} target(s) at {manifest['feature_size']} "
-                      f"in {len(manifest['shards'])} shard(s) -> {CAMS_DIR / split}")
+                      f"in {len(manifest['shards'])} shard(s) -> {rep.cams_dir / split}")
     if is_main():
         check_params()
     finish()

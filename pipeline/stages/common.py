@@ -10,7 +10,8 @@ import json
 import os
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,58 @@ from pipeline.params import PARAMS_FILE, RESOLVED_FILE, Params, load_or_exit, re
 MODELS = Path("data/models")
 REPORTS = Path("reports")
 BASELINE_CKPT = MODELS / "baseline.pt"
-DUAL_CKPT = MODELS / "dual.pt"
-FINETUNED_CKPT = MODELS / "finetuned.pt"
-CAMS_DIR = Path("data/cams")
+CAMS_DIR = Path("data/cams")  # one folder per fine-tuning replicate: see `replicate`
 
 
-def start(*, distributed: bool = False) -> Params:
-    """Load and validate params (exit 2 listing every problem), then seed every generator. `distributed`: the
-    stage can run on `distributed.nproc` processes (re-launched under torchrun, pipeline/dist.py).
+@dataclass(frozen=True)
+class Replicate:
+    """One fine-tuning replicate k (DVC stages clone_head@k, finetune@k, cams@k) and its files."""
+
+    index: int
+    seed: int             # finetune.seed + index: clone_head's random init, finetune's shuffling and init
+    dual_ckpt: Path       # clone_head's output
+    finetuned_ckpt: Path  # finetune's output
+    cams_dir: Path        # cams' output: <cams_dir>/<split>/
+    live_dir: Path        # finetune's DVCLive metrics and plots
+    classification: Path  # finetune's Top-1 Cls of both branches
+
+
+def replicate(params: Params, index: int | None = None) -> Replicate:
+    """The paths and seed of fine-tuning replicate `index` (one of finetune.replicates; None = the first, which
+    evaluate and report read until they read every replicate). The stage scripts get `index` from their
+    command line (`python -m pipeline.stages.finetune 2`, written by dvc.yaml's foreach), see `replicate_arg`.
+    These paths and dvc.yaml's (`data/models/replicate_${item}/...`) must stay the same."""
+    reps = params.finetune.replicates
+    if index is None:
+        index = reps[0]
+    if index not in reps:
+        raise ValueError(f"replicate {index}: not in finetune.replicates {reps}; add it there (dvc.yaml's "
+                         f"foreach makes one stage per entry)")
+    name = f"replicate_{index}"
+    return Replicate(index=index, seed=params.finetune_seed(index), dual_ckpt=MODELS / name / "dual.pt",
+                     finetuned_ckpt=MODELS / name / "finetuned.pt", cams_dir=CAMS_DIR / name,
+                     live_dir=REPORTS / "finetune" / name,
+                     classification=REPORTS / "finetune" / name / "classification.json")
+
+
+def replicate_arg() -> int | None:
+    """The replicate index a per-replicate stage script was given: its one command-line argument (dvc.yaml's
+    foreach passes it), or None without one (the first replicate, for a stage run by hand)."""
+    args = sys.argv[1:]
+    if not args:
+        return None
+    if len(args) != 1 or not args[0].isdigit():
+        print(f"error: usage: python -m pipeline.stages.{Path(sys.argv[0]).stem} [REPLICATE] (an index of "
+              f"finetune.replicates); got arguments {args}", file=sys.stderr)
+        raise SystemExit(2)
+    return int(args[0])
+
+
+def start(*, distributed: bool = False, seed: Callable[[Params], int] | None = None) -> Params:
+    """Load and validate params (exit 2 listing every problem), then seed every generator with `seed(params)`
+    (None = the top-level seed, the dataset's; baseline: baseline.seed; the per-replicate stages: the
+    replicate's seed). `distributed`: the stage can run on `distributed.nproc` processes (re-launched under
+    torchrun, pipeline/dist.py).
 
     Under DVC, also check that the params this stage uses are the ones DVC will record in dvc.lock (see
     `check_params`); a stage calls `check_params()` again when its work is done."""
@@ -41,7 +86,8 @@ def start(*, distributed: bool = False) -> Params:
         d = params.distributed
         with user_errors():
             dist.setup(d.nproc, d.backend, params.device)
-    seed_everything(params.seed)
+    with user_errors():
+        seed_everything(params.seed if seed is None else seed(params))
     _print_device(params)
     return params
 
@@ -227,9 +273,11 @@ def model_spec(params: Params):
                      family=params.family, grad_grid=params.grad_head.grid, grad_hidden=params.grad_head.hidden)
 
 
-def loader(params: Params, split: str, *, train: bool, workers: int = 0, batch_size: int | None = None):
-    """DataLoader over a prepared split with the official train or test transform. In a distributed run a
-    train loader covers this rank's share (DistributedSampler) with batch_size / nproc images per batch."""
+def loader(params: Params, split: str, *, train: bool, workers: int = 0, batch_size: int | None = None,
+           seed: int | None = None):
+    """DataLoader over a prepared split with the official train or test transform; `seed` (None = the top-level
+    seed) sets a train loader's shuffling and augmentation. In a distributed run a train loader covers this
+    rank's share (DistributedSampler) with batch_size / nproc images per batch."""
     from pipeline import dist
     from pipeline.data.images import ImageSet, eval_transform, make_loader, train_transform
     from pipeline.data.prepare import load_prepared
@@ -241,9 +289,10 @@ def loader(params: Params, split: str, *, train: bool, workers: int = 0, batch_s
     dataset = ImageSet(prepared.image_root, data.image_ids, data.labels, transform,
                        approx_bytes=prepared.approx_bytes(split))
     batch_size = batch_size or params.model.batch_size
+    seed = params.seed if seed is None else seed
     return make_loader(dataset, batch_size=dist.local_batch(batch_size) if train else batch_size, train=train,
-                       seed=params.seed, workers=workers, pin_memory=dist.uses_cuda(params.device),
-                       sampler=dist.train_sampler(dataset, params.seed) if train else None)
+                       seed=seed, workers=workers, pin_memory=dist.uses_cuda(params.device),
+                       sampler=dist.train_sampler(dataset, seed) if train else None)
 
 
 def eval_options(params: Params):

@@ -12,8 +12,8 @@ protocol of `evaluate.protocols` at metrics["protocols"][name][variant][branch].
 with `distributed.nproc` > 1 the ranks share the distinct map sets and rank 0 writes the same bytes.
 """
 
-from pipeline.stages.common import (CAMS_DIR, FINETUNED_CKPT, REPORTS, check_params, eval_options, loader, model_spec,
-                                    start, user_errors)
+from pipeline.stages.common import (REPORTS, check_params, eval_options, loader, model_spec, replicate, start,
+                                    user_errors)
 
 PLOTS = REPORTS / "plots"
 
@@ -37,12 +37,13 @@ def main() -> None:
     opts = eval_options(params)
     splits = ["test"] + (["val"] if e.threshold_split == "val" else [])
     with user_errors():
-        cams = {s: read_cams(CAMS_DIR / s) for s in splits}
+        first = replicate(params)  # the first fine-tuning replicate (every replicate: issue 13)
+        cams = {s: read_cams(first.cams_dir / s) for s in splits}
         gts = {s: load_ground_truth(params.prepared_dir(), s) for s in splits}
         model = batches = None
         if e.fidelity:
             device = resolve_device(params.device)
-            model, _ = load_checkpoint(FINETUNED_CKPT, expect=model_spec(params))
+            model, _ = load_checkpoint(first.finetuned_ckpt, expect=model_spec(params))
             model.to(device).eval()
             test_loader = loader(params, "test", train=False, batch_size=params.cams.batch_size)
             batches = lambda: iter(test_loader)  # noqa: E731

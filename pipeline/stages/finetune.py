@@ -1,19 +1,22 @@
 """Stage `finetune`: train only the sigmoid head with class-balanced BCE (pos_weight K-1).
 
 Checks that the softmax branch's test logits are bit-identical before and after (the trunk and softmax
-head are frozen, so Top-1 Cls cannot change) and fails if they are not. Writes data/models/finetuned.pt,
-DVCLive logs under reports/finetune/ and Top-1 Cls of both branches in reports/classification.json. A killed
-run, rerun, resumes after its last complete epoch from data/resume/finetune/ (pipeline/train/resume.py).
+head are frozen, so Top-1 Cls cannot change) and fails if they are not. `python -m pipeline.stages.finetune K`
+trains replicate K with seed finetune.seed + K and writes data/models/replicate_K/finetuned.pt, DVCLive logs and
+Top-1 Cls of both branches (classification.json) under reports/finetune/replicate_K/ (paths:
+pipeline/stages/common.py `replicate`). A killed run, rerun, resumes after its last complete epoch from
+data/resume/finetune/ (pipeline/train/resume.py).
 """
 import sys
 
 from pipeline.io import write_json
-from pipeline.stages.common import (DUAL_CKPT, FINETUNED_CKPT, REPORTS, check_params, epochs_to_run, live, loader,
-                                    model_spec, start, throughput, user_errors)
+from pipeline.stages.common import (check_params, epochs_to_run, live, loader, model_spec, replicate, replicate_arg,
+                                    start, throughput, user_errors)
 
 
 def main() -> None:
-    params = start(distributed=True)
+    params = start(distributed=True, seed=lambda p: replicate(p, replicate_arg()).seed)
+    rep = replicate(params, replicate_arg())
     import torch
 
     from pipeline.dist import finish, is_main, share_checkpoints
@@ -24,12 +27,13 @@ def main() -> None:
     f = params.finetune
     with user_errors():
         device = resolve_device(params.device)
-        checkpoints = share_checkpoints(for_stage("finetune", params, device, inputs=[DUAL_CKPT]))
-        model, extra = load_checkpoint(DUAL_CKPT, expect=model_spec(params))
+        # the key hashes the replicate's dual.pt, which records its seed: replicates never share a checkpoint
+        checkpoints = share_checkpoints(for_stage("finetune", params, device, inputs=[rep.dual_ckpt]))
+        model, extra = load_checkpoint(rep.dual_ckpt, expect=model_spec(params))
         model.to(device)
         test_loader = loader(params, "test", train=False)
         before = predict(model, test_loader, device, desc="test before")
-        with live("reports/finetune") as lv:
+        with live(str(rep.live_dir)) as lv:
             def on_epoch(epoch: int, metrics: dict) -> None:
                 for name, value in metrics.items():
                     lv.log_metric(name, value)
@@ -38,7 +42,7 @@ def main() -> None:
                       flush=True)
 
             checkpoints.replay(lv)  # the resumed epochs' metrics, as first logged
-            train_loader = loader(params, "train", train=True, workers=f.workers)
+            train_loader = loader(params, "train", train=True, workers=f.workers, seed=rep.seed)
             with throughput("finetune", len(train_loader.dataset) * epochs_to_run(f.epochs, checkpoints), device):
                 trained = finetune_sigmoid_head(
                     model, train_loader, device, epochs=f.epochs, lr=params.finetune_lr,
@@ -57,16 +61,17 @@ def main() -> None:
             raise SystemExit(1)
         if not is_main():  # distributed: rank 0 alone writes; the others wait for it
             return finish()
-        write_json(REPORTS / "classification.json", {
-            **result, "backbone": params.backbone, "family": params.family, "dataset": params.dataset,
-            "head_init": f.head_init,
+        write_json(rep.classification, {
+            **result, "backbone": params.backbone, "family": params.family, "dataset": params.dataset, "replicate": rep.index,
+            "finetune_seed": rep.seed, "head_init": f.head_init,
             "bn_mode": f.bn_mode, "trained_parameters": trained, "num_test_images": len(after.labels)})
         model.cpu()
-        save_checkpoint(model, FINETUNED_CKPT, stage="finetune", head_init=f.head_init, bn_mode=f.bn_mode)
+        save_checkpoint(model, rep.finetuned_ckpt, stage="finetune", head_init=f.head_init, bn_mode=f.bn_mode,
+                        finetune_seed=rep.seed)
         checkpoints.clear()
     check_params()
     print(f"finetune: Top-1 Cls softmax {result['top1_cls_softmax']:.2f}% (unchanged, bit-identical logits), "
-          f"sigmoid {result['top1_cls_sigmoid']:.2f}% -> {FINETUNED_CKPT}")
+          f"sigmoid {result['top1_cls_sigmoid']:.2f}% -> {rep.finetuned_ckpt}")
     finish()
 
 

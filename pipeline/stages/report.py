@@ -10,7 +10,7 @@ the test CAMs and the prepared ground truth, and writes
 import json
 import shutil
 
-from pipeline.stages.common import CAMS_DIR, REPORTS, check_params, eval_options, start, user_errors
+from pipeline.stages.common import REPORTS, check_params, eval_options, replicate, start, user_errors
 
 
 def main() -> None:
@@ -21,14 +21,15 @@ def main() -> None:
 
     with user_errors():
         reads = {}
+        first = replicate(params)  # the first fine-tuning replicate (every replicate: issue 13)
         for name in ("metrics", "evaluation", "classification"):
-            path = REPORTS / f"{name}.json"
+            path = first.classification if name == "classification" else REPORTS / f"{name}.json"
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing; run the earlier stages first (dvc repro)")
             reads[name] = json.loads(path.read_text())
         prepared = load_prepared(params.prepared_dir(), dataset=params.dataset, num_classes=params.num_classes)
         shutil.rmtree(REPORTS / "figures", ignore_errors=True)
-        sign = build_report(out_dir=REPORTS, plots_dir=REPORTS / "plots", cams=read_cams(CAMS_DIR / "test"),
+        sign = build_report(out_dir=REPORTS, plots_dir=REPORTS / "plots", cams=read_cams(first.cams_dir / "test"),
                             gt=load_ground_truth(params.prepared_dir(), "test"), image_root=prepared.image_root,
                             class_names=prepared.info["class_names"], opts=eval_options(params),
                             gallery_images=params.report.gallery_images, dpi=params.report.dpi, **reads)

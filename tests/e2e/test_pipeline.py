@@ -61,22 +61,22 @@ def test_repro_writes_every_stage_output(repo):
         rows = list(csv.DictReader(fh))
     assert len(rows) == sum(info["counts"].values())  # one exact box per SynthBirds image
     assert all(0 <= int(r["ex0"]) <= int(r["ex1"]) < info["eval_size"] for r in rows)
-    for name in ("baseline", "dual", "finetuned"):
+    for name in ("baseline", "replicate_0/dual", "replicate_0/finetuned"):
         assert (repo / f"data/models/{name}.pt").stat().st_size > 1000
-    cls = json.loads((repo / "reports/classification.json").read_text())
+    cls = json.loads((repo / "reports/finetune/replicate_0/classification.json").read_text())
     assert cls["softmax_logits_identical"] is True
     assert cls["trained_parameters"] == ["head2.weight", "head2.bias"]
     baseline = json.loads((repo / "reports/baseline/metrics.json").read_text())
     assert baseline["test"]["top1_cls"] == pytest.approx(cls["top1_cls_softmax"])
-    assert (repo / "reports/finetune/plots/metrics/train/bce.tsv").is_file()
+    assert (repo / "reports/finetune/replicate_0/plots/metrics/train/bce.tsv").is_file()
     assert (repo / "dvc.lock").is_file()
-    assert sorted(p.name for p in (repo / "data/cams").iterdir()) == ["test", "val"]
-    manifest = json.loads((repo / "data/cams/test/manifest.json").read_text())
+    assert sorted(p.name for p in (repo / "data/cams/replicate_0").iterdir()) == ["test", "val"]
+    manifest = json.loads((repo / "data/cams/replicate_0/test/manifest.json").read_text())
     assert manifest["images"] == info["counts"]["test"]
     assert manifest["variants"] == ["cam", "gradcam", "gradcampp", "xgradcam", "layercam"]
     assert manifest["branches"] == ["softmax", "sigmoid"]
     assert sum(s["images"] for s in manifest["shards"]) == manifest["images"]
-    assert len(list((repo / "data/cams/test").glob("shard_*.npy"))) == len(manifest["shards"])
+    assert len(list((repo / "data/cams/replicate_0/test").glob("shard_*.npy"))) == len(manifest["shards"])
     assert manifest["targets"] == ["gt", "pred"]
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert metrics["top1_cls"] == pytest.approx(cls["top1_cls_softmax"])
@@ -112,14 +112,14 @@ def test_report_has_the_table_figures_and_sign_diagnostics(repo):
         assert f"figures/{name}" in readme
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     files = next(iter(shown.values()))["data"]
-    assert {"reports/metrics.json", "reports/sign.json", "reports/classification.json"} <= set(files)
+    assert {"reports/metrics.json", "reports/sign.json", "reports/finetune/replicate_0/classification.json"} <= set(files)
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
     assert {"box_accuracy_iou30", "box_accuracy_iou50", "box_accuracy_iou70", "pixel_precision_recall",
             "reports/figures/threshold_curves.png"} <= set(plots)
 
 
 def manifest_variants(repo: Path) -> list[str]:
-    return json.loads((repo / "data/cams/test/manifest.json").read_text())["variants"]
+    return json.loads((repo / "data/cams/replicate_0/test/manifest.json").read_text())["variants"]
 
 
 def test_second_repro_is_up_to_date_and_changes_no_byte(repo):
@@ -161,9 +161,9 @@ def test_bad_param_fails_fast_with_message(repo):
     finally:
         params_file.write_text(original)
     # validate failed before any other stage ran: nothing was removed, nothing reruns.
-    assert "Running stage 'validate'" in proc.stdout and "Running stage 'finetune'" not in proc.stdout
+    assert "Running stage 'validate'" in proc.stdout and "Running stage 'finetune" not in proc.stdout
     restored = run(["dvc", "repro"], repo)
-    assert "Stage 'finetune' didn't change, skipping" in restored.stdout
+    assert "Stage 'finetune@0' didn't change, skipping" in restored.stdout
     assert restored.stdout.count("Running stage") == 1 and "Running stage 'validate'" in restored.stdout
 
 
@@ -184,7 +184,7 @@ def test_going_back_to_a_configuration_restores_from_the_run_cache(repo):
     finally:
         params_file.write_text(original)
     back = run(["dvc", "repro"], repo)
-    for stage in ("baseline", "clone_head", "finetune", "cams"):
+    for stage in ("baseline", "clone_head@0", "finetune@0", "cams@0"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in back.stdout, back.stdout
         assert f"Running stage '{stage}'" not in back.stdout
     assert digest_tree(repo / "data", repo / "reports") == before

@@ -1,0 +1,63 @@
+"""Fine-tuning replicates on the real DVC (smoke sizes, a temporary copy of the repository): each replicate's
+stages are cached on their own, adding one runs only its stages, and `dvc exp run -S finetune.seed=7` reruns
+nothing before clone_head."""
+import json
+import re
+import sys
+
+import pytest
+import yaml
+from tests.e2e.test_pipeline import run
+from tests.project import copy_project, digests
+
+pytestmark = pytest.mark.e2e
+
+
+def ran(stdout: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", stdout))
+
+
+def commit(repo, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
+
+
+def test_replicates_are_cached_on_their_own_and_finetune_seed_reruns_only_from_clone_head(tmp_path):
+    """Targets `cams` (evaluate and report add minutes and nothing to what is checked); the issue's literal
+    command is checked on the whole pipeline with `dvc status`, then run up to cams."""
+    repo = copy_project(tmp_path)
+    run(["git", "init", "-q"], repo)
+    run([sys.executable, "-m", "pipeline.params", "apply", "configs/smoke.yaml"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    seed = params["finetune"]["seed"]
+    params["finetune"]["replicates"] = [0]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    commit(repo, "smoke, one replicate")  # DVCLive needs a commit
+    first = run(["dvc", "repro", "cams"], repo)
+    assert {"baseline", "clone_head@0", "finetune@0", "cams@0"} <= ran(first.stdout)
+    before = digests(repo, "data/models", "data/cams")
+
+    # (b) a second replicate: only its stages run; the first's files stay
+    params["finetune"]["replicates"] = [0, 1]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    added = run(["dvc", "repro", "cams"], repo)
+    assert ran(added.stdout) == {"clone_head@1", "finetune@1", "cams@1"}, added.stdout
+    after = digests(repo, "data/models", "data/cams")
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert any(k.startswith("data/cams/replicate_1/test/") for k in after)
+    assert after["data/models/replicate_0/finetuned.pt"] != after["data/models/replicate_1/finetuned.pt"]
+    cls = [json.loads((repo / f"reports/finetune/replicate_{k}/classification.json").read_text()) for k in (0, 1)]
+    assert [c["finetune_seed"] for c in cls] == [seed, seed + 1]
+
+    # (a) the issue's check: a new first fine-tuning seed reruns clone_head onwards only
+    commit(repo, "smoke, two replicates")
+    params["finetune"]["seed"] = 7  # what -S finetune.seed=7 writes; dvc status over the whole pipeline
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
+    assert changed - {"evaluate", "report"} == {f"{s}@{k}" for s in ("clone_head", "finetune", "cams") for k in (0, 1)}
+    run(["git", "checkout", "params.yaml"], repo)
+    exp = run(["dvc", "exp", "run", "-S", "finetune.seed=7", "cams"], repo)
+    assert ran(exp.stdout) == {f"{s}@{k}" for s in ("clone_head", "finetune", "cams") for k in (0, 1)}, exp.stdout
+    cls = json.loads((repo / "reports/finetune/replicate_1/classification.json").read_text())
+    assert cls["finetune_seed"] == 8
+    assert digests(repo, "data/models/baseline.pt") == {"data/models/baseline.pt": before["data/models/baseline.pt"]}

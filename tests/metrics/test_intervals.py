@@ -1,0 +1,220 @@
+"""pipeline/metrics/intervals.py against known answers and an independent loop-over-replicates bootstrap."""
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+
+from pipeline.metrics.intervals import (METRICS, IntervalAccumulator, count_matrix, pxap_rows, resample_indices,
+                                        verdict)
+from pipeline.metrics.masks import MaskEvaluator
+
+IOUS = (30, 50, 70)
+
+
+def box(rng, n, n_thr=20, p=0.5, shift=None):
+    """Random per-image outcomes; `shift` (n,) bool forces those images correct everywhere."""
+    multi = rng.random((n, 3, n_thr)) < p
+    single = multi & (rng.random((n, 3, n_thr)) < 0.8)
+    gt_known = rng.random(n) < p
+    top1 = gt_known & (rng.random(n) < 0.7)
+    if shift is not None:
+        multi[shift] = single[shift] = True
+        gt_known[shift] = top1[shift] = True
+    return NS(per_image_multi=multi, per_image_single=single, per_image_gt_known=gt_known, per_image_top1_loc=top1)
+
+
+def mask(rng, n, bins=12):
+    return NS(per_image_fg_hist=rng.integers(0, 5, (n, bins)), per_image_bg_hist=rng.integers(0, 5, (n, bins)))
+
+
+def fidelity(rng, n):
+    return NS(avg_drop_terms=rng.random(n), inc_conf_flags=rng.random(n) < 0.3)
+
+
+def feed(acc, seed, variant, soft, sig, *, protocol="clean"):
+    on_result = acc.callback(seed)
+    for branch, parts in (("softmax", soft), ("sigmoid", sig)):
+        for split, (b, m, f) in parts.items():
+            on_result((protocol, variant, branch, split), b, m, f)
+
+
+def dataset(rng, n_test=60, n_val=25):
+    return {"test": (box(rng, n_test), mask(rng, n_test), fidelity(rng, n_test)), "val": (box(rng, n_val), None, None)}
+
+
+def rows_by_metric(acc):
+    return {r["metric"]: r for r in acc.table()}
+
+
+def test_identical_branches_give_zero_delta_and_an_interval_containing_zero():
+    rng = np.random.default_rng(0)
+    acc = IntervalAccumulator(resamples=200, seed=3)
+    for seed in (0, 1, 2):
+        data = dataset(rng)
+        feed(acc, seed, "cam", data, data)
+    rows = rows_by_metric(acc)
+    assert list(rows) == list(METRICS)
+    for r in rows.values():
+        assert r["delta"] == 0.0 and r["low"] == 0.0 and r["high"] == 0.0 and r["half_width"] == 0.0
+        assert r["verdict"] == "no detectable difference" and r["seeds"] == [0, 1, 2]
+
+
+def test_a_planted_shift_is_found_with_the_right_sign():
+    rng = np.random.default_rng(1)
+    acc = IntervalAccumulator(resamples=300, seed=0)
+    n_test, n_val = 400, 150
+    for seed in (0, 1):
+        soft_test, soft_val = box(rng, n_test, p=0.4), box(rng, n_val, p=0.4)
+        # the sigmoid branch: the same outcomes plus 10% more images correct (a different 10% on val and test)
+        extra_t, extra_v = rng.random(n_test) < 0.1, rng.random(n_val) < 0.1
+        sig_test, sig_val = (NS(**{k: v.copy() for k, v in vars(b).items()}) for b in (soft_test, soft_val))
+        for b, extra in ((sig_test, extra_t), (sig_val, extra_v)):
+            b.per_image_multi[extra] = b.per_image_single[extra] = True
+            b.per_image_gt_known[extra] = b.per_image_top1_loc[extra] = True
+        terms = rng.random(n_test)
+        soft_f = NS(avg_drop_terms=terms, inc_conf_flags=np.zeros(n_test, bool))
+        sig_f = NS(avg_drop_terms=terms * 0.5, inc_conf_flags=extra_t)  # sigmoid: lower drop, more increases
+        feed(acc, seed, "cam", {"test": (soft_test, None, soft_f), "val": (soft_val, None, None)},
+             {"test": (sig_test, None, sig_f), "val": (sig_val, None, None)})
+    rows = rows_by_metric(acc)
+    assert "pxap" not in rows
+    for metric in ("maxboxacc_v2", "maxboxacc_iou50", "gt_known_loc", "top1_loc", "inc_conf"):
+        assert rows[metric]["low"] > 0 and rows[metric]["verdict"] == "sigmoid better", rows[metric]
+    assert 4 < rows["gt_known_loc"]["delta"] < 8  # 10% more correct, of the 60% the softmax branch missed
+    assert rows["avg_drop"]["high"] < 0 and rows["avg_drop"]["verdict"] == "sigmoid better"
+
+
+def test_verdict_rules():
+    assert verdict(0.1, 2.0, "maxboxacc_v2") == "sigmoid better"
+    assert verdict(-2.0, -0.1, "maxboxacc_v2") == "sigmoid worse"
+    assert verdict(-2.0, 0.0, "maxboxacc_v2") == "no detectable difference"
+    assert verdict(0.1, 2.0, "avg_drop") == "sigmoid worse"
+    assert verdict(-2.0, -0.1, "avg_drop") == "sigmoid better"
+
+
+def test_count_matrix_matches_choice_and_pxap_matches_the_mask_evaluator():
+    idx = resample_indices(5, 0, 7, 4)
+    rng = np.random.default_rng([5, 0])
+    assert np.array_equal(idx, np.stack([rng.choice(7, size=7) for _ in range(4)]))
+    w = count_matrix(idx)
+    assert w.shape == (5, 7) and (w.sum(axis=1) == 7).all() and (w[-1] == 1).all()
+    assert np.array_equal(w[2], np.bincount(idx[2], minlength=7))
+    ev = MaskEvaluator(grid="wsol")
+    rng = np.random.default_rng(2)
+    scores = rng.random((3, 8, 8))
+    fg = rng.random((3, 8, 8)) < 0.3
+    ev.accumulate(scores, fg, np.zeros_like(fg))
+    res = ev.compute()
+    assert pxap_rows(res.fg_hist[None].astype(float), res.bg_hist[None].astype(float))[0] == pytest.approx(res.pxap,
+                                                                                                         abs=1e-9)
+
+
+def brute_force(data_by_seed, resamples, seed):
+    """An independent bootstrap: a loop over replicates, indexing the images drawn by np.random choice."""
+    rng_t, rng_v = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
+    seeds = sorted(data_by_seed)
+    seed_draw = np.random.default_rng([seed, 2]).integers(0, len(seeds), size=(resamples, len(seeds)))
+    n_test = len(data_by_seed[seeds[0]]["softmax"]["test"][0].per_image_gt_known)
+    n_val = len(data_by_seed[seeds[0]]["softmax"]["val"][0].per_image_gt_known)
+    out = {m: np.zeros(resamples) for m in ("maxboxacc_v2", "maxboxacc", "gt_known_loc", "pxap", "avg_drop")}
+    for r in range(resamples):
+        it, iv = rng_t.choice(n_test, size=n_test), rng_v.choice(n_val, size=n_val)
+        per_seed = {m: [] for m in out}
+        for s in seeds:
+            value = {}
+            for branch in ("softmax", "sigmoid"):
+                (bt, mt, ft), (bv, _, _) = data_by_seed[s][branch]["test"], data_by_seed[s][branch]["val"]
+                accs = []
+                for k in range(3):
+                    j = int(np.argmax(bv.per_image_multi[iv, k].sum(axis=0)))
+                    accs.append(100 * bt.per_image_multi[it, k, j].mean())
+                j = int(np.argmax(bv.per_image_single[iv, 1].sum(axis=0)))
+                value[branch] = {"maxboxacc_v2": np.mean(accs), "maxboxacc": 100 * bt.per_image_single[it, 1, j].mean(),
+                                 "gt_known_loc": 100 * bt.per_image_gt_known[it].mean(),
+                                 "avg_drop": 100 * ft.avg_drop_terms[it].mean()}
+                value[branch]["pxap"] = pxap_reference(mt.per_image_fg_hist[it].sum(axis=0),
+                                                       mt.per_image_bg_hist[it].sum(axis=0))
+            for m in out:
+                per_seed[m].append(value["sigmoid"][m] - value["softmax"][m])
+        for m in out:
+            out[m][r] = np.mean([per_seed[m][i] for i in seed_draw[r]])
+    return out
+
+
+def pxap_reference(fg, bg):
+    """PxAP from METHOD.md 4.5 written out as a loop over cut points."""
+    positives = fg.sum()
+    total, prev_recall, tp, fp = 0.0, 0.0, 0, 0
+    for j, (f, b) in enumerate(zip(fg[::-1], bg[::-1])):
+        tp, fp = tp + f, fp + b
+        recall = tp / positives
+        if j > 0 and tp + fp > 0:
+            total += tp / (tp + fp) * (recall - prev_recall)
+        prev_recall = recall
+    return 100 * total
+
+
+def test_matches_an_independent_brute_force_bootstrap():
+    rng = np.random.default_rng(7)
+    data = {s: {b: dataset(rng, n_test=40, n_val=15) for b in ("softmax", "sigmoid")} for s in (0, 4, 9)}
+    acc = IntervalAccumulator(resamples=60, seed=11)
+    for s in (9, 0, 4):  # any order of seeds
+        feed(acc, s, "gradcam", data[s]["softmax"], data[s]["sigmoid"])
+    rows = rows_by_metric(acc)
+    reference = brute_force(data, 60, 11)
+    for metric, values in reference.items():
+        low, high = np.percentile(values, [2.5, 97.5])
+        assert rows[metric]["low"] == pytest.approx(low, abs=1e-5), metric
+        assert rows[metric]["high"] == pytest.approx(high, abs=1e-5), metric
+
+
+def test_same_seed_same_numbers_other_seed_other_draws_and_test_mode():
+    rng = np.random.default_rng(3)
+    data = {b: dataset(rng) for b in ("softmax", "sigmoid")}
+    tables = []
+    for seed in (1, 1, 2):
+        acc = IntervalAccumulator(resamples=100, seed=seed)
+        feed(acc, 0, "cam", data["softmax"], data["sigmoid"])
+        tables.append(acc.table())
+    assert tables[0] == tables[1] and tables[0] != tables[2]
+    assert [r["delta"] for r in tables[0]] == [r["delta"] for r in tables[2]]  # the point estimate has no draw
+    oracle = IntervalAccumulator(resamples=50, seed=0, threshold_split="test")
+    feed(oracle, 0, "cam", data["softmax"], data["sigmoid"])  # val results are ignored
+    row = rows_by_metric(oracle)["maxboxacc_iou50"]
+    best = [100 * data[b]["test"][0].per_image_multi[:, 1].mean(axis=0).max() for b in ("softmax", "sigmoid")]
+    assert row["delta"] == pytest.approx(best[1] - best[0], abs=1e-6)
+
+
+def test_missing_and_duplicate_results_are_errors():
+    rng = np.random.default_rng(4)
+    data = dataset(rng)
+    acc = IntervalAccumulator(resamples=10)
+    acc.add(0, ("clean", "cam", "softmax", "test"), *data["test"])
+    with pytest.raises(ValueError, match="came twice"):
+        acc.add(0, ("clean", "cam", "softmax", "test"), *data["test"])
+    with pytest.raises(ValueError, match="results missing for: clean/cam/softmax seed 0: val"):
+        acc.table()
+    with pytest.raises(ValueError, match="same images"):
+        acc.add(0, ("clean", "cam", "sigmoid", "test"), *dataset(rng, n_test=10)["test"])
+    with pytest.raises(ValueError, match="branch 'head'"):
+        acc.add(0, ("clean", "cam", "head", "test"), *data["test"])
+
+
+def test_coverage_on_a_simulated_null_is_about_95_percent():
+    """200 simulated datasets with a known true delta of 0 (both branches draw outcomes from the same
+    probabilities): about 95% of the intervals contain it (binomial sd at 200: 1.5 points)."""
+    rng = np.random.default_rng(12)
+    covered = 0
+    n, trials = 150, 200
+    p = rng.uniform(0.2, 0.8, n)  # per-image difficulty shared by both branches
+    for t in range(trials):
+        acc = IntervalAccumulator(resamples=200, seed=t, threshold_split="test")
+        on_result = acc.callback(0)
+        for branch in ("softmax", "sigmoid"):
+            known = rng.random(n) < p
+            b = NS(per_image_multi=np.repeat(known[:, None, None], 3, axis=1).repeat(2, axis=2),
+                   per_image_single=np.zeros((n, 3, 2), bool), per_image_gt_known=known, per_image_top1_loc=known)
+            on_result(("clean", "cam", branch, "test"), b, None, None)
+        row = rows_by_metric(acc)["gt_known_loc"]
+        covered += row["low"] <= 0 <= row["high"]
+    assert 0.90 <= covered / trials <= 0.99, covered
