@@ -331,7 +331,7 @@ def test_every_key_a_stage_declares_exists_in_the_resolved_params(base, dataset,
     r = resolved(validate({**base, "dataset": dataset, "backbone": backbone}))
     declared = 0
     for name, stage in DVC_STAGES.items():
-        for entry in stage.get("params", []):
+        for entry in stage.get("do", stage).get("params", []):  # a foreach stage's definition is under `do`
             if isinstance(entry, dict) and RESOLVED_FILE.as_posix() in entry:
                 for key in entry[RESOLVED_FILE.as_posix()]:
                     node = r

@@ -33,8 +33,8 @@ For one key (protocol, variant, branch, split) and one fine-tuning seed:
   `per_image_top1_loc` (n,) bool;
 * mask result (or None): `per_image_fg_hist`, `per_image_bg_hist` (n, n_bins) int64, PxAP as METHOD.md 4.5
   from the (resampled) summed histograms;
-* fidelity result (or None): `avg_drop_terms` (n,) float64, the per-image max(0, Y-O)/Y (Average Drop = 100 x
-  their mean), and `inc_conf_flags` (n,) bool (Increase in Confidence = 100 x their mean).
+* fidelity result (or None): `avg_drop_terms` (n,) float64, the per-image 100 max(0, Y-O)/Y (Average Drop = their
+  mean), and `inc_conf_flags` (n,) bool (Increase in Confidence = 100 x their mean).
 Only test results give metrics; val results give the threshold choice. Results may come in any order; the
 val and test results of a (protocol, variant, branch, seed) are reduced to per-replicate numbers as soon as
 both are in, so memory holds R numbers per metric, not the outcome arrays.
@@ -173,8 +173,8 @@ class IntervalAccumulator:
                 sums["fg"] = w64 @ np.asarray(mask_result.per_image_fg_hist, dtype=np.float64)
                 sums["bg"] = w64 @ np.asarray(mask_result.per_image_bg_hist, dtype=np.float64)
             if fidelity_result is not None:
-                sums["avg_drop"] = w64 @ np.asarray(fidelity_result.avg_drop_terms, dtype=np.float64)
-                sums["inc_conf"] = w64 @ np.asarray(fidelity_result.inc_conf_flags, dtype=np.float64)
+                sums["avg_drop"] = w64 @ np.asarray(_field(fidelity_result, "avg_drop_terms"), dtype=np.float64)
+                sums["inc_conf"] = w64 @ np.asarray(_field(fidelity_result, "inc_conf_flags"), dtype=np.float64)
         pending = self._pending.setdefault(ident, _Pending())
         if getattr(pending, split) is not None:
             raise ValueError(f"key {key}, seed {seed}: this result came twice")
@@ -205,9 +205,10 @@ class IntervalAccumulator:
         out["top1_loc"] = 100.0 * test["top1_loc"].astype(np.float64) / n
         if "fg" in test:
             out["pxap"] = pxap_rows(test["fg"], test["bg"])
-        for name in ("avg_drop", "inc_conf"):
-            if name in test:
-                out[name] = 100.0 * test[name] / n
+        if "avg_drop" in test:  # the terms are already percentages: 100 max(0, Y - O) / Y
+            out["avg_drop"] = test["avg_drop"] / n
+        if "inc_conf" in test:
+            out["inc_conf"] = 100.0 * test["inc_conf"] / n
         return out
 
     # ------------------------------------------------------------------------------------------- output
@@ -252,6 +253,12 @@ class IntervalAccumulator:
         return rows
 
 
+def _field(result, name: str):
+    """A per-image array of a result given as an object (attribute) or as a mapping (the evaluator's fidelity
+    dict)."""
+    return result[name] if isinstance(result, dict) else getattr(result, name)
+
+
 def _first_seen(values: dict, pv: tuple) -> int:
     variants = list(dict.fromkeys(v for (p, v, _, _) in values if p == pv[0]))
     return variants.index(pv[1])
@@ -270,3 +277,13 @@ def verdict(low: float, high: float, metric: str) -> str:
     if high < 0:
         return "sigmoid better" if metric in LOWER_IS_BETTER else "sigmoid worse"
     return "no detectable difference"
+
+
+def interval_metrics(rows: list[dict]) -> dict:
+    """The table as nested metrics, metrics[protocol][variant][metric] = {delta, low, high, half_width, verdict}
+    (for reports/metrics.json, so `dvc metrics show/diff` and `dvc exp show` carry every interval)."""
+    out: dict = {}
+    for row in rows:
+        out.setdefault(row["protocol"], {}).setdefault(row["variant"], {})[row["metric"]] = {
+            k: row[k] for k in ("delta", "low", "high", "half_width", "verdict")}
+    return out

@@ -2,13 +2,17 @@
 
 Reads data/cams/<split>/ and the prepared GT tables, applies the evaluation-time post-processing
 (`evaluate.*` params: changing them reruns only this stage), and writes
-  reports/metrics.json                     every variant x branch (DVC metrics, canonical JSON)
+  reports/metrics.json                     every variant x branch (DVC metrics, canonical JSON), and under
+                                           "intervals" every sigmoid-minus-softmax delta with its 95% interval
+  reports/intervals.json                   the interval table row by row (the report's source)
   reports/evaluation.json                  which official-code options were used
   reports/plots/box_accuracy/<v>_<b>.csv   box accuracy against CAM threshold: one column per IoU (all
                                            contours) and the largest contour at IoU 50
   reports/plots/pixel_pr/<v>_<b>.csv       pixel precision-recall curve (datasets with masks)
 metrics.json holds the headline protocol (`evaluate.postprocess`) at metrics[variant][branch] and every further
-protocol of `evaluate.protocols` at metrics["protocols"][name][variant][branch]. Evaluation's only parallelism:
+protocol of `evaluate.protocols` at metrics["protocols"][name][variant][branch]. Every fine-tuning replicate
+(`finetune.replicates`) is scored; the per-branch numbers are the first replicate's, the deltas' intervals
+(pipeline/metrics/intervals.py) combine image resampling with every replicate. Evaluation's only parallelism:
 with `distributed.nproc` > 1 the ranks share the distinct map sets and rank 0 writes the same bytes.
 """
 
@@ -23,12 +27,13 @@ def main() -> None:
     import shutil
     import time
 
-    from pipeline.cams.engine import BRANCHES, VARIANTS
+    from pipeline.cams.engine import BRANCHES
     from pipeline.cams.store import read_cams
     from pipeline.data.prepare import load_ground_truth
     from pipeline.dist import finish, is_main, map_shares
     from pipeline.io import write_json, write_text
     from pipeline.metrics.evaluate import evaluate_all
+    from pipeline.metrics.intervals import IntervalAccumulator, interval_metrics
     from pipeline.models.dual import load_checkpoint
     from pipeline.train.loops import resolve_device
 
@@ -37,27 +42,43 @@ def main() -> None:
     opts = eval_options(params)
     splits = ["test"] + (["val"] if e.threshold_split == "val" else [])
     with user_errors():
-        first = replicate(params)  # the first fine-tuning replicate (every replicate: issue 13)
-        cams = {s: read_cams(first.cams_dir / s) for s in splits}
+        reps = [replicate(params, k) for k in params.finetune.replicates]
+        first = reps[0]
         gts = {s: load_ground_truth(params.prepared_dir(), s) for s in splits}
         model = batches = None
-        if e.fidelity:
+        if e.fidelity:  # the softmax head scores every replicate's maps: it is frozen, the same in all of them
             device = resolve_device(params.device)
             model, _ = load_checkpoint(first.finetuned_ckpt, expect=model_spec(params))
             model.to(device).eval()
             test_loader = loader(params, "test", train=False, batch_size=params.cams.batch_size)
             batches = lambda: iter(test_loader)  # noqa: E731
-        metrics, curves = evaluate_all(cams, gts, opts, model=model, batches=batches,
-                                       fidelity_target=e.fidelity_target, fidelity_size=params.model.input_size,
-                                       progress=lambda text: print(f"evaluate: {text}", flush=True) if is_main()
-                                       else None, map_units=map_shares, show_progress=is_main())
+        intervals = IntervalAccumulator(resamples=e.bootstrap_resamples, seed=e.bootstrap_seed,
+                                        threshold_split=e.threshold_split, iou_thresholds=opts.iou_thresholds)
+        for rep in reps:  # every replicate feeds the intervals; the first one's numbers are the headline
+            cams = {s: read_cams(rep.cams_dir / s) for s in splits}
+            if is_main():
+                print(f"evaluate: replicate {rep.index} (fine-tuning seed {rep.seed}), {rep.cams_dir}", flush=True)
+            result = evaluate_all(cams, gts, opts, model=model, batches=batches,
+                                  fidelity_target=e.fidelity_target, fidelity_size=params.model.input_size,
+                                  progress=lambda text: print(f"evaluate: {text}", flush=True) if is_main()
+                                  else None, map_units=map_shares, show_progress=is_main(),
+                                  on_result=intervals.callback(rep.index))
+            if rep is first:
+                metrics, curves = result
+                first_cams = cams
+        table = intervals.table()
+    cams = first_cams
+    metrics["intervals"] = interval_metrics(table)
     if not is_main():  # distributed: every rank has every pair's results; rank 0 alone writes
         return finish()
     write_json(REPORTS / "metrics.json", metrics)
+    write_json(REPORTS / "intervals.json", {"rows": table})
     write_json(REPORTS / "evaluation.json", {
         "dataset": params.dataset, "backbone": params.backbone, "split": "test",
         "images": cams["test"].manifest["images"], "preset": params.preset, "head_init": params.finetune.head_init,
-        "bn_mode": params.finetune.bn_mode, **{k: getattr(e, k) for k in (
+        "bn_mode": params.finetune.bn_mode, "replicates": [r.index for r in reps],
+        "finetune_seeds": [r.seed for r in reps], "bootstrap_resamples": e.bootstrap_resamples,
+        "bootstrap_seed": e.bootstrap_seed, **{k: getattr(e, k) for k in (
             "postprocess", "protocols", "weight_clamp", "relu", "upsample", "threshold_grid", "threshold_split",
             "gt_box_match", "loc_threshold", "fidelity", "fidelity_target")}})
     shutil.rmtree(PLOTS, ignore_errors=True)
@@ -70,13 +91,13 @@ def main() -> None:
             precision, recall = c["pr"]
             rows = [f"{r:.6f},{p:.6f}" for p, r in zip(precision, recall)]
             write_text(PLOTS / "pixel_pr" / f"{variant}_{branch}.csv", "\n".join(["recall,precision", *rows]) + "\n")
-    best = max(((v, b) for v in VARIANTS for b in BRANCHES), key=lambda vb: metrics[vb[0]][vb[1]]["maxboxacc_v2"])
+    best = max(((v, b) for v in cams["test"].manifest["variants"] for b in BRANCHES), key=lambda vb: metrics[vb[0]][vb[1]]["maxboxacc_v2"])
     print(f"evaluate: Top-1 Cls {metrics['top1_cls']:.2f}%; best MaxBoxAccV2 {metrics[best[0]][best[1]]['maxboxacc_v2']:.2f}"
           f" ({best[0]}, {best[1]} branch) -> {REPORTS / 'metrics.json'}")
-    n_images = sum(len(c.index) for c in cams.values())
+    n_images = len(reps) * sum(len(c.index) for c in cams.values())
     seconds = time.perf_counter() - began
     print(f"evaluate: {seconds:.1f} s for {n_images} images ({1e3 * seconds / n_images:.1f} ms per image, "
-          f"{len(cams['test'].index)} test), every protocol and metric included", flush=True)
+          f"{len(cams['test'].index)} test x {len(reps)} replicate(s)), every protocol, metric and interval included", flush=True)
     check_params()
     finish()
 

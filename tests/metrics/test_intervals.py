@@ -131,7 +131,7 @@ def brute_force(data_by_seed, resamples, seed):
                 j = int(np.argmax(bv.per_image_single[iv, 1].sum(axis=0)))
                 value[branch] = {"maxboxacc_v2": np.mean(accs), "maxboxacc": 100 * bt.per_image_single[it, 1, j].mean(),
                                  "gt_known_loc": 100 * bt.per_image_gt_known[it].mean(),
-                                 "avg_drop": 100 * ft.avg_drop_terms[it].mean()}
+                                 "avg_drop": ft.avg_drop_terms[it].mean()}
                 value[branch]["pxap"] = pxap_reference(mt.per_image_fg_hist[it].sum(axis=0),
                                                        mt.per_image_bg_hist[it].sum(axis=0))
             for m in out:
