@@ -21,6 +21,7 @@ from pipeline.io import write_json, write_text
 from pipeline.metrics.boxes import box_iou, largest_contour_box
 from pipeline.metrics.evaluate import EvalOptions, check_alignment, postprocess_options
 from pipeline.report import figures, tables
+from pipeline.report.forest import forest
 from pipeline.report.sign import box_union, sign_diagnostics, signed_maps
 
 FIGURES = {
@@ -115,9 +116,41 @@ GRAD_FAMILY_NOTE = ("This is a gradient-family model: CAM is not computed (n/a a
                     "linear head they agree (METHOD.md 3.3).")
 
 
+def intervals_section(rows: Sequence[Mapping], evaluation: Mapping, figure_files: Mapping[str, str]) -> list[str]:
+    """The deltas with their intervals: the forest figure, the headline protocol's table, the protocol
+    ablation and the power (half-widths)."""
+    headline = evaluation["postprocess"]
+    seeds = rows[0]["seeds"]
+    return [
+        "## Is the sigmoid branch better? Deltas with 95% intervals",
+        "",
+        f"Sigmoid \u2212 softmax for every metric, with a 95% interval from a paired bootstrap over test images "
+        f"({rows[0]['resamples']} resamples; MaxBoxAcc thresholds re-chosen on resampled "
+        f"{evaluation['threshold_split']} images) nested with a bootstrap over the {len(seeds)} fine-tuning "
+        f"seed(s) {seeds} (pipeline/metrics/intervals.py). The delta is the mean over seeds; the branch columns "
+        "too. Verdict: the interval lies above zero (sigmoid better; below zero for Avg Drop), below it "
+        "(sigmoid worse), or contains it (no detectable difference at 95%).",
+        "",
+        f"![deltas with their intervals](figures/{figure_files['forest']})",
+        "",
+        f"**Headline protocol `{headline}`**",
+        "",
+        tables.intervals_markdown(rows, headline),
+        "**Protocol ablation** (the same maps under each post-processing protocol): `official` is the official "
+        "code's rule (clamp, ReLU and upsampling differ between the branches); `official_symmetric` applies the "
+        "sigmoid branch's official rule to both branches, so `official` minus `official_symmetric` is the "
+        "post-processing asymmetry and `official_symmetric` the branch itself under the official rule.",
+        "",
+        tables.ablation_markdown(rows),
+        "**Power**: the half-width of the interval is the smallest effect this run can tell from noise.",
+        "",
+        tables.power_markdown(rows, headline),
+    ]
+
+
 def report_markdown(frame, sign: Mapping, evaluation: Mapping, classification: Mapping,
                     figure_files: Mapping[str, str], variants: Sequence[str] | None = None,
-                    family: str = registry.DEFAULT_FAMILY) -> str:
+                    family: str = registry.DEFAULT_FAMILY, intervals: Sequence[Mapping] | None = None) -> str:
     """reports/README.md: the tables, the options, the sign diagnostics and the figures with how to read them.
 
     `variants`: the run's variants (one gallery each; default: the family's)."""
@@ -136,6 +169,7 @@ def report_markdown(frame, sign: Mapping, evaluation: Mapping, classification: M
         "**Options used**",
         "",
         tables.options_markdown(evaluation, classification),
+        *(intervals_section(intervals, evaluation, figure_files) if intervals else []),
         "## Sign diagnostics",
         "",
         "Raw signed maps of the ground-truth class (before ReLU, clamp or normalisation): the share of the map's "
@@ -177,7 +211,7 @@ def report_markdown(frame, sign: Mapping, evaluation: Mapping, classification: M
 
 def build_report(*, out_dir: Path, metrics: Mapping, evaluation: Mapping, classification: Mapping,
                  plots_dir: Path, cams: CamSet, gt: GroundTruth, image_root: Path, class_names: Sequence[str],
-                 opts: EvalOptions, gallery_images: int, dpi: int) -> dict:
+                 opts: EvalOptions, gallery_images: int, dpi: int, intervals: Sequence[Mapping] | None = None) -> dict:
     """Write README.md, results.csv, sign.json and figures/ under `out_dir`; return the sign diagnostics."""
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
@@ -195,6 +229,9 @@ def build_report(*, out_dir: Path, metrics: Mapping, evaluation: Mapping, classi
                           title=f"Pixel precision-recall: {name}")
     else:
         files.pop("pr_curves")
+    if intervals:
+        files["forest"] = "forest.png"
+        forest(intervals, fig_dir / files["forest"], dpi=dpi, title=f"Sigmoid \u2212 softmax: {name}")
     figures.sign_bars(sign, fig_dir / files["sign"], dpi=dpi, title=f"Sign of the raw maps: {name}")
     indices = gallery_indices(len(gt.image_ids), gallery_images)
     images = load_grid_images(image_root, [gt.image_ids[i] for i in indices], gt.size)
@@ -210,5 +247,5 @@ def build_report(*, out_dir: Path, metrics: Mapping, evaluation: Mapping, classi
     write_text(out_dir / "results.csv", tables.write_csv_text(frame))
     write_json(out_dir / "sign.json", sign)
     write_text(out_dir / "README.md", report_markdown(frame, sign, evaluation, classification, files, variants,
-                                                          family))
+                                                          family, intervals))
     return sign

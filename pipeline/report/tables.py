@@ -9,7 +9,7 @@ have (CAM for the gradient family) is a row of "n/a" with the registry's footnot
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -204,4 +204,72 @@ def options_markdown(evaluation: Mapping, classification: Mapping) -> str:
     ]
     if e.get("fidelity"):
         lines.append(f"- Avg Drop / Inc Conf: maps of the `{e['fidelity_target']}` class, scored by the softmax head.")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Deltas with their 95% intervals (pipeline/metrics/intervals.py rows)
+
+ABLATION_METRICS = ("maxboxacc_v2", "gt_known_loc", "pxap")
+
+
+def _interval(row: Mapping) -> str:
+    return f"{_delta(row['delta'])} [{_delta(row['low'])}, {_delta(row['high'])}]"
+
+
+def _metric_label(key: str) -> str:
+    label = BY_KEY[key].label if key in BY_KEY else key
+    return f"MaxBoxAcc {label}" if key.startswith("maxboxacc_iou") else label
+
+
+def intervals_markdown(rows: Sequence[Mapping], protocol: str) -> str:
+    """One row per (variant, metric) of `protocol`: both branches (means over seeds), the delta with its
+    interval, the half-width (the smallest effect this run detects) and the verdict."""
+    chosen = [r for r in rows if r["protocol"] == protocol]
+    if not chosen:
+        raise ValueError(f"intervals: no rows for protocol '{protocol}'")
+    level = f"{100 * chosen[0]['confidence']:.0f}%"
+    lines = [f"| variant | metric | softmax | sigmoid | \u0394 [{level} interval] | half-width | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for r in chosen:
+        lines.append(f"| {VARIANT_LABELS.get(r['variant'], r['variant'])} | {_metric_label(r['metric'])} | "
+                     f"{_fmt(r['softmax'])} | {_fmt(r['sigmoid'])} | {_interval(r)} | {_fmt(r['half_width'])} | "
+                     f"{r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def ablation_markdown(rows: Sequence[Mapping], metrics: Sequence[str] = ABLATION_METRICS) -> str:
+    """Rows variant x protocol, one column per metric: the delta [interval] and the verdict, so the official
+    protocol's difference reads as post-processing asymmetry (official vs official_symmetric) plus the branch
+    itself (clean / official_symmetric)."""
+    shown = [m for m in metrics if any(r["metric"] == m for r in rows)]
+    by_key = {(r["variant"], r["protocol"], r["metric"]): r for r in rows}
+    pairs = list(dict.fromkeys((r["variant"], r["protocol"]) for r in rows))
+    pairs.sort(key=lambda vp: list(dict.fromkeys(r["variant"] for r in rows)).index(vp[0]))
+    lines = ["| variant | protocol | " + " | ".join(_metric_label(m) for m in shown) + " |",
+             "|---|---|" + "---|" * len(shown)]
+    for variant, protocol in pairs:
+        cells = []
+        for m in shown:
+            r = by_key.get((variant, protocol, m))
+            cells.append(NOT_APPLICABLE if r is None else f"{_interval(r)} {_short_verdict(r['verdict'])}")
+        lines.append(f"| {VARIANT_LABELS.get(variant, variant)} | `{protocol}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _short_verdict(text: str) -> str:
+    return {"sigmoid better": "(better)", "sigmoid worse": "(worse)", "no detectable difference": "(n.s.)"}[text]
+
+
+def power_markdown(rows: Sequence[Mapping], protocol: str) -> str:
+    """The smallest effect the run can detect per metric: the median and the largest half-width over the
+    variants of `protocol`."""
+    chosen = [r for r in rows if r["protocol"] == protocol]
+    metrics = list(dict.fromkeys(r["metric"] for r in chosen))
+    lines = ["| metric | half-width, median over variants | largest |", "|---|---|---|"]
+    for m in metrics:
+        widths = sorted(r["half_width"] for r in chosen if r["metric"] == m)
+        half = len(widths) // 2
+        median = widths[half] if len(widths) % 2 else (widths[half - 1] + widths[half]) / 2
+        lines.append(f"| {_metric_label(m)} | {_fmt(median)} | {_fmt(widths[-1])} |")
     return "\n".join(lines) + "\n"

@@ -27,6 +27,10 @@ def main() -> None:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing; run the earlier stages first (dvc repro)")
             reads[name] = json.loads(path.read_text())
+        intervals_file = REPORTS / "intervals.json"
+        if not intervals_file.is_file():
+            raise FileNotFoundError(f"{intervals_file}: missing; run the evaluate stage first (dvc repro)")
+        reads["intervals"] = json.loads(intervals_file.read_text())["rows"]
         prepared = load_prepared(params.prepared_dir(), dataset=params.dataset, num_classes=params.num_classes)
         shutil.rmtree(REPORTS / "figures", ignore_errors=True)
         sign = build_report(out_dir=REPORTS, plots_dir=REPORTS / "plots", cams=read_cams(first.cams_dir / "test"),

@@ -102,3 +102,32 @@ def test_options_name_every_official_choice():
     clean = options_markdown({**evaluation, "postprocess": "clean", "weight_clamp": "both", "relu": False,
                               "threshold_split": "val"}, cls)
     assert "weight clamp: both branches" in clean and "ReLU: off" in clean and "applied to test" in clean
+
+
+def _row(protocol, variant, metric, delta, low, high, verdict, half=None):
+    return {"protocol": protocol, "variant": variant, "metric": metric, "softmax": 40.0, "sigmoid": 40.0 + delta,
+            "delta": delta, "low": low, "high": high, "half_width": (high - low) / 2 if half is None else half,
+            "verdict": verdict, "seeds": [0, 1, 2], "seed_deltas": [delta] * 3, "resamples": 100,
+            "confidence": 0.95}
+
+
+def test_interval_tables_show_delta_interval_and_verdict():
+    from pipeline.report.tables import ablation_markdown, intervals_markdown, power_markdown
+
+    rows = [_row("clean", "cam", "maxboxacc_v2", 1.5, 0.5, 2.5, "sigmoid better"),
+            _row("clean", "cam", "avg_drop", -0.25, -1.0, 0.5, "no detectable difference"),
+            _row("clean", "gradcam", "maxboxacc_v2", -2.0, -3.0, -1.0, "sigmoid worse"),
+            _row("official", "cam", "maxboxacc_v2", 0.0, -1.0, 1.0, "no detectable difference")]
+    table = intervals_markdown(rows, "clean").splitlines()
+    assert table[0] == "| variant | metric | softmax | sigmoid | \u0394 [95% interval] | half-width | verdict |"
+    assert table[2] == "| CAM | MaxBoxAccV2 | 40.00 | 41.50 | +1.50 [+0.50, +2.50] | 1.00 | sigmoid better |"
+    assert table[3] == ("| CAM | Avg Drop | 40.00 | 39.75 | \u22120.25 [\u22121.00, +0.50] | 0.75 | "
+                        "no detectable difference |")
+    assert len(table) == 5
+    ablation = ablation_markdown(rows).splitlines()
+    assert ablation[0] == "| variant | protocol | MaxBoxAccV2 |"
+    assert ablation[2:] == ["| CAM | `clean` | +1.50 [+0.50, +2.50] (better) |",
+                            "| CAM | `official` | 0.00 [\u22121.00, +1.00] (n.s.) |",
+                            "| Grad-CAM | `clean` | \u22122.00 [\u22123.00, \u22121.00] (worse) |"]
+    power = power_markdown(rows, "clean").splitlines()
+    assert power[2] == "| MaxBoxAccV2 | 1.00 | 1.00 |" and power[3] == "| Avg Drop | 0.75 | 0.75 |"
