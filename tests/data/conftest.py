@@ -58,6 +58,13 @@ class FileServer:
                         return
                 body = data[start:]
                 status = 206 if start else 200
+                cut = None
+                with server._lock:
+                    if path in server.cut_after:
+                        cut = server.cut_after.pop(path)  # first request only
+                    elif path in server.cut_every:
+                        cut = server.cut_every[path]
+                server._record(path, rng, status)  # before replying: the log is complete when the client sees it
                 self.send_response(status)
                 if path in server.no_length:
                     self.close_connection = True
@@ -67,13 +74,6 @@ class FileServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
-                cut = None
-                with server._lock:
-                    if path in server.cut_after:
-                        cut = server.cut_after.pop(path)  # first request only
-                    elif path in server.cut_every:
-                        cut = server.cut_every[path]
-                server._record(path, rng, status)
                 if cut is not None:
                     self.wfile.write(body[:cut])
                     self.wfile.flush()
