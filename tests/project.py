@@ -29,3 +29,21 @@ def digests(repo: Path, *paths: str) -> dict[str, str]:
             if path.is_file():
                 out[str(path.relative_to(repo))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
+
+
+def make_dvc_repo(tmp_path_factory, name: str, files=("Makefile", "requirements.txt")) -> Path:
+    """A throw-away git + DVC repository with the project's `files` copied in, for tests that run make targets
+    and `dvc exp` there (skipped where the venv was not made by `make setup`: make would install into it)."""
+    import pytest
+
+    from tests.report.test_compare import BIN, VENV, sh
+
+    if not (VENV / ".installed").is_file():
+        pytest.skip(f"{VENV} has no .installed stamp (not made by `make setup`): make would install into it")
+    repo = tmp_path_factory.mktemp(name) / "repo"
+    repo.mkdir()
+    sh(["git", "-c", "init.defaultBranch=main", "init", "-q"], repo)
+    sh([str(BIN / "dvc"), "init", "-q"], repo)
+    for rel in files:
+        shutil.copy(ROOT / rel, repo / rel)
+    return repo

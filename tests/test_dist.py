@@ -21,7 +21,7 @@ from tests.project import copy_project, digests
 
 ROOT = Path(__file__).resolve().parents[1]
 # Several batches per split, a ragged last one, an odd batch count and shards that straddle batches and ranks.
-OVERRIDES = {"baseline": {"epochs": 1}, "finetune": {"epochs": 1},
+OVERRIDES = {"baseline": {"epochs": 1}, "finetune": {"epochs": 1, "replicates": [0]},
              "cams": {"batch_size": 6, "shard_size": 5}}
 DRIVER = "import runpy, sys\nfor s in sys.argv[1:]:\n    sys.argv = [s]\n    runpy.run_module(f'pipeline.stages.{s}', run_name='__main__')"
 EVALUATE_OUTPUTS = ("reports/metrics.json", "reports/evaluation.json", "reports/plots")

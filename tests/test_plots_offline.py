@@ -19,8 +19,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.report import plots_page
+from tests.project import make_dvc_repo
 from tests.report.test_compare import BIN, ROOT, VENV, git, sh
 
 URL = re.compile(r"""(?:https?:)?//[A-Za-z0-9]""")  # http://, https:// or protocol-relative //host
@@ -96,14 +98,8 @@ def walk(node, key=None):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    if not (VENV / ".installed").is_file():
-        pytest.skip(f"{VENV} has no .installed stamp (not made by `make setup`): make would install into it")
-    repo = tmp_path_factory.mktemp("plots") / "repo"
-    repo.mkdir()
-    sh(["git", "-c", "init.defaultBranch=main", "init", "-q"], repo)
-    sh([str(BIN / "dvc"), "init", "-q"], repo)
-    for name in ("Makefile", "dvc.yaml", "params.yaml", "requirements.txt", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
+    repo = make_dvc_repo(tmp_path_factory, "plots",
+                         ("Makefile", "dvc.yaml", "params.yaml", "requirements.txt", ".gitignore"))
     shutil.copytree(ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copytree(ROOT / "reports", repo / "reports")
     git(repo, "add", "-A")
@@ -138,7 +134,11 @@ def test_make_plots_page_references_no_network_address(made):
 def test_every_vega_plot_is_there_with_inline_data(made, dvc_default):
     ours = {div: json.loads(spec) for spec, div in SPEC.findall(made)}
     theirs = {div: json.loads(spec) for spec, div in SPEC.findall(dvc_default)}
-    assert len(ours) == len(theirs) == 12  # 4 from dvc.yaml's top level, 8 DVCLive training curves
+    root = Path(__file__).resolve().parents[1]
+    curves = len(list((root / "reports").rglob("plots/metrics/**/*.tsv")))  # DVCLive: baseline + replicates
+    replicates = yaml.safe_load((root / "params.yaml").read_text())["finetune"]["replicates"]
+    assert curves == 4 + 4 * len(replicates)
+    assert len(ours) == len(theirs) == 4 + curves  # 4 from dvc.yaml's top level, the DVCLive training curves
     assert sorted(s.get("title", {}).get("text") if isinstance(s.get("title"), dict) else s.get("title")
                   for s in ours.values()) == sorted(
         s.get("title", {}).get("text") if isinstance(s.get("title"), dict) else s.get("title")

@@ -124,6 +124,7 @@ def stage_keys(stage: str, dvc_file: str | Path = "dvc.yaml") -> list[str] | Non
         spec = yaml.safe_load(Path(dvc_file).read_text())["stages"][stage]
     except (OSError, KeyError, TypeError):
         return None
+    spec = spec.get("do", spec)  # a foreach stage (one per fine-tuning replicate) is defined under `do`
     for entry in spec.get("params") or []:
         if isinstance(entry, dict) and RESOLVED_FILE.as_posix() in entry:
             return list(entry[RESOLVED_FILE.as_posix()] or [])

@@ -25,7 +25,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 def ran(proc: subprocess.CompletedProcess) -> list[str]:
-    return [s for s in ("validate", *STAGES) if f"Running stage '{s}'" in proc.stdout]
+    # a per-replicate stage runs as '<stage>@<k>' (dvc.yaml's foreach)
+    return [s for s in ("validate", *STAGES)
+            if f"Running stage '{s}'" in proc.stdout or f"Running stage '{s}@" in proc.stdout]
 
 
 @pytest.fixture(scope="module")

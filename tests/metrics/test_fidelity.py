@@ -4,10 +4,12 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from torch import nn
 
 from pipeline.metrics.fidelity import FidelityAccumulator, fidelity_scores
 from pipeline.models.dual import DualBranchNet, ModelSpec
+from pipeline.models.heads import GapLinearHead
 
 
 class PixelTrunk(nn.Module):
@@ -40,7 +42,7 @@ def model(base_model) -> DualBranchNet:
 def pixel_model(model: DualBranchNet) -> DualBranchNet:
     """logits = (mean of channel 0, 0): softmax-head probabilities are sigmoid(+-m0)."""
     model.trunk = PixelTrunk()
-    model.head, model.head2 = nn.Linear(3, 2), None
+    model.head, model.head2 = GapLinearHead(3, 2), None
     with torch.no_grad():
         model.head.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
         model.head.bias.zero_()

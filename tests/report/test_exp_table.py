@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.project import make_dvc_repo
 from tests.report.test_compare import BIN, ROOT, VENV, git, sh, table_rows
 
-METRICS = ("reports/metrics.json", "reports/sign.json", "reports/classification.json",
-           "reports/baseline/metrics.json", "reports/finetune/metrics.json")
+METRICS = ("reports/metrics.json", "reports/sign.json", "reports/finetune/replicate_0/classification.json",
+           "reports/baseline/metrics.json", "reports/finetune/replicate_0/metrics.json")
 STAGE = """\
 import json, shutil, yaml
 from pathlib import Path
@@ -39,20 +40,13 @@ CURATED = ["Experiment",
            "layercam.sigmoid.maxboxacc_v2", "layercam.softmax.maxboxacc_v2",
            "top1_cls",
            "xgradcam.sigmoid.maxboxacc_v2", "xgradcam.softmax.maxboxacc_v2",
-           "params.yaml:dataset", "params.yaml:backbone", "family", "seed", "baseline.epochs",
+           "params.yaml:dataset", "params.yaml:backbone", "params.yaml:family", "seed", "baseline.epochs",
            "finetune.head_init", "finetune.bn_mode", "finetune.epochs", "finetune.lr"]
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    if not (VENV / ".installed").is_file():
-        pytest.skip(f"{VENV} has no .installed stamp (not made by `make setup`): make would install into it")
-    repo = tmp_path_factory.mktemp("exp_table") / "repo"
-    repo.mkdir()
-    sh(["git", "-c", "init.defaultBranch=main", "init", "-q"], repo)
-    sh([str(BIN / "dvc"), "init", "-q"], repo)
-    shutil.copy(ROOT / "Makefile", repo / "Makefile")
-    shutil.copy(ROOT / "requirements.txt", repo / "requirements.txt")
+    repo = make_dvc_repo(tmp_path_factory, "exp_table")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     if "family" not in params:  # the model-family param (issue 11), after `backbone`, whether or not main has it yet
         params = {k: v for key, value in params.items()
@@ -91,7 +85,7 @@ def test_make_exp_table_prints_25_named_columns(repo):
     backbones = sorted(row[col("params.yaml:backbone")] for row in rows[2:])
     assert backbones == ["inception", "inception", "resnet10t", "vgg16"]
     by_backbone = {row[col("params.yaml:backbone")]: row for row in rows[3:]}
-    assert by_backbone["vgg16"][col("top1_cls")] == "5" and by_backbone["vgg16"][col("family")] == "grad"
+    assert by_backbone["vgg16"][col("top1_cls")] == "5" and by_backbone["vgg16"][col("params.yaml:family")] == "grad"
     committed = json.loads((ROOT / "reports/metrics.json").read_text())
     assert float(by_backbone["vgg16"][col("cam.softmax.pxap")]) == pytest.approx(
         committed["cam"]["softmax"]["pxap"], abs=5e-4)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.report import paper_numbers, paper_table
+from tests.project import make_dvc_repo
 from tests.report.test_compare import BIN, ROOT, VENV, git, sh
 
 PARAMS = """\
@@ -120,14 +121,7 @@ A cell `ours (paper)` gives the paper's number beside ours, from {paper_numbers.
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    if not (VENV / ".installed").is_file():
-        pytest.skip(f"{VENV} has no .installed stamp (not made by `make setup`): make would install into it")
-    repo = tmp_path_factory.mktemp("paper_table") / "repo"
-    repo.mkdir()
-    sh(["git", "-c", "init.defaultBranch=main", "init", "-q"], repo)
-    sh([str(BIN / "dvc"), "init", "-q"], repo)
-    shutil.copy(ROOT / "Makefile", repo / "Makefile")
-    shutil.copy(ROOT / "requirements.txt", repo / "requirements.txt")
+    repo = make_dvc_repo(tmp_path_factory, "paper_table")
     shutil.copytree(ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (repo / "params.yaml").write_text(PARAMS)
     (repo / "stage.py").write_text(STAGE)
