@@ -163,13 +163,17 @@ def report_markdown(frame, sign: Mapping, evaluation: Mapping, classification: M
         "Written by the `report` stage (`dvc repro`) from `reports/metrics.json`; do not edit by hand. "
         "Values are % on the test split. Each metric shows the softmax-branch map, the sigmoid-branch map and "
         "the delta (sigmoid \u2212 softmax); the better branch is in bold. Layout as in the paper's "
-        "Table 2; `results.csv` holds the same numbers.",
+        "Table 2; `results.csv` holds the same numbers." + (
+            " The deltas with their intervals over every fine-tuning seed come first; the per-branch tables "
+            "below them are those of the first fine-tuning seed." if intervals else ""),
+        "",
+        *(intervals_section(intervals, evaluation, figure_files) if intervals else []),
+        "## Per-branch numbers" if intervals else "",
         "",
         tables.results_markdown(frame, family),
         "**Options used**",
         "",
         tables.options_markdown(evaluation, classification),
-        *(intervals_section(intervals, evaluation, figure_files) if intervals else []),
         "## Sign diagnostics",
         "",
         "Raw signed maps of the ground-truth class (before ReLU, clamp or normalisation): the share of the map's "

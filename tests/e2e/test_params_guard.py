@@ -71,7 +71,10 @@ def test_unchanged_params_rerun_only_validate(repo):
     before, lock = state(repo), (repo / "dvc.lock").read_text()
     proc = run(["dvc", "repro"], repo)
     assert ran(proc) == ["validate"]
-    for stage in STAGES:
+    replicates = yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["replicates"]
+    per_replicate = ("clone_head", "finetune", "cams")  # dvc.yaml's foreach: '<stage>@<k>'
+    for stage in [s for s in STAGES if s not in per_replicate] + [f"{s}@{k}" for s in per_replicate
+                                                                   for k in replicates]:
         assert f"Stage '{stage}' didn't change, skipping" in proc.stdout
     assert state(repo) == before and (repo / "dvc.lock").read_text() == lock
     status = json.loads(run(["dvc", "status", "--json"], repo).stdout)

@@ -106,7 +106,7 @@ def test_report_has_the_table_figures_and_sign_diagnostics(repo):
     assert set(sign) == set(manifest_variants(repo)) and set(sign["cam"]) == {"softmax", "sigmoid"}
     assert sign["layercam"]["softmax"]["neg_share_inside"] == 0.0  # LayerCAM has no negative part
     figures = sorted(p.name for p in (repo / "reports/figures").glob("*.png"))
-    assert figures == sorted(["threshold_curves.png", "pr_curves.png", "sign_diagnostics.png",
+    assert figures == sorted(["forest.png", "threshold_curves.png", "pr_curves.png", "sign_diagnostics.png",
                               *(f"gallery_{v}.png" for v in manifest_variants(repo))])
     for name in figures:
         assert f"figures/{name}" in readme
