@@ -54,6 +54,7 @@ def test_replicates_are_cached_on_their_own_and_finetune_seed_reruns_only_from_c
     commit(repo, "smoke, two replicates")
     params["finetune"]["seed"] = 7  # what -S finetune.seed=7 writes; dvc status over the whole pipeline
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "validate"], repo)  # the stages are keyed on data/params.json, which validate writes
     changed = set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
     assert changed - {"validate", "evaluate", "report"} == {f"{s}@{k}" for s in ("clone_head", "finetune", "cams") for k in (0, 1)}
     run(["git", "checkout", "params.yaml"], repo)
