@@ -142,8 +142,9 @@ SIZES = {"vgg16": 32, "resnet50": 32, "inception": 80}
 ARCH_NAMES = {"vgg16": "vgg16", "resnet50": "resnet50", "inception": "inception_v3"}
 
 
-def randomise_(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and affine terms and random biases, so that every tensor matters."""
+def randomise_(module: nn.Module, seed: int = 0, fan_in_scaled: bool = False) -> nn.Module:
+    """Random BatchNorm statistics and affine terms and random biases, so that every tensor matters; the head
+    weights (linear layers, K-channel convs) N(0, 0.05), or N(0, 1/fan_in) with `fan_in_scaled` (deep MLPs)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in module.modules():
@@ -155,7 +156,8 @@ def randomise_(module: nn.Module, seed: int = 0) -> nn.Module:
             elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
             if isinstance(m, (nn.Linear,)) or (isinstance(m, nn.Conv2d) and m.out_channels == K):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.05)
+                std = m.weight[0].numel() ** -0.5 if fan_in_scaled else 0.05
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std)
     return module.eval()
 
 

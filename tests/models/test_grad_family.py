@@ -23,6 +23,7 @@ from pipeline.models.convert import (import_checkpoint, load_official_state_dict
 from pipeline.models.dual import CheckpointError, DualBranchNet, ModelSpec, freeze_all_but_sigmoid_head
 from pipeline.models.heads import PoolMlpHead
 from pipeline.train.loops import classifier_parameter_names
+from tests.models.test_convert import randomise_ as randomise_all_
 
 K = 5
 
@@ -95,19 +96,7 @@ class RefInceptionGrad(nn.Module):
 
 def randomise_(module, seed=0):
     """Random BatchNorm statistics / affine terms, biases and linear weights, so every tensor matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            if isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (1.0 / m.in_features ** 0.5))
-    return module.eval()
+    return randomise_all_(module, seed, fan_in_scaled=True)
 
 
 @pytest.fixture(scope="module")
