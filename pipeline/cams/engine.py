@@ -77,6 +77,11 @@ def gap_linear(head: nn.Module) -> nn.Linear | None:
     return None
 
 
+def gap_linear_heads(model: nn.Module) -> bool:
+    """Both branches' heads are exactly GAP -> linear (the closed form; `variants.map_source` aliases)."""
+    return all(gap_linear(h) is not None for h in (model.head, model.head2))
+
+
 def head_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """The head's logits from the feature map (B, C, h, w)."""
     if isinstance(head, Head):

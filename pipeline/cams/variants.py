@@ -93,6 +93,8 @@ class CamVariant:
     official: OfficialRule
     families: tuple[str, ...] = FAMILIES
     not_applicable: str = ""                   # the report's footnote for a family it is not defined for
+    closed_form_alias: str = ""                # GAP-linear heads: a variant whose map this one's is a positive
+                                               # multiple of (`map_source`)
 
     def applies_to(self, family: str) -> bool:
         return family in self.families
@@ -129,11 +131,26 @@ REGISTRY: dict[str, CamVariant] = {v.name: v for v in (
     CamVariant("cam", "CAM", "channel", _cam, False, CAM_RULE, families=("cam",),
                not_applicable="CAM is defined for the CAM family only (conv features, GAP, one linear layer); "
                               "the official code evaluates it there only, so a gradient-family run has no CAM."),
-    CamVariant("gradcam", "Grad-CAM", "channel", _gradcam, False, GRAD_RULE),
+    CamVariant("gradcam", "Grad-CAM", "channel", _gradcam, False, GRAD_RULE, closed_form_alias="cam"),
     CamVariant("gradcampp", "Grad-CAM++", "channel", _gradcampp, True, GRAD_RULE),
-    CamVariant("xgradcam", "XGrad-CAM", "channel", _xgradcam, False, GRAD_RULE),
+    CamVariant("xgradcam", "XGrad-CAM", "channel", _xgradcam, False, GRAD_RULE, closed_form_alias="cam"),
     CamVariant("layercam", "LayerCAM", "pixel", _layercam, True, GRAD_RULE),
 )}
+
+
+def map_source(name: str, closed_form: bool) -> str:
+    """The variant whose stored maps stand for `name`'s when a set is scored.
+
+    With a GAP-linear head (`closed_form`: the gradient is the constant W[k] / hw) Grad-CAM's weights are
+    W[k] / hw, a positive multiple of CAM's W[k] / C, and XGrad-CAM's are W[k] / hw times
+    sum_xy A_c / (sum_xy A_c + 1e-7), which moves a channel's contribution W[k, c] A_c(x) / hw by at most
+    1e-7 |W[k, c]| / hw (A_c(x) <= sum_xy A_c). Every post-processing step (weight clamp, ReLU, up-sampling,
+    min-max) is invariant to a positive scale, so under one rule the three give the same score maps up to float
+    rounding, and evaluation scores CAM's stored maps once for all three (`closed_form_alias`). Any other
+    head: the variant itself.
+    """
+    variant = get(name)
+    return variant.closed_form_alias if closed_form and variant.closed_form_alias else variant.name
 
 
 def names() -> tuple[str, ...]:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.cams import variants as registry
 from pipeline.cams.engine import BRANCHES
 from pipeline.cams.postprocess import PostProcess, clean_options, official_options, postprocess
 from pipeline.cams.store import CamSet
@@ -125,9 +126,29 @@ class Unit:
     fidelity: bool
 
 
-def _digest(cams: dict[str, CamSet], variant: str, branch: str, pp: PostProcess, fidelity: tuple | None) -> str:
-    """sha256 of every score map the unit would score: the gt maps of each split, the fidelity maps."""
-    h = hashlib.sha256()
+def _context(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: EvalOptions, per_image: bool,
+             model=None) -> bytes:
+    """sha256 of everything a unit's result depends on besides its maps: the options, the fidelity model's
+    weights, and per split the CAM index (ids, labels, predictions: Top-1 Loc, fidelity targets) and the
+    ground truth (boxes, masks)."""
+    h = hashlib.sha256(repr((opts, per_image)).encode())
+    if model is not None:
+        for name, tensor in model.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for split in sorted(cams):
+        h.update(repr([(r["image_id"], r["label"], r["pred"]) for r in cams[split].index]).encode())
+        gt = gts[split]
+        for part in (*gt.boxes, gt.fg, gt.ignore):
+            h.update(b"-" if part is None else np.ascontiguousarray(part).tobytes())
+    return h.digest()
+
+
+def _digest(cams: dict[str, CamSet], variant: str, branch: str, pp: PostProcess, fidelity: tuple | None,
+            context: bytes = b"") -> str:
+    """sha256 of `context` and every score map the unit would score: the gt maps of each split, the fidelity
+    maps."""
+    h = hashlib.sha256(context)
     for split in sorted(cams):
         for _, maps in score_maps(cams[split], variant, branch, pp):
             h.update(maps.tobytes())
@@ -208,7 +229,8 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
                  model=None, batches=None, fidelity_target: str = "pred", fidelity_size: int | None = None,
                  progress: Callable[[str], None] | None = None,
                  map_units: Callable[[list, Callable, list], list] | None = None,
-                 on_result: Callable[..., None] | None = None, show_progress: bool = False) -> tuple[dict, dict]:
+                 on_result: Callable[..., None] | None = None, show_progress: bool = False,
+                 memo: dict | None = None) -> tuple[dict, dict]:
     """Metrics of every (protocol, variant, branch) on the test split; returns (metrics, curves).
 
     metrics[variant][branch] (the headline protocol, `opts.postprocess` with its overrides) holds
@@ -223,8 +245,15 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
     deals the units to the ranks of a distributed run. `on_result(key, box_result, mask_result,
     fidelity_result)` is called for every key = (protocol, variant, branch, split) with the per-image arrays
     (BoxResult.per_image_*, MaskResult.per_image_*, fidelity's avg_drop_terms / inc_conf_flags; mask and
-    fidelity None where not computed: masks on val, fidelity on val and outside the headline), so a bootstrap can stream over them; the headline protocol's key is
-    its `opts.postprocess` name. Off (None) by default: the per-image arrays are then not kept.
+    fidelity None where not computed: masks on val, fidelity on val and outside the headline), so a bootstrap
+    can stream over them; the headline protocol's key is its `opts.postprocess` name. Off (None) by default:
+    the per-image arrays are then not kept.
+
+    No duplicate work: a key is scored from the maps of `variants.map_source` (CAM's for Grad-CAM and XGrad-CAM
+    when the CAM set's heads are GAP-linear, manifest `gap_linear_heads`), and keys whose score maps have one
+    content digest share one unit. `memo` (a dict, kept by the caller across calls) maps digests to results:
+    a unit found there is not scored again, so the softmax branch, frozen and the same in every fine-tuning
+    replicate, is scored once for all replicates; the results are the same objects, the bytes the same.
     """
     for split, cam in cams.items():
         check_alignment(cam, gts[split], split)
@@ -239,27 +268,38 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
     headline = opts.postprocess
     protocols = [headline] + [p for p in opts.protocols if p != headline]
 
-    # 1. every (protocol, variant, branch) -> a unit, by content digest
-    keys, unit_of, units, digests = [], {}, [], {}
+    # 1. every (protocol, variant, branch) -> a unit, by content digest of the maps it scores
+    variants = test.manifest["variants"]  # the CAM set's own variants (its family's)
+    gap_heads = all(bool(cams[s].manifest.get("gap_linear_heads")) for s in splits)
+    memo = {} if memo is None else memo
+    per_image = on_result is not None
+    context = _context(scored, gts, opts, per_image, model if with_fidelity else None)
+    keys, digest_of, units, unit_digests, seen = [], {}, [], [], {}
     for protocol in protocols:
-        for variant in test.manifest["variants"]:  # the CAM set's own variants (its family's)
+        for variant in variants:
+            source = registry.map_source(variant, gap_heads)
+            source = source if source in variants else variant
             for branch in BRANCHES:
                 pp = (postprocess_options(variant, branch, size, opts) if protocol == headline
                       else protocol_options(protocol, variant, branch, size))
                 wants_fidelity = with_fidelity and protocol == headline
-                d = _digest(scored, variant, branch, pp, fidelity_key if wants_fidelity else None)
-                if d not in digests:
-                    digests[d] = len(units)
-                    units.append(Unit(variant, branch, pp, wants_fidelity))
+                spec = (source, branch, pp, wants_fidelity)
+                if spec not in seen:
+                    seen[spec] = _digest(scored, source, branch, pp, fidelity_key if wants_fidelity else None,
+                                         context)
+                d = seen[spec]
+                if d not in memo and d not in unit_digests:
+                    unit_digests.append(d)
+                    units.append(Unit(source, branch, pp, wants_fidelity))
                 keys.append((protocol, variant, branch))
-                unit_of[(protocol, variant, branch)] = digests[d]
+                digest_of[(protocol, variant, branch)] = d
     if progress:
-        progress(f"{len(keys)} (protocol, variant, branch) map sets, {len(units)} distinct")
+        progress(f"{len(keys)} (protocol, variant, branch) map sets, {len(set(digest_of.values()))} distinct, "
+                 f"{len(units)} to score ({len(set(digest_of.values())) - len(units)} scored before)")
     n_box = sum(len(cams[s].index) for s in splits)
     n_fid = len(test.index)
     weights = [n_box + (4 * n_fid if u.fidelity else 0) for u in units]  # a forward costs ~4 box evaluations
 
-    per_image = on_result is not None
 
     def work(mine: list[Unit]) -> list[dict]:
         total = sum(n_box + (n_fid if u.fidelity else 0) for u in mine)
@@ -281,13 +321,14 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
         bar.close()
         return results
 
-    results = map_units(units, work, weights) if map_units is not None else work(units)
+    fresh = (map_units(units, work, weights) if map_units is not None else work(units)) if units else []
+    memo.update(zip(unit_digests, fresh))
 
     # 2. report every key from its unit
     metrics: dict = {"top1_cls": 100.0 * float(np.mean([int(r["pred"]) == int(r["label"]) for r in test.index]))}
     curves: dict = {}
     for protocol, variant, branch in keys:
-        r = results[unit_of[(protocol, variant, branch)]]
+        r = memo[digest_of[(protocol, variant, branch)]]
         box, mask = r["test"]
         chosen = None
         if opts.threshold_split == "val":

@@ -115,6 +115,7 @@ class IntervalAccumulator:
     _weights: dict = field(default_factory=dict, repr=False)
     _pending: dict = field(default_factory=dict, repr=False)
     _values: dict = field(default_factory=dict, repr=False)  # (protocol, variant, branch, seed) -> {metric: (R+1,)}
+    _sums: dict = field(default_factory=dict, repr=False)    # result objects seen -> their resampled sums
 
     def __post_init__(self) -> None:
         if not isinstance(self.resamples, int) or self.resamples < 1:
@@ -160,6 +161,25 @@ class IntervalAccumulator:
         if n_iou != len(self.iou_thresholds) or single.shape != multi.shape:
             raise ValueError(f"key {key}: per_image_multi {multi.shape} and per_image_single {single.shape} must "
                              f"both be (n, {len(self.iou_thresholds)} IoUs, n_thr)")
+        if ident in self._pending and getattr(self._pending[ident], split) is not None:
+            raise ValueError(f"key {key}, seed {seed}: this result came twice")
+        # one result object given under several keys (a map set scored once for several variants, or for
+        # every seed): its sums are computed once; the objects are kept, so their ids stay theirs
+        cache_key = (split, id(box_result), id(mask_result), id(fidelity_result))
+        if cache_key not in self._sums:
+            self._sums[cache_key] = ((box_result, mask_result, fidelity_result),
+                                     self._resampled(split, box_result, mask_result, fidelity_result))
+        pending = self._pending.setdefault(ident, _Pending())
+        setattr(pending, split, self._sums[cache_key][1])
+        if pending.test is not None and (pending.val is not None or self.threshold_split == "test"):
+            self._values[ident] = self._reduce(pending.test, pending.val)
+            del self._pending[ident]
+
+    def _resampled(self, split: str, box_result, mask_result, fidelity_result) -> dict:
+        """The bootstrap-weighted sums (R + 1, ...) of one result's per-image outcomes."""
+        multi = np.asarray(box_result.per_image_multi, dtype=bool)
+        single = np.asarray(box_result.per_image_single, dtype=bool)
+        n, n_iou, n_thr = multi.shape
         w = self.weights(split, n)
         sums = {"multi": (w @ multi.reshape(n, -1).astype(np.float32)).reshape(-1, n_iou, n_thr)}
         if 50 in self.iou_thresholds:
@@ -175,13 +195,7 @@ class IntervalAccumulator:
             if fidelity_result is not None:
                 sums["avg_drop"] = w64 @ np.asarray(_field(fidelity_result, "avg_drop_terms"), dtype=np.float64)
                 sums["inc_conf"] = w64 @ np.asarray(_field(fidelity_result, "inc_conf_flags"), dtype=np.float64)
-        pending = self._pending.setdefault(ident, _Pending())
-        if getattr(pending, split) is not None:
-            raise ValueError(f"key {key}, seed {seed}: this result came twice")
-        setattr(pending, split, sums)
-        if pending.test is not None and (pending.val is not None or self.threshold_split == "test"):
-            self._values[ident] = self._reduce(pending.test, pending.val)
-            del self._pending[ident]
+        return sums
 
     def _reduce(self, test: dict, val: dict | None) -> dict[str, np.ndarray]:
         """Per-replicate metric values (R + 1,) of one branch from its summed counts."""

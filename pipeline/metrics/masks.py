@@ -54,7 +54,8 @@ class MaskEvaluator:
 
     Counters are int64, so the result does not depend on how the images are split into batches or in
     which order they come. `per_image`: also keep each image's two histograms (MaskResult.per_image_*, for
-    the bootstrap; the same bins, by a searchsorted + bincount that the tests check against np.histogram).
+    the bootstrap; the same bins, by a searchsorted + bincount that the tests check against np.histogram,
+    and the totals as their sums).
     """
 
     def __init__(self, *, grid: str = "official", per_image: bool = False):
@@ -65,14 +66,17 @@ class MaskEvaluator:
         self.per_image = bool(per_image)
         self._per_image: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def _image_hists(self, scoremaps: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """(B, n_bins) histograms of each map's values under `mask`: np.histogram's bins [E_k, E_k+1) with the
-        last one closed, i.e. bin searchsorted(E, x, "right") - 1, clipped to the last bin for x = E[-1]."""
+    def _bins(self, scoremaps: np.ndarray) -> np.ndarray:
+        """Each value's bin: np.histogram's bins [E_k, E_k+1) with the last one closed, i.e. bin
+        searchsorted(E, x, "right") - 1, clipped to the last bin for x = E[-1]."""
+        return np.minimum(np.searchsorted(self.edges, scoremaps, side="right") - 1, len(self.edges) - 2)
+
+    def _image_hists(self, bins: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(B, n_bins) int64 histograms of each map's pixels under `mask`, from their `bins`."""
         n_bins = len(self.edges) - 1
-        image = np.broadcast_to(np.arange(len(scoremaps))[:, None, None], scoremaps.shape)[mask]
-        k = np.minimum(np.searchsorted(self.edges, scoremaps[mask], side="right") - 1, n_bins - 1)
-        return np.bincount(image * n_bins + k, minlength=len(scoremaps) * n_bins).reshape(len(scoremaps), n_bins
-                                                                                          ).astype(np.int64)
+        image = np.broadcast_to(np.arange(len(bins))[:, None, None], bins.shape)[mask]
+        return np.bincount(image * n_bins + bins[mask], minlength=len(bins) * n_bins).reshape(len(bins), n_bins
+                                                                                            ).astype(np.int64)
 
     def accumulate(self, scoremaps: np.ndarray, fg: np.ndarray, ignore: np.ndarray) -> None:
         """Add a batch: `scoremaps` (B, H, W) floats in [0, 1]; `fg` and `ignore` (B, H, W) bool masks,
@@ -94,10 +98,15 @@ class MaskEvaluator:
         if (fg & ignore).any():
             raise ValueError("ignore mask overlaps the foreground; it must already exclude foreground pixels")
         background = ~(fg | ignore)
+        if self.per_image:  # one bin search per pixel; the totals are the per-image histograms summed
+            bins = self._bins(scoremaps)
+            fg_hists, bg_hists = self._image_hists(bins, fg), self._image_hists(bins, background)
+            self.fg_hist += fg_hists.sum(0)
+            self.bg_hist += bg_hists.sum(0)
+            self._per_image.append((fg_hists, bg_hists))
+            return
         self.fg_hist += np.histogram(scoremaps[fg], bins=self.edges)[0].astype(np.int64)
         self.bg_hist += np.histogram(scoremaps[background], bins=self.edges)[0].astype(np.int64)
-        if self.per_image:
-            self._per_image.append((self._image_hists(scoremaps, fg), self._image_hists(scoremaps, background)))
 
     def compute(self) -> MaskResult:
         """PxAP (in %) and the PR curve from the accumulated histograms (rule in the module docstring).

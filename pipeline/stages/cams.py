@@ -14,7 +14,7 @@ from pipeline.stages.common import check_params, loader, model_spec, replicate, 
 def main() -> None:
     params = start(distributed=True, seed=lambda p: replicate(p, replicate_arg()).seed)
     rep = replicate(params, replicate_arg())
-    from pipeline.cams.engine import model_family, model_variants
+    from pipeline.cams.engine import gap_linear_heads, model_family, model_variants
     from pipeline.cams.generate import iter_cam_records
     from pipeline.cams.store import write_cams
     from pipeline.data.prepare import load_prepared
@@ -40,7 +40,7 @@ def main() -> None:
                     drain(records)
                     continue
                 info = {"backbone": params.backbone, "dataset": params.dataset, "split": split,
-                        "family": model_family(model),
+                        "family": model_family(model), "gap_linear_heads": gap_linear_heads(model),
                         "target_layer": model.trunk.target_layer, "input_size": params.model.input_size,
                         "device_type": device.type, "amp": c.amp and device.type == "cuda"}
                 with throughput(f"cams: {split}", len(ids) * len(targets), device):

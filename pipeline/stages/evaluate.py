@@ -54,6 +54,7 @@ def main() -> None:
             batches = lambda: iter(test_loader)  # noqa: E731
         intervals = IntervalAccumulator(resamples=e.bootstrap_resamples, seed=e.bootstrap_seed,
                                         threshold_split=e.threshold_split, iou_thresholds=opts.iou_thresholds)
+        memo: dict = {}  # digest -> result: the softmax branch, the same in every replicate, is scored once
         for rep in reps:  # every replicate feeds the intervals; the first one's numbers are the headline
             cams = {s: read_cams(rep.cams_dir / s) for s in splits}
             if is_main():
@@ -62,7 +63,7 @@ def main() -> None:
                                   fidelity_target=e.fidelity_target, fidelity_size=params.model.input_size,
                                   progress=lambda text: print(f"evaluate: {text}", flush=True) if is_main()
                                   else None, map_units=map_shares, show_progress=is_main(),
-                                  on_result=intervals.callback(rep.index))
+                                  on_result=intervals.callback(rep.index), memo=memo)
             if rep is first:
                 metrics, curves = result
                 first_cams = cams

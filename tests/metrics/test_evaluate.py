@@ -44,13 +44,13 @@ def block_maps(n, size, boxes):
     return maps
 
 
-def make_split(tmp_path, name, boxes, size=16, preds=None):
+def make_split(tmp_path, name, boxes, size=16, preds=None, maps=None, info=None):
     n = len(boxes)
-    maps = block_maps(n, size, boxes)
+    maps = block_maps(n, size, boxes) if maps is None else maps
     preds = preds if preds is not None else [0] * n
     recs = [CamRecord(f"{name}{i}.png", 0, preds[i], 1.0, 1.0, maps[i]) for i in range(n)]
     write_cams(tmp_path / name, iter(recs), targets=("gt",), feature_size=(size, size), dtype="float32",
-               shard_size=4, info={})
+               shard_size=4, info=info or {})
     fg = np.zeros((n, size, size), dtype=bool)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         fg[i, y0:y1 + 1, x0:x1 + 1] = True
@@ -110,7 +110,7 @@ def test_protocols_dedup_and_per_image_callback(tmp_path):
     # every variant holds the same raw maps, at the evaluation size (resizing is the identity) and binary
     # (0/1: every scaling and min-max gives them back): by content, 30 map sets are 2, the softmax
     # blocks and the all-zero sigmoid maps, whatever the protocol
-    assert messages == ["30 (protocol, variant, branch) map sets, 2 distinct"]
+    assert messages == ["30 (protocol, variant, branch) map sets, 2 distinct, 2 to score (0 scored before)"]
     sym, off = metrics["protocols"]["official_symmetric"], metrics["protocols"]["official"]
     assert sym["gradcam"]["sigmoid"] == off["gradcam"]["sigmoid"]
     assert off["cam"]["softmax"]["maxboxacc_v2"] == 100.0
@@ -145,3 +145,60 @@ def test_protocol_params_are_validated():
     data["evaluate"]["workers"] = 2  # removed: evaluation parallelism is distributed.nproc
     with pytest.raises(ParamsError, match="evaluate.workers: unknown key"):
         validate(data)
+
+
+def varied_maps(n, size, seed):
+    """Random raw maps, every variant and branch different (pos >= 0, neg <= 0)."""
+    rng = np.random.default_rng(seed)
+    maps = rng.random((n, 1, 2, 2, 5, size, size)).astype(np.float32)
+    maps[:, :, 1] *= -0.3  # the neg part
+    return maps
+
+
+def test_memo_scores_a_map_set_once_across_calls(tmp_path):
+    """Two CAM sets sharing the softmax branch (two fine-tuning replicates): with one memo, the second call
+    scores only its sigmoid branch, and every number equals a call without the memo."""
+    boxes = [(2, 3, 9, 12), (0, 0, 15, 7), (5, 5, 10, 10)]
+    first = varied_maps(3, 16, 0)
+    second = first.copy()
+    second[:, :, :, 1] = varied_maps(3, 16, 1)[:, :, :, 1]  # a new sigmoid branch, the same softmax one
+    sets = []
+    for k, maps in enumerate((first, second)):
+        test, gt = make_split(tmp_path / f"r{k}", "test", boxes, maps=maps)
+        sets.append(({"test": test}, {"test": gt}))
+    opts = EvalOptions(threshold_split="test")
+    memo, messages = {}, []
+    with_memo = [evaluate_all(c, g, opts, memo=memo, progress=messages.append)[0] for c, g in sets]
+    alone = [evaluate_all(c, g, opts)[0] for c, g in sets]
+    assert with_memo == alone
+    assert messages == ["10 (protocol, variant, branch) map sets, 10 distinct, 10 to score (0 scored before)",
+                        "10 (protocol, variant, branch) map sets, 10 distinct, 5 to score (5 scored before)"]
+    # another ground truth is another context: nothing is reused
+    test, gt = sets[0][0]["test"], sets[0][1]["test"]
+    moved = type(gt)(gt.image_ids, gt.labels, [b + 1 for b in gt.boxes], gt.fg, gt.ignore, gt.size)
+    messages.clear()
+    evaluate_all({"test": test}, {"test": moved}, opts, memo=memo, progress=messages.append)
+    assert messages[0].endswith("10 to score (0 scored before)")
+
+
+def test_gap_linear_heads_score_cam_for_gradcam_and_xgradcam(tmp_path):
+    """With `gap_linear_heads` in the manifest, Grad-CAM and XGrad-CAM are scored from CAM's maps (positive
+    multiples of them for such heads) where their rule is CAM's, so their rows equal CAM's; without the flag
+    each is scored from its own maps."""
+    boxes = [(2, 3, 9, 12), (0, 0, 15, 7), (5, 5, 10, 10)]
+    maps = varied_maps(3, 16, 2)
+    flagged, gt = make_split(tmp_path / "a", "test", boxes, maps=maps, info={"gap_linear_heads": True})
+    plain, _ = make_split(tmp_path / "b", "test", boxes, maps=maps)
+    opts = EvalOptions(threshold_split="test", protocols=("official",))
+    messages = []
+    m, _ = evaluate_all({"test": flagged}, {"test": gt}, opts, progress=messages.append)
+    # clean: cam = gradcam = xgradcam (one set per branch) + gradcampp + layercam; official: CAM's rule differs
+    # from the gradient rule, so cam, gradcam = xgradcam, gradcampp, layercam
+    assert messages == ["20 (protocol, variant, branch) map sets, 14 distinct, 14 to score (0 scored before)"]
+    for branch in ("softmax", "sigmoid"):
+        assert m["gradcam"][branch] == m["xgradcam"][branch] == m["cam"][branch]
+        off = m["protocols"]["official"]
+        assert off["gradcam"][branch] == off["xgradcam"][branch]
+    unflagged, _ = evaluate_all({"test": plain}, {"test": gt}, opts)
+    assert unflagged["cam"] == m["cam"] and unflagged["gradcampp"] == m["gradcampp"]
+    assert unflagged["gradcam"]["softmax"] != unflagged["cam"]["softmax"]  # random maps: their own numbers

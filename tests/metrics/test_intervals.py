@@ -218,3 +218,18 @@ def test_coverage_on_a_simulated_null_is_about_95_percent():
         row = rows_by_metric(acc)["gt_known_loc"]
         covered += row["low"] <= 0 <= row["high"]
     assert 0.90 <= covered / trials <= 0.99, covered
+
+
+def test_one_result_object_under_several_keys_gives_the_same_table():
+    """A result scored once and given under several keys (aliased variants, the softmax branch of every seed)
+    has its resampled sums computed once; the table equals the one from separate copies."""
+    import copy
+    rng = np.random.default_rng(8)
+    soft, sigs = dataset(rng), [dataset(rng) for _ in range(3)]
+    shared, copied = IntervalAccumulator(resamples=80, seed=2), IntervalAccumulator(resamples=80, seed=2)
+    for seed in range(3):
+        for variant in ("cam", "gradcam"):
+            feed(shared, seed, variant, soft, sigs[seed])
+            feed(copied, seed, variant, copy.deepcopy(soft), copy.deepcopy(sigs[seed]))
+    assert shared.table() == copied.table()
+    assert len(shared._sums) == 2 * (1 + 3)  # (test, val) x (the softmax result + one sigmoid result per seed)
