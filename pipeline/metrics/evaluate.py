@@ -183,12 +183,13 @@ def box_and_mask(cams: CamSet, gt: GroundTruth, variant: str, branch: str, opts:
 
 def fidelity_many(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], cams: CamSet,
                   units: list[Unit], target: str, progress: Callable[[int], None] | None = None,
-                  group: int = FIDELITY_GROUP) -> list[dict]:
+                  group: int = FIDELITY_GROUP, y_cache: dict | None = None) -> list[dict]:
     """Average Drop / Increase in Confidence of several map sets, scored by the softmax head, in one pass over
     the images: per batch one forward of the images (Y) and, per group of `group` units, one forward of their
     masked images concatenated (O). `batches()` yields the (normalised images, labels) of the split in CAM
     order; the maps are those of the `target` kind ('gt' or 'pred'), post-processed to the input size, and
-    the target class is the label or the softmax prediction accordingly."""
+    the target class is the label or the softmax prediction accordingly. `y_cache` (a dict the caller keeps for
+    one model, image split and target) holds Y per batch, so later calls on the same images skip that forward."""
     if not units:
         return []
     preds = torch.tensor([int(r["pred"]) for r in cams.index])
@@ -202,7 +203,7 @@ def fidelity_many(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torc
         size = images.shape[-1]
         classes = (preds[start:start + n] if target == "pred" else labels).to(device)
         images = images.to(device)
-        y = None
+        y = None if y_cache is None else y_cache.get((start, n))
         for g in range(0, len(units), group):
             cams_list = [torch.from_numpy(postprocess(pos[start:start + n], neg[start:start + n],
                                                       replace(u.pp, size=size))).to(device)
@@ -211,6 +212,8 @@ def fidelity_many(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torc
             y = y_g
             for acc, o in zip(accs[g:g + group], outs):
                 acc.accumulate(y, o)
+        if y_cache is not None:
+            y_cache[(start, n)] = y
         start += n
         if progress:
             progress(n * len(units))
@@ -314,8 +317,9 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
             results.append(out)
         fid_units = [i for i, u in enumerate(mine) if u.fidelity]
         if fid_units:
+            y_cache = memo.setdefault(("fidelity Y", context, fidelity_target), {})  # Y: once per image batch
             scores = fidelity_many(model, batches, test, [mine[i] for i in fid_units], fidelity_target,
-                                   progress=bar.update)
+                                   progress=bar.update, y_cache=y_cache)
             for i, s in zip(fid_units, scores):
                 results[i]["fidelity"] = s if per_image else {k: s[k] for k in ("avg_drop", "inc_conf", "n")}
         bar.close()

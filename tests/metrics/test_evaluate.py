@@ -202,3 +202,43 @@ def test_gap_linear_heads_score_cam_for_gradcam_and_xgradcam(tmp_path):
     unflagged, _ = evaluate_all({"test": plain}, {"test": gt}, opts)
     assert unflagged["cam"] == m["cam"] and unflagged["gradcampp"] == m["gradcampp"]
     assert unflagged["gradcam"]["softmax"] != unflagged["cam"]["softmax"]  # random maps: their own numbers
+
+
+def test_fidelity_with_memo_forwards_each_map_set_and_each_image_batch_once(tmp_path):
+    """Average Drop / Increase in Confidence through evaluate_all: with one memo over two CAM sets that share
+    the softmax branch, the second call forwards only its sigmoid maps (Y comes from the first call), and
+    every number equals a call without the memo."""
+    import torch
+
+    from pipeline.models.dual import DualBranchNet, ModelSpec
+
+    torch.manual_seed(0)
+    model = DualBranchNet(ModelSpec("resnet10t", 3, 32, output_stride=16))
+    model.add_sigmoid_head("random", generator=torch.Generator().manual_seed(1))
+    model.eval()
+    forwards = []
+    model.trunk.register_forward_hook(lambda module, args, out: forwards.append(len(args[0])))
+    images = torch.randn(4, 3, 32, 32)
+    labels = torch.tensor([0, 1, 2, 0])
+    batches = lambda: iter([(images[:2], labels[:2]), (images[2:], labels[2:])])  # noqa: E731
+    boxes = [(2, 3, 9, 12), (0, 0, 15, 7), (5, 5, 10, 10), (4, 1, 13, 14)]
+    first = varied_maps(4, 16, 3)
+    second = first.copy()
+    second[:, :, :, 1] = varied_maps(4, 16, 4)[:, :, :, 1]
+    sets = []
+    for k, maps in enumerate((first, second)):
+        test, gt = make_split(tmp_path / f"r{k}", "test", boxes, maps=maps, preds=[0, 1, 2, 0])
+        sets.append(({"test": test}, {"test": gt}))
+    opts = EvalOptions(threshold_split="test")
+    kwargs = dict(model=model, batches=batches, fidelity_target="gt", fidelity_size=32)
+    memo = {}
+    with_memo = []
+    for c, g in sets:
+        forwards.clear()
+        with_memo.append(evaluate_all(c, g, opts, memo=memo, **kwargs)[0])
+        with_memo[-1]["forwards"] = list(forwards)
+    assert with_memo[0].pop("forwards") == [2] * (1 + 10) + [2] * (1 + 10)  # per batch: Y, then 10 map sets
+    assert with_memo[1].pop("forwards") == [2] * 5 * 2                     # the 5 sigmoid sets, no Y
+    alone = [evaluate_all(c, g, opts, **kwargs)[0] for c, g in sets]
+    assert with_memo == alone
+    assert all("avg_drop" in alone[1][v][b] for v in ("cam", "layercam") for b in ("softmax", "sigmoid"))
