@@ -45,7 +45,7 @@ How:
 
 Compilation: the two compiled functions (`_sweeps` and its `_find`) are cached by numba in `__pycache__/`
 next to this file, so only the first call after a change of this file (or of numba) compiles them: about
-4 s, against about 0.5 s for a later process's first call, which is numba's own start-up (a trivial cached
+4 s, against 0.3-0.4 s for a later process's first call, which is numba's own start-up (a trivial cached
 function costs the same). Where that directory is not writable numba uses its user-wide cache directory
 (or NUMBA_CACHE_DIR when set); where no cache directory is writable numba refuses `cache=True` outright, so
 `_compiled` falls back to compiling in memory, once per process, with a NumbaWarning. Work arrays are
@@ -214,7 +214,7 @@ def _sweeps(maps, table, values, masks, ints, rec, rows, single, uncertain):
             parent[0] = 0
             rec[0, 5] = 1 << 40
             alive = 0
-            basins = 1
+            n_sets = 1  # set ids in use (0: the outside)
             for j in range(top):
                 level = j if sweep == 0 else top - j
                 for k in range(start[level], start[level + 1]):
@@ -225,8 +225,8 @@ def _sweeps(maps, table, values, masks, ints, rec, rows, single, uncertain):
                     p = (y + 1) * wp + x + 1
                     n_join = table[mask, 1]
                     if n_join == 0:  # no added neighbour: a new set
-                        r = basins
-                        basins += 1
+                        r = n_sets
+                        n_sets += 1
                         label[p] = r
                         parent[r] = r
                         rec[r, 0] = rec[r, 2] = x
