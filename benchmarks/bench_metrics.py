@@ -6,7 +6,8 @@ min-max normalised, one to three random GT boxes per image), in one process and 
   (a) reference: tests/metrics/reference_boxes.py, a transcription of the official code's two sweeps (every
       contour, then the largest contour), one `cv2.findContours` per threshold of the 1001-point grid;
   (b) fast path: `BoxEvaluator().accumulate` on the whole set (pipeline/metrics/box_levels.py: all 256 cut
-      levels at once, maps in mosaics), and one image per call;
+      levels at once, by two union-find sweeps per map compiled with numba, single-threaded), and one image
+      per call; the numba compile (or cache load) happens before timing;
   (c) library route, OpenCV: `cv2.connectedComponentsWithStats` at every cut level of every map, which gives
       the outer-contour boxes only (hole contours and `contourArea` would still be missing): a lower bound on
       the cost of a complete route built on it;
@@ -127,7 +128,7 @@ def run_case(n: int, size: int, feat: int, rounds: int, seed: int, targets: dict
         refs.clear()
         refs.extend(reference_counts(maps[i:i + 1], boxes[i:i + 1], correct[i:i + 1]) for i in range(n))
 
-    fast_whole()  # warm caches (per-shape grids) before timing
+    fast_whole()  # compile / load the numba code before timing
     timings = {}
     for _ in range(rounds):  # the routes interleaved round by round, so load changes hit them alike
         for name, fn in (("reference", reference), ("fast", fast_whole), ("fast_per_image", fast_per_image),

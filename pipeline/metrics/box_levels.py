@@ -6,6 +6,10 @@ Written by hand: no library returns what is needed here. scikit-image's `max_tre
 `connectedComponentsWithStats` give the component tree / one level's components, but not the hole contours
 (RETR_TREE) nor `contourArea` of the outer contours at every level; per-level OpenCV calls cost as much as
 or more than this whole path (measured side by side by benchmarks/bench_metrics.py, which prints each route).
+The work is a union-find over pixels in value order, irregular and sequential, which numpy cannot vectorise
+(an earlier numpy version spent its time in per-call overhead, `np.take` pointer jumping and `ufunc.at`), so
+it is compiled with numba: `@njit(cache=True)`, single-threaded, integer arithmetic only (the same bytes on
+every CPU); the evaluation parallelises one level up, over processes.
 
 How:
 
@@ -15,36 +19,48 @@ How:
    boundingRect is the component's pixel extent. The hole contours are the bounded 4-connected components of
    `U <= c` (OpenCV pads the image with background, so the image border is outside), and a hole contour's
    boundingRect is the hole's pixel extent grown by one pixel on every side.
-3. Both families are computed for all levels at once from a basin partition: every pixel is attached to a
-   regional maximum (of U, 8-connected, for the foreground; of -U inside a frame of "outside", 4-connected,
-   for the background) by a path that never goes below the pixel (pointer jumping over "highest neighbour"
-   pointers). At threshold t a component is then the union of the parts >= t of whole basins, and two basins
-   are in one component exactly when a chain of adjacent basin pairs has pass values (the best min over
-   adjacent pixel pairs across the two basins) >= t: a union-find over basin pairs in decreasing pass order,
-   with time-stamped links, gives each (basin, t) its component. Extents per (basin, value) come from
-   ufunc.at minima/maxima and cumulative minima/maxima over values.
+3. Both families come from one sweep each over the pixels in value order (a counting sort on the 256 values,
+   raster order within a value), which builds the component tree level by level, a union-find max-tree.
+   Foreground: t = max(U) down to 1 (level c = t - 1), adding the pixels of value t, 8-connected; background:
+   c = 0 up to max(U) - 1, adding the pixels of value c, 4-connected, inside a one-pixel frame of pre-added
+   "outside" pixels (set 0, never the smaller set in a union). Once a level's pixels are in, the sets are
+   exactly the components of `U >= t` (of `U <= c`, the outside's being no hole), and each root carries its
+   set's pixel extent: one box per set alive at that level, kept in a list (swap-removal on merges), so a
+   level costs its new pixels plus its number of components. A new pixel with no added neighbour opens a set;
+   any other joins the sets of its added neighbours and stores the root it joined (`label`), so a later
+   neighbour reaches the current root in one or two steps of the forest over set ids (union by size, path
+   halving). Which neighbours are added already is a bit mask per pixel, computed beforehand in raster order
+   (earlier neighbours >=, later ones >; <= and < for the background); added 8-neighbours that are adjacent
+   to each other are in one set already, so one lookup per group of them suffices (`_mask_table`). The image
+   is padded by one pixel, so no neighbour needs a bounds check.
 4. The largest contour is an outer one (a hole contour lies inside its parent's outer contour and comes
    after it in OpenCV's order). `contourArea` of the outer contour of a component K is
    W(K) + the areas of its hole contours, where W(K) = #(2x2 windows with 4 pixels in K) + #(with 3) / 2,
-   and a hole contour's area is at most the area of its points' bounding rectangle. The component with the
-   largest W is taken when that is certain: it is alone, or its W beats every other by more than the summed
-   hole bounds of the level. Otherwise (ties, close calls with holes) `findContours` runs at that level.
-5. Maps are processed as mosaics of several images (separator rows for the foreground, a shared "outside"
-   frame for the background), so numpy's per-call overhead is paid once per mosaic.
+   and a hole contour's area is at most the area of its points' bounding rectangle. 2 W is counted in the
+   foreground sweep: a window's three or four pixels >= t are 8-adjacent, hence in one set, and the pixels
+   that are a window's 3rd and 4th to be added each add 1 to their set (from their level down). The
+   component with the largest W is taken when that is certain: it is alone, or its 2 W beats every other by
+   more than twice the summed hole bounds of the level. Otherwise (ties, close calls with holes)
+   `findContours` runs at that level (`_largest_contour_box`), in Python after the compiled sweeps.
+
+Compilation: the two compiled functions (`_sweeps` and its `_find`) are cached by numba in `__pycache__/`
+next to this file, so only the first call after a change of this file (or of numba) compiles them: about
+4 s, against 0.3-0.4 s for a later process's first call, which is numba's own start-up (a trivial cached
+function costs the same). Where that directory is not writable numba uses its user-wide cache directory
+(or NUMBA_CACHE_DIR when set); where no cache directory is writable numba refuses `cache=True` outright, so
+`_compiled` falls back to compiling in memory, once per process, with a NumbaWarning. Work arrays are
+allocated by `level_boxes` and passed in, so the compiled code needs few of numba's numpy overloads.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import cv2
+import numba
 import numpy as np
-
-_LOW = np.iinfo(np.int16).min
-_FORWARD = {8: ((0, 1), (1, -1), (1, 0), (1, 1)), 4: ((0, 1), (1, 0))}
-_KERNELS = {8: np.ones((3, 3), np.uint8), 4: cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))}
-_NEVER = np.iinfo(np.intp).min
+from numba.core.errors import NumbaWarning
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,7 +68,9 @@ class LevelBoxes:
     """The boxes of a batch of quantised maps U (n, H, W) at every cut level c = 0..255 (binary = U > c).
 
     Levels c >= max(U_i) have no contour: their box is [0, 0, 0, 0]; the multi-contour list holds that box at
-    level max(U_i) only (higher levels are never cut by a threshold <= 1).
+    level max(U_i) only (higher levels are never cut by a threshold <= 1). The multi-contour rows come image
+    by image (each image's hole boxes, its outer boxes, then its level-max(U_i) row); the order of the rows of
+    one (image, level) carries no meaning.
     """
 
     tops: np.ndarray          # (n,) max(U_i)
@@ -72,273 +90,259 @@ def _largest_contour_box(u: np.ndarray, level: int) -> np.ndarray:
     return np.array([x, y, min(x + w, u.shape[1] - 1), min(y + h, u.shape[0] - 1)])
 
 
-
-@dataclass(frozen=True)
-class _Grid:
-    """Per-shape constants (intp): flat index, x and y of every pixel, 16 * ((y % 3) * 3 + x % 3) (`code16`, and
-    the same code unscaled as int16 `code`), and `steps[16 * i + j]`, the flat step from a pixel with code i to
-    its neighbour with code j (neighbours are told apart by the codes)."""
-
-    idx: np.ndarray
-    xs: np.ndarray
-    ys: np.ndarray
-    code: np.ndarray
-    code16: np.ndarray
-    steps: np.ndarray
+def _compiled(function):
+    """`numba.njit(cache=True, nogil=True)`, or without the on-disk cache where numba finds no writable cache
+    directory (it raises then, when the function is decorated): a NumbaWarning, and compilation in memory."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError as error:
+        warnings.warn(f"{error}; compiling {function.__name__} in memory, once per process", NumbaWarning,
+                      stacklevel=2)
+        return numba.njit(nogil=True)(function)
 
 
-@lru_cache(maxsize=8)
-def _grid(height: int, width: int) -> _Grid:
-    idx = np.arange(height * width, dtype=np.intp)
-    xs, ys = idx % width, idx // width
-    code = (ys % 3) * 3 + xs % 3
-    steps = np.zeros(9 * 16, np.intp)
-    for i in range(9):
-        for j in range(9):
-            steps[16 * i + j] = ((j // 3 - i // 3 + 1) % 3 - 1) * width + (j % 3 - i % 3 + 1) % 3 - 1
-    return _Grid(idx, xs, ys, code.astype(np.int16).reshape(height, width), code * 16, steps)
+# The neighbours of a pixel, as bits of its neighbour masks: the 4 edge ones (N, E, S, W: consecutive ones are
+# 8-adjacent), then the 4 corners (NW, NE, SE, SW); the background sweep uses the 4 edge bits only.
+_N, _E, _S, _W, _NW, _NE, _SE, _SW = range(8)
+_BG = 256  # the background masks' rows in the tables below
 
 
-def _take(a: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """a[indices] for in-range intp indices (np.take's "wrap" mode skips the bounds checks' slow path)."""
-    return np.take(a, indices, mode="wrap")
+def _mask_table() -> np.ndarray:
+    """(_BG + 16, 6) int64, per mask of the already added neighbours of a new pixel p (rows 0..255: foreground,
+    8 bits; rows _BG + 0..15: background, 4 bits): area, n_reps, reps[0..3].
+    `area`: the 2x2 windows holding p in which p is the 3rd or 4th added pixel (2 or 3 of its others added),
+    foreground only. `reps`: the added neighbours to join, one per group of added neighbours that are already
+    in one set: in the foreground (8-connected) one per cyclic run of added edge neighbours and one per added
+    corner with no added edge neighbour beside it, at most 4; in the background (4-connected) every one."""
+    table = np.zeros((_BG + 16, 6), np.int64)
+    for mask in range(256):
+        on = [bool(mask >> k & 1) for k in range(8)]
+        table[mask, 0] = sum(sum(on[k] for k in window) >= 2
+                             for window in ((_NW, _N, _W), (_N, _NE, _E), (_E, _SE, _S), (_S, _SW, _W)))
+        if on[_N] and on[_E] and on[_S] and on[_W]:
+            chosen = [_N]
+        else:
+            chosen = [e for e, before in ((_N, _W), (_E, _N), (_S, _E), (_W, _S)) if on[e] and not on[before]]
+        chosen += [c for c, a, b in ((_NW, _N, _W), (_NE, _N, _E), (_SE, _S, _E), (_SW, _S, _W))
+                   if on[c] and not (on[a] or on[b])]
+        table[mask, 1], table[mask, 2:2 + len(chosen)] = len(chosen), chosen
+        if mask < 16:
+            chosen = [e for e in (_N, _E, _S, _W) if on[e]]
+            table[_BG + mask, 1], table[_BG + mask, 2:2 + len(chosen)] = len(chosen), chosen
+    return table
 
 
-def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (i, v) with lo[i] <= v <= hi[i]."""
-    counts = np.maximum(hi - lo + 1, 0)
-    index = np.repeat(np.arange(len(lo)), counts)
-    return index, lo[index] + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+_TABLE = _mask_table()
 
 
-@dataclass(frozen=True)
-class _Basins:
-    """A partition of an image into basins: pixel p belongs to a basin whose marker (a regional maximum) it
-    reaches by a path, in the given connectivity, on which every value is >= values[p]."""
-
-    labels: np.ndarray  # (H * W,) intp basin ids 0..count-1
-    roots: np.ndarray   # (count,) flat index of each basin's marker
-    peaks: np.ndarray   # (count,) intp value of each basin's regional maximum
-    count: int
+@_compiled
+def _find(parent, b):
+    while parent[b] != b:  # path halving
+        parent[b] = parent[parent[b]]
+        b = parent[b]
+    return b
 
 
-def _basins(values: np.ndarray, connectivity: int) -> _Basins:
-    """Basins of an int16 image with values in [-256, 255]. Each pixel points to its highest neighbour if that
-    one is strictly higher (a dilation of value * 16 + position code finds it). The other pixels form plateau
-    pieces of equal value; a piece with a same-valued neighbour that has a higher neighbour points there as a
-    whole, any other piece is a regional maximum and points to one of its pixels, the basin's marker. Every
-    pointer goes to a neighbour (or along the piece) that is >= the pixel, so pointer jumping gives a marker
-    joined to the pixel by a path that never goes below it."""
-    height, width = values.shape
-    grid = _grid(height, width)
-    kernel = _KERNELS[connectivity]
-    flat = values.ravel()
-    encoded = values * 16 + grid.code
-    best = cv2.dilate(encoded, kernel).ravel()  # the default border value never wins a dilation
-    marker = (best >> 4) <= flat
-    pointer = grid.idx + _take(grid.steps, grid.code16 + (best & 15))  # markers are redirected below
-    n_pieces, pieces = cv2.connectedComponents(marker.view(np.uint8).reshape(height, width),
-                                               connectivity=connectivity, ltype=cv2.CV_32S)
-    pieces = pieces.ravel()
-    # a marker has no higher neighbour, so a non-marker neighbour of equal value is its highest non-marker one
-    exit_best = cv2.dilate(np.where(marker.reshape(height, width), _LOW, encoded), kernel).ravel()
-    exits = np.flatnonzero(((exit_best >> 4) == flat) & marker)
-    members = np.flatnonzero(marker)
-    member_pieces, exit_pieces = pieces[members], pieces[exits]
-    target = np.zeros(n_pieces, np.intp)
-    target[member_pieces] = members  # one pixel of each piece (any one)
-    regional = np.ones(n_pieces, bool)
-    regional[0] = False
-    regional[exit_pieces] = False
-    roots = target[regional]
-    target[exit_pieces] = exits + _take(grid.steps, grid.code16[exits] + (exit_best[exits] & 15))
-    pointer[members] = target[member_pieces]
-    while True:  # two jumps per convergence check
-        pointer = _take(pointer, pointer)
-        jumped = _take(pointer, pointer)
-        if np.array_equal(jumped, pointer):
-            break
-        pointer = jumped
-    lookup = np.zeros(height * width, np.intp)
-    lookup[roots] = np.arange(len(roots))
-    return _Basins(_take(lookup, pointer), roots, flat[roots].astype(np.intp), len(roots))
+@_compiled
+def _sweeps(maps, table, values, masks, ints, rec, rows, single, uncertain):
+    """The compiled part of `level_boxes`: fills `rows` (m, 6: image, level, x0, y0, x1, y1 of every
+    multi-contour box; a larger copy when it runs out of room), `single` (the largest contour's box where
+    certain) and `uncertain` (the (image, level) pairs left to findContours); returns (rows, m, k).
 
+    `maps`: C-contiguous uint8 (n, H, W), H, W < 2**15; `table`: `_mask_table()`; work arrays, allocated by
+    the caller: `values` int16 (H + 2, W + 2) all -1, `masks` uint8 (2, H, W), `ints` int64 zeros (the 1-D
+    work arrays below, end to end), `rec` int64 (H * W + 1, 8), per set root: x0, y0, x1, y1, 2 W, size,
+    slot in `active`."""
+    n, height, width = maps.shape
+    wp = width + 2
+    size = (height + 2) * wp
+    count = height * width
+    label = ints[:size]                               # the root each added pixel joined; padding: 0, outside
+    keys = ints[size:size + count]                    # pixels by value, raster order: x | y << 16 | masks
+    parent = ints[size + count:size + 2 * count + 1]  # union-find over set ids
+    active = ints[size + 2 * count + 1:size + 3 * count + 2]  # the roots alive at a level, but the outside's
+    start = ints[size + 3 * count + 2:size + 3 * count + 259]
+    fill = ints[size + 3 * count + 259:size + 3 * count + 515]
+    slack = ints[size + 3 * count + 515:size + 3 * count + 771]
+    steps = ints[size + 3 * count + 771:size + 3 * count + 779]  # flat step to each neighbour, by bit
+    steps[0], steps[1], steps[2], steps[3] = -wp, 1, wp, -1
+    steps[4], steps[5], steps[6], steps[7] = -wp - 1, -wp + 1, wp + 1, wp - 1
+    m = 0
+    k_unc = 0
+    for i in range(n):
+        u = maps[i]
+        for y in range(height):
+            line = values[y + 1]
+            for x in range(width):
+                line[x + 1] = u[y, x]
+        # added before a pixel: earlier in raster order and >= (foreground) / <= (background), or later and
+        # > / <; the padding (-1) is never in the foreground and always in the background
+        for y in range(height):
+            above, line, below = values[y], values[y + 1], values[y + 2]
+            fg, bg = masks[0, y], masks[1, y]
+            for x in range(width):
+                v = line[x + 1]
+                fg[x] = ((above[x + 1] >= v) * 1 + (line[x + 2] > v) * 2 + (below[x + 1] > v) * 4
+                         + (line[x] >= v) * 8 + (above[x] >= v) * 16 + (above[x + 2] >= v) * 32
+                         + (below[x + 2] > v) * 64 + (below[x] > v) * 128)
+                bg[x] = ((above[x + 1] <= v) * 1 + (line[x + 2] < v) * 2 + (below[x + 1] < v) * 4
+                         + (line[x] <= v) * 8)
+        # counting sort
+        start[:] = 0
+        top = 0
+        for y in range(height):
+            for x in range(width):
+                v = np.int64(u[y, x])
+                start[v + 1] += 1
+                top = max(top, v)
+        for v in range(256):
+            start[v + 1] += start[v]
+            fill[v] = start[v]
+        for y in range(height):
+            for x in range(width):
+                v = np.int64(u[y, x])
+                keys[fill[v]] = x | y << 16 | np.int64(masks[0, y, x]) << 32 | np.int64(masks[1, y, x]) << 40
+                fill[v] += 1
 
-def _extent_tables(basins: _Basins, values: np.ndarray, low: int) -> np.ndarray:
-    """(4, count, n_values) extents x0, y0, x1, y1 of {p in basin b : values[p] >= low + v} (empty: x0 = y0 =
-    a large number, x1 = y1 = -1), n_values = max(values) - low + 1."""
-    grid = _grid(*values.shape)
-    n_values = int(values.max()) - low + 1
-    key = basins.labels * n_values + (values.ravel() - low)
-    tables = np.empty((4, basins.count * n_values), np.intp)
-    tables[:2] = np.iinfo(np.int32).max
-    tables[2:] = -1
-    np.minimum.at(tables[0], key, grid.xs)  # table, index and values of one dtype: ufunc.at's fast path
-    np.minimum.at(tables[1], key, grid.ys)
-    np.maximum.at(tables[2], key, grid.xs)
-    np.maximum.at(tables[3], key, grid.ys)
-    tables = tables.reshape(4, basins.count, n_values)[..., ::-1]
-    np.minimum.accumulate(tables[:2], axis=2, out=tables[:2])
-    np.maximum.accumulate(tables[2:], axis=2, out=tables[2:])
-    return tables[..., ::-1]
-
-
-@dataclass(frozen=True)
-class _Forest:
-    """Union-find over basins with time-stamped links: `parent[b]` joined b's tree at threshold `since[b]`
-    (roots: themselves, never). The group of b at threshold t is found by following links with since >= t."""
-
-    parent: np.ndarray
-    since: np.ndarray
-
-    def find(self, basin: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-        while True:
-            move = self.since[basin] >= threshold
-            if not move.any():
-                return basin
-            basin = np.where(move, self.parent[basin], basin)
-
-
-def _merges(basins: _Basins, values: np.ndarray, connectivity: int, lowest: int) -> _Forest:
-    """Kruskal over adjacent basin pairs in decreasing pass value (the highest min(values[p], values[q]) over
-    adjacent p, q across the pair; passes below `lowest` are never needed), union by size, each link stamped
-    with its pass: at threshold t, basins are grouped exactly as the components of {values >= t}."""
-    height, width = values.shape
-    grid = _grid(height, width)
-    count = basins.count
-    square = basins.labels.astype(np.uint16 if count <= 2 ** 16 else np.float32).reshape(height, width)
-    kernel = _KERNELS[connectivity]
-    edge = np.flatnonzero(cv2.dilate(square, kernel) != cv2.erode(square, kernel))  # next to another basin
-    dy, dx = np.array(_FORWARD[connectivity], np.intp).T[..., None]  # (2, k, 1): neighbours x edge pixels
-    qx, qy = grid.xs[edge] + dx, grid.ys[edge] + dy
-    valid = (qx >= 0) & (qx < width) & (qy < height)
-    p = np.broadcast_to(edge, valid.shape)[valid]
-    q = (edge + (dy * width + dx))[valid]
-    lp, lq = basins.labels[p], basins.labels[q]
-    flat = values.ravel()
-    passes = np.minimum(flat[p], flat[q])
-    keep = (lp != lq) & (passes >= lowest)
-    span = 256  # passes - lowest <= 255: passes lie in [lowest, max(values)] within the 256 image values
-    # sorted by pair, then by decreasing pass: the first entry of each pair holds its highest pass
-    key = np.sort((np.minimum(lp, lq)[keep] * count + np.maximum(lp, lq)[keep]) * span
-                  + (span - 1 - (passes[keep] - lowest)))
-    key = key[np.flatnonzero(np.diff(key // span, prepend=-1))]
-    key = key[np.argsort(key % span, kind="stable")]  # decreasing pass
-    pair, passes = key // span, span - 1 - key % span + lowest
-    parent, size = list(range(count)), [1] * count
-    since = [_NEVER] * count
-    for a, b, v in zip((pair // count).tolist(), (pair % count).tolist(), passes.tolist()):
-        while parent[a] != a:
-            a = parent[a]
-        while parent[b] != b:
-            b = parent[b]
-        if a != b:
-            if size[a] < size[b]:
-                a, b = b, a
-            parent[b], since[b] = a, v
-            size[a] += size[b]
-    return _Forest(np.array(parent, np.intp), np.array(since, np.intp))
-
-
-def _components(basins: _Basins, values: np.ndarray, forest: _Forest, basin: np.ndarray, threshold: np.ndarray,
-                low: int, extra: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """The components of {values >= t} holding the (basin, t) pairs given (alive basins; low <= min(values)):
-    (threshold, group root, extent x0, y0, x1, y1 [, the sum of `extra[basin, t]` over the component's basins])."""
-    tables = _extent_tables(basins, values, low)
-    group = forest.find(basin, threshold)
-    key = (threshold - low) * basins.count + group
-    order = np.argsort(key)
-    key, basin, threshold = key[order], basin[order], threshold[order]
-    column = threshold - low
-    starts = np.flatnonzero(np.diff(key, prepend=-1))
-    out = [key[starts] // basins.count + low, key[starts] % basins.count,
-           np.minimum.reduceat(tables[0][basin, column], starts),
-           np.minimum.reduceat(tables[1][basin, column], starts),
-           np.maximum.reduceat(tables[2][basin, column], starts),
-           np.maximum.reduceat(tables[3][basin, column], starts)]
-    if extra is not None:
-        out.append(np.add.reduceat(extra[basin, threshold], starts))
-    return tuple(out)
-
-
-def _double_areas(u: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
-    """(count, 256) table at [b, t] for a uint8 image: #(2x2 windows with all 4 pixels >= t) + #(windows with
-    >= 3 pixels >= t), over the windows whose larger top pixel is in basin b (a pixel >= the window's second
-    smallest value, so in the window's component whenever the window counts): twice the summed `contourArea`
-    contributions of the windows."""
-    a, b, c, d = u[:-1, :-1], u[:-1, 1:], u[1:, :-1], u[1:, 1:]
-    lo1, hi1, lo2, hi2 = np.minimum(a, b), np.maximum(a, b), np.minimum(c, d), np.maximum(c, d)
-    fourth = np.minimum(lo1, lo2)                                 # smallest value of the window
-    third = np.minimum(np.maximum(lo1, lo2), np.minimum(hi1, hi2))  # second smallest
-    square = labels.reshape(u.shape)
-    owner = np.where(a >= b, square[:-1, :-1], square[:-1, 1:]) * 256
-    counts = (np.bincount((owner + fourth).ravel(), minlength=count * 256)
-              + np.bincount((owner + third).ravel(), minlength=count * 256)).reshape(count, 256)
-    return np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+        # sweep 0, background: c = 0..top-1, the holes of U > c are the sets of pixels <= c (4-connected)
+        # but the outside's, set 0 (the padding), which never is the smaller one.
+        # sweep 1, foreground: t = top..1, the outer contours of U > t - 1 are the sets of pixels >= t
+        # (8-connected).
+        for sweep in range(2):
+            shift = 40 if sweep == 0 else 32  # the sweep's mask in the keys
+            row0 = _BG if sweep == 0 else 0   # and its rows in the table
+            parent[0] = 0
+            rec[0, 5] = 1 << 40
+            alive = 0
+            n_sets = 1  # set ids in use (0: the outside)
+            for j in range(top):
+                level = j if sweep == 0 else top - j
+                for k in range(start[level], start[level + 1]):
+                    key = keys[k]
+                    x = key & 0xFFFF
+                    y = key >> 16 & 0xFFFF
+                    mask = (key >> shift & 0xFF) + row0
+                    p = (y + 1) * wp + x + 1
+                    n_join = table[mask, 1]
+                    if n_join == 0:  # no added neighbour: a new set
+                        r = n_sets
+                        n_sets += 1
+                        label[p] = r
+                        parent[r] = r
+                        rec[r, 0] = rec[r, 2] = x
+                        rec[r, 1] = rec[r, 3] = y
+                        rec[r, 4] = 0
+                        rec[r, 5] = 1
+                        rec[r, 6] = alive
+                        active[alive] = r
+                        alive += 1
+                        continue
+                    first = label[p + steps[table[mask, 2]]]
+                    r = _find(parent, first)
+                    for rep in range(1, n_join):
+                        b = label[p + steps[table[mask, 2 + rep]]]
+                        if b == first or b == r:
+                            continue
+                        b = _find(parent, b)
+                        if b == r:
+                            continue
+                        if rec[r, 5] < rec[b, 5]:  # union by size
+                            r, b = b, r
+                        parent[b] = r
+                        rec[r, 0] = min(rec[r, 0], rec[b, 0])
+                        rec[r, 1] = min(rec[r, 1], rec[b, 1])
+                        rec[r, 2] = max(rec[r, 2], rec[b, 2])
+                        rec[r, 3] = max(rec[r, 3], rec[b, 3])
+                        rec[r, 4] += rec[b, 4]
+                        rec[r, 5] += rec[b, 5]
+                        alive -= 1  # b leaves the alive list (b is never the outside)
+                        last = active[alive]
+                        active[rec[b, 6]] = last
+                        rec[last, 6] = rec[b, 6]
+                    label[p] = r  # the root itself: a later neighbour of p finds it at once
+                    if r == 0:  # the outside: nothing to count
+                        continue
+                    rec[r, 0] = min(rec[r, 0], x)
+                    rec[r, 1] = min(rec[r, 1], y)
+                    rec[r, 2] = max(rec[r, 2], x)
+                    rec[r, 3] = max(rec[r, 3], y)
+                    rec[r, 4] += table[mask, 0]
+                    rec[r, 5] += 1
+                if m + alive + 1 > rows.shape[0]:  # room for this level's rows and the image's last one
+                    grown = np.empty((2 * (m + alive + 1), 6), np.int64)
+                    for a in range(m):
+                        for b in range(6):
+                            grown[a, b] = rows[a, b]
+                    rows = grown
+                if sweep == 0:  # one hole box per set alive, and the level's bound on the hole areas
+                    total = 0
+                    for a in range(alive):
+                        r = active[a]
+                        x0, y0, x1, y1 = rec[r, 0], rec[r, 1], rec[r, 2], rec[r, 3]
+                        rows[m, 0] = i
+                        rows[m, 1] = level
+                        rows[m, 2] = x0 - 1
+                        rows[m, 3] = y0 - 1
+                        rows[m, 4] = min(x1 + 2, width - 1)
+                        rows[m, 5] = min(y1 + 2, height - 1)
+                        m += 1
+                        total += (x1 - x0 + 2) * (y1 - y0 + 2)
+                    slack[level] = 2 * total
+                    continue
+                c = level - 1  # one outer box per set alive, and the largest contour where certain
+                best = runner_up = -1
+                winner = 0
+                for a in range(alive):
+                    r = active[a]
+                    rows[m, 0] = i
+                    rows[m, 1] = c
+                    rows[m, 2] = rec[r, 0]
+                    rows[m, 3] = rec[r, 1]
+                    rows[m, 4] = min(rec[r, 2] + 1, width - 1)
+                    rows[m, 5] = min(rec[r, 3] + 1, height - 1)
+                    if rec[r, 4] > best:
+                        runner_up = best
+                        best = rec[r, 4]
+                        winner = m
+                    elif rec[r, 4] > runner_up:
+                        runner_up = rec[r, 4]
+                    m += 1
+                if alive == 1 or best > runner_up + slack[c]:
+                    for b in range(4):
+                        single[i, c, b] = rows[winner, 2 + b]
+                else:
+                    uncertain[k_unc, 0] = i
+                    uncertain[k_unc, 1] = c
+                    k_unc += 1
+        if m + 1 > rows.shape[0]:  # top == 0: no level was swept
+            grown = np.empty((2 * (m + 1), 6), np.int64)
+            for a in range(m):
+                for b in range(6):
+                    grown[a, b] = rows[a, b]
+            rows = grown
+        rows[m, 0] = i  # level max(U): no contour, the origin box
+        rows[m, 1] = top
+        rows[m, 2] = rows[m, 3] = rows[m, 4] = rows[m, 5] = 0
+        m += 1
+    return rows, m, k_unc
 
 
 def level_boxes(maps: np.ndarray) -> LevelBoxes:
-    """`LevelBoxes` of a batch of uint8 maps (n, H, W) by the basin method of the module docstring.
-
-    The maps are laid out as one mosaic: for the foreground, images stacked with a separator row of value -1
-    (never foreground, and a 1-pixel gap breaks 8-connectivity; 0 in the uint8 copy used for areas, where a
-    window across it has at most 2 pixels above 0); for the background (-U), every image framed by value +1,
-    the outside, which is in every background level set. Components never span two images.
-    """
+    """`LevelBoxes` of a batch of uint8 maps (n, H, W), H, W < 32768, by the sweeps of the module docstring."""
     if maps.ndim != 3 or maps.dtype != np.uint8 or 0 in maps.shape:
         raise ValueError(f"maps: expected a non-empty (n, H, W) uint8 array, got {maps.dtype} {maps.shape}")
+    if max(maps.shape[1:]) >= 2 ** 15:
+        raise ValueError(f"maps: sides must be below 32768 pixels, got {maps.shape[1:]}")
     n, height, width = maps.shape
-    tops = maps.reshape(n, -1).max(1).astype(np.intp)
-    stride = height + 1
-    mosaic = np.zeros((n, stride, width), np.uint8)
-    mosaic[:, :height] = maps
-    mosaic = mosaic.reshape(n * stride, width)
-    values = mosaic.astype(np.int16)
-    values[height::stride] = -1
-    background = np.ones((n * stride + 1, width + 2), np.int16)
-    background[1:].reshape(n, stride, width + 2)[:, :height, 1:-1] = -maps.astype(np.int16)
-    # outer contours: 8-connected components of U >= t = c + 1, t in 1..max(U_i)
-    fg = _basins(values, 8)
-    fg_image = fg.roots // width // stride
-    basin, threshold = _expand(np.ones(fg.count, np.intp), fg.peaks)
-    areas = _double_areas(mosaic, fg.labels, fg.count)  # separator rows of 0 only count at t <= 0
-    t, group, x0, y0, x1, y1, o_area = _components(fg, values, _merges(fg, values, 8, 1), basin, threshold, -1,
-                                                   areas)
-    o_image, o_level = fg_image[group], t - 1
-    y_off = o_image * stride
-    outer = np.stack([x0, y0 - y_off, np.minimum(x1 + 1, width - 1), np.minimum(y1 - y_off + 1, height - 1)], 1)
-    # hole contours: 4-connected components of -U >= t = -c, c in 0..max(U_i) - 1, without the frame
-    bg = _basins(background, 4)
-    frame = int(bg.labels[0])
-    bg_image = (bg.roots // (width + 2) - 1) // stride
-    in_image = np.flatnonzero(np.arange(bg.count) != frame)
-    lo = 1 - tops[bg_image[in_image]]
-    basin, threshold = _expand(lo, np.minimum(bg.peaks[in_image], 0))
-    basin = in_image[basin]
-    forest = _merges(bg, background, 4, -254)
-    inside = forest.find(basin, threshold) != forest.find(np.full_like(basin, frame), threshold)
-    t, group, x0, y0, x1, y1 = _components(bg, background, forest, basin[inside], threshold[inside], -255)
-    h_image, h_level = bg_image[group], -t
-    y_off = h_image * stride + 1
-    # the hole's extent (padded coordinates) grown by one pixel, one past the end, clipped like every box
-    holes = np.stack([x0 - 2, y0 - y_off - 1, np.minimum(x1 + 1, width - 1),
-                      np.minimum(y1 - y_off + 2, height - 1)], 1)
-    # largest contour: an outer one; certain when alone, or when its double area beats the runner-up's by more
-    # than twice the level's summed hole-polygon bounds (a hole contour's area <= its points' bounding rect)
-    slot = o_image * 256 + o_level
-    hole_slack = 2 * np.bincount(h_image * 256 + h_level, weights=(x1 - x0 + 2) * (y1 - y0 + 2),
-                                 minlength=n * 256)[slot]
-    order = np.lexsort((-o_area, slot))
-    first = np.flatnonzero(np.diff(slot[order], prepend=-1))
-    n_comp = np.diff(np.r_[first, len(order)])
-    best = order[first]
-    runner_up = o_area[order[np.minimum(first + 1, len(order) - 1)]]
-    certain = (n_comp == 1) | (o_area[best] > runner_up + hole_slack[best])
-    single = np.zeros((n, 256, 4), np.intp)
-    single[o_image[best], o_level[best]] = outer[best]
-    for k in best[~certain]:
-        single[o_image[k], o_level[k]] = _largest_contour_box(maps[o_image[k]], int(o_level[k]))
-    images = np.arange(n)
-    return LevelBoxes(tops, np.concatenate([o_image, h_image, images]), np.concatenate([o_level, h_level, tops]),
-                      np.concatenate([outer, holes, np.zeros((n, 4), np.intp)]), single)
-
+    wp, count = width + 2, height * width
+    values = np.full((height + 2, wp), -1, np.int16)
+    ints = np.zeros((height + 2) * wp + 3 * count + 779, np.int64)
+    single = np.zeros((n, 256, 4), np.int64)
+    uncertain = np.empty((256 * n, 2), np.int64)
+    rows, m, k = _sweeps(np.ascontiguousarray(maps), _TABLE, values, np.empty((2, height, width), np.uint8), ints,
+                         np.empty((count + 1, 8), np.int64), np.empty((8 * n + 64, 6), np.int64), single, uncertain)
+    rows, uncertain = rows[:m], uncertain[:k]
+    for i, c in uncertain.tolist():
+        single[i, c] = _largest_contour_box(maps[i], c)
+    tops = maps.reshape(len(maps), -1).max(1).astype(np.intp)
+    return LevelBoxes(tops, rows[:, 0].copy(), rows[:, 1].copy(), np.ascontiguousarray(rows[:, 2:]), single)

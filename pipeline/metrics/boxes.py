@@ -121,14 +121,14 @@ class _Outcomes:
 
 def _outcomes(maps: np.ndarray, gt_boxes: Sequence[np.ndarray], correct: np.ndarray, thresholds: np.ndarray,
               deltas: np.ndarray, loc_index: int, first_gt_only: bool) -> _Outcomes:
-    """`_Outcomes` of quantised maps (n, H, W). Images go through `level_boxes` in mosaics of about 2**18
-    pixels (cache-sized; fewer numpy calls per image)."""
+    """`_Outcomes` of quantised maps (n, H, W). Images go through `level_boxes` and the IoU arrays in parts of
+    about 2**18 pixels (bounded work arrays; fewer numpy calls per image)."""
     n, height, width = maps.shape
-    per_mosaic = max(1, 2 ** 18 // (height * width))
+    per_part = max(1, 2 ** 18 // (height * width))
     parts = []
     deltas = deltas[:, None, None]
-    for start in range(0, n, per_mosaic):
-        part = slice(start, min(start + per_mosaic, n))
+    for start in range(0, n, per_part):
+        part = slice(start, min(start + per_part, n))
         boxes = level_boxes(maps[part])
         m = len(boxes.tops)
         n_gt = max(len(g) for g in gt_boxes[part])

@@ -81,11 +81,11 @@ def test_random_maps_give_the_official_counters(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS[:20])
-def test_random_mosaics_give_the_official_boxes_at_every_level(seed):
+def test_random_batches_give_the_official_boxes_at_every_level(seed):
     rng = np.random.default_rng(5000 + seed)
     h, w = (int(v) for v in rng.integers(2, 25, 2))
     batch = []
-    for _ in range(3):  # several maps of one shape: one mosaic, as the evaluator runs it
+    for _ in range(3):  # several maps of one shape: one batch, as the evaluator runs it
         m = fresh_map(rng)
         batch.append(cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST))
     u = quantize_scoremaps(np.stack(batch))
