@@ -34,7 +34,6 @@ from torch import nn
 from pipeline.cams import variants as registry
 from pipeline.cams.variants import CamInputs, CamVariant
 from pipeline.models.heads import Head
-from pipeline.train.loops import to_device
 
 BRANCHES = ("softmax", "sigmoid")
 CHUNK_ELEMENTS = 1 << 18  # elements of one (images x C x hw) gradient chunk in `_chunked_maps` (1 MiB)
@@ -193,7 +192,9 @@ def compute_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, 
     check_eval_mode(model)
     variants = model_variants(model)
     device = next(model.head.parameters()).device
-    images = to_device(images, device)
+    # the caller's layout: a channels-last model (`place`) runs channels-last convolutions on either layout,
+    # and a model left as it is gives exactly its own forward's logits
+    images = images.to(device, non_blocking=True)
     targets = targets.to(device=device, dtype=torch.long)
     bf16 = amp and device.type == "cuda"
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

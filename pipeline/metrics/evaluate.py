@@ -35,6 +35,7 @@ from pipeline.data.prepare import GroundTruth
 from pipeline.metrics.boxes import BoxEvaluator, BoxResult, select_thresholds
 from pipeline.metrics.fidelity import FidelityAccumulator, fidelity_scores_many
 from pipeline.metrics.masks import MaskEvaluator, MaskResult
+from pipeline.train.loops import to_device
 
 CHUNK = 512          # images post-processed at once: bounds memory on large test sets
 # Map sets whose masked images share one forward. 1: each set's masked batch is a forward of its own, so its
@@ -202,7 +203,7 @@ def fidelity_many(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torc
         n = len(labels)
         size = images.shape[-1]
         classes = (preds[start:start + n] if target == "pred" else labels).to(device)
-        images = images.to(device)
+        images = to_device(images, device)
         y = None if y_cache is None else y_cache.get((start, n))
         for g in range(0, len(units), group):
             cams_list = [torch.from_numpy(postprocess(pos[start:start + n], neg[start:start + n],

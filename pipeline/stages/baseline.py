@@ -55,7 +55,7 @@ def main() -> None:
     from pipeline.models.convert import import_checkpoint
     from pipeline.models.dual import DualBranchNet, save_checkpoint
     from pipeline.models.pretrained import load_imagenet
-    from pipeline.train.loops import predict, resolve_device, train_baseline
+    from pipeline.train.loops import place, predict, resolve_device, train_baseline
     from pipeline.train.resume import for_stage
 
     b = params.baseline
@@ -93,7 +93,7 @@ def main() -> None:
                                    weight_decay=params.model.baseline_weight_decay,
                                    label_smoothing=b.label_smoothing, on_epoch=on_epoch if is_main() else None,
                                    checkpoints=checkpoints)
-            model.to(device)
+            place(model, device)
             top1 = predict(model, test_loader, device, desc="test").top1()
             lv.summary["test"] = {"top1_cls": top1}
             if b.checkpoint:  # the declared plots output exists for an import too: one step

@@ -35,7 +35,7 @@ def main() -> None:
     from pipeline.metrics.evaluate import evaluate_all
     from pipeline.metrics.intervals import IntervalAccumulator, interval_metrics
     from pipeline.models.dual import load_checkpoint
-    from pipeline.train.loops import resolve_device
+    from pipeline.train.loops import place, resolve_device
 
     began = time.perf_counter()
     e = params.evaluate
@@ -49,7 +49,7 @@ def main() -> None:
         if e.fidelity:  # the softmax head scores every replicate's maps: it is frozen, the same in all of them
             device = resolve_device(params.device)
             model, _ = load_checkpoint(first.finetuned_ckpt, expect=model_spec(params))
-            model.to(device).eval()
+            place(model, device).eval()
             test_loader = loader(params, "test", train=False, batch_size=params.cams.batch_size)
             batches = lambda: iter(test_loader)  # noqa: E731
         intervals = IntervalAccumulator(resamples=e.bootstrap_resamples, seed=e.bootstrap_seed,

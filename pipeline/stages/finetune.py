@@ -21,7 +21,7 @@ def main() -> None:
 
     from pipeline.dist import finish, is_main, share_checkpoints
     from pipeline.models.dual import load_checkpoint, save_checkpoint
-    from pipeline.train.loops import finetune_sigmoid_head, predict, resolve_device
+    from pipeline.train.loops import finetune_sigmoid_head, place, predict, resolve_device
     from pipeline.train.resume import for_stage
 
     f = params.finetune
@@ -30,7 +30,7 @@ def main() -> None:
         # the key hashes the replicate's dual.pt, which records its seed: replicates never share a checkpoint
         checkpoints = share_checkpoints(for_stage("finetune", params, device, inputs=[rep.dual_ckpt]))
         model, extra = load_checkpoint(rep.dual_ckpt, expect=model_spec(params))
-        model.to(device)
+        place(model, device)  # the layout training uses: "before" and "after" logits come from one layout
         test_loader = loader(params, "test", train=False)
         before = predict(model, test_loader, device, desc="test before")
         with live(str(rep.live_dir)) as lv:
