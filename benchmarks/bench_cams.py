@@ -46,6 +46,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 from pipeline.cams.engine import BRANCHES, compute_cams  # noqa: E402
 from pipeline.models.dual import BranchClassifier, DualBranchNet, ModelSpec  # noqa: E402
 from pipeline.params import resolve_backbone  # noqa: E402
+from pipeline.train.loops import place, to_device  # noqa: E402
 from tests.cams.standins import timm_model  # noqa: E402  (the gradient-family stand-in)
 
 GRAD_CAMS = (GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM)
@@ -95,14 +96,14 @@ def build(case: dict, family: str, grid: int, hidden: int, device: torch.device)
     else:
         model = timm_model(case["backbone"], family="grad", num_classes=case["classes"], input_size=case["size"],
                            output_stride=case["output_stride"], grid=grid, hidden=hidden)
-    return model.to(device).eval()
+    return place(model, device).eval()  # the pipeline's layout (channels-last, pipeline/train/loops.py)
 
 
 def bench_case(case: dict, family: str, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
     """Time (a)-(c) (and (d) when asked) for one case and family; print and return the ratios."""
     model = build(case, family, args.grad_grid, args.grad_hidden, device)
     batch = case["batch"]
-    images = torch.randn(batch, 3, case["size"], case["size"], device=device)
+    images = to_device(torch.randn(batch, 3, case["size"], case["size"]), device)
     labels = torch.randint(0, case["classes"], (batch,), device=device)
 
     def forward(amp: bool = False) -> None:
