@@ -130,3 +130,28 @@ def test_adding_a_variant_is_one_entry(monkeypatch, tmp_path):
     torch.testing.assert_close(torch.from_numpy(back.select(part="pos", branch="softmax", variant="absgrad")),
                                cams.pos[:, 0, -1])
     assert official_options("absgrad", "sigmoid", 32).official_grad_scaling
+
+
+def test_map_source_gradcam_and_xgradcam_are_cam_for_gap_linear_heads():
+    """`map_source` aliases Grad-CAM and XGrad-CAM to CAM only for GAP-linear heads, and there their maps are
+    positive multiples of CAM's (so every scale-invariant post-processing gives CAM's score maps)."""
+    from pipeline.cams.engine import gap_linear_heads
+    from pipeline.models.dual import DualBranchNet, ModelSpec
+
+    assert [variants.map_source(v, True) for v in variants.names()] == ["cam", "cam", "gradcampp", "cam", "layercam"]
+    assert [variants.map_source(v, False) for v in variants.names()] == list(variants.names())
+    torch.manual_seed(0)
+    model = DualBranchNet(ModelSpec("resnet10t", 4, 32, output_stride=16))
+    model.add_sigmoid_head("random", generator=torch.Generator().manual_seed(1))
+    model.eval()
+    assert gap_linear_heads(model) and not gap_linear_heads(vgg_grad_model().eval())
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    cams = compute_cams(model, x, torch.tensor([0, 1, 3]))
+    names = list(cams.variants)
+    signed = (cams.pos + cams.neg).double()  # (B, H, V, h, w)
+    cam = signed[:, :, names.index("cam")]
+    for alias in ("gradcam", "xgradcam"):
+        other = signed[:, :, names.index(alias)]
+        scale = other.flatten(2).norm(dim=-1) / cam.flatten(2).norm(dim=-1)  # (B, H), > 0
+        assert (scale > 0).all()
+        torch.testing.assert_close(other, cam * scale[..., None, None], rtol=1e-5, atol=1e-6)
