@@ -46,21 +46,17 @@ def resolve_device(name: str) -> torch.device:
 CHANNELS_LAST = os.environ.get("PIPELINE_CHANNELS_LAST", "1") != "0"
 
 
-def _channels_last(device: torch.device) -> bool:
-    return CHANNELS_LAST
-
-
 def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Move `model` to `device`, channels-last (`CHANNELS_LAST`); returns it."""
     model.to(device)
-    if _channels_last(device):
+    if CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
     return model
 
 
 def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A batch of images on `device`, asynchronously from pinned memory, channels-last (`CHANNELS_LAST`)."""
-    if _channels_last(device) and images.dim() == 4:
+    if CHANNELS_LAST and images.dim() == 4:
         return images.to(device, non_blocking=True, memory_format=torch.channels_last)
     return images.to(device, non_blocking=True)
 
