@@ -10,8 +10,12 @@ leaf, so no gradient ever reaches the trunk's (or the heads') parameters.
 
 Fast path: a head that is exactly GAP -> linear (`head.gap_linear()`) has dS/dA_c = W[k, c] / hw, constant
 over the map, so no autograd is run at all and every variant's weights come in closed form from W[k] and
-sum_xy A (`pipeline.cams.variants.CamInputs`); `fast_path=False` forces the autograd path (the tests check
-that both agree).
+sum_xy A (`pipeline.cams.variants.CamInputs`). A head that is tail(adaptive_avg_pool2d(A, grid))
+(`head.pooled()`, the gradient family's `PoolMlpHead`) is differentiated through its tail alone, on the
+(B, C, grid, grid) pooled map; the pooling's transpose then gives dS/dA, which is constant on the cells where
+the same windows overlap (`pool_cells`), so the variants' reductions run per cell (P cells, P <= (2 grid)^2,
+against hw pixels) instead of per pixel. `fast_path=False` forces autograd through the whole head (the tests
+check that all paths agree).
 
 The variants and their formulas are the registry's (`pipeline.cams.variants`); the model's family (its
 `spec.family`, "cam" when absent) decides which exist: CAM only for the CAM family, as the official code.
@@ -25,6 +29,7 @@ matrix product.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -115,12 +120,16 @@ def head_gradients(model: nn.Module, features: torch.Tensor, targets: torch.Tens
     return logits, logits2, torch.stack(grads[0], dim=1)
 
 
-def _autograd_heads(model: nn.Module, features: torch.Tensor, kinds) -> tuple[torch.Tensor, torch.Tensor, list]:
+def _autograd_heads(model: nn.Module, features: torch.Tensor, kinds, tails=None
+                    ) -> tuple[torch.Tensor, torch.Tensor, list]:
     """One forward of both heads on A (as detached leaves), then one backward per target tensor of
-    `kinds(logits)` (so a target may depend on the softmax logits, e.g. the prediction)."""
+    `kinds(logits)` (so a target may depend on the softmax logits, e.g. the prediction). With `tails` (one
+    function per head) `features` is the pooled map and the heads' tails are run and differentiated instead."""
     with torch.enable_grad():
         leaves = [features.detach().float().requires_grad_(True) for _ in BRANCHES]
-        outs = [head_logits(head, a) for head, a in zip((model.head, model.head2), leaves)]
+        if tails is None:
+            tails = [lambda a, head=head: head_logits(head, a) for head in (model.head, model.head2)]
+        outs = [tail(a) for tail, a in zip(tails, leaves)]
         targets = kinds(outs[0].detach())
         grads = []
         for i, t in enumerate(targets):
@@ -130,6 +139,30 @@ def _autograd_heads(model: nn.Module, features: torch.Tensor, kinds) -> tuple[to
     return outs[0].detach(), outs[1].detach(), grads  # grads[kind] = (dS_softmax/dA, dS_sigmoid/dA)
 
 
+def pooled_heads(model: nn.Module) -> tuple[int, list] | None:
+    """(grid, tails) when both heads are tail(adaptive_avg_pool2d(A, grid)) with one grid (`Head.pooled`)."""
+    forms = [h.pooled() if isinstance(h, Head) else None for h in (model.head, model.head2)]
+    if any(f is None for f in forms) or forms[0][0] != forms[1][0]:
+        return None
+    return forms[0][0], [tail for _, tail in forms]
+
+
+@functools.lru_cache(maxsize=32)
+def pool_cells(height: int, width: int, grid: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cells of adaptive average pooling from (height, width) to (grid, grid), on the CPU.
+
+    The pooling is linear: pooled_r = sum_x P[x, r] A(x), P[x, r] = 1 / |window r| for x in window r; so
+    dS/dA(x) = sum_r P[x, r] dS/dpooled_r, which is the same for every pixel with the same row of P (the same
+    set of windows: adaptive windows may overlap). P is read from the pooling itself (one-hot maps through
+    `F.adaptive_avg_pool2d`), so the cells follow PyTorch's window bounds exactly. Returns `to_cells` (R, P),
+    the value of P's row at each cell, `index` (hw,) each pixel's cell, and `one_hot` (hw, P).
+    """
+    n = height * width
+    weights = F.adaptive_avg_pool2d(torch.eye(n).reshape(n, 1, height, width), grid).reshape(n, grid * grid)
+    rows, index = torch.unique(weights, dim=0, return_inverse=True)
+    return rows.T.contiguous(), index, F.one_hot(index, len(rows)).float()
+
+
 def _maps(variants: tuple[CamVariant, ...], inputs: CamInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """pos, neg (B, H, V, hw) of `variants` from their weights on `inputs` (see the module docstring)."""
     a = inputs.features                                  # (B, C, N)
@@ -137,12 +170,15 @@ def _maps(variants: tuple[CamVariant, ...], inputs: CamInputs) -> tuple[torch.Te
     heads = inputs.grads.shape[1]
     combined: list[tuple[int, torch.Tensor, bool]] = []  # (variant index, (B, H, C) weights, nonnegative)
     pixel: list[tuple[int, torch.Tensor, bool]] = []
+    cellwise: list[tuple[int, torch.Tensor, bool]] = []
     for i, v in enumerate(variants):
         w = v.weights(inputs)
-        if v.kind == "pixel" and not (inputs.constant_grad and w.shape[-1] == 1):
-            pixel.append((i, w, v.nonnegative))
+        if v.kind == "pixel" and inputs.constant_grad and w.shape[-1] == 1:
+            combined.append((i, w[..., 0], v.nonnegative))
+        elif v.kind == "pixel":
+            (cellwise if inputs.cells is not None else pixel).append((i, w, v.nonnegative))
         else:
-            combined.append((i, w[..., 0] if v.kind == "pixel" else w, v.nonnegative))
+            combined.append((i, w, v.nonnegative))
     pos = a.new_empty(batch, heads, len(variants), n)   # every variant writes its pos part
     neg = a.new_zeros(batch, heads, len(variants), n)   # zero for the non-negative ones
     if combined:
@@ -156,6 +192,15 @@ def _maps(variants: tuple[CamVariant, ...], inputs: CamInputs) -> tuple[torch.Te
         pos[:, :, i] = ((w if nonneg else w.clamp(min=0)) * a[:, None]).sum(dim=2)
         if not nonneg:
             neg[:, :, i] = (w.clamp(max=0) * a[:, None]).sum(dim=2)
+    if cellwise:
+        # per-cell pixel weights (B, H, C, P): every cell's weights applied to the whole map in one product,
+        # then each pixel keeps its own cell's row
+        index = inputs.cells.index.view(1, 1, 1, n).expand(batch, heads, 1, n)
+        for i, w, nonneg in cellwise:
+            for out, part in ((pos, w if nonneg else w.clamp(min=0)),) + (() if nonneg else ((neg, w.clamp(max=0)),)):
+                cells = part.shape[-1]
+                per_cell = torch.bmm(part.transpose(2, 3).reshape(batch, heads * cells, channels), a)
+                out[:, :, i] = per_cell.view(batch, heads, cells, n).gather(2, index)[:, :, 0]
     return pos, neg
 
 
@@ -208,11 +253,24 @@ def compute_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, 
     with torch.no_grad():
         sum_a = flat.sum(dim=-1)[:, None]                                      # (B, 1, C)
         weights = [lin.weight.float() for lin in linears] if gap else None
+        pooling = None if gap or not fast_path else pooled_heads(model)
+        cells = None
         if gap and fast_path:
             pooled = features.mean(dim=(2, 3))
             logits, logits2 = (F.linear(pooled, w, lin.bias.float()) for w, lin in zip(weights, linears))
             kinds = [targets] + ([logits.argmax(1)] if pred else [])
             grads = None
+        elif pooling is not None:
+            # a pooling head: differentiate its tail on the pooled map, then map the gradient to the cells
+            grid, tails = pooling
+            to_cells, index, one_hot = (t.to(device) for t in pool_cells(height, width, grid))
+            pooled = F.adaptive_avg_pool2d(features, grid)
+            logits, logits2, pooled_grads = _autograd_heads(
+                model, pooled, lambda out: [targets] + ([out.argmax(1)] if pred else []), tails)
+            kinds = [targets] + ([logits.argmax(1)] if pred else [])
+            grads = [torch.stack([g.reshape(batch, channels, -1) for g in gs], dim=1) @ to_cells
+                     for gs in pooled_grads]                                     # per kind: (B, 2, C, P)
+            cells = registry.GradCells(index, one_hot.sum(dim=0), flat @ one_hot)
         else:
             logits, logits2, grads = _autograd_heads(
                 model, features, lambda out: [targets] + ([out.argmax(1)] if pred else []))
@@ -229,6 +287,8 @@ def compute_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, 
             if grads is None:
                 inputs = CamInputs(flat[part], sum_a[part], (rows / n)[..., None], constant_grad=True, head_rows=rows)
                 pos, neg = _maps(variants, inputs)
+            elif cells is not None:
+                pos, neg = _maps(variants, CamInputs(flat[part], sum_a[part], grads[k][part], cells=cells[part]))
             else:
                 pos, neg = _chunked_maps(variants, flat[part], sum_a[part], [g[part] for g in grads[k]], rows)
             pos, neg = (m.reshape(*m.shape[:3], height, width) for m in (pos, neg))

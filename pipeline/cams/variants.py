@@ -5,7 +5,9 @@ A variant says, in one place, everything the rest of the pipeline needs to know 
 - `name` (the key in shards, metrics, curve files) and `label` (what the report prints);
 - its weights, from the target-layer feature map A, the gradient g = dS/dA of the branch's raw target logit S
   and the head (`CamInputs`): `channel` weights alpha (B, H, C), combined as M = sum_c alpha_c A_c, or
-  `pixel` weights w (B, H, C, hw), combined as M = sum_c w_c A_c per pixel (H = number of heads, i.e. branches);
+  `pixel` weights w (B, H, C, hw), combined as M = sum_c w_c A_c per pixel (H = number of heads, i.e. branches)
+  (a weight function reduces over (x, y) only through `CamInputs.sum_xy` / `mean_xy` / `sum_xy_ga`: the
+  gradient arrives per pixel, per cell of a pooling head, or as the GAP-linear constant);
 - whether those weights are non-negative by construction (then the stored `neg` part is zero);
 - its official post-processing rule (`OfficialRule`; the sigmoid branch's weight clamp is common to all);
 - the model families it is defined for, and the footnote the report prints where it is not.
@@ -49,19 +51,39 @@ class OfficialRule:
     official_grad_scaling: bool  # pytorch-grad-cam's scale_cam_image path
 
 
+class GradCells:
+    """The cells of the map on which a head's gradient is constant (a pooling head, `Head.pooled()`).
+
+    `index` (hw,): each pixel's cell; `counts` (P,): pixels per cell; `sum_a` (B, C, P): sum of A over each
+    cell. With the cells, a gradient is given by its value per cell, (B, H, C, P).
+    """
+
+    def __init__(self, index, counts, sum_a):
+        self.index, self.counts, self.sum_a = index, counts, sum_a
+
+    def __getitem__(self, rows):
+        """The same cells for a subset of the images."""
+        return GradCells(self.index, self.counts, self.sum_a[rows])
+
+
 class CamInputs:
     """What a variant's weights are computed from, for one batch and every head.
 
-    `features` A: (B, C, hw) float32; `sum_a`: (B, 1, C) = sum_xy A. The gradient is either `grads`
-    (B, H, C, hw), the real dS/dA through the head, or, for a GAP-linear head, the closed form: constant over
-    the map, `grads` (B, H, C, 1) = W[k] / hw (`constant_grad` is then True). `head_rows` (B, H, C) is the
-    target row W[k] of each GAP-linear head (None for any other head). The methods below give the spatial
-    reductions in the form that fits either case, so one formula per variant serves both.
+    `features` A: (B, C, hw) float32; `sum_a`: (B, 1, C) = sum_xy A. The gradient `grads` comes in one of three
+    forms:
+
+    - per pixel, (B, H, C, hw): the real dS/dA through the head (the general case);
+    - per cell, (B, H, C, P) with `cells` (`GradCells`): a pooling head's gradient, constant on each cell;
+    - constant over the map, (B, H, C, 1) = W[k] / hw, for a GAP-linear head (`constant_grad` is then True).
+
+    `head_rows` (B, H, C) is the target row W[k] of each GAP-linear head (None for any other head). The methods
+    below give the spatial reductions in the form that fits each case, so one formula per variant serves all.
     """
 
-    def __init__(self, features, sum_a, grads, *, constant_grad: bool, head_rows=None):
+    def __init__(self, features, sum_a, grads, *, constant_grad: bool = False, head_rows=None, cells=None):
         self.features, self.sum_a, self.grads = features, sum_a, grads
         self.constant_grad = constant_grad
+        self.cells = cells
         self.hw = features.shape[-1]
         self.channels = features.shape[1]
         self._head_rows = head_rows
@@ -73,13 +95,27 @@ class CamInputs:
         return self._head_rows
 
     def sum_xy(self, values):
-        """sum over (x, y) of an elementwise function of g, given as its values (B, H, C, hw or 1)."""
-        return values[..., 0] * self.hw if self.constant_grad else values.sum(dim=-1)
+        """sum over (x, y) of an elementwise function of g, given as its values (B, H, C, hw or P or 1)."""
+        if self.constant_grad:
+            return values[..., 0] * self.hw
+        if self.cells is not None:
+            return (values * self.cells.counts).sum(dim=-1)
+        return values.sum(dim=-1)
+
+    def mean_xy(self, values):
+        """mean over (x, y) of an elementwise function of g (as `sum_xy`)."""
+        if self.constant_grad:
+            return values[..., 0]
+        if self.cells is not None:
+            return self.sum_xy(values) / self.hw
+        return values.mean(dim=-1)
 
     def sum_xy_ga(self):
         """sum_xy g_c A_c, (B, H, C)."""
         if self.constant_grad:
             return self.grads[..., 0] * self.sum_a
+        if self.cells is not None:
+            return (self.grads * self.cells.sum_a[:, None]).sum(dim=-1)
         return (self.grads * self.features[:, None]).sum(dim=-1)
 
 
@@ -88,7 +124,7 @@ class CamVariant:
     name: str
     label: str
     kind: str                                  # "channel" | "pixel"
-    weights: Callable[[CamInputs], object]     # channel: (B, H, C); pixel: (B, H, C, hw or 1)
+    weights: Callable[[CamInputs], object]     # channel: (B, H, C); pixel: (B, H, C, hw or P or 1)
     nonnegative: bool                          # the weights are >= 0 by construction (no negative part)
     official: OfficialRule
     families: tuple[str, ...] = FAMILIES
@@ -105,7 +141,7 @@ def _cam(x: CamInputs):
 
 
 def _gradcam(x: CamInputs):
-    return x.grads.mean(dim=-1)
+    return x.mean_xy(x.grads)
 
 
 def _gradcampp(x: CamInputs):

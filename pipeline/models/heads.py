@@ -15,6 +15,8 @@ engine use the closed form (dS/dA = W[k] / hw, constant over the map) and lets t
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +32,14 @@ class Head(nn.Module):
     def linear_layers(self) -> list[nn.Linear]:
         """The head's linear layers in forward order (for official initialisation schemes)."""
         return [m for m in self.modules() if isinstance(m, nn.Linear)]
+
+    def pooled(self) -> tuple[int, Callable[[torch.Tensor], torch.Tensor]] | None:
+        """(grid, tail) if, in eval mode, this head is exactly tail(adaptive_avg_pool2d(A, grid)); else None.
+
+        Then dS/dA is the pooling's transpose applied to dS/dpooled, constant on the cells where the same
+        pooling windows overlap, and the CAM engine differentiates the tail alone (`pipeline.cams.engine`).
+        """
+        return None
 
 
 class GapLinearHead(nn.Linear, Head):
@@ -63,3 +73,6 @@ class PoolMlpHead(Head):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(features), 1))
+
+    def pooled(self) -> tuple[int, Callable[[torch.Tensor], torch.Tensor]]:
+        return self.grid, lambda pooled: self.classifier(torch.flatten(pooled, 1))

@@ -6,10 +6,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from pipeline.cams.engine import BRANCHES, compute_cams, head_gradients
+from pipeline.cams.engine import BRANCHES, compute_cams, head_gradients, pool_cells, pooled_heads
 from pipeline.cams.postprocess import PostProcess, postprocess
 from pipeline.models.dual import BranchClassifier
 from tests.cams.standins import inception_grad_model, vgg_grad_model
@@ -43,11 +44,13 @@ def check_parity(model, x, targets, cams):
 
 
 @pytest.mark.parametrize("seed,batch,side,grid", MLP_SETTINGS)
-def test_mlp_head_parity_with_pytorch_grad_cam(seed, batch, side, grid):
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_mlp_head_parity_with_pytorch_grad_cam(seed, batch, side, grid, fast_path):
+    """fast_path: the pooled-head path (per-cell gradients); False: autograd through the whole head."""
     model = vgg_grad_model(seed=seed, input_size=side, grid=grid)
     x = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(seed + 10))
     targets = torch.randint(0, 5, (batch,), generator=torch.Generator().manual_seed(seed + 20))
-    check_parity(model, x, targets, compute_cams(model, x, targets))
+    check_parity(model, x, targets, compute_cams(model, x, targets, fast_path=fast_path))
 
 
 @pytest.mark.parametrize("seed,batch,side", INCEPTION_SETTINGS)
@@ -110,6 +113,48 @@ def test_fast_path_equals_autograd_on_a_gap_linear_head(seed):
     for name in ("pos", "neg", "pred_pos", "pred_neg", "logits", "logits2"):
         a, b = getattr(fast, name), getattr(slow, name)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()), msg=name)
+
+
+@pytest.mark.parametrize("seed,side,grid", [(0, 32, 3), (1, 28, 7), (2, 36, 4), (3, 44, 3), (4, 20, 1)])
+def test_pooled_head_path_equals_autograd_through_the_head(seed, side, grid):
+    """The per-cell gradient of a pooling head (`Head.pooled`, `pool_cells`) against autograd through the
+    whole head, with windows that tile the map (8 -> 4) and that overlap (7 -> 3, 9 -> 4, 11 -> 3)."""
+    model = vgg_grad_model(seed=seed, input_size=side, grid=grid)
+    assert pooled_heads(model) is not None
+    x = torch.randn(4, 3, side, side, generator=torch.Generator().manual_seed(seed + 30))
+    targets = torch.tensor([0, 1, 2, 3])
+    fast = compute_cams(model, x, targets, pred=True)
+    slow = compute_cams(model, x, targets, pred=True, fast_path=False)
+    for name in ("logits", "logits2"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name  # the head's own forward
+    for name in ("pos", "neg", "pred_pos", "pred_neg"):
+        a, b = getattr(fast, name), getattr(slow, name)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()), msg=name)
+
+
+@pytest.mark.parametrize("height,width,grid", [(5, 5, 2), (4, 6, 3), (7, 3, 3), (6, 6, 3), (3, 3, 1)])
+def test_pool_cells_give_the_pooling_gradient(height, width, grid):
+    """dS/dA from the cells equals autograd through F.adaptive_avg_pool2d for a random dS/dpooled."""
+    to_cells, index, one_hot = pool_cells(height, width, grid)
+    a = torch.randn(2, 3, height, width, requires_grad=True)
+    upstream = torch.randn(2, 3, grid, grid, generator=torch.Generator().manual_seed(height * width))
+    (F.adaptive_avg_pool2d(a, grid) * upstream).sum().backward()
+    per_cell = upstream.reshape(2, 3, -1) @ to_cells
+    torch.testing.assert_close(per_cell[..., index].reshape(a.shape), a.grad, rtol=1e-6, atol=1e-7)
+    assert torch.equal(one_hot.argmax(1), index) and torch.equal(one_hot.sum(0), torch.bincount(index).float())
+
+
+def test_pool_cells_by_hand():
+    """5 x 5 -> 2 x 2: windows [0, 3) and [2, 5) on each axis overlap on the middle row and column, so the
+    cells are the row segments {0, 1}, {2}, {3, 4} times the same for columns: 9 cells of 4, 2 or 1 pixels,
+    and the centre pixel belongs to all four windows (its gradient is the sum of the four, each / 9)."""
+    to_cells, index, one_hot = pool_cells(5, 5, 2)
+    counts = one_hot.sum(0)
+    assert len(counts) == 9 and sorted(counts.tolist()) == [1, 2, 2, 2, 2, 4, 4, 4, 4]
+    centre = int(index[2 * 5 + 2])
+    torch.testing.assert_close(to_cells[:, centre], torch.full((4,), 1 / 9))
+    corner = int(index[0])
+    torch.testing.assert_close(to_cells[:, corner], torch.tensor([1 / 9, 0, 0, 0]))
 
 
 @pytest.mark.parametrize("make", [vgg_grad_model, inception_grad_model])

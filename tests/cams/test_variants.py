@@ -101,9 +101,10 @@ def test_dvc_plots_name_every_registered_variant():
 
 
 def test_adding_a_variant_is_one_entry(monkeypatch, tmp_path):
-    """A new entry (here: channel weights mean_xy |g|) is computed by the engine, stored by name, read back
-    and post-processed, with nothing else changed."""
-    new = variants.CamVariant("absgrad", "Abs-Grad-CAM", "channel", lambda x: x.grads.abs().mean(dim=-1), True,
+    """A new entry (here: channel weights mean_xy |g|, through `CamInputs.mean_xy` as every spatial reduction
+    must be, since the gradient may come per pixel, per cell or as a constant) is computed by the engine,
+    stored by name, read back and post-processed, with nothing else changed."""
+    new = variants.CamVariant("absgrad", "Abs-Grad-CAM", "channel", lambda x: x.mean_xy(x.grads.abs()), True,
                               variants.GRAD_RULE)
     monkeypatch.setitem(variants.REGISTRY, new.name, new)
     model = vgg_grad_model(seed=1)
