@@ -206,6 +206,8 @@ class BaselineParams:
     momentum: float = _f(lo=0.0, hi=1.0)
     nesterov: bool = _f()
     label_smoothing: float = _f(lo=0.0, hi=0.5)
+    val_every: int = _f(lo=1, hi=10000, doc="val Top-1 Cls (logged, not used by training) after every this many "
+                                            "epochs and after the last")
     workers: int = _f(lo=0, hi=64, doc="DataLoader worker processes")
 
 

@@ -93,7 +93,7 @@ def test_baseline_and_finetune_train_with_ddp_on_two_processes(repo):
     model, extra = load_checkpoint(repo / "data/models/replicate_0/finetuned.pt")
     assert extra["stage"] == "finetune" and model.head2 is not None
     cls = yaml.safe_load((repo / "reports/finetune/replicate_0/classification.json").read_text())
-    assert cls["softmax_logits_identical"] is True  # only the sigmoid head trained under DDP
+    assert cls["softmax_branch_unchanged"] is True  # only the sigmoid head trained under DDP
     assert cls["trained_parameters"] == ["head2.weight", "head2.bias"]
     assert not (repo / "data/resume").exists() or not any((repo / "data/resume").rglob("*.pt"))
 

@@ -8,6 +8,7 @@ the target-layer feature map A; in eval mode `model.head(A)` and `model.head2(A)
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -110,6 +111,43 @@ class BranchClassifier(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------
 # Freezing and BatchNorm modes
+
+
+def frozen_state_digest(model: DualBranchNet) -> str:
+    """sha256 of everything fine-tuning must leave untouched: every parameter and buffer outside `head2`
+    (trunk, softmax head, BatchNorm running statistics), with names, dtypes and shapes."""
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        if name.startswith("head2."):
+            continue
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FrozenCheck:
+    """What fine-tuning must not change, taken before it: `frozen_state_digest` and the softmax branch's
+    eval-mode logits of a probe batch. `change(model)` afterwards: None, or what changed (the logits also
+    catch a change outside the state dict, e.g. a module attribute such as BatchNorm's eps)."""
+
+    def __init__(self, model: DualBranchNet, probe: torch.Tensor):
+        self.probe = probe
+        self.digest = frozen_state_digest(model)
+        self.logits = self._logits(model)
+
+    def _logits(self, model: DualBranchNet) -> torch.Tensor:
+        model.eval()
+        with torch.no_grad():
+            return model(self.probe).logits.float().cpu()
+
+    def change(self, model: DualBranchNet) -> str | None:
+        if frozen_state_digest(model) != self.digest:
+            return "its frozen parameters or buffers"
+        logits = self._logits(model)
+        if not torch.equal(logits, self.logits):
+            return (f"its eval-mode logits (max |diff| = {(logits - self.logits).abs().max().item():.3g} on the "
+                    f"probe batch)")
+        return None
 
 
 def freeze_all_but_sigmoid_head(model: DualBranchNet) -> list[str]:

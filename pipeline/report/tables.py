@@ -191,8 +191,8 @@ def options_markdown(evaluation: Mapping, classification: Mapping) -> str:
         f"- Run: dataset `{e['dataset']}`, backbone `{e['backbone']}`, {e['images']} test images; "
         + (f"hyperparameters from the preset `datasets.{e['preset'].replace('/', '.presets.')}` (METHOD.md 6.2)."
            if e.get("preset") else "hyperparameters from params.yaml (no dataset preset for this backbone)."),
-        f"- Classification: Top-1 Cls {_fmt(c['top1_cls_softmax'])}% (softmax head, frozen: the logits are "
-        f"bit-identical after fine-tuning: `{str(c['softmax_logits_identical']).lower()}`); the sigmoid head's own "
+        f"- Classification: Top-1 Cls {_fmt(c['top1_cls_softmax'])}% (softmax head, frozen: its parameters, buffers "
+        f"and logits are bit-identical after fine-tuning: `{str(c['softmax_branch_unchanged']).lower()}`); the sigmoid head's own "
         f"Top-1 is {_fmt(c['top1_cls_sigmoid'])}%. Top-1 Loc of both branches counts the softmax prediction.",
         f"- Sigmoid head: `head_init: {e['head_init']}`, BatchNorm during fine-tuning: `bn_mode: {e['bn_mode']}`.",
         f"- Post-processing: `{post}` preset; weight clamp: {_clamp_text(e)}; ReLU: {relu_text}; "

@@ -76,7 +76,7 @@ def main() -> None:
                     print(f"baseline: {load_imagenet(model, b.pretrained_file)}", flush=True)
 
                 def on_epoch(epoch: int, metrics: dict) -> None:
-                    if val_loader is not None:
+                    if val_loader is not None and (epoch % b.val_every == 0 or epoch == b.epochs):
                         metrics["val/acc"] = predict(model, val_loader, device, desc="val").top1()
                     for name, value in metrics.items():
                         lv.log_metric(name, value)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -73,25 +73,39 @@ class Predictions:
     logits: torch.Tensor          # (N, K) float32, softmax branch
     logits2: torch.Tensor | None  # (N, K) float32, sigmoid branch
     labels: torch.Tensor          # (N,) int64
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, K) of each of `predict`'s extra heads
 
-    def top1(self, branch: int = 1) -> float:
-        """Top-1 accuracy in percent of the softmax (1) or sigmoid (2) branch."""
-        scores = self.logits if branch == 1 else self.logits2
+    def top1(self, branch: int | str = 1) -> float:
+        """Top-1 accuracy in percent of the softmax (1) or sigmoid (2) branch, or of an extra head (its name)."""
+        scores = self.extra[branch] if isinstance(branch, str) else self.logits if branch == 1 else self.logits2
         return 100.0 * (scores.argmax(1) == self.labels).double().mean().item()
 
 
 @torch.no_grad()
-def predict(model: DualBranchNet, loader: DataLoader, device: torch.device, *, desc: str = "predict") -> Predictions:
-    """Eval-mode float32 logits of both branches over `loader` (in loader order)."""
+def predict(model: DualBranchNet, loader: DataLoader, device: torch.device, *, desc: str = "predict",
+            extra_heads: dict[str, torch.nn.Module] | None = None) -> Predictions:
+    """Eval-mode float32 logits of both branches over `loader` (in loader order).
+
+    `extra_heads` (name -> head module) are run on the same trunk output as the model's own heads (e.g. the
+    sigmoid head as it was before fine-tuning), so they cost no further forward; the model's logits are those
+    of its own forward (the same operations).
+    """
     model.eval()
+    extra_heads = extra_heads or {}
+    for head in extra_heads.values():
+        head.eval()
     logits, logits2, labels = [], [], []
+    extra: dict[str, list[torch.Tensor]] = {name: [] for name in extra_heads}
     for images, targets in tqdm(loader, desc=desc, leave=False):
-        out = model(to_device(images, device))
-        logits.append(out.logits.float().cpu())
-        if out.logits2 is not None:
-            logits2.append(out.logits2.float().cpu())
+        features, head_in = model.embed(to_device(images, device))
+        logits.append(model.head(head_in).float().cpu())
+        if model.head2 is not None:
+            logits2.append(model.head2(head_in).float().cpu())
+        for name, head in extra_heads.items():
+            extra[name].append(head(head_in).float().cpu())
         labels.append(targets)
-    return Predictions(torch.cat(logits), torch.cat(logits2) if logits2 else None, torch.cat(labels))
+    return Predictions(torch.cat(logits), torch.cat(logits2) if logits2 else None, torch.cat(labels),
+                       {name: torch.cat(parts) for name, parts in extra.items()})
 
 
 def classifier_parameter_names(model: DualBranchNet) -> set[str]:

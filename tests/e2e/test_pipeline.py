@@ -64,7 +64,7 @@ def test_repro_writes_every_stage_output(repo):
     for name in ("baseline", "replicate_0/dual", "replicate_0/finetuned"):
         assert (repo / f"data/models/{name}.pt").stat().st_size > 1000
     cls = json.loads((repo / "reports/finetune/replicate_0/classification.json").read_text())
-    assert cls["softmax_logits_identical"] is True
+    assert cls["softmax_branch_unchanged"] is True
     assert cls["trained_parameters"] == ["head2.weight", "head2.bias"]
     baseline = json.loads((repo / "reports/baseline/metrics.json").read_text())
     assert baseline["test"]["top1_cls"] == pytest.approx(cls["top1_cls_softmax"])

@@ -99,7 +99,7 @@ def test_build_report_writes_everything_deterministically(tmp_path):
                   "bn_mode": "eval", "postprocess": "clean", "weight_clamp": None, "relu": None, "upsample": None,
                   "threshold_grid": "wsol", "threshold_split": "val", "gt_box_match": "max", "loc_threshold": 0.2,
                   "fidelity": True, "fidelity_target": "pred"}
-    cls = {"top1_cls_softmax": 75.0, "top1_cls_sigmoid": 80.0, "softmax_logits_identical": True}
+    cls = {"top1_cls_softmax": 75.0, "top1_cls_sigmoid": 80.0, "softmax_branch_unchanged": True}
     out = tmp_path / "reports"
 
     def build():
@@ -144,7 +144,7 @@ def test_grad_family_report_shows_cam_as_not_applicable(tmp_path):
     evaluation = {"dataset": "synthbirds", "backbone": "vgg16", "images": N, "head_init": "clone",
                   "bn_mode": "eval", "postprocess": "official", "weight_clamp": None, "relu": None, "upsample": None,
                   "threshold_grid": "wsol", "threshold_split": "test", "gt_box_match": "first", "loc_threshold": 0.2}
-    cls = {"top1_cls_softmax": 75.0, "top1_cls_sigmoid": 80.0, "softmax_logits_identical": True}
+    cls = {"top1_cls_softmax": 75.0, "top1_cls_sigmoid": 80.0, "softmax_branch_unchanged": True}
     out = tmp_path / "reports"
     sign = build_report(out_dir=out, metrics=metrics, evaluation=evaluation, classification=cls,
                         plots_dir=tmp_path / "plots", cams=cams, gt=gt, image_root=image_root, class_names=["a", "b"],

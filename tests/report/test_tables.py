@@ -93,7 +93,7 @@ def test_options_name_every_official_choice():
                   "bn_mode": "batch_stats", "postprocess": "official", "weight_clamp": None, "relu": None,
                   "upsample": None, "threshold_grid": "official", "threshold_split": "test", "gt_box_match": "first",
                   "loc_threshold": 0.2, "fidelity": True, "fidelity_target": "pred"}
-    cls = {"top1_cls_softmax": 90.0, "top1_cls_sigmoid": 91.0, "softmax_logits_identical": True}
+    cls = {"top1_cls_softmax": 90.0, "top1_cls_sigmoid": 91.0, "softmax_branch_unchanged": True}
     text = options_markdown(evaluation, cls)
     for fragment in ("`head_init: random`", "`bn_mode: batch_stats`", "weight clamp: sigmoid branch only",
                      "GT box rule `first`", "threshold grid `official`", "chosen on `test`", "oracle",

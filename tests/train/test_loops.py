@@ -1,10 +1,12 @@
 """Training loops on a tiny random dataset: baseline learns, fine-tuning touches only the sigmoid head
 and leaves the softmax logits bit-identical."""
+import copy
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.models.dual import DualBranchNet, ModelSpec
+from pipeline.models.dual import DualBranchNet, FrozenCheck, ModelSpec, frozen_state_digest
 from pipeline.train.loops import classifier_parameter_names, finetune_sigmoid_head, predict, train_baseline
 
 K = 3
@@ -40,6 +42,7 @@ def test_finetune_changes_only_sigmoid_head_and_keeps_softmax_logits(bn_mode):
                    lr_decay_every=10, momentum=0.9, nesterov=True, weight_decay=0.0)
     model.add_sigmoid_head("clone")
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    digest_before = frozen_state_digest(model)
     before = predict(model, toy_loader(seed=1), CPU)
     trained = finetune_sigmoid_head(model, toy_loader(shuffle=True), CPU, epochs=2, lr=0.1, lr_decay_every=10,
                                     momentum=0.9, nesterov=True, weight_decay=1e-4, bn_mode=bn_mode)
@@ -54,6 +57,46 @@ def test_finetune_changes_only_sigmoid_head_and_keeps_softmax_logits(bn_mode):
             assert torch.equal(value, before_state[key]), key
     assert all(p.requires_grad for p in model.parameters())  # restored afterwards
     assert not model.training
+    assert frozen_state_digest(model) == digest_before  # the finetune stage's check agrees
+
+
+def test_frozen_state_digest_sees_every_tensor_outside_the_sigmoid_head():
+    torch.manual_seed(0)
+    model = DualBranchNet(ModelSpec("resnet18", K, 32))
+    model.add_sigmoid_head("clone")
+    digest = frozen_state_digest(model)
+    with torch.no_grad():
+        model.head2.weight.add_(1.0)
+    assert frozen_state_digest(model) == digest  # the sigmoid head is free to train
+    for key, tensor in model.state_dict().items():  # the state dict's tensors share the model's storage
+        if key.startswith("head2."):
+            continue
+        flat = tensor.view(-1)
+        kept = flat[0].clone()
+        with torch.no_grad():  # one element, by the smallest step of its type
+            flat[0] = torch.nextafter(kept, kept + 1) if tensor.is_floating_point() else kept + 1
+        assert frozen_state_digest(model) != digest, key
+        with torch.no_grad():
+            flat[0] = kept
+    assert frozen_state_digest(model) == digest
+
+
+def test_predict_runs_extra_heads_on_the_same_trunk_output():
+    torch.manual_seed(0)
+    model = DualBranchNet(ModelSpec("resnet18", K, 32))
+    model.add_sigmoid_head("clone")
+    other = copy.deepcopy(model.head2)
+    with torch.no_grad():
+        other.weight.mul_(-1.0)
+    plain = predict(model, toy_loader(seed=2), CPU)
+    both = predict(model, toy_loader(seed=2), CPU, extra_heads={"other": other})
+    assert torch.equal(plain.logits, both.logits) and torch.equal(plain.logits2, both.logits2)
+    with torch.no_grad():
+        model.eval()
+        features = torch.cat([model.trunk(x) for x, _ in toy_loader(seed=2)])
+        expected = other(features)
+    torch.testing.assert_close(both.extra["other"], expected, rtol=1e-6, atol=1e-6)
+    assert both.top1("other") == 100.0 * float((expected.argmax(1) == both.labels).double().mean())
 
 
 def test_classifier_group_matches_official_substrings():
@@ -88,3 +131,22 @@ def test_grad_family_finetune_trains_only_the_sigmoid_mlp_and_keeps_softmax_logi
     for key, value in model.state_dict().items():
         assert torch.equal(value, before_state[key]) != key.startswith("head2."), key
     assert not model.training
+
+
+def test_frozen_check_names_what_changed():
+    """The finetune stage's check: nothing changed -> None; a trunk weight -> the state; a module attribute
+    outside the state dict (BatchNorm's eps) -> the probe logits."""
+    torch.manual_seed(0)
+    model = DualBranchNet(ModelSpec("resnet18", K, 32))
+    model.add_sigmoid_head("clone")
+    probe = next(iter(toy_loader(seed=3)))[0]
+    check = FrozenCheck(model, probe)
+    assert check.change(model) is None
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.eps = 0.5  # not a parameter or buffer
+    assert check.change(model).startswith("its eval-mode logits (max |diff| = ")
+    bn.eps = 1e-5
+    assert check.change(model) is None
+    with torch.no_grad():
+        next(model.trunk.parameters()).view(-1)[0] += 1e-3
+    assert check.change(model) == "its frozen parameters or buffers"
