@@ -10,7 +10,7 @@ Two cases, each for both model families, on every device (the CPU, plus CUDA whe
 The CAM family is the project's `DualBranchNet` (GAP -> linear heads: the engine's closed-form path); the
 gradient family is the same timm trunk with a `PoolMlpHead` on each branch (adaptive pool to `--grad-grid`,
 a 3-layer MLP of width `--grad-hidden`; the stand-in of tests/cams/standins.py): the engine differentiates
-through the MLP. For each it measures, interleaved in rounds (median over `--repeats` rounds after
+the MLP on the pooled map and reduces the variants per cell of the pooling windows (`Head.pooled`). For each it measures, interleaved in rounds (median over `--repeats` rounds after
 `--warmup` untimed ones, so that load from other processes affects them alike)
 
   (a) a plain inference forward of the model (eval, torch.no_grad), the baseline,
