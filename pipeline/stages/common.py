@@ -246,13 +246,25 @@ def epochs_to_run(epochs: int, checkpoints=None) -> int:
     return max(0, epochs - (checkpoints.epochs_done if checkpoints is not None else 0))
 
 
+def deterministic_algorithms() -> None:
+    """`torch.use_deterministic_algorithms(True, warn_only=True)` without its import of torch._inductor (about
+    2 s in every stage process here) when nothing has imported the inductor: the pipeline never compiles, so
+    the inductor's `deterministic` flag has nothing to act on. With the inductor loaded, the public call."""
+    import torch
+
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
+
+
 def seed_everything(seed: int) -> None:
     import torch
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_algorithms()
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
