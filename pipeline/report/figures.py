@@ -35,17 +35,42 @@ GT_COLOR = "black"
 PRED_COLOR = "#00A651"
 
 
-def save(fig: plt.Figure, path: Path, dpi: int, *, palette: bool = False) -> None:
+GALLERY_CMAP = "RdBu_r"
+CMAP_COLOURS = 64   # palette entries reserved for the gallery colormap; the other 192 adapt to the rest
+CMAP_NEAR = 8       # a pixel within this many levels (per channel) of a reserved entry is left to the ramp
+
+
+def palette_png(rgb: Image.Image, cmap: str) -> Image.Image:
+    """`rgb` with a 256-colour palette that keeps `cmap`'s scale: `CMAP_COLOURS` evenly spaced colours of the
+    colormap, and a median cut of the pixels those do not already cover (the photos, text, lines) for the
+    rest; every pixel takes its nearest entry. (An adaptive palette alone merged the colormap's blue half
+    into a few colours, one of them a photo's teal.)"""
+    pixels = np.asarray(rgb).reshape(-1, 3)
+    ramp = np.round(255 * plt.get_cmap(cmap)(np.linspace(0, 1, CMAP_COLOURS))[:, :3]).astype(np.uint8)
+    packed = (pixels[:, 0].astype(np.int32) << 16) | (pixels[:, 1].astype(np.int32) << 8) | pixels[:, 2]
+    codes, inverse = np.unique(packed, return_inverse=True)
+    colours = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=1).astype(np.int16)
+    far = np.abs(colours[:, None, :] - ramp[None].astype(np.int16)).max(axis=2).min(axis=1)
+    rest = pixels[(far > CMAP_NEAR)[inverse]]
+    adaptive = [] if not len(rest) else Image.fromarray(rest[None]).quantize(
+        colors=256 - CMAP_COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).getpalette()
+    entries = Image.new("P", (1, 1))
+    entries.putpalette(ramp.reshape(-1).tolist() + adaptive[:3 * (256 - CMAP_COLOURS)])
+    return rgb.quantize(palette=entries, dither=Image.Dither.NONE)
+
+
+def save(fig: plt.Figure, path: Path, dpi: int, *, palette_cmap: str | None = None) -> None:
     """Write `fig` as a PNG without the matplotlib version stamp (same figure, same bytes), atomically.
 
-    `palette` stores it with 256 adaptive colours (about 3x smaller for the image galleries, which would
-    otherwise dominate the size of the committed reports/)."""
+    `palette_cmap` stores it with a 256-colour palette that keeps that colormap's scale (`palette_png`;
+    about 3x smaller for the image galleries, which would otherwise dominate the size of the committed
+    reports/)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, bbox_inches="tight")
     plt.close(fig)
-    if palette:
+    if palette_cmap is not None:
         with Image.open(io.BytesIO(buf.getvalue())) as im:
-            small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+            small = palette_png(im.convert("RGB"), palette_cmap)
         buf = io.BytesIO()
         small.save(buf, format="png", optimize=True)
     write_bytes(Path(path), buf.getvalue())
@@ -156,7 +181,7 @@ def gallery(images: np.ndarray, signed: Mapping[str, np.ndarray], gt_boxes: Sequ
             ax = axes[i, j]
             m = maps[i].astype(np.float64)
             scale = np.abs(m).max()
-            mappable = ax.imshow(m / scale if scale > 0 else m, cmap="RdBu_r", vmin=-1, vmax=1,
+            mappable = ax.imshow(m / scale if scale > 0 else m, cmap=GALLERY_CMAP, vmin=-1, vmax=1,
                                  interpolation="nearest")
             for b in gt_boxes[i]:
                 _box(ax, b, GT_COLOR, "-")
@@ -173,7 +198,7 @@ def gallery(images: np.ndarray, signed: Mapping[str, np.ndarray], gt_boxes: Sequ
         bar.set_label("signed CAM / max |CAM|  (red +, blue \u2212)")
     fig.suptitle(f"{title}\nblack: GT box; green dashed: box of the largest contour at the chosen IoU-50 threshold",
                  fontsize=10)
-    save(fig, path, dpi, palette=True)
+    save(fig, path, dpi, palette_cmap=GALLERY_CMAP)
 
 
 def sign_bars(sign: Mapping, path: Path, *, dpi: int, title: str) -> None:
