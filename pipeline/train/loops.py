@@ -97,7 +97,7 @@ def predict(model: DualBranchNet, loader: DataLoader, device: torch.device, *, d
     logits, logits2, labels = [], [], []
     extra: dict[str, list[torch.Tensor]] = {name: [] for name in extra_heads}
     for images, targets in tqdm(loader, desc=desc, leave=False):
-        features, head_in = model.embed(to_device(images, device))
+        _, head_in = model.embed(to_device(images, device))
         logits.append(model.head(head_in).float().cpu())
         if model.head2 is not None:
             logits2.append(model.head2(head_in).float().cpu())
