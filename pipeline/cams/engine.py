@@ -197,7 +197,8 @@ def _maps(variants: tuple[CamVariant, ...], inputs: CamInputs) -> tuple[torch.Te
         # then each pixel keeps its own cell's row
         index = inputs.cells.index.view(1, 1, 1, n).expand(batch, heads, 1, n)
         for i, w, nonneg in cellwise:
-            for out, part in ((pos, w if nonneg else w.clamp(min=0)),) + (() if nonneg else ((neg, w.clamp(max=0)),)):
+            parts = [(pos, w if nonneg else w.clamp(min=0))] + ([] if nonneg else [(neg, w.clamp(max=0))])
+            for out, part in parts:
                 cells = part.shape[-1]
                 per_cell = torch.bmm(part.transpose(2, 3).reshape(batch, heads * cells, channels), a)
                 out[:, :, i] = per_cell.view(batch, heads, cells, n).gather(2, index)[:, :, 0]
