@@ -86,9 +86,8 @@ def predict(model: DualBranchNet, loader: DataLoader, device: torch.device, *, d
             extra_heads: dict[str, torch.nn.Module] | None = None) -> Predictions:
     """Eval-mode float32 logits of both branches over `loader` (in loader order).
 
-    `extra_heads` (name -> head module) are run on the same trunk output as the model's own heads (e.g. the
-    sigmoid head as it was before fine-tuning), so they cost no further forward; the model's logits are those
-    of its own forward (the same operations).
+    `extra_heads` (name -> head module) are run on what the model's own heads read (`model.pre_head` of the
+    trunk output, e.g. for the sigmoid head as it was before fine-tuning), so they cost no further forward.
     """
     model.eval()
     extra_heads = extra_heads or {}
@@ -97,10 +96,11 @@ def predict(model: DualBranchNet, loader: DataLoader, device: torch.device, *, d
     logits, logits2, labels = [], [], []
     extra: dict[str, list[torch.Tensor]] = {name: [] for name in extra_heads}
     for images, targets in tqdm(loader, desc=desc, leave=False):
-        _, head_in = model.embed(to_device(images, device))
-        logits.append(model.head(head_in).float().cpu())
-        if model.head2 is not None:
-            logits2.append(model.head2(head_in).float().cpu())
+        out = model(to_device(images, device))
+        logits.append(out.logits.float().cpu())
+        if out.logits2 is not None:
+            logits2.append(out.logits2.float().cpu())
+        head_in = model.pre_head(out.features) if extra_heads else None
         for name, head in extra_heads.items():
             extra[name].append(head(head_in).float().cpu())
         labels.append(targets)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from pipeline.cams import engine
 from pipeline.cams.engine import BRANCHES, compute_cams, head_gradients, pool_cells, pooled_heads
 from pipeline.cams.postprocess import PostProcess, postprocess
 from pipeline.models.dual import BranchClassifier
@@ -116,14 +117,20 @@ def test_fast_path_equals_autograd_on_a_gap_linear_head(seed):
 
 
 @pytest.mark.parametrize("seed,side,grid", [(0, 32, 3), (1, 28, 7), (2, 36, 4), (3, 44, 3), (4, 20, 1)])
-def test_pooled_head_path_equals_autograd_through_the_head(seed, side, grid):
+def test_pooled_head_path_equals_autograd_through_the_head(seed, side, grid, monkeypatch):
     """The per-cell gradient of a pooling head (`Head.pooled`, `pool_cells`) against autograd through the
     whole head, with windows that tile the map (8 -> 4) and that overlap (7 -> 3, 9 -> 4, 11 -> 3)."""
     model = vgg_grad_model(seed=seed, input_size=side, grid=grid)
     assert pooled_heads(model) is not None
     x = torch.randn(4, 3, side, side, generator=torch.Generator().manual_seed(seed + 30))
     targets = torch.tensor([0, 1, 2, 3])
-    fast = compute_cams(model, x, targets, pred=True)
+
+    def no_per_pixel_path(*args, **kwargs):
+        raise AssertionError("the pooled head took the per-pixel autograd path")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "_chunked_maps", no_per_pixel_path)
+        fast = compute_cams(model, x, targets, pred=True)
     slow = compute_cams(model, x, targets, pred=True, fast_path=False)
     for name in ("logits", "logits2"):
         assert torch.equal(getattr(fast, name), getattr(slow, name)), name  # the head's own forward
