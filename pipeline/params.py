@@ -156,6 +156,8 @@ class BackboneParams:
     large_feature_map: bool = _f(doc="WSOL 'LFM': one stride fewer (VGG16, ResNet50, InceptionV3)")
     output_stride: int | None = _f(choices=(None, 8, 16, 32),
                                    doc="timm backbones only: feature stride (null = model default)")
+    feature_stage: int | None = _f(lo=0, hi=16, doc="timm backbones only: the CAM target layer is timm's feature "
+                                   "stage N (its feature_info index; the later stages are not built); null = the last")
     batch_size: int = _f(lo=1, hi=4096)
     baseline_lr: float = _f(lo=0.0, hi=10.0, lo_open=True)
     baseline_weight_decay: float = _f(lo=0.0, hi=1.0)
@@ -495,6 +497,9 @@ def _cross_checks(p: ParamsFile, errors: list[str]) -> None:
         if b.output_stride is not None and fixed_stride(name):
             errors.append(f"backbones.{name}.output_stride: must be null for the WSOL backbone '{name}' "
                           f"(its stride is fixed by METHOD.md 1.3; use large_feature_map)")
+        if b.feature_stage is not None and fixed_stride(name):
+            errors.append(f"backbones.{name}.feature_stage: must be null for the WSOL backbone '{name}' "
+                          f"(its target layer is fixed by METHOD.md 1.3)")
     data = p.datasets.get(p.dataset)
     if data is not None and "val" in p.cams.splits and data.val_per_class == 0:
         errors.append(f"cams.splits: '{p.cams.splits}' needs a val split, but datasets.{p.dataset}.val_per_class "

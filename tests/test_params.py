@@ -129,6 +129,17 @@ def test_choice_of_output_stride(base):
     assert problems(data) == ["backbones.resnet10t.output_stride: 12 is not valid; choose one of: null, 8, 16, 32"]
 
 
+def test_feature_stage_range_and_wsol_backbones(base):
+    data = copy.deepcopy(base)
+    data["backbones"]["resnet50"]["feature_stage"] = 3
+    assert any(m.startswith("backbones.resnet50.feature_stage: must be null for the WSOL backbone 'resnet50'")
+               for m in problems(data))
+    data["backbones"]["resnet10t"]["feature_stage"] = -1
+    assert "backbones.resnet10t.feature_stage: -1 is out of range; valid: [0, 16]" in problems(data)
+    del data["backbones"]["vgg16"]["feature_stage"]
+    assert any(m.startswith("backbones.vgg16.feature_stage: missing (timm backbones only") for m in problems(data))
+
+
 def test_not_a_mapping():
     assert problems([1, 2]) == ["params: must be a mapping of keys, got list"]
 

@@ -20,12 +20,12 @@ class Trunk(nn.Module):
 
 
 def build_trunk(name: str, *, large_feature_map: bool = False, output_stride: int | None = None,
-                family: str = "cam") -> Trunk:
+                feature_stage: int | None = None, family: str = "cam") -> Trunk:
     """Build the feature extractor for `name` (a registered arch, an alias, or a timm model name)."""
     from pipeline.models import archs
     from pipeline.models.dual import ModelSpec
 
-    spec = ModelSpec(name, 2, 224, large_feature_map, output_stride, family=family)
+    spec = ModelSpec(name, 2, 224, large_feature_map, output_stride, feature_stage, family=family)
     backbone = archs.get(name)
     backbone.check_spec(spec)
     return backbone.build_trunk(backbone.normalize_spec(spec))

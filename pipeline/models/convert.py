@@ -185,7 +185,10 @@ def _problems(model: DualBranchNet, renamed: Mapping[str, torch.Tensor], unknown
     unmatched = sorted(k for k in renamed if k not in target)
     if unmatched:
         problems.append("checkpoint keys not in our model (official name -> ours): "
-                        + _short_list([f"{name(k)} -> {k}" for k in unmatched]))
+                        + _short_list([f"{name(k)} -> {k}" for k in unmatched])
+                        + (f" (our trunk stops at feature stage {spec.feature_stage}: set "
+                           f"backbones.<backbone>.feature_stage: null for the whole network)"
+                           if spec.feature_stage is not None else ""))
     missing = sorted(k for k in target if k not in renamed and not k.endswith(_NBT))
     if missing:
         problems.append("our keys missing from the checkpoint (ours <- official name): "

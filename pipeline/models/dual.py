@@ -42,6 +42,7 @@ class ModelSpec:
     input_size: int
     large_feature_map: bool = False
     output_stride: int | None = None
+    feature_stage: int | None = None     # timm trunks: the feature stage read (None = the last)
     family: str = "cam"                  # cam | grad (pipeline.models.archs.FAMILIES)
     grad_grid: int | None = None         # timm grad-family head: pooled grid side (None where unused)
     grad_hidden: int | None = None       # timm grad-family head: MLP width (None where unused)
@@ -200,7 +201,8 @@ def is_own_checkpoint(payload: object) -> bool:
 
 PARAM_OF = {"backbone": "backbone", "family": "family", "num_classes": "datasets.<dataset>.num_classes",
             "large_feature_map": "backbones.<backbone>.large_feature_map",
-            "output_stride": "backbones.<backbone>.output_stride", "grad_grid": "grad_head.grid",
+            "output_stride": "backbones.<backbone>.output_stride",
+            "feature_stage": "backbones.<backbone>.feature_stage", "grad_grid": "grad_head.grid",
             "grad_hidden": "grad_head.hidden"}
 
 

@@ -283,6 +283,7 @@ def model_spec(params: Params):
 
     return ModelSpec(backbone=params.backbone, num_classes=params.num_classes, input_size=params.model.input_size,
                      large_feature_map=params.model.large_feature_map, output_stride=params.model.output_stride,
+                     feature_stage=params.model.feature_stage,
                      family=params.family, grad_grid=params.grad_head.grid, grad_hidden=params.grad_head.hidden)
 
 

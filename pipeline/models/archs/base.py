@@ -81,6 +81,7 @@ class Backbone:
     families: tuple[str, ...] = FAMILIES
     official_name: str | None = None        # the official code's `--architecture` value
     supports_large_feature_map: bool = False
+    supports_feature_stage: bool = False    # the target layer can be an earlier stage (timm trunks)
     pretrained_layout: str | None = None    # "torchvision" | "timm" | None
     grad_head_params: bool = False          # the grad head's grid / hidden come from the spec (grad_head.*)
 
@@ -94,6 +95,9 @@ class Backbone:
         if spec.large_feature_map and not self.supports_large_feature_map:
             raise ValueError(f"backbone '{self.name}': large_feature_map applies to vgg16, resnet50 and "
                              f"inception only; for timm models set output_stride instead")
+        if spec.feature_stage is not None and not self.supports_feature_stage:
+            raise ValueError(f"backbone '{self.name}': feature_stage applies to timm backbones only; set "
+                             f"backbones.{self.name}.feature_stage: null (its target layer is fixed by METHOD.md 1.3)")
 
     def normalize_spec(self, spec):
         """`spec` without settings this architecture ignores (so they never make checkpoints differ), and
@@ -239,7 +243,8 @@ class Backbone:
 
 
 def _key(spec) -> tuple:
-    return (spec.family, spec.large_feature_map, spec.output_stride, spec.grad_grid, spec.grad_hidden)
+    return (spec.family, spec.large_feature_map, spec.output_stride, spec.feature_stage, spec.grad_grid,
+            spec.grad_hidden)
 
 
 def _shapes(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -253,8 +258,8 @@ def _layer_order(key: str) -> tuple:
 def _meta_spec(backbone: Backbone, key: tuple):
     from pipeline.models.dual import ModelSpec
 
-    family, lfm, stride, grid, hidden = key
-    return ModelSpec(backbone.name, 2, 224, lfm, stride, family=family, grad_grid=grid, grad_hidden=hidden)
+    family, lfm, stride, stage, grid, hidden = key
+    return ModelSpec(backbone.name, 2, 224, lfm, stride, stage, family=family, grad_grid=grid, grad_hidden=hidden)
 
 
 @functools.lru_cache(maxsize=64)

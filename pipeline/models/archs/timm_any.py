@@ -1,7 +1,10 @@
 """The timm fallback: any timm model name without a module of its own (e.g. the default resnet10t).
 
 Trunk: `timm.create_model(name, num_classes=0, global_pool='')` used through `forward_features` (with
-`output_stride` when given); the target layer is its last feature map. A model whose own normalisation
+`output_stride` when given); the target layer is its last feature map. With `feature_stage` N the trunk is
+timm's `features_only` model with `out_indices=(N,)`: the stages after N are not built (nor computed), and the
+target layer is stage N's output (e.g. resnet10t's layer3 for N = 3; the same parameter names as the whole
+model, so weights load by name). A model whose own normalisation
 differs from ImageNet's (e.g. `tf_efficientnet_lite0`: mean = std = 0.5) re-normalises its input inside
 the trunk (an exact per-channel affine map, no parameters).
 
@@ -67,22 +70,37 @@ class TimmTrunk(Trunk):
 
     target_layer = "forward_features (last feature map)"
 
-    def __init__(self, name: str, output_stride: int | None = None, pretrained_cfg_overlay: dict | None = None):
+    def __init__(self, name: str, output_stride: int | None = None, pretrained_cfg_overlay: dict | None = None,
+                 feature_stage: int | None = None):
         """`pretrained_cfg_overlay`: build with timm's `pretrained=True` from this source, e.g.
-        `dict(file=path)` or `dict(state_dict=sd)` (see pipeline.models.pretrained); None = random init."""
+        `dict(file=path)` or `dict(state_dict=sd)` (see pipeline.models.pretrained); None = random init.
+        `feature_stage`: read timm's feature stage N (its `feature_info` index) and build nothing after it."""
         super().__init__()
         import timm
 
         kwargs = {} if output_stride is None else {"output_stride": output_stride}
         if pretrained_cfg_overlay is not None:
             kwargs.update(pretrained=True, pretrained_cfg_overlay=pretrained_cfg_overlay)
+        if feature_stage is None:
+            kwargs.update(num_classes=0, global_pool="")
+        else:
+            stages = feature_stages(name)
+            if not 0 <= feature_stage < len(stages):
+                raise ValueError(f"backbones.<backbone>.feature_stage: {feature_stage} is out of range for '{name}', "
+                                 f"which has feature stages 0..{len(stages) - 1} ({', '.join(stages)}; null = the last)")
+            kwargs.update(features_only=True, out_indices=(feature_stage,))
         try:
-            self.body = timm.create_model(name, num_classes=0, global_pool="", **kwargs)
+            self.body = timm.create_model(name, **kwargs)
         except (TypeError, AssertionError, ValueError) as exc:
             raise ValueError(f"backbone '{name}': timm could not build it with output_stride="
                              f"{output_stride}: {exc}") from exc
         self.arch = name
-        self.channels = self.body.num_features
+        self.feature_stage = feature_stage
+        if feature_stage is None:
+            self.channels = self.body.num_features
+        else:
+            self.channels = self.body.feature_info.channels()[-1]
+            self.target_layer = stage_layer(feature_stage, stages)
         cfg = getattr(self.body, "pretrained_cfg", None) or {}
         self.input_mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
         self.input_std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
@@ -98,7 +116,22 @@ class TimmTrunk(Trunk):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = torch.addcmul(self.input_shift, x, self.input_scale)
+        if self.feature_stage is not None:
+            return self.body(x)[-1]
         return self.body.forward_features(x)
+
+
+@functools.lru_cache(maxsize=64)
+def feature_stages(name: str) -> tuple[str, ...]:
+    """The module names of timm model `name`'s feature stages (its `feature_info`, in order)."""
+    import timm
+
+    with torch.device("meta"):
+        return tuple(timm.create_model(name, pretrained=False, features_only=True).feature_info.module_name())
+
+
+def stage_layer(stage: int, stages: tuple[str, ...]) -> str:
+    return f"feature stage {stage} ({stages[stage]})"
 
 
 @functools.lru_cache(maxsize=64)
@@ -115,21 +148,29 @@ def classifier_name(name: str) -> str | None:
 class TimmBackbone(Backbone):
     pretrained_layout = "timm"
     grad_head_params = True
+    supports_feature_stage = True
 
     def __init__(self, name: str):
         self.name = name
 
     def build_trunk(self, spec, pretrained_cfg_overlay: dict | None = None) -> Trunk:
-        return TimmTrunk(self.name, spec.output_stride, pretrained_cfg_overlay)
+        return TimmTrunk(self.name, spec.output_stride, pretrained_cfg_overlay, spec.feature_stage)
 
     def target_layer(self, spec) -> str:
-        return TimmTrunk.target_layer
+        if spec.feature_stage is None:
+            return TimmTrunk.target_layer
+        return stage_layer(spec.feature_stage, feature_stages(self.name))
 
     def describe(self, spec) -> str:
         if spec.family == "grad":
-            return (f"{self.name}/grad: timm forward_features -> avgpool {spec.grad_grid}x{spec.grad_grid} -> "
+            return (f"{self.name}/grad: {self._features(spec)} -> avgpool {spec.grad_grid}x{spec.grad_grid} -> "
                     f"MLP {spec.grad_hidden}-{spec.grad_hidden}-K")
-        return f"{self.name}/cam: timm forward_features -> GAP -> linear"
+        return f"{self.name}/cam: {self._features(spec)} -> GAP -> linear"
+
+    def _features(self, spec) -> str:
+        if spec.feature_stage is None:
+            return "timm forward_features"
+        return f"timm features up to {feature_stages(self.name)[spec.feature_stage]}"
 
     def official_rules(self, spec) -> list[Rule]:
         rules = []
