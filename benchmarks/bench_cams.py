@@ -3,8 +3,8 @@
 Two cases, each for both model families, on every device (the CPU, plus CUDA when present with
 `--device auto`):
 
-- `default`: params.yaml's backbone at its input size, output stride and batch size (resnet10t, 96 px,
-  batch 32), and the dataset's class count;
+- `default`: params.yaml's backbone at its input size, output stride, feature stage and batch size
+  (resnet10t up to layer3, 96 px, batch 32), and the dataset's class count;
 - `mobilenetv2`: timm `mobilenetv2_100`, 224 px, output stride 16, batch 16 (random weights).
 
 The CAM family is the project's `DualBranchNet` (GAP -> linear heads: the engine's closed-form path); the
@@ -90,12 +90,13 @@ def build(case: dict, family: str, grid: int, hidden: int, device: torch.device)
     torch.manual_seed(0)
     if family == "cam":
         spec = ModelSpec(case["backbone"], case["classes"], case["size"], case["large_feature_map"],
-                         case["output_stride"])
+                         case["output_stride"], case["feature_stage"])
         model = DualBranchNet(spec)
         model.add_sigmoid_head("clone")
     else:
         model = timm_model(case["backbone"], family="grad", num_classes=case["classes"], input_size=case["size"],
-                           output_stride=case["output_stride"], grid=grid, hidden=hidden)
+                           output_stride=case["output_stride"], feature_stage=case["feature_stage"], grid=grid,
+                           hidden=hidden)
     return place(model, device).eval()  # the pipeline's layout (channels-last, pipeline/train/loops.py)
 
 
@@ -125,7 +126,8 @@ def bench_case(case: dict, family: str, device: torch.device, args: argparse.Nam
         ms["pytorch-grad-cam (8 calls)"] = statistics.median(
             seconds(lambda: grad_cam_loop(model, images, targets), device) for _ in range(args.grad_cam_repeats))
     head = "GAP -> linear" if family == "cam" else f"PoolMlpHead(grid {args.grad_grid}, hidden {args.grad_hidden})"
-    print(f"\n{case['name']}: {case['backbone']} @ {case['size']}px, output_stride {case['output_stride']}, "
+    stage = "" if case["feature_stage"] is None else f"feature_stage {case['feature_stage']}, "
+    print(f"\n{case['name']}: {case['backbone']} @ {case['size']}px, output_stride {case['output_stride']}, {stage}"
           f"batch {batch}, K={case['classes']}, {family} family ({head}); median of {args.repeats} rounds "
           f"after {args.warmup} warm-up")
     for label, t in ms.items():
@@ -168,9 +170,11 @@ def main() -> None:
     cases = {
         "default": {"name": "default", "backbone": backbone, "size": args.size or settings["input_size"],
                     "batch": args.batch or settings["batch_size"], "large_feature_map": settings["large_feature_map"],
-                    "output_stride": settings["output_stride"], "classes": args.classes},
+                    "output_stride": settings["output_stride"], "feature_stage": settings["feature_stage"],
+                    "classes": args.classes},
         "mobilenetv2": {"name": "mobilenetv2", "backbone": "mobilenetv2_100", "size": 224, "batch": 16,
-                        "large_feature_map": False, "output_stride": 16, "classes": args.classes},
+                        "large_feature_map": False, "output_stride": 16, "feature_stage": None,
+                        "classes": args.classes},
     }
     chosen = args.cases.split(",")
     families = args.families.split(",")

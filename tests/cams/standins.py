@@ -62,15 +62,23 @@ class ConvTrunk(nn.Module):
 class TimmTrunk(nn.Module):
     target_layer = "forward_features"
 
-    def __init__(self, name: str, output_stride: int | None = None):
+    def __init__(self, name: str, output_stride: int | None = None, feature_stage: int | None = None):
         super().__init__()
         import timm
 
         kwargs = {"output_stride": output_stride} if output_stride else {}
-        self.net = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **kwargs)
-        self.channels = self.net.num_features
+        if feature_stage is None:
+            self.net = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **kwargs)
+            self.channels = self.net.num_features
+        else:  # timm's features_only model up to that stage
+            self.net = timm.create_model(name, pretrained=False, features_only=True, out_indices=(feature_stage,),
+                                         **kwargs)
+            self.channels = self.net.feature_info.channels()[-1]
+        self.feature_stage = feature_stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.feature_stage is not None:
+            return self.net(x)[-1]
         return self.net.forward_features(x)
 
 
@@ -120,10 +128,10 @@ def inception_grad_model(*, seed: int = 0, num_classes: int = 5, input_size: int
 
 
 def timm_model(name: str, *, family: str, num_classes: int, input_size: int, output_stride: int | None = None,
-               grid: int = 3, hidden: int = 256, seed: int = 0) -> StandInDualNet:
-    """A timm trunk with GAP-linear heads (`family="cam"`) or PoolMlpHeads (`family="grad"`)."""
+               grid: int = 3, hidden: int = 256, seed: int = 0, feature_stage: int | None = None) -> StandInDualNet:
+    """A timm trunk (up to `feature_stage`) with GAP-linear heads (`family="cam"`) or PoolMlpHeads (`family="grad"`)."""
     torch.manual_seed(seed)
-    trunk = TimmTrunk(name, output_stride)
+    trunk = TimmTrunk(name, output_stride, feature_stage=feature_stage)
     if family == "grad":
         heads = [PoolMlpHead(trunk.channels, num_classes, grid=grid, hidden=hidden) for _ in range(2)]
     else:
