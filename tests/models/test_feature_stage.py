@@ -66,3 +66,13 @@ def test_imagenet_weights_load_into_a_truncated_trunk():
     assert len(ours) < len(full)  # the later stages are not there
     assert all(torch.equal(v, full[k]) for k, v in ours.items())
     assert report.loaded == sum(1 for k in ours if not k.endswith("num_batches_tracked"))
+
+
+def test_a_whole_trunk_checkpoint_into_a_truncated_trunk_says_to_unset_the_stage():
+    from pipeline.models.convert import CheckpointError, load_official_state_dict, ours_to_official
+
+    whole = DualBranchNet(ModelSpec("resnet10t", 4, 48, output_stride=8))
+    truncated = DualBranchNet(ModelSpec("resnet10t", 4, 48, output_stride=8, feature_stage=3))
+    with pytest.raises(CheckpointError, match=r"layer4\.0\..* \(our trunk stops at feature stage 3: set "
+                                              r"backbones.<backbone>.feature_stage: null for the whole network\)"):
+        load_official_state_dict(truncated, ours_to_official(whole), source="whole.pth")
