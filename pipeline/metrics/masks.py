@@ -26,6 +26,8 @@ import numpy as np
 
 from pipeline.metrics.boxes import threshold_grid
 
+_BIN_STEPS = 4  # moves of MaskEvaluator._bins's guess before it falls back to a binary search
+
 @dataclass(frozen=True)
 class MaskResult:
     """PxAP and the pixel precision-recall curve behind it.
@@ -61,6 +63,8 @@ class MaskEvaluator:
     def __init__(self, *, grid: str = "official", per_image: bool = False):
         self.thresholds = threshold_grid(grid)
         self.edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
+        self._per_step = (len(self.thresholds) - 1) / (self.thresholds[-1] - self.thresholds[0])  # 1 / grid step
+        self._upper = np.append(self.edges[1:-1], np.inf)  # bin k's upper edge; the last bin has none
         self.fg_hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
         self.bg_hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
         self.per_image = bool(per_image)
@@ -68,15 +72,36 @@ class MaskEvaluator:
 
     def _bins(self, scoremaps: np.ndarray) -> np.ndarray:
         """Each value's bin: np.histogram's bins [E_k, E_k+1) with the last one closed, i.e. bin
-        searchsorted(E, x, "right") - 1, clipped to the last bin for x = E[-1]."""
-        return np.minimum(np.searchsorted(self.edges, scoremaps, side="right") - 1, len(self.edges) - 2)
+        searchsorted(E, x, "right") - 1, clipped to the last bin for x = E[-1].
 
-    def _image_hists(self, bins: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """(B, n_bins) int64 histograms of each map's pixels under `mask`, from their `bins`."""
-        n_bins = len(self.edges) - 1
-        image = np.broadcast_to(np.arange(len(bins))[:, None, None], bins.shape)[mask]
-        return np.bincount(image * n_bins + bins[mask], minlength=len(bins) * n_bins).reshape(len(bins), n_bins
-                                                                                            ).astype(np.int64)
+        Found without a binary search (about 3x faster on the default maps): k = floor(x / grid step), then moved up while
+        E[k+1] <= x and down while E[k] > x, until E[k] <= x < E[k+1] (or k is the last bin). That k is the
+        unique answer, so the result is the binary search's exactly (the tests check it on both grids);
+        after `_BIN_STEPS` moves (a grid far from uniform) the binary search finishes the job."""
+        edges, last = self.edges, len(self.edges) - 2
+        x = scoremaps.reshape(-1)
+        k = np.minimum((x * np.float32(self._per_step)).astype(np.intp), last)  # x >= 0: truncation is floor
+        idx = None  # every value at first, then only the values that moved
+        for _ in range(_BIN_STEPS):
+            kk, xx = (k, x) if idx is None else (k[idx], x[idx])
+            up = self._upper[kk] <= xx  # E[k+1], and never above the last bin
+            down = edges[kk] > xx  # float64 comparisons, as the binary search's
+            moved = np.flatnonzero(up | down)
+            if not moved.size:
+                return k.reshape(scoremaps.shape)
+            idx = moved if idx is None else idx[moved]
+            k[idx] += up[moved].astype(np.intp) - down[moved]
+        return np.minimum(np.searchsorted(edges, scoremaps, side="right") - 1, last)
+
+    def _image_hists(self, bins: np.ndarray, fg: np.ndarray, ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, n_bins) int64 histograms of each map's foreground pixels and of its background pixels (neither
+        foreground nor ignored), from their `bins`: one bincount over image, part and bin."""
+        n, n_bins = len(bins), len(self.edges) - 1
+        code = bins + (np.arange(n, dtype=np.intp) * (2 * n_bins))[:, None, None]
+        code += n_bins * ~fg  # background: the second half of the image's 2 * n_bins counters
+        both = np.bincount(code[~ignore] if ignore.any() else code.ravel(), minlength=2 * n * n_bins)
+        both = both.reshape(n, 2, n_bins).astype(np.int64)
+        return both[:, 0], both[:, 1]
 
     def accumulate(self, scoremaps: np.ndarray, fg: np.ndarray, ignore: np.ndarray) -> None:
         """Add a batch: `scoremaps` (B, H, W) floats in [0, 1]; `fg` and `ignore` (B, H, W) bool masks,
@@ -97,14 +122,13 @@ class MaskEvaluator:
             raise ValueError(f"scoremaps must be in [0, 1]; got min {scoremaps.min()}, max {scoremaps.max()}")
         if (fg & ignore).any():
             raise ValueError("ignore mask overlaps the foreground; it must already exclude foreground pixels")
-        background = ~(fg | ignore)
         if self.per_image:  # one bin search per pixel; the totals are the per-image histograms summed
-            bins = self._bins(scoremaps)
-            fg_hists, bg_hists = self._image_hists(bins, fg), self._image_hists(bins, background)
+            fg_hists, bg_hists = self._image_hists(self._bins(scoremaps), fg, ignore)
             self.fg_hist += fg_hists.sum(0)
             self.bg_hist += bg_hists.sum(0)
             self._per_image.append((fg_hists, bg_hists))
             return
+        background = ~(fg | ignore)
         self.fg_hist += np.histogram(scoremaps[fg], bins=self.edges)[0].astype(np.int64)
         self.bg_hist += np.histogram(scoremaps[background], bins=self.edges)[0].astype(np.int64)
 

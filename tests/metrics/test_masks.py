@@ -227,3 +227,41 @@ def test_per_image_histograms_sum_to_the_aggregate_and_match_np_histogram(grid):
         assert (result.per_image_fg_hist[i] == np.histogram(maps[i][fg[i]], bins=result.edges)[0]).all()
         assert (result.per_image_bg_hist[i] == np.histogram(maps[i][background], bins=result.edges)[0]).all()
     assert MaskEvaluator(grid=grid).compute.__self__.per_image is False
+
+
+@pytest.mark.parametrize("grid", ["official", "wsol"])
+def test_bin_search_is_the_binary_search_exactly(grid):
+    """MaskEvaluator._bins (a guess from the grid step, then moves) against np.searchsorted on every float32
+    value at, just below and just above every edge, on 0 and 1, and on random values."""
+    evaluator = MaskEvaluator(grid=grid)
+    edges = evaluator.edges[evaluator.edges <= 1.0].astype(np.float32)
+    near = np.concatenate([edges, np.nextafter(edges, np.float32(0)), np.nextafter(edges, np.float32(1)),
+                           np.float32([0.0, 1.0]), np.random.default_rng(0).random(5000, dtype=np.float32)])
+    maps = np.clip(near, 0, 1).astype(np.float32).reshape(1, 1, -1)
+    expected = np.minimum(np.searchsorted(evaluator.edges, maps, side="right") - 1, len(evaluator.edges) - 2)
+    assert np.array_equal(evaluator._bins(maps), expected)
+
+
+def test_bin_search_falls_back_on_a_grid_far_from_uniform(monkeypatch):
+    import pipeline.metrics.masks as masks
+    grid = np.concatenate([[0.0], np.linspace(0.9, 0.999, 100)])  # guesses tens of bins off below 0.9
+    monkeypatch.setattr(masks, "threshold_grid", lambda kind: grid)
+    evaluator = MaskEvaluator(grid="wsol")
+    maps = np.random.default_rng(1).random((2, 8, 8)).astype(np.float32)
+    maps[0, 0, :3] = [0.0, 0.95, 1.0]
+    expected = np.minimum(np.searchsorted(evaluator.edges, maps, side="right") - 1, len(evaluator.edges) - 2)
+    assert np.array_equal(evaluator._bins(maps), expected)
+    monkeypatch.setattr(masks, "_BIN_STEPS", 0)  # straight to the binary search
+    assert np.array_equal(evaluator._bins(maps), expected)
+
+
+def test_per_image_histograms_without_ignored_pixels():
+    rng = np.random.default_rng(4)
+    maps = rng.random((3, 10, 10)).astype(np.float32)
+    fg = rng.random(maps.shape) < 0.5
+    evaluator = MaskEvaluator(grid="wsol", per_image=True)
+    evaluator.accumulate(maps, fg, np.zeros_like(fg))
+    result = evaluator.compute()
+    for i in range(3):
+        assert (result.per_image_fg_hist[i] == np.histogram(maps[i][fg[i]], bins=result.edges)[0]).all()
+        assert (result.per_image_bg_hist[i] == np.histogram(maps[i][~fg[i]], bins=result.edges)[0]).all()
