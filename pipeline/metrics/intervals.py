@@ -116,6 +116,7 @@ class IntervalAccumulator:
     _pending: dict = field(default_factory=dict, repr=False)
     _values: dict = field(default_factory=dict, repr=False)  # (protocol, variant, branch, seed) -> {metric: (R+1,)}
     _sums: dict = field(default_factory=dict, repr=False)    # result objects seen -> their resampled sums
+    _reduced: dict = field(default_factory=dict, repr=False) # (id test sums, id val sums) -> their values
 
     def __post_init__(self) -> None:
         if not isinstance(self.resamples, int) or self.resamples < 1:
@@ -172,7 +173,11 @@ class IntervalAccumulator:
         pending = self._pending.setdefault(ident, _Pending())
         setattr(pending, split, self._sums[cache_key][1])
         if pending.test is not None and (pending.val is not None or self.threshold_split == "test"):
-            self._values[ident] = self._reduce(pending.test, pending.val)
+            # keys whose test and val results are the same objects have the same values: reduced once
+            pair = (id(pending.test), id(pending.val))
+            if pair not in self._reduced:
+                self._reduced[pair] = self._reduce(pending.test, pending.val)
+            self._values[ident] = self._reduced[pair]
             del self._pending[ident]
 
     def _resampled(self, split: str, box_result, mask_result, fidelity_result) -> dict:
@@ -190,8 +195,8 @@ class IntervalAccumulator:
             sums["top1_loc"] = w @ np.asarray(box_result.per_image_top1_loc, dtype=np.float32)
             w64 = w.astype(np.float64)
             if mask_result is not None:
-                sums["fg"] = w64 @ np.asarray(mask_result.per_image_fg_hist, dtype=np.float64)
-                sums["bg"] = w64 @ np.asarray(mask_result.per_image_bg_hist, dtype=np.float64)
+                sums["fg"] = _count_product(w, w64, np.asarray(mask_result.per_image_fg_hist))
+                sums["bg"] = _count_product(w, w64, np.asarray(mask_result.per_image_bg_hist))
             if fidelity_result is not None:
                 sums["avg_drop"] = w64 @ np.asarray(_field(fidelity_result, "avg_drop_terms"), dtype=np.float64)
                 sums["inc_conf"] = w64 @ np.asarray(_field(fidelity_result, "inc_conf_flags"), dtype=np.float64)
@@ -265,6 +270,15 @@ class IntervalAccumulator:
                     "seed_deltas": [_r(d) for d in deltas[:, -1]], "resamples": self.resamples,
                     "confidence": self.confidence})
         return rows
+
+
+def _count_product(w: np.ndarray, w64: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """w @ counts as float64, for a count matrix `w` (R + 1, n) whose rows sum to n and nonnegative integer
+    `counts` (n, k). In float32 (twice as fast) when that is exact: every partial sum of the product is an
+    integer at most n * max(counts), so below 2**24 float32 rounds nothing; otherwise in float64."""
+    if counts.size == 0 or w.shape[1] * int(counts.max()) < 2 ** 24:
+        return (w @ counts.astype(np.float32)).astype(np.float64)
+    return w64 @ counts.astype(np.float64)
 
 
 def _field(result, name: str):

@@ -233,3 +233,18 @@ def test_one_result_object_under_several_keys_gives_the_same_table():
             feed(copied, seed, variant, copy.deepcopy(soft), copy.deepcopy(sigs[seed]))
     assert shared.table() == copied.table()
     assert len(shared._sums) == 2 * (1 + 3)  # (test, val) x (the softmax result + one sigmoid result per seed)
+    assert len(shared._reduced) == 1 + 3     # reduced once per distinct (test, val) pair of results
+    assert len(copied._reduced) == 2 * 3 * 2  # variants x seeds x branches: no two copies share an object
+
+
+def test_count_products_are_exact_in_float32_only_where_that_is_exact():
+    from pipeline.metrics.intervals import _count_product
+    rng = np.random.default_rng(9)
+    w = count_matrix(resample_indices(3, 0, 40, 50))
+    counts = rng.integers(0, 9216, (40, 30))  # a 96 x 96 map's pixel counts: the float32 path
+    assert np.array_equal(_count_product(w, w.astype(np.float64), counts), w.astype(np.float64) @ counts)
+    # two images whose counts sum to 2**24 + 1, which float32 cannot hold: the float64 path, exactly
+    big = np.array([[2 ** 23 + 1], [2 ** 23]])
+    ones = np.ones((1, 2), dtype=np.float32)
+    assert _count_product(ones, ones.astype(np.float64), big)[0, 0] == 2 ** 24 + 1
+    assert float((ones @ big.astype(np.float32))[0, 0]) != 2 ** 24 + 1  # what the guard prevents
