@@ -86,8 +86,11 @@ def normalize_scoremap(maps: MapArray) -> np.ndarray:
     m = _as_float32(maps)
     shifted = m - m.min(axis=(-2, -1), keepdims=True)
     top = shifted.max(axis=(-2, -1), keepdims=True)
-    invalid = np.isnan(m).any(axis=(-2, -1), keepdims=True) | ~(top > 0)
-    return np.where(invalid, np.float32(0), shifted / np.where(invalid, np.float32(1), top))
+    invalid = ~(top > 0)  # a NaN makes the min, so every shifted value and the top, NaN; a constant map: top 0
+    shifted /= np.where(invalid, np.float32(1), top)
+    if invalid.any():
+        np.copyto(shifted, np.float32(0), where=invalid)
+    return shifted
 
 
 def scale_cam(maps: np.ndarray) -> np.ndarray:

@@ -29,6 +29,11 @@ def test_normalize_scoremap_follows_the_official_rule():
         m = maps[i]
         np.testing.assert_allclose(out[i], (m - m.min()) / (m.max() - m.min()), rtol=0, atol=1e-7)
         assert out[i].min() == 0 and out[i].max() == 1
+    # bit for bit the rule as written: zeros where a map has a NaN or no range, else shifted / top
+    shifted = maps - maps.min(axis=(1, 2), keepdims=True)
+    top = shifted.max(axis=(1, 2), keepdims=True)
+    invalid = np.isnan(maps).any(axis=(1, 2), keepdims=True) | ~(top > 0)
+    np.testing.assert_array_equal(out, np.where(invalid, np.float32(0), shifted / np.where(invalid, 1, top)))
     np.testing.assert_array_equal(normalize_scoremap(torch.from_numpy(maps)), out)  # torch input
     np.testing.assert_array_equal(normalize_scoremap(maps[0]), out[0])               # a single map
 
