@@ -12,7 +12,8 @@ protocol of `EvalOptions.protocols` fills metrics["protocols"][name][variant][br
 
 No duplicate work: every (protocol, variant, branch) is post-processed once to get a content digest of the
 maps it would score (test and val score maps, and the fidelity maps); (protocol, variant, branch) triples with
-the same digest share one work unit, scored once and reported under each of them. Units are dealt to the
+the same digest share one work unit, scored once and reported under each of them, from the maps of the digest
+pass where they fit in `MAP_CACHE_BYTES` (else post-processed again, chunk by chunk). Units are dealt to the
 ranks of a distributed run (`pipeline.dist.map_shares`), the only parallelism here; each rank batches the
 fidelity forwards of its units: per image batch, one forward of the plain images and one forward of the
 masked images of several units concatenated.
@@ -38,6 +39,7 @@ from pipeline.metrics.masks import MaskEvaluator, MaskResult
 from pipeline.train.loops import to_device
 
 CHUNK = 512          # images post-processed at once: bounds memory on large test sets
+MAP_CACHE_BYTES = 512 * 2 ** 20  # score maps kept from the digest pass for scoring (whole map sets, up to this)
 # Map sets whose masked images share one forward. 1: each set's masked batch is a forward of its own, so its
 # composition (and, CPU convolutions depending on the batch size, the scores' last bits) is the same whichever
 # rank scores it; a larger group made 2 processes differ from 1 in the 7th digit of an Average Drop.
@@ -107,13 +109,47 @@ def check_alignment(cams: CamSet, gt: GroundTruth, split: str) -> None:
 
 
 def score_maps(cams: CamSet, variant: str, branch: str, pp: PostProcess, target: str = "gt",
-               chunk: int = CHUNK) -> Iterable[tuple[slice, np.ndarray]]:
-    """Yield (image slice, (n, S, S) score maps in [0, 1]) chunk by chunk."""
+               chunk: int = CHUNK, cache: "MapCache | None" = None) -> Iterable[tuple[slice, np.ndarray]]:
+    """Yield (image slice, (n, S, S) score maps in [0, 1]) chunk by chunk; from `cache` where it holds the
+    set (then taken out of it), else post-processed from the raw maps."""
+    key = MapCache.key(cams, variant, branch, pp, target)
+    if cache is not None and key in cache.sets:
+        yield from cache.take(key)
+        return
     pos = cams.select(target=target, part="pos", branch=branch, variant=variant)
     neg = cams.select(target=target, part="neg", branch=branch, variant=variant)
     for start in range(0, len(pos), chunk):
         sl = slice(start, start + chunk)
         yield sl, postprocess(pos[sl], neg[sl], pp)
+
+
+class MapCache:
+    """Post-processed map sets kept between the digest pass and the scoring that follows it, so each set is
+    post-processed once: whole sets only, while their total stays within `budget` bytes (a larger test set
+    is post-processed again, chunk by chunk, as without a cache). A set leaves the cache when it is used."""
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.budget, self.used, self.sets = MAP_CACHE_BYTES if budget is None else budget, 0, {}
+
+    @staticmethod
+    def key(cams: CamSet, variant: str, branch: str, pp: PostProcess, target: str) -> tuple:
+        """A map set's key: the CAM set object (one evaluation's), its maps' (variant, branch, target) and
+        the post-processing."""
+        return id(cams), variant, branch, pp, target
+
+    def keep(self, key: tuple, chunks: list[tuple[slice, np.ndarray]]) -> None:
+        size = sum(maps.nbytes for _, maps in chunks)
+        if key not in self.sets and self.used + size <= self.budget:
+            self.sets[key], self.used = chunks, self.used + size
+
+    def take(self, key: tuple) -> list[tuple[slice, np.ndarray]]:
+        chunks = self.sets.pop(key)
+        self.used -= sum(maps.nbytes for _, maps in chunks)
+        return chunks
+
+    def drop(self, key: tuple) -> None:
+        if key in self.sets:
+            self.take(key)
 
 
 @dataclass(frozen=True)
@@ -145,35 +181,48 @@ def _context(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: EvalOpt
     return h.digest()
 
 
-def _digest(cams: dict[str, CamSet], variant: str, branch: str, pp: PostProcess, fidelity: tuple | None,
-            context: bytes = b"") -> str:
-    """sha256 of `context` and every score map the unit would score: the gt maps of each split, the fidelity
-    maps."""
-    h = hashlib.sha256(context)
-    for split in sorted(cams):
-        for _, maps in score_maps(cams[split], variant, branch, pp):
-            h.update(maps.tobytes())
+def _map_sets(cams: dict[str, CamSet], variant: str, branch: str, pp: PostProcess, fidelity: tuple | None
+              ) -> list[tuple[tuple, CamSet, PostProcess, str]]:
+    """The map sets a unit scores, as (cache key, CAM set, post-processing, target): the gt maps of each split
+    (sorted), then the fidelity maps (`fidelity` = (target, size)) if any."""
+    sets = [(cams[split], pp, "gt") for split in sorted(cams)]
     if fidelity is not None:
         target, size = fidelity
-        h.update(f"fidelity:{target}:{size}".encode())
-        for _, maps in score_maps(cams["test"], variant, branch, replace(pp, size=size), target):
-            h.update(maps.tobytes())
+        sets.append((cams["test"], replace(pp, size=size), target))
+    return [(MapCache.key(cam_set, variant, branch, set_pp, target), cam_set, set_pp, target)
+            for cam_set, set_pp, target in sets]
+
+
+def _digest(cams: dict[str, CamSet], variant: str, branch: str, pp: PostProcess, fidelity: tuple | None,
+            context: bytes = b"", cache: MapCache | None = None) -> str:
+    """sha256 of `context` and every score map the unit would score: the gt maps of each split, the fidelity
+    maps. The maps go into `cache` (if given and they fit) for the scoring that follows."""
+    h = hashlib.sha256(context)
+    for k, (key, cam_set, set_pp, target) in enumerate(_map_sets(cams, variant, branch, pp, fidelity)):
+        if k == len(cams):
+            h.update(f"fidelity:{target}:{set_pp.size}".encode())
+        chunks = list(score_maps(cam_set, variant, branch, set_pp, target))
+        for _, maps in chunks:
+            h.update(np.ascontiguousarray(maps))
+        if cache is not None:
+            cache.keep(key, chunks)
     return h.hexdigest()
 
 
 def box_and_mask(cams: CamSet, gt: GroundTruth, variant: str, branch: str, opts: EvalOptions,
                  pp: PostProcess | None = None, per_image: bool = False,
-                 progress: Callable[[int], None] | None = None, with_masks: bool = True
-                 ) -> tuple[BoxResult, MaskResult | None]:
+                 progress: Callable[[int], None] | None = None, with_masks: bool = True,
+                 cache: MapCache | None = None) -> tuple[BoxResult, MaskResult | None]:
     """Box metrics (and PxAP where the split has masks, unless `with_masks` is off) of one (variant, branch)
-    on one split; `pp` defaults to the headline protocol's post-processing."""
+    on one split; `pp` defaults to the headline protocol's post-processing; maps from `cache` where it has
+    them."""
     pp = pp or postprocess_options(variant, branch, gt.size, opts)
     correct = np.array([int(r["pred"]) == int(r["label"]) for r in cams.index], dtype=bool)
     masks = (MaskEvaluator(grid=opts.threshold_grid, per_image=per_image)
              if gt.fg is not None and with_masks else None)
     boxes = BoxEvaluator(grid=opts.threshold_grid, iou_thresholds=opts.iou_thresholds,
                          loc_threshold=opts.loc_threshold, gt_box_match=opts.gt_box_match, per_image=per_image)
-    for sl, maps in score_maps(cams, variant, branch, pp):
+    for sl, maps in score_maps(cams, variant, branch, pp, cache=cache):
         boxes.accumulate(maps, gt.boxes[sl], correct[sl])
         if masks is not None:
             masks.accumulate(maps, gt.fg[sl], gt.ignore[sl])
@@ -184,19 +233,34 @@ def box_and_mask(cams: CamSet, gt: GroundTruth, variant: str, branch: str, opts:
 
 def fidelity_many(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], cams: CamSet,
                   units: list[Unit], target: str, progress: Callable[[int], None] | None = None,
-                  group: int = FIDELITY_GROUP, y_cache: dict | None = None) -> list[dict]:
+                  group: int = FIDELITY_GROUP, y_cache: dict | None = None,
+                  cache: MapCache | None = None) -> list[dict]:
     """Average Drop / Increase in Confidence of several map sets, scored by the softmax head, in one pass over
     the images: per batch one forward of the images (Y) and, per group of `group` units, one forward of their
     masked images concatenated (O). `batches()` yields the (normalised images, labels) of the split in CAM
     order; the maps are those of the `target` kind ('gt' or 'pred'), post-processed to the input size, and
     the target class is the label or the softmax prediction accordingly. `y_cache` (a dict the caller keeps for
-    one model, image split and target) holds Y per batch, so later calls on the same images skip that forward."""
+    one model, image split and target) holds Y per batch, so later calls on the same images skip that forward.
+    A unit's maps come from `cache` where it has them at the images' size."""
     if not units:
         return []
     preds = torch.tensor([int(r["pred"]) for r in cams.index])
     accs = [FidelityAccumulator() for _ in units]
     raw = [(cams.select(target=target, part="pos", branch=u.branch, variant=u.variant),
             cams.select(target=target, part="neg", branch=u.branch, variant=u.variant)) for u in units]
+    cached: dict[int, np.ndarray] = {}  # unit index -> its whole map set, from the cache
+
+    def unit_maps(k: int, start: int, n: int, size: int) -> np.ndarray:
+        u, (pos, neg) = units[k], raw[k]
+        pp = replace(u.pp, size=size)
+        key = MapCache.key(cams, u.variant, u.branch, pp, target)
+        if k not in cached and cache is not None and key in cache.sets:
+            chunks = cache.take(key)
+            cached[k] = chunks[0][1] if len(chunks) == 1 else np.concatenate([maps for _, maps in chunks])
+        if k in cached:
+            return cached[k][start:start + n]
+        return postprocess(pos[start:start + n], neg[start:start + n], pp)
+
     start = 0
     device = next(model.parameters()).device
     for images, labels in batches():
@@ -206,9 +270,8 @@ def fidelity_many(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torc
         images = to_device(images, device)
         y = None if y_cache is None else y_cache.get((start, n))
         for g in range(0, len(units), group):
-            cams_list = [torch.from_numpy(postprocess(pos[start:start + n], neg[start:start + n],
-                                                      replace(u.pp, size=size))).to(device)
-                         for u, (pos, neg) in zip(units[g:g + group], raw[g:g + group])]
+            cams_list = [torch.from_numpy(np.ascontiguousarray(unit_maps(k, start, n, size))).to(device)
+                         for k in range(g, min(g + group, len(units)))]
             y_g, outs = fidelity_scores_many(model, images, cams_list, classes, y=y)
             y = y_g
             for acc, o in zip(accs[g:g + group], outs):
@@ -279,6 +342,7 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
     per_image = on_result is not None
     context = _context(scored, gts, opts, per_image, model if with_fidelity else None)
     keys, digest_of, units, unit_digests, seen = [], {}, [], [], {}
+    cache = MapCache()  # each unit's maps, post-processed once for its digest and again only if they do not fit
     for protocol in protocols:
         for variant in variants:
             source = registry.map_source(variant, gap_heads)
@@ -288,9 +352,12 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
                       else protocol_options(protocol, variant, branch, size))
                 wants_fidelity = with_fidelity and protocol == headline
                 spec = (source, branch, pp, wants_fidelity)
+                fid = fidelity_key if wants_fidelity else None
                 if spec not in seen:
-                    seen[spec] = _digest(scored, source, branch, pp, fidelity_key if wants_fidelity else None,
-                                         context)
+                    seen[spec] = _digest(scored, source, branch, pp, fid, context, cache)
+                    if seen[spec] in memo or seen[spec] in unit_digests:  # scored already: its maps are not needed
+                        for key, *_ in _map_sets(scored, source, branch, pp, fid):
+                            cache.drop(key)
                 d = seen[spec]
                 if d not in memo and d not in unit_digests:
                     unit_digests.append(d)
@@ -314,13 +381,13 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
             for split in splits:
                 out[split] = box_and_mask(cams[split], gts[split], u.variant, u.branch, opts, u.pp,
                                           per_image=per_image, progress=bar.update,
-                                          with_masks=split == "test")  # PxAP is a test number
+                                          with_masks=split == "test", cache=cache)  # PxAP is a test number
             results.append(out)
         fid_units = [i for i, u in enumerate(mine) if u.fidelity]
         if fid_units:
             y_cache = memo.setdefault(("fidelity Y", context, fidelity_target), {})  # Y: once per image batch
             scores = fidelity_many(model, batches, test, [mine[i] for i in fid_units], fidelity_target,
-                                   progress=bar.update, y_cache=y_cache)
+                                   progress=bar.update, y_cache=y_cache, cache=cache)
             for i, s in zip(fid_units, scores):
                 results[i]["fidelity"] = s if per_image else {k: s[k] for k in ("avg_drop", "inc_conf", "n")}
         bar.close()

@@ -242,3 +242,43 @@ def test_fidelity_with_memo_forwards_each_map_set_and_each_image_batch_once(tmp_
     alone = [evaluate_all(c, g, opts, **kwargs)[0] for c, g in sets]
     assert with_memo == alone
     assert all("avg_drop" in alone[1][v][b] for v in ("cam", "layercam") for b in ("softmax", "sigmoid"))
+
+
+def test_map_cache_post_processes_each_set_once_and_changes_no_number(tmp_path, monkeypatch):
+    """The maps post-processed for the digests are scored from the cache (boxes, PxAP and fidelity at another
+    size): each set is post-processed once; with no cache, or one too small for every set, each set is
+    post-processed again for scoring, and every number is the same."""
+    import torch
+
+    import pipeline.metrics.evaluate as evaluate
+    from pipeline.models.dual import DualBranchNet, ModelSpec
+
+    torch.manual_seed(0)
+    model = DualBranchNet(ModelSpec("resnet10t", 3, 32, output_stride=16))
+    model.add_sigmoid_head("random", generator=torch.Generator().manual_seed(1))
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    batches = lambda: iter([(images[:3], labels[:3]), (images[3:], labels[3:])])  # noqa: E731
+    test, test_gt = make_split(tmp_path, "test", [(2, 3, 9, 12), (0, 0, 15, 7), (5, 5, 10, 10), (4, 1, 13, 14)],
+                               maps=varied_maps(4, 16, 5), preds=[0, 1, 2, 0])
+    val, val_gt = make_split(tmp_path, "val", [(1, 1, 8, 8), (3, 2, 14, 12), (0, 4, 9, 15)], maps=varied_maps(3, 16, 6))
+    done = []
+    real = evaluate.postprocess
+    monkeypatch.setattr(evaluate, "postprocess", lambda pos, neg, pp: done.append(len(pos)) or real(pos, neg, pp))
+
+    def run(budget):
+        monkeypatch.setattr(evaluate, "MAP_CACHE_BYTES", budget)
+        done.clear()
+        messages = []
+        out = evaluate_all({"test": test, "val": val}, {"test": test_gt, "val": val_gt}, EvalOptions(),
+                           model=model, batches=batches, fidelity_target="gt", fidelity_size=32,
+                           progress=messages.append)[0]
+        units = int(messages[0].split(" distinct, ")[1].split(" to score")[0])
+        return out, sum(done), units
+
+    cached, with_cache, units = run(2 ** 30)
+    uncached, without, _ = run(0)
+    partly, some, _ = run(4 * 16 * 16 * 4)  # room for one test set at a time
+    assert cached == uncached == partly
+    # a unit scores its test and val maps at 16 px and its test maps again at 32 px for fidelity
+    assert without - with_cache == units * (4 + 3 + 4)
+    assert with_cache < some < without
