@@ -39,7 +39,7 @@ from pipeline.metrics.masks import MaskEvaluator, MaskResult
 from pipeline.train.loops import to_device
 
 CHUNK = 512          # images post-processed at once: bounds memory on large test sets
-MAP_CACHE_BYTES = 512 * 2 ** 20  # score maps kept from the digest pass for scoring (whole map sets, up to this)
+MAP_CACHE_BYTES = 2 * 2 ** 30  # score maps kept from the digest pass for scoring (whole map sets, up to this)
 # Map sets whose masked images share one forward. 1: each set's masked batch is a forward of its own, so its
 # composition (and, CPU convolutions depending on the batch size, the scores' last bits) is the same whichever
 # rank scores it; a larger group made 2 processes differ from 1 in the 7th digit of an Average Drop.
