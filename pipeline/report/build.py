@@ -120,16 +120,21 @@ def intervals_section(rows: Sequence[Mapping], evaluation: Mapping, figure_files
     """The deltas with their intervals: the forest figure, the headline protocol's table, the protocol
     ablation and the power (half-widths)."""
     headline = evaluation["postprocess"]
-    seeds = rows[0]["seeds"]
+    models = rows[0]["models"]
+    baselines = sorted({j for j, _ in models})
+    finetunes = sorted({k for _, k in models})
     return [
         "## Is the sigmoid branch better? Deltas with 95% intervals",
         "",
-        f"Sigmoid \u2212 softmax for every metric, with a 95% interval from a paired bootstrap over test images "
-        f"({rows[0]['resamples']} resamples; MaxBoxAcc thresholds re-chosen on resampled "
-        f"{evaluation['threshold_split']} images) nested with a bootstrap over the {len(seeds)} fine-tuning "
-        f"seed(s) {seeds} (pipeline/metrics/intervals.py). The delta is the mean over seeds; the branch columns "
-        "too. Verdict: the interval lies above zero (sigmoid better; below zero for Avg Drop), below it "
-        "(sigmoid worse), or contains it (no detectable difference at 95%).",
+        f"Sigmoid \u2212 softmax for every metric, averaged over the run's {len(models)} model(s) "
+        f"({len(baselines)} baseline(s) x {len(finetunes)} fine-tuning replicate(s)), with a 95% interval that "
+        "holds three levels of randomness (pipeline/metrics/intervals.py): the test and val images (a paired "
+        f"bootstrap within classes, {rows[0]['resamples']} resamples, MaxBoxAcc thresholds re-chosen on the "
+        f"resampled {evaluation['threshold_split']} images), the fine-tuning seed and the baseline's own "
+        "training (the spread of the models' deltas, with Student's t for their few degrees of freedom). "
+        f"Baseline level: {evaluation.get('baseline_level', 'not recorded')}. Verdict: the interval lies above "
+        "zero (sigmoid better; below zero for Avg Drop), below it (sigmoid worse), or contains it (no "
+        "detectable difference at 95%).",
         "",
         f"![deltas with their intervals](figures/{figure_files['forest']})",
         "",
@@ -145,6 +150,12 @@ def intervals_section(rows: Sequence[Mapping], evaluation: Mapping, figure_files
         "**Power**: the half-width of the interval is the smallest effect this run can tell from noise.",
         "",
         tables.power_markdown(rows, headline),
+        "**Where the width comes from** (headline protocol): each level's share of the delta's variance; "
+        "`n/s` where one fine-tuning replicate per baseline leaves that level inside the baseline level, `-` "
+        "where the run has no such level. More baselines (`baseline.replicates`) shrink the baseline share, "
+        "more test and val images the image share.",
+        "",
+        tables.levels_markdown(rows, headline),
     ]
 
 
@@ -249,6 +260,8 @@ def build_report(*, out_dir: Path, metrics: Mapping, evaluation: Mapping, classi
                         labels, fig_dir / files[f"gallery_{v}"], dpi=dpi,
                         title=f"{tables.VARIANT_LABELS[v]}, ground-truth class: {name}")
     write_text(out_dir / "results.csv", tables.write_csv_text(frame))
+    if intervals:
+        write_text(out_dir / "summary.md", tables.summary_markdown(intervals, evaluation["postprocess"]))
     write_json(out_dir / "sign.json", sign)
     write_text(out_dir / "README.md", report_markdown(frame, sign, evaluation, classification, files, variants,
                                                           family, intervals))

@@ -34,7 +34,7 @@ def forest(rows: Sequence[Mapping], path: Path, *, dpi: int, title: str,
         raise ValueError(f"forest: none of the metrics {list(metrics)} is in the rows")
     pairs = list(dict.fromkeys((r["variant"], r["protocol"]) for r in rows))
     labels = [f"{VARIANT_LABELS.get(v, v)} · {p}" for v, p in pairs]
-    seeds = sorted({len(r["seeds"]) for r in rows})
+    models = sorted({len(r["models"]) for r in rows})
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(1, len(shown), figsize=(2.6 * len(shown) + 1.2, 0.32 * len(pairs) + 1.3),
                                  sharey=True, squeeze=False)
@@ -57,7 +57,7 @@ def forest(rows: Sequence[Mapping], path: Path, *, dpi: int, title: str,
     fig.legend(handles, list(VERDICT_COLORS), loc="lower center", ncol=3, fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, -0.02 - 0.3 / max(len(pairs), 1)))
     level = f"{100 * rows[0]['confidence']:.0f}%"
-    fig.suptitle(f"{title}: delta and {level} interval ({'/'.join(map(str, seeds))} fine-tuning seed(s), "
+    fig.suptitle(f"{title}: delta and {level} interval ({'/'.join(map(str, models))} model(s), "
                  f"{rows[0]['resamples']} resamples)", fontsize=10)
     fig.tight_layout()
     save(fig, path, dpi)

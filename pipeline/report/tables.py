@@ -261,6 +261,64 @@ def _short_verdict(text: str) -> str:
     return {"sigmoid better": "(better)", "sigmoid worse": "(worse)", "no detectable difference": "(n.s.)"}[text]
 
 
+SUMMARY_METRICS = ("maxboxacc_v2", "gt_known_loc", "top1_loc", "pxap", "avg_drop")
+
+
+def summary_markdown(rows: Sequence[Mapping], headline: str, metrics: Sequence[str] = SUMMARY_METRICS) -> str:
+    """The answer in two small tables (reports/summary.md, rendered into the project README): per distinct map
+    set of the headline protocol (variants whose every interval is the same share a row) the delta [interval]
+    and verdict of each metric, then each protocol's deltas for the first map set."""
+    chosen = [r for r in rows if r["protocol"] == headline and r["metric"] in metrics]
+    shown = [m for m in metrics if any(r["metric"] == m for r in chosen)]
+    groups: dict[tuple, list[str]] = {}
+    for variant in dict.fromkeys(r["variant"] for r in chosen):
+        key = tuple((r["metric"], r["delta"], r["low"], r["high"]) for r in chosen if r["variant"] == variant)
+        groups.setdefault(key, []).append(variant)
+    by_key = {(r["variant"], r["protocol"], r["metric"]): r for r in rows}
+    models = chosen[0]["models"] if chosen else []
+    lines = [f"Sigmoid \u2212 softmax, headline protocol `{headline}`, {len(models)} model(s) "
+             f"({len({j for j, _ in models})} baseline(s)); 95% intervals over images, fine-tuning and baseline.", "",
+             "| map set | " + " | ".join(_metric_label(m) for m in shown) + " |", "|---|" + "---|" * len(shown)]
+    for variants in groups.values():
+        cells = [f"{_interval(by_key[(variants[0], headline, m)])} {_short_verdict(by_key[(variants[0], headline, m)]['verdict'])}"
+                 if (variants[0], headline, m) in by_key else NOT_APPLICABLE for m in shown]
+        lines.append(f"| {' = '.join(VARIANT_LABELS.get(v, v) for v in variants)} | " + " | ".join(cells) + " |")
+    first = next(iter(groups.values()))[0] if groups else None
+    protocols = list(dict.fromkeys(r["protocol"] for r in rows if r["variant"] == first))
+    if len(protocols) > 1:
+        lines += ["", f"{VARIANT_LABELS.get(first, first)} under each protocol:", "",
+                  "| protocol | " + " | ".join(_metric_label(m) for m in shown) + " |", "|---|" + "---|" * len(shown)]
+        for p in protocols:
+            cells = [f"{_interval(by_key[(first, p, m)])} {_short_verdict(by_key[(first, p, m)]['verdict'])}"
+                     if (first, p, m) in by_key else NOT_APPLICABLE for m in shown]
+            lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def levels_markdown(rows: Sequence[Mapping], protocol: str,
+                    metrics: Sequence[str] = ("maxboxacc_v2", "gt_known_loc", "top1_loc", "pxap", "avg_drop")) -> str:
+    """Per (variant, metric) of `protocol`: the half-width and each level's share of the variance (images,
+    fine-tuning, baseline; None -> 'n/s' when the run has more than one baseline but one replicate each, '-'
+    when the level is absent)."""
+    chosen = [r for r in rows if r["protocol"] == protocol and r["metric"] in metrics]
+    lines = ["| variant | metric | half-width | images | fine-tuning | baseline | df |", "|---|---|---|---|---|---|---|"]
+    for r in chosen:
+        levels = r["levels"]
+        several = len({j for j, _ in r["models"]}) > 1
+
+        def share(level: str) -> str:
+            value = levels.get(level)
+            if value is None:
+                return "n/s" if level == "finetune" and several else "-"
+            return f"{100 * value:.0f}%"
+
+        df = "\u221e" if r.get("df") is None else f"{r['df']:.1f}"
+        lines.append(f"| {VARIANT_LABELS.get(r['variant'], r['variant'])} | {_metric_label(r['metric'])} | "
+                     f"{_fmt(r['half_width'])} | {share('images')} | {share('finetune')} | {share('baseline')} | "
+                     f"{df} |")
+    return "\n".join(lines) + "\n"
+
+
 def power_markdown(rows: Sequence[Mapping], protocol: str) -> str:
     """The smallest effect the run can detect per metric: the median and the largest half-width over the
     variants of `protocol`."""

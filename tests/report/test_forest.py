@@ -18,10 +18,11 @@ def rows():
     for protocol in ("clean", "official"):
         for variant, shift in (("cam", 0.15), ("gradcam", -0.15)):
             p = rng.uniform(0.3, 0.6, n)
+            u_soft = rng.random(n)  # one baseline: its frozen softmax branch is the same in both models
             for seed in (0, 1):
                 q_sig = np.clip(p + (shift if protocol == "clean" else 0), 0, 1)
                 for branch, q in (("softmax", p), ("sigmoid", q_sig)):
-                    u = rng.random(n)
+                    u = u_soft if branch == "softmax" else rng.random(n)
                     known = u < q if branch == "sigmoid" else u < p
                     b = NS(per_image_multi=np.repeat(known[:, None, None], 3, axis=1).repeat(4, axis=2),
                            per_image_single=np.repeat(known[:, None, None], 3, axis=1).repeat(4, axis=2),

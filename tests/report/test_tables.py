@@ -107,8 +107,9 @@ def test_options_name_every_official_choice():
 def _row(protocol, variant, metric, delta, low, high, verdict, half=None):
     return {"protocol": protocol, "variant": variant, "metric": metric, "softmax": 40.0, "sigmoid": 40.0 + delta,
             "delta": delta, "low": low, "high": high, "half_width": (high - low) / 2 if half is None else half,
-            "verdict": verdict, "seeds": [0, 1, 2], "seed_deltas": [delta] * 3, "resamples": 100,
-            "confidence": 0.95}
+            "verdict": verdict, "models": [[0, 0], [1, 0], [2, 0]], "model_deltas": [delta] * 3, "resamples": 100,
+            "confidence": 0.95, "se": (high - low) / 4, "df": 2.5,
+            "levels": {"images": 0.25, "finetune": None, "baseline": 0.75}}
 
 
 def test_interval_tables_show_delta_interval_and_verdict():
@@ -131,3 +132,31 @@ def test_interval_tables_show_delta_interval_and_verdict():
                             "| Grad-CAM | `clean` | \u22122.00 [\u22123.00, \u22121.00] (worse) |"]
     power = power_markdown(rows, "clean").splitlines()
     assert power[2] == "| MaxBoxAccV2 | 1.00 | 1.00 |" and power[3] == "| Avg Drop | 0.75 | 0.75 |"
+
+
+def test_levels_table_names_each_levels_share():
+    from pipeline.report.tables import levels_markdown
+
+    rows = [_row("clean", "cam", "maxboxacc_v2", 1.5, 0.5, 2.5, "sigmoid better"),
+            {**_row("clean", "cam", "pxap", 0.1, -0.1, 0.3, "no detectable difference"),
+             "models": [[0, 0], [0, 1]], "df": None, "levels": {"images": 0.6, "finetune": 0.4, "baseline": None}},
+            _row("official", "cam", "maxboxacc_v2", 0.0, -1.0, 1.0, "no detectable difference")]
+    table = levels_markdown(rows, "clean").splitlines()
+    assert table[0] == "| variant | metric | half-width | images | fine-tuning | baseline | df |"
+    assert table[2] == "| CAM | MaxBoxAccV2 | 1.00 | 25% | n/s | 75% | 2.5 |"  # 3 baselines, 1 replicate each
+    assert table[3] == "| CAM | PxAP | 0.20 | 60% | 40% | - | \u221e |"      # one baseline: that level is absent
+    assert len(table) == 4
+
+
+def test_summary_merges_identical_map_sets_and_lists_the_protocols():
+    from pipeline.report.tables import summary_markdown
+
+    rows = [_row("clean", "cam", "maxboxacc_v2", 1.5, 0.5, 2.5, "sigmoid better"),
+            _row("clean", "gradcam", "maxboxacc_v2", 1.5, 0.5, 2.5, "sigmoid better"),
+            _row("clean", "layercam", "maxboxacc_v2", -0.5, -1.5, 0.5, "no detectable difference"),
+            _row("official", "cam", "maxboxacc_v2", 0.0, -1.0, 1.0, "no detectable difference")]
+    text = summary_markdown(rows, "clean").splitlines()
+    assert text[0].startswith("Sigmoid \u2212 softmax, headline protocol `clean`, 3 model(s) (3 baseline(s))")
+    assert text[2:6] == ["| map set | MaxBoxAccV2 |", "|---|---|", "| CAM = Grad-CAM | +1.50 [+0.50, +2.50] (better) |",
+                         "| LayerCAM | \u22120.50 [\u22121.50, +0.50] (n.s.) |"]
+    assert text[-2:] == ["| `clean` | +1.50 [+0.50, +2.50] (better) |", "| `official` | 0.00 [\u22121.00, +1.00] (n.s.) |"]
