@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from pipeline.metrics.intervals import MIN_RESAMPLES
 from pipeline.models.archs import ALIASES, FAMILIES, fixed_stride, is_registered
 
 PARAMS_FILE = Path("params.yaml")
@@ -36,6 +37,7 @@ RESOLVED_FILE = Path("data/params.json")
 # The entry of `backbones:` used for a timm model name that has no entry of its own.
 ANY_TIMM = "any_timm"
 DATASETS = ("synthbirds", "cub", "cars", "ilsvrc", "openimages")
+SEED_STRIDE = 1000  # fine-tuning seed = finetune.seed + SEED_STRIDE x baseline replicate + fine-tuning replicate
 
 
 class ParamsError(ValueError):
@@ -197,8 +199,12 @@ class BaselineParams:
                                          "format); null = the backbone's default (the PyPI wheel for "
                                          "mobilenetv2 / efficientnet_lite0, torchvision's URL for the WSOL "
                                          "backbones, timm's hub otherwise)")
-    seed: int = _f(lo=0, hi=2**32 - 1, doc="training seed of the baseline (init, shuffling, augmentation); the "
-                                           "top-level seed drives the dataset generator")
+    seed: int = _f(lo=0, hi=2**32 - 1, doc="training seed of the first baseline (init, shuffling, augmentation): "
+                                           "baseline replicate j trains with seed + j; the top-level seed drives "
+                                           "the dataset generator")
+    replicates: list[int] = _f(lo=0, hi=1023, doc="baseline replicates j (DVC stages baseline@j), each with seed "
+                                                  "baseline.seed + j and its own fine-tuning replicates; their "
+                                                  "spread is the interval's baseline level")
     epochs: int = _f(lo=0, hi=10000)
     lr: float | None = _f(lo=0.0, hi=10.0, lo_open=True,
                           doc="null = backbones.<backbone>.baseline_lr")
@@ -219,9 +225,11 @@ class FinetuneParams:
                         doc="clone = copy of the softmax head (paper); random = official code's init")
     bn_mode: str = _f(choices=("eval", "batch_stats"),
                       doc="eval = frozen BN (clean); batch_stats = official code (METHOD.md 2.4)")
-    seed: int = _f(lo=0, hi=2**32 - 1, doc="the first fine-tuning seed: replicate k trains with seed + k")
-    replicates: list[int] = _f(lo=0, hi=1023, doc="fine-tuning replicates k (DVC stages clone_head@k, finetune@k, "
-                                                  "cams@k), each with seed finetune.seed + k")
+    seed: int = _f(lo=0, hi=2**32 - 1, doc="the first fine-tuning seed: replicate k of baseline j trains with "
+                                           "seed + 1000 j + k")
+    replicates: list[int] = _f(lo=0, hi=999, doc="fine-tuning replicates k of every baseline j (DVC stages "
+                                                 "clone_head@j-k, finetune@j-k, cams@j-k), each with seed "
+                                                 "finetune.seed + 1000 j + k")
     epochs: int = _f(lo=1, hi=10000)
     lr: float | None = _f(lo=0.0, hi=10.0, lo_open=True,
                           doc="null = backbones.<backbone>.finetune_lr")
@@ -269,8 +277,10 @@ class EvaluateParams:
     fidelity: bool = _f(doc="compute Average Drop and Increase in Confidence (one forward per map)")
     fidelity_target: str = _f(choices=("pred", "gt"),
                               doc="class whose map and softmax score are used (the precursor: pred)")
-    bootstrap_resamples: int = _f(lo=1, hi=1_000_000, doc="bootstrap replicates of the delta intervals "
-                                                          "(pipeline/metrics/intervals.py)")
+    bootstrap_resamples: int = _f(lo=MIN_RESAMPLES, hi=1_000_000,
+                                  doc="bootstrap replicates of the image level of the delta intervals "
+                                      f"(pipeline/metrics/intervals.py; at least {MIN_RESAMPLES}: fewer give a "
+                                      "standard error too rough for a 95% interval)")
     bootstrap_seed: int = _f(lo=0, hi=2**32 - 1, doc="seed of the bootstrap draws (the same seed, the same bytes)")
 
 
@@ -278,6 +288,16 @@ class EvaluateParams:
 class ReportParams:
     gallery_images: int = _f(lo=1, hi=32, doc="test images in each map gallery (evenly spaced over the test split)")
     dpi: int = _f(lo=50, hi=300, doc="resolution of the PNG figures")
+
+
+@dataclass(frozen=True)
+class CpuParams:
+    kernels: str = _f(choices=("avx2", "portable", "native"),
+                      doc="CPU kernels of the training stages (pipeline/train/cpu_repro.py): avx2 (the same ATen and "
+                          "MKL code on every AVX2 / AVX-512 CPU), portable (any x86-64 CPU, slower), native (the "
+                          "machine's best; checkpoints then depend on the CPU)")
+    threads: int = _f(lo=1, hi=1024, doc="intra-op threads of the training stages on the CPU (a fixed number: "
+                                         "reductions are split by it)")
 
 
 @dataclass(frozen=True)
@@ -308,6 +328,7 @@ class ParamsFile:
     cams: CamsParams = _f()
     evaluate: EvaluateParams = _f()
     report: ReportParams = _f()
+    cpu: CpuParams = _f()
     distributed: DistributedParams = _f()
 
 
@@ -346,9 +367,14 @@ class Params:
     def prepared_dir(self) -> Path:
         return Path(self.raw.preprocess.root) / self.raw.dataset
 
-    def finetune_seed(self, replicate: int) -> int:
-        """The seed of fine-tuning replicate `replicate` (finetune.seed + replicate)."""
-        return self.raw.finetune.seed + replicate
+    def baseline_seed(self, replicate: int) -> int:
+        """The seed of baseline replicate `replicate` (baseline.seed + replicate)."""
+        return self.raw.baseline.seed + replicate
+
+    def finetune_seed(self, replicate: int, baseline: int = 0) -> int:
+        """The seed of fine-tuning replicate `replicate` of baseline replicate `baseline`
+        (finetune.seed + 1000 baseline + replicate: distinct for every model of the run)."""
+        return self.raw.finetune.seed + SEED_STRIDE * baseline + replicate
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -514,20 +540,37 @@ def _cross_checks(p: ParamsFile, errors: list[str]) -> None:
     if p.evaluate.fidelity_target == "pred" and "pred" not in p.cams.targets:
         errors.append("evaluate.fidelity_target: 'pred' needs maps for the predicted class; set "
                       "cams.targets: gt+pred or evaluate.fidelity_target: gt")
-    reps = p.finetune.replicates
-    if len(set(reps)) != len(reps):
-        errors.append(f"finetune.replicates: {reps} has repeats; give each replicate index once, e.g. [0, 1, 2]")
-    if p.finetune.seed + max(reps) > 2**32 - 1:
-        errors.append(f"finetune.seed: {p.finetune.seed} + the largest replicate {max(reps)} is above 2**32 - 1")
+    reps, bases = p.finetune.replicates, p.baseline.replicates
+    for key, values in (("baseline.replicates", bases), ("finetune.replicates", reps)):
+        if len(set(values)) != len(values):
+            errors.append(f"{key}: {values} has repeats; give each replicate index once, e.g. [0, 1, 2]")
+    if p.finetune.seed + SEED_STRIDE * max(bases) + max(reps) > 2**32 - 1:
+        errors.append(f"finetune.seed: {p.finetune.seed} + {SEED_STRIDE} x the largest baseline replicate "
+                      f"{max(bases)} + the largest fine-tuning replicate {max(reps)} is above 2**32 - 1")
+    if p.baseline.seed + max(bases) > 2**32 - 1:
+        errors.append(f"baseline.seed: {p.baseline.seed} + the largest replicate {max(bases)} is above 2**32 - 1")
+    if p.baseline.checkpoint is not None and len(bases) > 1:
+        errors.append(f"baseline.replicates: {bases} asks for {len(bases)} baselines, but baseline.checkpoint "
+                      f"imports one fixed model; set baseline.replicates: [0]")
     if p.baseline.pretrained_file is not None and p.baseline.pretrained == "none":
         errors.append("baseline.pretrained_file: is set but baseline.pretrained is 'none'; set "
                       "baseline.pretrained: imagenet or baseline.pretrained_file: null")
     if p.baseline.checkpoint is not None and p.baseline.pretrained != "none":
         errors.append("baseline.pretrained: 'imagenet' has no effect when baseline.checkpoint imports a "
                       "trained model; set one of them (pretrained: none or checkpoint: null)")
+    if p.cpu.kernels == "avx2" and not cpu_supports_avx2():
+        errors.append("cpu.kernels: 'avx2' needs a CPU with AVX2 and FMA, which this one lacks; set cpu.kernels: "
+                      "portable (the same bytes on any x86-64 CPU, slower) or native")
     if p.baseline.epochs == 0 and p.baseline.checkpoint is None:
         errors.append("baseline.epochs: 0 needs baseline.checkpoint (a model to import); "
                       "set epochs >= 1 or give a checkpoint path")
+
+
+def cpu_supports_avx2() -> bool:
+    """Whether this CPU runs the `avx2` training kernels (pipeline/train/cpu_repro.py; no torch import)."""
+    from pipeline.train.cpu_repro import cpu_flags
+
+    return {"avx2", "fma"} <= cpu_flags()
 
 
 def validate(data: Any, source: str = "params.yaml") -> Params:

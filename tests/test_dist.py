@@ -21,8 +21,10 @@ from tests.project import copy_project, digests
 
 ROOT = Path(__file__).resolve().parents[1]
 # Several batches per split, a ragged last one, an odd batch count and shards that straddle batches and ranks.
-OVERRIDES = {"baseline": {"epochs": 1}, "finetune": {"epochs": 1, "replicates": [0]},
-             "cams": {"batch_size": 6, "shard_size": 5}}
+# The driver runs several stages in one process, so torch is loaded before the training stages could pin their
+# CPU kernels (pipeline/train/cpu_repro.py): they run with the machine's own (cpu.kernels: native).
+OVERRIDES = {"baseline": {"epochs": 1, "replicates": [0]}, "finetune": {"epochs": 1, "replicates": [0]},
+             "cams": {"batch_size": 6, "shard_size": 5}, "cpu": {"kernels": "native"}}
 DRIVER = "import runpy, sys\nfor s in sys.argv[1:]:\n    sys.argv = [s]\n    runpy.run_module(f'pipeline.stages.{s}', run_name='__main__')"
 EVALUATE_OUTPUTS = ("reports/metrics.json", "reports/evaluation.json", "reports/plots")
 
@@ -84,15 +86,15 @@ def test_baseline_and_finetune_train_with_ddp_on_two_processes(repo):
     out = stage(repo, "baseline").stdout
     assert "baseline: 2 processes (gloo) through torchrun" in out
     assert out.count("baseline epoch 1:") == 1 and out.count("Top-1 Cls on test") == 1
-    model, extra = load_checkpoint(repo / "data/models/baseline.pt")
+    model, extra = load_checkpoint(repo / "data/models/baseline_0/baseline.pt")
     assert extra["stage"] == "baseline" and model.head2 is None
-    assert (repo / "reports/baseline/plots/metrics/train/loss.tsv").read_text().count("\n") == 2  # header, epoch 1
+    assert (repo / "reports/baseline/baseline_0/plots/metrics/train/loss.tsv").read_text().count("\n") == 2  # header, epoch 1
     run([sys.executable, "-c", DRIVER, "clone_head"], repo)
     out = stage(repo, "finetune").stdout
     assert "finetune: 2 processes (gloo) through torchrun" in out
-    model, extra = load_checkpoint(repo / "data/models/replicate_0/finetuned.pt")
+    model, extra = load_checkpoint(repo / "data/models/baseline_0/replicate_0/finetuned.pt")
     assert extra["stage"] == "finetune" and model.head2 is not None
-    cls = yaml.safe_load((repo / "reports/finetune/replicate_0/classification.json").read_text())
+    cls = yaml.safe_load((repo / "reports/finetune/baseline_0/replicate_0/classification.json").read_text())
     assert cls["softmax_branch_unchanged"] is True  # only the sigmoid head trained under DDP
     assert cls["trained_parameters"] == ["head2.weight", "head2.bias"]
     assert not (repo / "data/resume").exists() or not any((repo / "data/resume").rglob("*.pt"))

@@ -187,6 +187,7 @@ def test_no_preset_for_a_backbone_without_one_and_a_checkpoint_is_not_overridden
     assert p.preset is None and p.baseline.epochs == base["baseline"]["epochs"]
     data["backbone"] = "resnet50"
     data["baseline"]["checkpoint"] = "vanilla.pth.tar"
+    data["baseline"]["replicates"] = [0]  # an imported checkpoint is one fixed model
     p = validate(data)
     assert p.preset == "cars/resnet50" and p.baseline.pretrained == "none" and p.baseline.epochs == 10
 
@@ -371,16 +372,56 @@ def test_validate_command_writes_the_resolved_file_or_fails_naming_the_key(tmp_p
 
 def test_fine_tuning_replicates_and_seeds(base):
     p = validate(base)
-    assert p.finetune.replicates == [0, 1, 2] and p.finetune_seed(2) == p.finetune.seed + 2
+    assert p.finetune.replicates == [0] and p.baseline.replicates == [0, 1, 2]
+    assert p.finetune_seed(2) == p.finetune.seed + 2 and p.finetune_seed(2, baseline=1) == p.finetune.seed + 1002
+    assert p.baseline_seed(2) == p.baseline.seed + 2
     bad = copy.deepcopy(base)
     bad["finetune"]["replicates"] = [0, 1, 1, -1, "a"]
     bad["finetune"]["seed"] = 2**32 - 1
     got = problems(bad)
-    assert "finetune.replicates[3]: -1 is out of range; valid: [0, 1023]" in got
+    assert "finetune.replicates[3]: -1 is out of range; valid: [0, 999]" in got
     assert "finetune.replicates[4]: must be an integer, got 'a' (str)" in got
     bad["finetune"]["replicates"] = [0, 1, 1]
     got = problems(bad)
     assert "finetune.replicates: [0, 1, 1] has repeats; give each replicate index once, e.g. [0, 1, 2]" in got
-    assert "finetune.seed: 4294967295 + the largest replicate 1 is above 2**32 - 1" in got
+    assert ("finetune.seed: 4294967295 + 1000 x the largest baseline replicate 2 + the largest fine-tuning "
+            "replicate 1 is above 2**32 - 1") in got
     bad["finetune"]["replicates"] = []
     assert problems(bad) == ["finetune.replicates: must be a non-empty list, got []"]
+    bad = copy.deepcopy(base)
+    bad["baseline"]["replicates"] = [1, 1]
+    assert problems(bad) == ["baseline.replicates: [1, 1] has repeats; give each replicate index once, e.g. [0, 1, 2]"]
+    bad["baseline"]["replicates"] = []
+    assert problems(bad) == ["baseline.replicates: must be a non-empty list, got []"]
+    bad["baseline"]["replicates"] = [0, 1]
+    bad["baseline"]["checkpoint"] = "data/imports/model.pt"
+    assert problems(bad) == ["baseline.replicates: [0, 1] asks for 2 baselines, but baseline.checkpoint imports one "
+                             "fixed model; set baseline.replicates: [0]"]
+
+
+def test_bootstrap_resamples_has_a_floor(base):
+    from pipeline.metrics.intervals import MIN_RESAMPLES
+
+    for value in (1, MIN_RESAMPLES - 1):
+        bad = copy.deepcopy(base)
+        bad["evaluate"]["bootstrap_resamples"] = value
+        got = problems(bad)
+        assert len(got) == 1 and got[0].startswith(f"evaluate.bootstrap_resamples: {value} is out of range; valid: "
+                                                   f"[{MIN_RESAMPLES}, 1000000]"), got
+    ok = copy.deepcopy(base)
+    ok["evaluate"]["bootstrap_resamples"] = MIN_RESAMPLES
+    assert validate(ok).evaluate.bootstrap_resamples == MIN_RESAMPLES
+
+
+def test_cpu_kernels_avx2_needs_an_avx2_cpu(base, monkeypatch):
+    import pipeline.params as params_module
+
+    assert validate(base).cpu.kernels == "avx2" and validate(base).cpu.threads == 2
+    monkeypatch.setattr(params_module, "cpu_supports_avx2", lambda: False)
+    assert problems(base) == ["cpu.kernels: 'avx2' needs a CPU with AVX2 and FMA, which this one lacks; set "
+                              "cpu.kernels: portable (the same bytes on any x86-64 CPU, slower) or native"]
+    other = copy.deepcopy(base)
+    other["cpu"]["kernels"] = "portable"
+    assert validate(other).cpu.kernels == "portable"
+    other["cpu"]["kernels"] = "sse"
+    assert problems(other) == ["cpu.kernels: 'sse' is not valid; choose one of: avx2, portable, native"]

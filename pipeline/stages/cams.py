@@ -1,6 +1,7 @@
 """Stage `cams`: every CAM variant from both branches, raw and signed at feature resolution, in shards.
 
-`python -m pipeline.stages.cams K` writes, for fine-tuning replicate K, data/cams/replicate_K/<split>/
+`python -m pipeline.stages.cams J K` writes, for fine-tuning replicate K of baseline J,
+data/cams/baseline_J/replicate_K/<split>/
 (manifest.json, index.csv, shard_*.npy; see pipeline/cams/store.py) for the test split, and the val split too
 with `cams.splits: val+test`. Post-processing
 (weight clamp, ReLU, upsampling, normalisation) belongs to evaluation, so changing it never reruns this.
@@ -8,12 +9,12 @@ With `distributed.nproc` > 1 the ranks share the batches and rank 0 writes the s
 """
 import contextlib
 
-from pipeline.stages.common import check_params, loader, model_spec, replicate, replicate_arg, start, throughput, user_errors
+from pipeline.stages.common import check_params, loader, model_arg, model_spec, start, throughput, user_errors
 
 
 def main() -> None:
-    params = start(distributed=True, seed=lambda p: replicate(p, replicate_arg()).seed)
-    rep = replicate(params, replicate_arg())
+    params = start(distributed=True, seed=lambda p: model_arg(p).seed)
+    rep = model_arg(params)
     from pipeline.cams.engine import gap_linear_heads, model_family, model_variants
     from pipeline.cams.generate import iter_cam_records
     from pipeline.cams.store import write_cams

@@ -20,59 +20,116 @@ from pipeline.params import PARAMS_FILE, RESOLVED_FILE, Params, load_or_exit, re
 
 MODELS = Path("data/models")
 REPORTS = Path("reports")
-BASELINE_CKPT = MODELS / "baseline.pt"
-CAMS_DIR = Path("data/cams")  # one folder per fine-tuning replicate: see `replicate`
+CAMS_DIR = Path("data/cams")  # one folder per model (baseline j, fine-tuning replicate k): see `replicate`
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One baseline replicate j (DVC stage baseline@j) and its files."""
+
+    index: int
+    seed: int       # baseline.seed + index: init, shuffling and augmentation
+    ckpt: Path      # the trained softmax classifier
+    live_dir: Path  # DVCLive metrics and plots
+
+    @property
+    def stage(self) -> str:
+        return f"baseline@{self.index}"
 
 
 @dataclass(frozen=True)
 class Replicate:
-    """One fine-tuning replicate k (DVC stages clone_head@k, finetune@k, cams@k) and its files."""
+    """One fine-tuning replicate k of baseline j (DVC stages clone_head@j-k, finetune@j-k, cams@j-k), i.e. one
+    model of the run, and its files."""
 
+    baseline: int
     index: int
-    seed: int             # finetune.seed + index: clone_head's random init, finetune's shuffling and init
+    seed: int             # finetune.seed + 1000 j + k: clone_head's random init, finetune's shuffling and init
+    baseline_ckpt: Path   # the baseline it starts from
     dual_ckpt: Path       # clone_head's output
     finetuned_ckpt: Path  # finetune's output
     cams_dir: Path        # cams' output: <cams_dir>/<split>/
     live_dir: Path        # finetune's DVCLive metrics and plots
     classification: Path  # finetune's Top-1 Cls of both branches
 
+    @property
+    def model(self) -> tuple[int, int]:
+        return self.baseline, self.index
 
-def replicate(params: Params, index: int | None = None) -> Replicate:
-    """The paths and seed of fine-tuning replicate `index` (one of finetune.replicates; None = the first, which
-    evaluate and report read until they read every replicate). The stage scripts get `index` from their
-    command line (`python -m pipeline.stages.finetune 2`, written by dvc.yaml's foreach), see `replicate_arg`.
-    These paths and dvc.yaml's (`data/models/replicate_${item}/...`) must stay the same."""
+    @property
+    def name(self) -> str:
+        return f"{self.baseline}-{self.index}"
+
+
+def baseline(params: Params, index: int | None = None) -> Baseline:
+    """The paths and seed of baseline replicate `index` (one of baseline.replicates; None = the first). These
+    paths and dvc.yaml's must stay the same."""
+    bases = params.baseline.replicates
+    index = bases[0] if index is None else index
+    if index not in bases:
+        raise ValueError(f"baseline replicate {index}: not in baseline.replicates {bases}; add it there (dvc.yaml "
+                         f"makes one stage per entry)")
+    return Baseline(index=index, seed=params.baseline_seed(index), ckpt=MODELS / f"baseline_{index}" / "baseline.pt",
+                    live_dir=REPORTS / "baseline" / f"baseline_{index}")
+
+
+def replicate(params: Params, base: int | None = None, index: int | None = None) -> Replicate:
+    """The paths and seed of fine-tuning replicate `index` of baseline replicate `base` (None: the first of
+    baseline.replicates / finetune.replicates). The stage scripts get both from their command line
+    (`python -m pipeline.stages.finetune 0 2`, written by dvc.yaml's matrix), see `replicate_args`. These paths
+    and dvc.yaml's (`data/models/baseline_${item.baseline}/replicate_${item.finetune}/...`) must stay the same."""
+    b = baseline(params, base)
     reps = params.finetune.replicates
-    if index is None:
-        index = reps[0]
+    index = reps[0] if index is None else index
     if index not in reps:
-        raise ValueError(f"replicate {index}: not in finetune.replicates {reps}; add it there (dvc.yaml's "
-                         f"foreach makes one stage per entry)")
-    name = f"replicate_{index}"
-    return Replicate(index=index, seed=params.finetune_seed(index), dual_ckpt=MODELS / name / "dual.pt",
-                     finetuned_ckpt=MODELS / name / "finetuned.pt", cams_dir=CAMS_DIR / name,
-                     live_dir=REPORTS / "finetune" / name,
+        raise ValueError(f"fine-tuning replicate {index}: not in finetune.replicates {reps}; add it there "
+                         f"(dvc.yaml's matrix makes one stage per entry)")
+    name = Path(f"baseline_{b.index}") / f"replicate_{index}"
+    return Replicate(baseline=b.index, index=index, seed=params.finetune_seed(index, b.index), baseline_ckpt=b.ckpt,
+                     dual_ckpt=MODELS / name / "dual.pt", finetuned_ckpt=MODELS / name / "finetuned.pt",
+                     cams_dir=CAMS_DIR / name, live_dir=REPORTS / "finetune" / name,
                      classification=REPORTS / "finetune" / name / "classification.json")
 
 
-def replicate_arg() -> int | None:
-    """The replicate index a per-replicate stage script was given: its one command-line argument (dvc.yaml's
-    foreach passes it), or None without one (the first replicate, for a stage run by hand)."""
+def replicates(params: Params) -> list[Replicate]:
+    """Every model of the run, baseline by baseline: (j, k) for j in baseline.replicates, k in
+    finetune.replicates."""
+    return [replicate(params, j, k) for j in params.baseline.replicates for k in params.finetune.replicates]
+
+
+def replicate_args(count: int) -> list[int] | None:
+    """The indices a per-replicate stage script was given on its command line (dvc.yaml passes them): `count`
+    of them (1: a baseline j; 2: a model's j and k), or None without any (the first, for a stage run by hand)."""
     args = sys.argv[1:]
     if not args:
         return None
-    if len(args) != 1 or not args[0].isdigit():
-        print(f"error: usage: python -m pipeline.stages.{Path(sys.argv[0]).stem} [REPLICATE] (an index of "
-              f"finetune.replicates); got arguments {args}", file=sys.stderr)
+    if len(args) != count or not all(a.isdigit() for a in args):
+        what = "BASELINE" if count == 1 else "BASELINE REPLICATE"
+        print(f"error: usage: python -m pipeline.stages.{Path(sys.argv[0]).stem} [{what}] (indices of "
+              f"baseline.replicates{'' if count == 1 else ' and finetune.replicates'}); got arguments {args}",
+              file=sys.stderr)
         raise SystemExit(2)
-    return int(args[0])
+    return [int(a) for a in args]
 
 
-def start(*, distributed: bool = False, seed: Callable[[Params], int] | None = None) -> Params:
+def model_arg(params: Params) -> Replicate:
+    """The model (baseline j, fine-tuning replicate k) of a per-model stage, from its command line."""
+    args = replicate_args(2)
+    return replicate(params, *(args or (None, None)))
+
+
+def baseline_arg(params: Params) -> Baseline:
+    """The baseline replicate j of the baseline stage, from its command line."""
+    args = replicate_args(1)
+    return baseline(params, args[0] if args else None)
+
+
+def start(*, distributed: bool = False, seed: Callable[[Params], int] | None = None, pin_cpu: bool = False) -> Params:
     """Load and validate params (exit 2 listing every problem), then seed every generator with `seed(params)`
     (None = the top-level seed, the dataset's; baseline: baseline.seed; the per-replicate stages: the
     replicate's seed). `distributed`: the stage can run on `distributed.nproc` processes (re-launched under
-    torchrun, pipeline/dist.py).
+    torchrun, pipeline/dist.py). `pin_cpu` (the training stages): fix the CPU kernels and thread count to
+    `cpu.kernels` / `cpu.threads` before torch is imported (pipeline/train/cpu_repro.py).
 
     Under DVC, also check that the params this stage uses are the ones DVC will record in dvc.lock (see
     `check_params`); a stage calls `check_params()` again when its work is done."""
@@ -80,6 +137,11 @@ def start(*, distributed: bool = False, seed: Callable[[Params], int] | None = N
     params = load_or_exit()
     _GUARD.update(stage=stage_name(), bytes=before, values=resolved(params))
     check_params(when="start")
+    if pin_cpu:
+        from pipeline.train import cpu_repro
+
+        with user_errors():
+            cpu_repro.pin(params.cpu.kernels, params.cpu.threads)
     if distributed:
         from pipeline import dist
 
@@ -88,6 +150,8 @@ def start(*, distributed: bool = False, seed: Callable[[Params], int] | None = N
             dist.setup(d.nproc, d.backend, params.device)
     with user_errors():
         seed_everything(params.seed if seed is None else seed(params))
+        if pin_cpu:
+            cpu_repro.apply_torch_flags()
     _print_device(params)
     return params
 
@@ -121,10 +185,10 @@ def stage_keys(stage: str, dvc_file: str | Path = "dvc.yaml") -> list[str] | Non
     import yaml
 
     try:
-        spec = yaml.safe_load(Path(dvc_file).read_text())["stages"][stage]
+        spec = yaml.safe_load(Path(dvc_file).read_text())["stages"][stage.split("@")[0]]
     except (OSError, KeyError, TypeError):
         return None
-    spec = spec.get("do", spec)  # a foreach stage (one per fine-tuning replicate) is defined under `do`
+    spec = spec.get("do", spec)  # a foreach stage is defined under `do` (a matrix stage at the top)
     for entry in spec.get("params") or []:
         if isinstance(entry, dict) and RESOLVED_FILE.as_posix() in entry:
             return list(entry[RESOLVED_FILE.as_posix()] or [])

@@ -10,16 +10,30 @@ Reads data/cams/<split>/ and the prepared GT tables, applies the evaluation-time
                                            contours) and the largest contour at IoU 50
   reports/plots/pixel_pr/<v>_<b>.csv       pixel precision-recall curve (datasets with masks)
 metrics.json holds the headline protocol (`evaluate.postprocess`) at metrics[variant][branch] and every further
-protocol of `evaluate.protocols` at metrics["protocols"][name][variant][branch]. Every fine-tuning replicate
-(`finetune.replicates`) is scored; the per-branch numbers are the first replicate's, the deltas' intervals
-(pipeline/metrics/intervals.py) combine image resampling with every replicate. Evaluation's only parallelism:
+protocol of `evaluate.protocols` at metrics["protocols"][name][variant][branch]. Every model of the run (baseline
+replicate j x fine-tuning replicate k) is scored; the per-branch numbers are the first model's, the deltas'
+intervals (pipeline/metrics/intervals.py) combine the image level with the fine-tuning and baseline levels.
+Evaluation's only parallelism:
 with `distributed.nproc` > 1 the ranks share the distinct map sets and rank 0 writes the same bytes.
 """
 
-from pipeline.stages.common import (REPORTS, check_params, eval_options, loader, model_spec, replicate, start,
+from pipeline.stages.common import (REPORTS, check_params, eval_options, loader, model_spec, replicates, start,
                                     user_errors)
 
 PLOTS = REPORTS / "plots"
+
+
+def baseline_level(params) -> str:
+    """What the interval's baseline level stands for in this run (reports/evaluation.json, the report)."""
+    b = params.baseline
+    n = len(b.replicates)
+    if b.checkpoint:
+        return "absent: one imported checkpoint (baseline.checkpoint), a fixed model"
+    if n == 1:
+        return "absent: one baseline (baseline.replicates has one entry)"
+    start = ("from ImageNet weights (the trunk's start is fixed: the level is the spread of training from it, "
+             "not of pretraining)" if b.pretrained == "imagenet" else "from random initialisation")
+    return f"{n} baselines trained {start}, seeds {', '.join(str(params.baseline_seed(j)) for j in b.replicates)}"
 
 
 def main() -> None:
@@ -42,28 +56,32 @@ def main() -> None:
     opts = eval_options(params)
     splits = ["test"] + (["val"] if e.threshold_split == "val" else [])
     with user_errors():
-        reps = [replicate(params, k) for k in params.finetune.replicates]
+        reps = replicates(params)
         first = reps[0]
         gts = {s: load_ground_truth(params.prepared_dir(), s) for s in splits}
         model = batches = None
-        if e.fidelity:  # the softmax head scores every replicate's maps: it is frozen, the same in all of them
+        if e.fidelity:
             device = resolve_device(params.device)
-            model, _ = load_checkpoint(first.finetuned_ckpt, expect=model_spec(params))
-            place(model, device).eval()
             test_loader = loader(params, "test", train=False, batch_size=params.cams.batch_size)
             batches = lambda: iter(test_loader)  # noqa: E731
         intervals = IntervalAccumulator(resamples=e.bootstrap_resamples, seed=e.bootstrap_seed,
-                                        threshold_split=e.threshold_split, iou_thresholds=opts.iou_thresholds)
-        memo: dict = {}  # digest -> result: the softmax branch, the same in every replicate, is scored once
-        for rep in reps:  # every replicate feeds the intervals; the first one's numbers are the headline
+                                        threshold_split=e.threshold_split, iou_thresholds=opts.iou_thresholds,
+                                        strata={s: gts[s].labels for s in splits})
+        memo: dict = {}  # digest -> result: a baseline's softmax branch, the same in its every replicate, is scored once
+        for rep in reps:  # every model feeds the intervals; the first one's numbers are the headline
+            if e.fidelity and (model is None or rep.index == params.finetune.replicates[0]):
+                # the softmax head scores a baseline's maps: frozen, the same in all its fine-tuning replicates
+                model, _ = load_checkpoint(rep.finetuned_ckpt, expect=model_spec(params))
+                place(model, device).eval()
             cams = {s: read_cams(rep.cams_dir / s) for s in splits}
             if is_main():
-                print(f"evaluate: replicate {rep.index} (fine-tuning seed {rep.seed}), {rep.cams_dir}", flush=True)
+                print(f"evaluate: model {rep.name} (baseline seed {params.baseline_seed(rep.baseline)}, fine-tuning "
+                      f"seed {rep.seed}), {rep.cams_dir}", flush=True)
             result = evaluate_all(cams, gts, opts, model=model, batches=batches,
                                   fidelity_target=e.fidelity_target, fidelity_size=params.model.input_size,
                                   progress=lambda text: print(f"evaluate: {text}", flush=True) if is_main()
                                   else None, map_units=map_shares, show_progress=is_main(),
-                                  on_result=intervals.callback(rep.index), memo=memo)
+                                  on_result=intervals.callback(rep.model), memo=memo)
             if rep is first:
                 metrics, curves = result
                 first_cams = cams
@@ -77,8 +95,10 @@ def main() -> None:
     write_json(REPORTS / "evaluation.json", {
         "dataset": params.dataset, "backbone": params.backbone, "split": "test",
         "images": cams["test"].manifest["images"], "preset": params.preset, "head_init": params.finetune.head_init,
-        "bn_mode": params.finetune.bn_mode, "replicates": [r.index for r in reps],
-        "finetune_seeds": [r.seed for r in reps], "bootstrap_resamples": e.bootstrap_resamples,
+        "bn_mode": params.finetune.bn_mode, "models": [list(r.model) for r in reps],
+        "baseline_seeds": [params.baseline_seed(j) for j in params.baseline.replicates],
+        "finetune_seeds": [r.seed for r in reps], "baseline_level": baseline_level(params),
+        "bootstrap_resamples": e.bootstrap_resamples,
         "bootstrap_seed": e.bootstrap_seed, **{k: getattr(e, k) for k in (
             "postprocess", "protocols", "weight_clamp", "relu", "upsample", "threshold_grid", "threshold_split",
             "gt_box_match", "loc_threshold", "fidelity", "fidelity_target")}})
@@ -98,7 +118,7 @@ def main() -> None:
     n_images = len(reps) * sum(len(c.index) for c in cams.values())
     seconds = time.perf_counter() - began
     print(f"evaluate: {seconds:.1f} s for {n_images} images ({1e3 * seconds / n_images:.1f} ms per image, "
-          f"{len(cams['test'].index)} test x {len(reps)} replicate(s)), every protocol, metric and interval included", flush=True)
+          f"{len(cams['test'].index)} test x {len(reps)} model(s)), every protocol, metric and interval included", flush=True)
     check_params()
     finish()
 

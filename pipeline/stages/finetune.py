@@ -5,22 +5,23 @@ change) and fails if it is not: the sha256 of every parameter and buffer outside
 before and after, and so are the softmax logits of the first test batch, bit for bit
 (`pipeline.models.dual.FrozenCheck`). The test set is predicted once, after training, with the sigmoid head as
 it was before training as an extra head on the same trunk output (its Top-1 Cls is `top1_cls_sigmoid_before`).
-`python -m pipeline.stages.finetune K` trains replicate K with seed finetune.seed + K and writes
-data/models/replicate_K/finetuned.pt, DVCLive logs and Top-1 Cls of both branches (classification.json) under
-reports/finetune/replicate_K/ (paths: pipeline/stages/common.py `replicate`). A killed run, rerun, resumes after
+`python -m pipeline.stages.finetune J K` trains replicate K of baseline J with seed finetune.seed + 1000 J + K
+and writes data/models/baseline_J/replicate_K/finetuned.pt, DVCLive logs and Top-1 Cls of both branches
+(classification.json) under reports/finetune/baseline_J/replicate_K/ (paths: pipeline/stages/common.py
+`replicate`). A killed run, rerun, resumes after
 its last complete epoch from data/resume/finetune/ (pipeline/train/resume.py).
 """
 import copy
 import sys
 
 from pipeline.io import write_json
-from pipeline.stages.common import (check_params, epochs_to_run, live, loader, model_spec, replicate, replicate_arg,
-                                    start, throughput, user_errors)
+from pipeline.stages.common import (check_params, epochs_to_run, live, loader, model_arg, model_spec, start,
+                                    throughput, user_errors)
 
 
 def main() -> None:
-    params = start(distributed=True, seed=lambda p: replicate(p, replicate_arg()).seed)
-    rep = replicate(params, replicate_arg())
+    params = start(distributed=True, seed=lambda p: model_arg(p).seed, pin_cpu=True)
+    rep = model_arg(params)
     from pipeline.dist import finish, is_main, share_checkpoints
     from pipeline.models.dual import FrozenCheck, load_checkpoint, save_checkpoint
     from pipeline.train.loops import finetune_sigmoid_head, place, predict, resolve_device, to_device
@@ -64,7 +65,8 @@ def main() -> None:
         if not is_main():  # distributed: rank 0 alone writes; the others wait for it
             return finish()
         write_json(rep.classification, {
-            **result, "backbone": params.backbone, "family": params.family, "dataset": params.dataset, "replicate": rep.index,
+            **result, "backbone": params.backbone, "family": params.family, "dataset": params.dataset, "baseline_replicate": rep.baseline,
+            "replicate": rep.index,
             "finetune_seed": rep.seed, "head_init": f.head_init,
             "bn_mode": f.bn_mode, "trained_parameters": trained, "num_test_images": len(after.labels)})
         model.cpu()

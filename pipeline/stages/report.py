@@ -4,6 +4,7 @@ Reads reports/metrics.json, evaluation.json, classification.json and the curve C
 the test CAMs and the prepared ground truth, and writes
   reports/README.md        tables (softmax | sigmoid | delta per metric), the options used, figures
   reports/results.csv      the same numbers, one row per backbone x variant
+  reports/summary.md       the answer: the headline deltas with their intervals (rendered into README.md)
   reports/sign.json        sign diagnostics of the raw maps (DVC metrics)
   reports/figures/*.png    threshold curves, PR curves, sign bars, one signed-map gallery per variant
 """

@@ -213,8 +213,10 @@ def code_digests(stage: str) -> dict[str, str]:
     return out
 
 
-def key_material(stage: str, params, device: torch.device, inputs: Iterable[str | Path] = ()) -> dict[str, Any]:
-    """Everything that determines the training of `stage` ("baseline" or "finetune") under `params`."""
+def key_material(stage: str, params, device: torch.device, inputs: Iterable[str | Path] = (),
+                 extra: dict | None = None) -> dict[str, Any]:
+    """Everything that determines the training of `stage` ("baseline" or "finetune") under `params`; `extra`:
+    what else tells this run from its siblings (a baseline replicate's seed)."""
     if stage not in CODE_DEPS:
         raise ValueError(f"stage: '{stage}' is not a training stage; choose one of: {', '.join(CODE_DEPS)}")
     prepared = params.prepared_dir()
@@ -230,13 +232,14 @@ def key_material(stage: str, params, device: torch.device, inputs: Iterable[str 
         "lr": params.baseline_lr if stage == "baseline" else params.finetune_lr,
         "inputs": {str(p): sha256_file(p) if p.is_file() else None for p in files},
         "code": code_digests(stage),
+        "extra": extra or {},
     }
 
 
 def for_stage(stage: str, params, device: torch.device, inputs: Iterable[str | Path] = (),
-              root: str | Path = RESUME_ROOT) -> EpochCheckpoints:
+              root: str | Path = RESUME_ROOT, extra: dict | None = None) -> EpochCheckpoints:
     """The checkpoints of `stage` for this configuration; prints one line when a checkpoint is found."""
-    material = key_material(stage, params, device, inputs)
+    material = key_material(stage, params, device, inputs, extra)
     key = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
     checkpoints = EpochCheckpoints(Path(root) / stage / key[:16], key, label=stage, describe=material)
     done, total = checkpoints.epochs_done, getattr(params, stage).epochs

@@ -25,7 +25,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 def ran(proc: subprocess.CompletedProcess) -> list[str]:
-    # a per-replicate stage runs as '<stage>@<k>' (dvc.yaml's foreach)
+    # a per-model stage runs as '<stage>@<j>-<k>' (dvc.yaml's matrix), a baseline as 'baseline@<j>'
     return [s for s in ("validate", *STAGES)
             if f"Running stage '{s}'" in proc.stdout or f"Running stage '{s}@" in proc.stdout]
 
@@ -71,10 +71,11 @@ def test_unchanged_params_rerun_only_validate(repo):
     before, lock = state(repo), (repo / "dvc.lock").read_text()
     proc = run(["dvc", "repro"], repo)
     assert ran(proc) == ["validate"]
-    replicates = yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["replicates"]
-    per_replicate = ("clone_head", "finetune", "cams")  # dvc.yaml's foreach: '<stage>@<k>'
-    for stage in [s for s in STAGES if s not in per_replicate] + [f"{s}@{k}" for s in per_replicate
-                                                                   for k in replicates]:
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    bases, reps = p["baseline"]["replicates"], p["finetune"]["replicates"]
+    per_model = ("clone_head", "finetune", "cams")  # dvc.yaml's matrix: '<stage>@<j>-<k>'
+    for stage in ([s for s in STAGES if s not in per_model + ("baseline",)] + [f"baseline@{j}" for j in bases]
+                  + [f"{s}@{j}-{k}" for s in per_model for j in bases for k in reps]):
         assert f"Stage '{stage}' didn't change, skipping" in proc.stdout
     assert state(repo) == before and (repo / "dvc.lock").read_text() == lock
     status = json.loads(run(["dvc", "status", "--json"], repo).stdout)

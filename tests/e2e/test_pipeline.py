@@ -61,22 +61,22 @@ def test_repro_writes_every_stage_output(repo):
         rows = list(csv.DictReader(fh))
     assert len(rows) == sum(info["counts"].values())  # one exact box per SynthBirds image
     assert all(0 <= int(r["ex0"]) <= int(r["ex1"]) < info["eval_size"] for r in rows)
-    for name in ("baseline", "replicate_0/dual", "replicate_0/finetuned"):
+    for name in ("baseline_0/baseline", "baseline_0/replicate_0/dual", "baseline_0/replicate_0/finetuned"):
         assert (repo / f"data/models/{name}.pt").stat().st_size > 1000
-    cls = json.loads((repo / "reports/finetune/replicate_0/classification.json").read_text())
+    cls = json.loads((repo / "reports/finetune/baseline_0/replicate_0/classification.json").read_text())
     assert cls["softmax_branch_unchanged"] is True
     assert cls["trained_parameters"] == ["head2.weight", "head2.bias"]
-    baseline = json.loads((repo / "reports/baseline/metrics.json").read_text())
+    baseline = json.loads((repo / "reports/baseline/baseline_0/metrics.json").read_text())
     assert baseline["test"]["top1_cls"] == pytest.approx(cls["top1_cls_softmax"])
-    assert (repo / "reports/finetune/replicate_0/plots/metrics/train/bce.tsv").is_file()
+    assert (repo / "reports/finetune/baseline_0/replicate_0/plots/metrics/train/bce.tsv").is_file()
     assert (repo / "dvc.lock").is_file()
-    assert sorted(p.name for p in (repo / "data/cams/replicate_0").iterdir()) == ["test", "val"]
-    manifest = json.loads((repo / "data/cams/replicate_0/test/manifest.json").read_text())
+    assert sorted(p.name for p in (repo / "data/cams/baseline_0/replicate_0").iterdir()) == ["test", "val"]
+    manifest = json.loads((repo / "data/cams/baseline_0/replicate_0/test/manifest.json").read_text())
     assert manifest["images"] == info["counts"]["test"]
     assert manifest["variants"] == ["cam", "gradcam", "gradcampp", "xgradcam", "layercam"]
     assert manifest["branches"] == ["softmax", "sigmoid"]
     assert sum(s["images"] for s in manifest["shards"]) == manifest["images"]
-    assert len(list((repo / "data/cams/replicate_0/test").glob("shard_*.npy"))) == len(manifest["shards"])
+    assert len(list((repo / "data/cams/baseline_0/replicate_0/test").glob("shard_*.npy"))) == len(manifest["shards"])
     assert manifest["targets"] == ["gt", "pred"]
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert metrics["top1_cls"] == pytest.approx(cls["top1_cls_softmax"])
@@ -102,6 +102,12 @@ def test_report_has_the_table_figures_and_sign_diagnostics(repo):
     assert [r["variant"] for r in rows] == ["cam", "gradcam", "gradcampp", "xgradcam", "layercam"]
     assert float(rows[0]["maxboxacc_v2_delta"]) == pytest.approx(
         cam["sigmoid"]["maxboxacc_v2"] - cam["softmax"]["maxboxacc_v2"], abs=1e-3)
+    summary = (repo / "reports/summary.md").read_text()  # the answer the project README renders
+    first = next(line for line in summary.splitlines() if line.startswith("| CAM"))
+    assert first.startswith("| CAM = Grad-CAM") and "XGrad-CAM" in first  # one map set: GAP-linear heads
+    assert "2 model(s) (2 baseline(s))" in summary
+    assert "| `official_symmetric` | " in summary
+    assert "**Where the width comes from**" in readme and "| CAM | MaxBoxAccV2 | " in readme
     sign = json.loads((repo / "reports/sign.json").read_text())
     assert set(sign) == set(manifest_variants(repo)) and set(sign["cam"]) == {"softmax", "sigmoid"}
     assert sign["layercam"]["softmax"]["neg_share_inside"] == 0.0  # LayerCAM has no negative part
@@ -112,14 +118,14 @@ def test_report_has_the_table_figures_and_sign_diagnostics(repo):
         assert f"figures/{name}" in readme
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     files = next(iter(shown.values()))["data"]
-    assert {"reports/metrics.json", "reports/sign.json", "reports/finetune/replicate_0/classification.json"} <= set(files)
+    assert {"reports/metrics.json", "reports/sign.json", "reports/finetune/baseline_0/replicate_0/classification.json"} <= set(files)
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
     assert {"box_accuracy_iou30", "box_accuracy_iou50", "box_accuracy_iou70", "pixel_precision_recall",
             "reports/figures/threshold_curves.png"} <= set(plots)
 
 
 def manifest_variants(repo: Path) -> list[str]:
-    return json.loads((repo / "data/cams/replicate_0/test/manifest.json").read_text())["variants"]
+    return json.loads((repo / "data/cams/baseline_0/replicate_0/test/manifest.json").read_text())["variants"]
 
 
 def test_second_repro_is_up_to_date_and_changes_no_byte(repo):

@@ -18,8 +18,8 @@ import yaml
 from tests.project import make_dvc_repo
 from tests.report.test_compare import BIN, ROOT, VENV, git, sh, table_rows
 
-METRICS = ("reports/metrics.json", "reports/sign.json", "reports/finetune/replicate_0/classification.json",
-           "reports/baseline/metrics.json", "reports/finetune/replicate_0/metrics.json")
+METRICS = ("reports/metrics.json", "reports/sign.json", "reports/finetune/baseline_0/replicate_0/classification.json",
+           "reports/baseline/baseline_0/metrics.json", "reports/finetune/baseline_0/replicate_0/metrics.json")
 STAGE = """\
 import json, shutil, yaml
 from pathlib import Path

@@ -46,7 +46,7 @@ def repo(tmp_path_factory) -> Path:
     dest = copy_project(tmp_path_factory.mktemp("repo"))
     run(["git", "init", "-q"], dest)
     run([sys.executable, "-m", "pipeline.params", "apply", "configs/smoke.yaml"], dest)
-    set_params(dest, **{"baseline.epochs": 1})
+    set_params(dest, **{"baseline.epochs": 1, "baseline.replicates": [0]})
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"], dest)
     run(["dvc", "repro", "baseline"], dest)
@@ -58,21 +58,21 @@ def state_of(path: Path) -> dict:
 
 
 def test_own_baseline_pt_under_dvc_repro(repo):
-    ckpt = repo / "data/models/baseline.pt"
+    ckpt = repo / "data/models/baseline_0/baseline.pt"
     trained = ckpt.read_bytes()
-    set_params(repo, **{"baseline.checkpoint": "data/models/baseline.pt"})
+    set_params(repo, **{"baseline.checkpoint": "data/models/baseline_0/baseline.pt"})
     proc = run(["dvc", "repro", "baseline"], repo)
     assert "read from the DVC cache" in proc.stdout
     assert ckpt.read_bytes() == trained  # the same model, the same test Top-1: the same bytes
-    assert (repo / "reports/baseline/plots/metrics/test/top1_cls.tsv").is_file()
-    assert "\"imported\": 1" in (repo / "reports/baseline/metrics.json").read_text()
+    assert (repo / "reports/baseline/baseline_0/plots/metrics/test/top1_cls.tsv").is_file()
+    assert "\"imported\": 1" in (repo / "reports/baseline/baseline_0/metrics.json").read_text()
     set_params(repo, **{"baseline.checkpoint": None})
     run(["dvc", "repro", "baseline"], repo)  # back: restored from the run-cache
     assert ckpt.read_bytes() == trained
 
 
 def test_timm_state_dict_and_a_mismatch(repo, tmp_path):
-    model, _ = load_checkpoint(repo / "data/models/baseline.pt")
+    model, _ = load_checkpoint(repo / "data/models/baseline_0/baseline.pt")
     timm_sd = ours_to_official(model)  # timm's own keys: body.* -> conv1.0.weight ..., head -> fc
     assert "fc.weight" in timm_sd and "conv1.0.weight" in timm_sd
     torch.save(timm_sd, tmp_path / "resnet10t.pth")
@@ -80,7 +80,7 @@ def test_timm_state_dict_and_a_mismatch(repo, tmp_path):
     proc = stage(repo)
     assert "timm resnet10t layout" in proc.stdout
     want = model.state_dict()
-    assert all(torch.equal(v, want[k]) for k, v in state_of(repo / "data/models/baseline.pt").items())
+    assert all(torch.equal(v, want[k]) for k, v in state_of(repo / "data/models/baseline_0/baseline.pt").items())
 
     import timm
 
@@ -108,7 +108,7 @@ def test_official_resnet50_checkpoint_of_either_family(repo, tmp_path, family):
     finally:
         set_params(repo, **{"backbone": "resnet10t", "family": "cam", "baseline.checkpoint": None})
     assert "official resnet50 layout" in proc.stdout and "not loaded: fc2.bias, fc2.weight" in proc.stdout
-    got = state_of(repo / "data/models/baseline.pt")
+    got = state_of(repo / "data/models/baseline_0/baseline.pt")
     assert torch.equal(got["head.weight"], net.fc.weight) and torch.equal(got["trunk.layer4.2.conv3.weight"],
                                                                          net.layer4[2].conv3.weight)
-    assert load_checkpoint(repo / "data/models/baseline.pt")[0].spec.family == family
+    assert load_checkpoint(repo / "data/models/baseline_0/baseline.pt")[0].spec.family == family

@@ -294,7 +294,10 @@ def test_killed_stages_resume_to_the_uninterrupted_bytes(tmp_path):
     # `python -m pipeline.params apply configs/smoke.yaml`, then 3 epochs each, in process
     p = deep_merge(yaml.safe_load((repo / "params.yaml").read_text()),
                    yaml.safe_load((repo / "configs/smoke.yaml").read_text()))
-    p = deep_merge(p, {"baseline": {"epochs": 3}, "finetune": {"epochs": 3}})
+    # the driver runs the stages in one process, torch loaded before the training stages could pin their CPU
+    # kernels: the machine's own (cpu.kernels: native; the pin is tested in tests/train/test_cpu_repro.py)
+    p = deep_merge(p, {"baseline": {"epochs": 3, "replicates": [0]}, "finetune": {"epochs": 3},
+                       "cpu": {"kernels": "native"}})
     validate(p)
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     synth, batch = p["datasets"]["synthbirds"], p["backbones"][p["backbone"]]["batch_size"]
@@ -311,8 +314,8 @@ def test_killed_stages_resume_to_the_uninterrupted_bytes(tmp_path):
 
     stages(repo, f"baseline@{mid_epoch_2}", killed=True)
     assert len(list((repo / "data/resume/baseline").glob("*/checkpoint.pt"))) == 1
-    assert not (repo / "data/models/baseline.pt").exists()
-    assert (repo / "reports/baseline/plots/metrics/train/loss.tsv").read_text().count("\n") == 2  # header, epoch 1
+    assert not (repo / "data/models/baseline_0/baseline.pt").exists()
+    assert (repo / "reports/baseline/baseline_0/plots/metrics/train/loss.tsv").read_text().count("\n") == 2  # header, epoch 1
 
     out = stages(repo, "baseline", "clone_head", f"finetune@{mid_epoch_2}", killed=True)
     assert "baseline: resuming from epoch 2 of 3 (epoch 1 restored from data/resume/baseline/" in out
