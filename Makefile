@@ -26,10 +26,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	. $(BIN)/activate && python -m pytest -m "not e2e"
 
-# Markdown comparison of the workspace with git revision BASE (metrics, params, threshold curves) on stdout.
+# The pull-request comment on stdout: the workspace against git revision BASE, or against BASE_DIR (a checkout
+# of the base where `dvc repro` ran; BASE then names it): headline verdicts, metrics changed beyond their
+# interval, changed params.yaml keys, threshold curves. The full diff (every metric) goes to FULL
+# (default build/compare/full-diff.md).
 BASE ?= main
 compare: $(STAMP)
-	@. $(BIN)/activate && python -m pipeline.report.compare --base $(BASE)
+	@. $(BIN)/activate && python -m pipeline.report.compare --base $(BASE) $(if $(BASE_DIR),--base-dir "$(BASE_DIR)") --full "$(or $(FULL),build/compare/full-diff.md)"
 
 # Every dvc.yaml plot as one page that needs no network (Vega inlined from the pinned vl-convert-python)
 # -> dvc_plots/index.html; `make plots-diff BASE=<rev>` overlays BASE's curves on the workspace's.

@@ -7,6 +7,7 @@ actionlint is not installable here (its PyPI package downloads a Go binary at bu
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -117,6 +118,7 @@ def test_make_target_pattern_sees_every_target():
     doc = load(PR_REPORT)
     assert any("make setup" in s for s in run_blocks(doc))
     assert any(re.search(r"make -s compare BASE=", s) for s in run_blocks(doc))
+    assert any(re.search(r"make -s compare BASE=\S+ BASE_DIR=", s) for s in run_blocks(doc))
 
 
 def test_pr_report_workflow_shape():
@@ -140,9 +142,10 @@ def test_pr_report_workflow_shape():
     assert any(s.get("uses") == "iterative/setup-cml@v2" for s in all_steps)
 
     scripts = run_blocks(doc)
-    order = [next(i for i, s in enumerate(scripts) if needle in s)
-             for needle in ("download.pytorch.org/whl/cpu", "make setup", "make repro", "compare", "cml comment")]
-    assert order == sorted(order), "steps out of order: CPU torch, make setup, make repro, compare, comment"
+    needles = ("download.pytorch.org/whl/cpu", "make setup", "git worktree add", "dvc repro", "make repro",
+               "make -s compare", "GITHUB_STEP_SUMMARY", "cml comment")
+    order = [next(i for i, s in enumerate(scripts) if needle in s) for needle in needles]
+    assert order == sorted(order), f"steps out of order: {', '.join(needles)}"
     cpu = next(s for s in scripts if "download.pytorch.org/whl/cpu" in s)
     assert "python -m venv .venv" in cpu and ".venv/bin/python -m pip install torch==" in cpu
 
@@ -157,3 +160,132 @@ def test_workflow_torch_pins_match_requirements():
     cpu = next(s for s in run_blocks(load(PR_REPORT)) if "download.pytorch.org/whl/cpu" in s)
     for name, version in pins.items():
         assert f"{name}=={version}" in cpu.split(), f"workflow installs another {name} than requirements.txt"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The base reproduced on the same runner, one DVC cache for both sides, the full diff beside the comment
+
+
+def named(doc: dict, name: str) -> tuple[int, dict]:
+    """(index, step) of the step called `name`."""
+    (found,) = [(i, step) for i, step in enumerate(steps(doc)) if step.get("name") == name]
+    return found
+
+
+def using(doc: dict, action: str) -> tuple[int, dict]:
+    (found,) = [(i, step) for i, step in enumerate(steps(doc)) if step.get("uses", "").startswith(action + "@")]
+    return found
+
+
+def test_dvc_cache_is_restored_before_the_base_runs_and_saved_after_the_pr():
+    doc = load(PR_REPORT)
+    restore_at, restore = using(doc, "actions/cache/restore")
+    save_at, save = using(doc, "actions/cache/save")
+    base_at, base = named(doc, "Reproduce the base")
+    pr_at, _ = named(doc, "Reproduce the pull request")
+    worktree_at, _ = named(doc, "Check out the base in a worktree sharing the DVC cache")
+    assert restore_at < worktree_at < base_at < pr_at < save_at
+
+    assert restore["with"]["path"] == save["with"]["path"] == ".dvc/cache"  # cached outputs and runs/ (run-cache)
+    key = restore["with"]["key"]
+    assert "hashFiles('dvc.lock')" in key
+    restore_keys = [k for k in restore["with"]["restore-keys"].splitlines() if k.strip()]
+    assert len(restore_keys) >= 2 and all(key.startswith(k) and k != key for k in restore_keys)
+    assert save["with"]["key"] == f"${{{{ steps.{restore['id']}.outputs.cache-primary-key }}}}"
+    assert "!cancelled()" in save["if"] and f"steps.{restore['id']}.outputs.cache-hit" in save["if"]
+
+
+def test_the_comparison_is_against_the_reproduced_base():
+    doc = load(PR_REPORT)
+    _, worktree = named(doc, "Check out the base in a worktree sharing the DVC cache")
+    assert 'git worktree add --detach "$base_dir" "origin/$BASE_REF"' in worktree["run"]
+    assert 'cache dir --local "$GITHUB_WORKSPACE/.dvc/cache"' in worktree["run"]
+    assert 'BASE_DIR=$base_dir" >> "$GITHUB_ENV"' in worktree["run"]
+    assert worktree["env"]["BASE_REF"] == "${{ github.base_ref }}"
+    _, base = named(doc, "Reproduce the base")
+    assert 'cd "$BASE_DIR"' in base["run"] and "dvc repro" in base["run"] and base["id"] == "base"
+    _, comparing = named(doc, "Compare with the base")
+    assert 'BASE_DIR="$BASE_DIR" FULL=build/compare/full-diff.md > report.md' in comparing["run"]
+    assert comparing["env"]["REPRODUCED"] == "${{ steps.base.outputs.reproduced }}"
+    _, upload = using(doc, "actions/upload-artifact")
+    assert "build/compare/full-diff.md" in upload["with"]["path"].split()
+    (comment,) = [s for s in steps(doc) if "cml comment" in s.get("run", "")]
+    assert comment["run"].endswith(" report.md")
+
+
+def script_env(tmp_path: Path, **extra: str) -> dict:
+    """The runner's variables a step reads, with .venv/bin/{python,dvc,activate} of this interpreter."""
+    venv = tmp_path / "ws" / ".venv" / "bin"
+    venv.mkdir(parents=True, exist_ok=True)
+    bin_dir = Path(sys.executable).parent
+    for tool in ("python", "dvc"):
+        if not (venv / tool).exists():
+            (venv / tool).symlink_to(bin_dir / tool if (bin_dir / tool).exists() else shutil.which(tool))
+    (venv / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    env = dict(os.environ, GITHUB_WORKSPACE=str(tmp_path / "ws"), RUNNER_TEMP=str(tmp_path / "runner"),
+               GITHUB_ENV=str(tmp_path / "github_env"), GITHUB_OUTPUT=str(tmp_path / "github_output"),
+               GITHUB_STEP_SUMMARY=str(tmp_path / "summary.md"), DVC_NO_ANALYTICS="1", GIT_CONFIG_NOSYSTEM="1",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    (tmp_path / "runner").mkdir(exist_ok=True)
+    return {**env, **extra}
+
+
+def run_step(doc: dict, name: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    _, step = named(doc, name)
+    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", step["run"]], cwd=cwd, env=env,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"{name}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def test_job_summary_is_cut_to_one_mebibyte_at_a_character_boundary(tmp_path):
+    env = script_env(tmp_path)
+    ws = tmp_path / "ws"
+    (ws / "build" / "compare").mkdir(parents=True)
+    (ws / "report.md").write_text("# CAM benchmark report\n\n![figure](build/compare/threshold_curves.png)\nshort\n")
+    (ws / "build" / "compare" / "full-diff.md").write_text("| é | ü |\n" * 200_000)  # 2.2 MB, 2-byte characters
+    run_step(load(PR_REPORT), "Job summary", ws, env)
+    data = (tmp_path / "summary.md").read_bytes()
+    assert len(data) <= 1024 * 1024
+    text = data.decode()  # valid UTF-8
+    assert text.startswith("# CAM benchmark report\n") and "![" not in text and "short" in text
+    assert text.rstrip().endswith("the artifact compare-full-diff has all of it.")
+
+
+def test_base_worktree_shares_the_cache_and_run_cache(tmp_path):
+    """The workflow's own scripts on a tiny pipeline: the base's run fills the PR's run-cache."""
+    doc = load(PR_REPORT)
+    env = script_env(tmp_path, BASE_REF="main")
+    ws, log = tmp_path / "ws", tmp_path / "runs.log"
+    origin = tmp_path / "origin"
+    origin.mkdir()
+
+    def sh(*cmd: str, cwd: Path) -> str:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout + proc.stderr
+
+    sh("git", "-c", "init.defaultBranch=main", "init", "-q", cwd=origin)
+    sh("dvc", "init", "-q", cwd=origin)
+    (origin / "data.txt").write_text("data\n")  # a stage without deps has no run-cache
+    (origin / "dvc.yaml").write_text(f"stages:\n  train:\n    cmd: echo ran >> {log} && cat data.txt > model.txt\n"
+                                     "    deps:\n      - data.txt\n    outs:\n      - model.txt\n")
+    sh("git", "add", "-A", cwd=origin)
+    sh("git", "commit", "-qm", "base", cwd=origin)
+    sh("git", "clone", "-q", str(origin), str(ws / "checkout"), cwd=tmp_path)
+    for item in (ws / "checkout").iterdir():  # the PR's checkout is GITHUB_WORKSPACE, beside its .venv
+        item.rename(ws / item.name)
+
+    run_step(doc, "Check out the base in a worktree sharing the DVC cache", ws, env)
+    base_dir = Path(env["RUNNER_TEMP"]) / "base"
+    assert (tmp_path / "github_env").read_text() == f"BASE_DIR={base_dir}\n"
+    assert sh("dvc", "cache", "dir", cwd=base_dir).strip() == str(ws / ".dvc" / "cache")
+
+    run_step(doc, "Reproduce the base", ws, dict(env, BASE_DIR=str(base_dir)))
+    assert (tmp_path / "github_output").read_text() == "reproduced=true\n"
+    assert (base_dir / "model.txt").read_text() == "data\n" and log.read_text() == "ran\n"
+    assert any((ws / ".dvc" / "cache" / "runs").rglob("*")), "no run-cache entry in the shared cache"
+
+    out = sh("dvc", "repro", cwd=ws)  # the PR, same stage: restored from the run-cache, not rerun
+    assert log.read_text() == "ran\n", out
+    assert (ws / "model.txt").read_text() == "data\n"
