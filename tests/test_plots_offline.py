@@ -135,9 +135,10 @@ def test_every_vega_plot_is_there_with_inline_data(made, dvc_default):
     ours = {div: json.loads(spec) for spec, div in SPEC.findall(made)}
     theirs = {div: json.loads(spec) for spec, div in SPEC.findall(dvc_default)}
     root = Path(__file__).resolve().parents[1]
-    curves = len(list((root / "reports").rglob("plots/metrics/**/*.tsv")))  # DVCLive: baseline + replicates
-    replicates = yaml.safe_load((root / "params.yaml").read_text())["finetune"]["replicates"]
-    assert curves == 4 + 4 * len(replicates)
+    curves = len(list((root / "reports").rglob("plots/metrics/**/*.tsv")))  # DVCLive: baselines + their replicates
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    bases, replicates = p["baseline"]["replicates"], p["finetune"]["replicates"]
+    assert curves == 4 * len(bases) + 4 * len(bases) * len(replicates)
     assert len(ours) == len(theirs) == 4 + curves  # 4 from dvc.yaml's top level, the DVCLive training curves
     assert sorted(s.get("title", {}).get("text") if isinstance(s.get("title"), dict) else s.get("title")
                   for s in ours.values()) == sorted(

@@ -129,8 +129,9 @@ def intervals_section(rows: Sequence[Mapping], evaluation: Mapping, figure_files
         f"Sigmoid \u2212 softmax for every metric, averaged over the run's {len(models)} model(s) "
         f"({len(baselines)} baseline(s) x {len(finetunes)} fine-tuning replicate(s)), with a 95% interval that "
         "holds three levels of randomness (pipeline/metrics/intervals.py): the test and val images (a paired "
-        f"bootstrap within classes, {rows[0]['resamples']} resamples, MaxBoxAcc thresholds re-chosen on the "
-        f"resampled {evaluation['threshold_split']} images), the fine-tuning seed and the baseline's own "
+        f"bootstrap within classes, {rows[0]['resamples']} resamples; MaxBoxAcc at the thresholds chosen on "
+        f"{evaluation['threshold_split']}, plus half the variance of re-choosing them on resampled "
+        f"{evaluation['threshold_split']} images), the fine-tuning seed and the baseline's own "
         "training (the spread of the models' deltas, with Student's t for their few degrees of freedom). "
         f"Baseline level: {evaluation.get('baseline_level', 'not recorded')}. Verdict: the interval lies above "
         "zero (sigmoid better; below zero for Avg Drop), below it (sigmoid worse), or contains it (no "
@@ -175,8 +176,8 @@ def report_markdown(frame, sign: Mapping, evaluation: Mapping, classification: M
         "Values are % on the test split. Each metric shows the softmax-branch map, the sigmoid-branch map and "
         "the delta (sigmoid \u2212 softmax); the better branch is in bold. Layout as in the paper's "
         "Table 2; `results.csv` holds the same numbers." + (
-            " The deltas with their intervals over every fine-tuning seed come first; the per-branch tables "
-            "below them are those of the first fine-tuning seed." if intervals else ""),
+            " The deltas with their intervals over every model of the run come first; the per-branch tables "
+            "below them are those of the first model (baseline 0, fine-tuning replicate 0)." if intervals else ""),
         "",
         *(intervals_section(intervals, evaluation, figure_files) if intervals else []),
         "## Per-branch numbers" if intervals else "",
