@@ -169,7 +169,7 @@ def test_bad_param_fails_fast_with_message(repo):
     # validate failed before any other stage ran: nothing was removed, nothing reruns.
     assert "Running stage 'validate'" in proc.stdout and "Running stage 'finetune" not in proc.stdout
     restored = run(["dvc", "repro"], repo)
-    assert "Stage 'finetune@0' didn't change, skipping" in restored.stdout
+    assert "Stage 'finetune@0-0' didn't change, skipping" in restored.stdout
     assert restored.stdout.count("Running stage") == 1 and "Running stage 'validate'" in restored.stdout
 
 
@@ -185,12 +185,12 @@ def test_going_back_to_a_configuration_restores_from_the_run_cache(repo):
         data["baseline"]["epochs"] = 1
         params_file.write_text(yaml.safe_dump(data, sort_keys=False))
         changed = run(["dvc", "repro"], repo)
-        assert "Running stage 'baseline'" in changed.stdout
+        assert "Running stage 'baseline@0'" in changed.stdout and "Running stage 'baseline@1'" in changed.stdout
         assert digest_tree(repo / "data/models") != {k: v for k, v in before.items() if "/data/models/" in k}
     finally:
         params_file.write_text(original)
     back = run(["dvc", "repro"], repo)
-    for stage in ("baseline", "clone_head@0", "finetune@0", "cams@0"):
+    for stage in ("baseline@0", "baseline@1", "clone_head@0-0", "finetune@1-0", "cams@1-0"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in back.stdout, back.stdout
         assert f"Running stage '{stage}'" not in back.stdout
     assert digest_tree(repo / "data", repo / "reports") == before
