@@ -252,9 +252,14 @@ def ablation_markdown(rows: Sequence[Mapping], metrics: Sequence[str] = ABLATION
         cells = []
         for m in shown:
             r = by_key.get((variant, protocol, m))
-            cells.append(NOT_APPLICABLE if r is None else f"{_interval(r)} {_short_verdict(r['verdict'])}")
+            cells.append(NOT_APPLICABLE if r is None else _cell(r))
         lines.append(f"| {VARIANT_LABELS.get(variant, variant)} | `{protocol}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(row: Mapping) -> str:
+    """A delta with its interval and short verdict, e.g. '+1.50 [+0.50, +2.50] (better)'."""
+    return f"{_interval(row)} {_short_verdict(row['verdict'])}"
 
 
 def _short_verdict(text: str) -> str:
@@ -280,8 +285,8 @@ def summary_markdown(rows: Sequence[Mapping], headline: str, metrics: Sequence[s
              f"({len({j for j, _ in models})} baseline(s)); 95% intervals over images, fine-tuning and baseline.", "",
              "| map set | " + " | ".join(_metric_label(m) for m in shown) + " |", "|---|" + "---|" * len(shown)]
     for variants in groups.values():
-        cells = [f"{_interval(by_key[(variants[0], headline, m)])} {_short_verdict(by_key[(variants[0], headline, m)]['verdict'])}"
-                 if (variants[0], headline, m) in by_key else NOT_APPLICABLE for m in shown]
+        cells = [_cell(by_key[(variants[0], headline, m)]) if (variants[0], headline, m) in by_key else NOT_APPLICABLE
+                 for m in shown]
         lines.append(f"| {' = '.join(VARIANT_LABELS.get(v, v) for v in variants)} | " + " | ".join(cells) + " |")
     first = next(iter(groups.values()))[0] if groups else None
     protocols = list(dict.fromkeys(r["protocol"] for r in rows if r["variant"] == first))
@@ -289,14 +294,12 @@ def summary_markdown(rows: Sequence[Mapping], headline: str, metrics: Sequence[s
         lines += ["", f"{VARIANT_LABELS.get(first, first)} under each protocol:", "",
                   "| protocol | " + " | ".join(_metric_label(m) for m in shown) + " |", "|---|" + "---|" * len(shown)]
         for p in protocols:
-            cells = [f"{_interval(by_key[(first, p, m)])} {_short_verdict(by_key[(first, p, m)]['verdict'])}"
-                     if (first, p, m) in by_key else NOT_APPLICABLE for m in shown]
+            cells = [_cell(by_key[(first, p, m)]) if (first, p, m) in by_key else NOT_APPLICABLE for m in shown]
             lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def levels_markdown(rows: Sequence[Mapping], protocol: str,
-                    metrics: Sequence[str] = ("maxboxacc_v2", "gt_known_loc", "top1_loc", "pxap", "avg_drop")) -> str:
+def levels_markdown(rows: Sequence[Mapping], protocol: str, metrics: Sequence[str] = SUMMARY_METRICS) -> str:
     """Per (variant, metric) of `protocol`: the half-width and each level's share of the variance (images,
     fine-tuning, baseline; None -> 'n/s' when the run has more than one baseline but one replicate each, '-'
     when the level is absent)."""

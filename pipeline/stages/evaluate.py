@@ -31,9 +31,9 @@ def baseline_level(params) -> str:
         return "absent: one imported checkpoint (baseline.checkpoint), a fixed model"
     if n == 1:
         return "absent: one baseline (baseline.replicates has one entry)"
-    start = ("from ImageNet weights (the trunk's start is fixed: the level is the spread of training from it, "
-             "not of pretraining)" if b.pretrained == "imagenet" else "from random initialisation")
-    return f"{n} baselines trained {start}, seeds {', '.join(str(params.baseline_seed(j)) for j in b.replicates)}"
+    origin = ("from ImageNet weights (the trunk's start is fixed: the level is the spread of training from it, "
+              "not of pretraining)" if b.pretrained == "imagenet" else "from random initialisation")
+    return f"{n} baselines trained {origin}, seeds {', '.join(str(params.baseline_seed(j)) for j in b.replicates)}"
 
 
 def main() -> None:
