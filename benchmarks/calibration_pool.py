@@ -28,7 +28,6 @@ POOL_TEST_PER_CLASS = 1000  # 10 x the default's test (100 per class)
 
 
 def build(model_path: Path, out: Path, val_per_class: int, test_per_class: int, workers: int) -> Path:
-    import torch
 
     from pipeline.cams.engine import gap_linear_heads, model_family, model_variants
     from pipeline.cams.generate import iter_cam_records
@@ -55,7 +54,6 @@ def build(model_path: Path, out: Path, val_per_class: int, test_per_class: int, 
         print(f"pool: generated in {time.perf_counter() - t0:.0f} s", flush=True)
     if not (prepared_dir / "dataset.json").is_file():
         prepare_dataset(raw, prepared_dir, dataset="synthbirds", num_classes=d.num_classes, eval_size=params.eval_size)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, _ = load_checkpoint(model_path)
     model.eval()
     prepared = load_prepared(prepared_dir)
