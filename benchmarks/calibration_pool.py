@@ -28,7 +28,6 @@ POOL_TEST_PER_CLASS = 1000  # 10 x the default's test (100 per class)
 
 
 def build(model_path: Path, out: Path, val_per_class: int, test_per_class: int, workers: int) -> Path:
-
     from pipeline.cams.engine import gap_linear_heads, model_family, model_variants
     from pipeline.cams.generate import iter_cam_records
     from pipeline.cams.store import read_cams, write_cams
