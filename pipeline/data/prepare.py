@@ -8,7 +8,15 @@ Works on any dataset in the raw layout (SynthBirds now; CUB, Cars, ImageNet, Ope
     <raw>/metadata_mask/<split>/*.txt       mask view (optional)
     <raw>/classes.txt                       `<label>,<name>` (optional)
 
-Every listed image must exist and decode, and its decoded size must equal `image_sizes.txt`. GT boxes are
+Every listed image must exist and have a readable header whose size equals `image_sizes.txt`; the sizes
+are read from the headers (PIL `Image.open(...).size`, no decode) in a pool of processes, one per CPU
+(`read_image_sizes`). A file that is missing, not an image or has a header PIL cannot parse fails here with
+a DataError naming it, and so does a JPEG (or MPO) that does not end with the EOI marker FF D9 or a PNG
+that does not end with its IEND chunk -- a file cut short -- unless a full decode of that file succeeds
+(data after the end marker is allowed, as the decoder allows it). Damage inside the body of a file whose
+header and end are intact (a corrupt JPEG scan, a broken PNG data stream) is not looked for here: the file
+fails, with its path, when training or the cams first decode it (`pipeline.data.images.load_rgb`). The
+first bad image in listing order is the one reported, whatever the pool's order of work. GT boxes are
 rescaled to the evaluation grid by independent truncation, `x' = int(x * S / W)`, `y' = int(y * S / H)`
 (METHOD.md 4.3), as wsolevaluation's `resize_bbox`; masks are read as its `load_mask_image` does (OpenCV,
 INTER_NEAREST: `read_mask`), thresholded > 0.5 and OR-ed over instances, and the ignore region minus the
@@ -25,6 +33,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
+import os
+import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,15 +99,132 @@ def read_gt_mask(mask_root: Path, instances: tuple[str, ...] | list[str], ignore
     return fg, ignore
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+# The last bytes of a complete file, per PIL format: a file cut short lacks them. JPEG (and MPO, a JPEG
+# followed by more JPEGs) ends with the EOI marker; PNG with the IEND chunk (length 0, type, CRC).
+END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"\x00\x00\x00\x00IEND\xaeB`\x82"}
+SIZE_CHUNK = 64  # images per task of the size pool (a few ms of work): small pickles, even shares
+SIZE_MIN_PARALLEL = 512  # fewer images: one process (starting the pool, tens of ms, would eat the gain)
+
+
+def _decoded_size(path: Path) -> tuple[int, int]:
+    """Decode the image fully and return its size; the error names the file."""
     try:
         with Image.open(path) as im:
-            im.load()  # decode fully: a truncated file fails here, not in training
+            im.load()
             return im.size
     except FileNotFoundError:
         raise DataError(f"{path}: image listed in the metadata is missing") from None
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: image cannot be decoded ({exc})") from exc
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of one image from its header, without decoding the pixels.
+
+    A missing file, a file that is not an image or a header PIL cannot parse raises a DataError naming the
+    file. The end of the file is checked too (`END_MARKERS`): a JPEG or PNG whose last bytes are not its end
+    marker -- cut short, or followed by extra data -- is decoded in full, as every image was before, and
+    fails if that decode fails. Formats without a known end marker are decoded in full as well.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            if _has_end_marker(im):
+                return size
+    except FileNotFoundError:
+        raise DataError(f"{path}: image listed in the metadata is missing") from None
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: image cannot be decoded ({exc})") from exc
+    decoded = _decoded_size(path)
+    if decoded != size:  # never seen: a header that disagrees with the decoded pixels
+        raise DataError(f"{path}: image header says {size[0]}x{size[1]} but it decodes to {decoded[0]}x{decoded[1]}")
+    return decoded
+
+
+def _has_end_marker(im: Image.Image) -> bool:
+    """Whether the open image's file ends with its format's end marker (False: unknown format, or unsure)."""
+    marker = END_MARKERS.get(im.format or "")
+    fp = getattr(im, "fp", None)
+    if marker is None or fp is None:
+        return False
+    try:
+        length = fp.seek(0, os.SEEK_END)
+        if length < len(marker):
+            return False
+        fp.seek(length - len(marker))
+        return fp.read(len(marker)) == marker
+    except (OSError, ValueError):  # not seekable, or a read error: the full decode will tell
+        return False
+
+
+def _sizes_or_errors(root: str, image_ids: list[str]) -> list[tuple[int, int] | Exception]:
+    """`image_size` of each `root/image_id`, or the exception it raised (one task of the size pool)."""
+    out: list[tuple[int, int] | Exception] = []
+    for image_id in image_ids:
+        try:
+            out.append(image_size(Path(root) / image_id))
+        except Exception as exc:  # noqa: BLE001 - handed back in order, raised by the caller at its turn
+            out.append(exc)
+    return out
+
+
+def default_workers() -> int:
+    """Processes for the size pool: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _SizePool:
+    """A process pool that yields image sizes in listing order, at most `2 * workers` chunks in flight."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "_SizePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def sizes(self, root: Path, image_ids: list[str]) -> Iterator[tuple[int, int] | Exception]:
+        """Per image id, in order: its size or the exception `image_size` raised for it."""
+        if self.workers <= 1 or len(image_ids) < SIZE_MIN_PARALLEL:
+            for image_id in image_ids:
+                yield from _sizes_or_errors(str(root), [image_id])
+            return
+        if self.pool is None:
+            # fork on Linux (as synthbirds' generator): no re-import in the workers; spawn elsewhere
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method))
+        chunks = (image_ids[i:i + SIZE_CHUNK] for i in range(0, len(image_ids), SIZE_CHUNK))
+        pending: deque[Future] = deque()
+        try:
+            for chunk in chunks:
+                pending.append(self.pool.submit(_sizes_or_errors, str(root), chunk))
+                if len(pending) >= 2 * self.workers:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        finally:
+            for future in pending:  # stopped early (an error): drop the work not started
+                future.cancel()
+
+
+def read_image_sizes(root: Path, image_ids: list[str], *, workers: int | None = None) -> list[tuple[int, int]]:
+    """`image_size` of every `root/image_id`, in parallel (`workers` processes, default one per CPU); the
+    error raised is that of the first bad image in `image_ids` order."""
+    with _SizePool(default_workers() if workers is None else workers) as pool:
+        sizes = []
+        for result in pool.sizes(Path(root), list(image_ids)):
+            if isinstance(result, Exception):
+                raise result
+            sizes.append(result)
+        return sizes
 
 
 @dataclass(frozen=True)
@@ -104,10 +235,12 @@ class PreparedSplit:
 
 
 def prepare_dataset(raw_dir: Path, out_dir: Path, *, dataset: str, num_classes: int, eval_size: int,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, workers: int | None = None) -> dict:
     """Check the raw dataset and write the prepared tables to `out_dir` (replaced atomically).
 
-    Returns the summary written to dataset.json.
+    Image sizes come from the headers, read by `workers` processes (default: one per CPU; the outputs do
+    not depend on it). The checks run in listing order, so the error raised is always that of the first
+    bad row or image. Returns the summary written to dataset.json.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     image_root, mask_root = raw_dir / "images", raw_dir / "masks"
@@ -128,15 +261,19 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, dataset: str, num_classes: 
             raise DataError(str(exc)) from exc
 
     image_rows, box_rows, counts, n_boxes = [], [], {}, 0
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp, _SizePool(default_workers() if workers is None else workers) as pool:
         for split, meta in splits.items():
             ids = list(meta.image_ids)
-            for image_id in tqdm(ids, desc=f"check {split} images", disable=not progress, leave=False):
+            header_sizes = pool.sizes(image_root, ids)
+            for image_id, size in zip(tqdm(ids, desc=f"check {split} images", disable=not progress, leave=False),
+                                      header_sizes):
                 label = meta.labels[image_id]
                 if not 0 <= label < num_classes:
                     raise DataError(f"{raw_dir}/metadata/{split}/class_labels.txt: {image_id} has label "
                                     f"{label}; valid labels are 0..{num_classes - 1} (num_classes={num_classes})")
-                width, height = _image_size(image_root / image_id)
+                if isinstance(size, Exception):
+                    raise size
+                width, height = size
                 listed = meta.sizes.get(image_id)
                 if listed is not None and listed != (width, height):
                     raise DataError(f"{raw_dir}/metadata/{split}/image_sizes.txt: {image_id} is listed as "

@@ -1,10 +1,13 @@
 """Official transforms (METHOD.md 2.3), the image dataset and its loader."""
+import io
+import re
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from pipeline.data.images import ImageSet, eval_transform, make_loader, train_transform
+from pipeline.data.images import ImageSet, eval_transform, load_rgb, make_loader, train_transform
 from pipeline.train.loops import resolve_device
 
 
@@ -58,3 +61,56 @@ def test_eval_transform_is_the_official_test_transform_on_pil_images():
     official = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
                                    transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     assert torch.equal(eval_transform(224)(image), official(image))
+
+
+# --- a damaged image fails with its path when first read (preprocess checks headers and ends only) ---
+
+
+def damaged_jpegs(root):
+    """Three good JPEGs, then one cut short and one whose scan holds a stray SOI marker (header and EOI intact,
+    so it passes preprocess); returns their ids."""
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((64, 48), Image.BICUBIC)
+    buf = io.BytesIO()
+    picture.save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    files = {f"good{i}.jpg": data for i in range(3)}
+    files["cut.jpg"] = data[: len(data) // 2]
+    files["body.jpg"] = data[: len(data) // 2] + b"\xff\xd8" + data[len(data) // 2 + 2:]
+    for name, content in files.items():
+        (root / name).write_bytes(content)
+    return list(files)
+
+
+def test_truncated_images_are_not_loaded_silently():
+    from PIL import ImageFile
+
+    import pipeline.stages.baseline  # noqa: F401  the stages that decode images: nothing may switch it on
+    import pipeline.stages.cams  # noqa: F401
+    import pipeline.stages.evaluate  # noqa: F401
+    import pipeline.stages.finetune  # noqa: F401
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_load_rgb_names_a_damaged_file(tmp_path):
+    damaged_jpegs(tmp_path)
+    assert load_rgb(tmp_path / "good0.jpg").size == (64, 48)
+    with pytest.raises(OSError, match=re.escape(f"{tmp_path / 'cut.jpg'}: image cannot be decoded (image file is "
+                                                "truncated")):
+        load_rgb(tmp_path / "cut.jpg")
+    with pytest.raises(OSError, match=re.escape(f"{tmp_path / 'body.jpg'}: image cannot be decoded")):
+        load_rgb(tmp_path / "body.jpg")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("bad", ["cut.jpg", "body.jpg"])
+def test_a_damaged_image_stops_the_loader_with_its_path(tmp_path, workers, bad):
+    ids = [i for i in damaged_jpegs(tmp_path) if i.startswith("good") or i == bad]
+    ds = ImageSet(tmp_path, ids, list(range(len(ids))), eval_transform(16))  # read lazily, as large sets are
+    loader = make_loader(ds, batch_size=2, train=False, seed=0, workers=workers)
+    with pytest.raises(OSError, match=re.escape(f"{tmp_path / bad}: image cannot be decoded")):
+        for _ in loader:
+            pass
+    with pytest.raises(OSError, match=re.escape(f"{tmp_path / bad}: image cannot be decoded")):
+        ImageSet(tmp_path, ids, list(range(len(ids))), eval_transform(16), approx_bytes=1)  # preloaded
