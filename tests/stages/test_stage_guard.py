@@ -82,6 +82,17 @@ def test_an_edit_through_the_backbone_table_is_seen(project, capsys):
     assert "model.finetune_weight_decay: 0.0001 -> 0.5" in exit_message(capsys, common.check_params)
 
 
+def test_an_edit_of_the_users_model_settings_or_a_preset_filled_key_is_seen(project, capsys):
+    """`model:` (the user's choice over the table) and the keys a preset can fill are compared resolved: null and
+    the default it stands for are the same value, another value is a change."""
+    common.start()
+    edit(project / "params.yaml", **{"finetune.epochs": 3, "model.finetune_weight_decay": 0.0001})  # the defaults
+    common.check_params()
+    assert capsys.readouterr().err == ""
+    edit(project / "params.yaml", **{"model.input_size": 64})
+    assert "model.input_size: 96 -> 64" in exit_message(capsys, common.check_params)
+
+
 def test_an_edit_of_another_stages_param_or_a_comment_keeps_this_ones_work(project, capsys):
     common.start()
     edit(project / "params.yaml", **{"report.dpi": 99, "backbones.vgg16.finetune_lr": 0.5,
