@@ -414,8 +414,9 @@ def archive_kind(archive: Path | str) -> str:
             return "tar"
     except (OSError, EOFError, tarfile.TarError):
         pass
-    raise ArchiveError(f"{archive}: not a tar or zip archive (corrupt, truncated or the wrong file); "
-                       f"delete it and run again to download it afresh")
+    raise ArchiveError(f"{archive}: not a tar or zip archive (corrupt, truncated or the wrong file); replace it "
+                       f"with an intact copy, or, if it was downloaded here, delete it and run again to download "
+                       f"it afresh")
 
 
 def safe_tar_members(tar: tarfile.TarFile, archive: Path) -> Iterable[tarfile.TarInfo]:
@@ -439,8 +440,12 @@ def extract_tar_members(tar: tarfile.TarFile, members: Iterable[tarfile.TarInfo]
     return count
 
 
-def extract(archive: Path | str, dest_dir: Path | str, *, progress: bool = False) -> Path:
+def extract(archive: Path | str, dest_dir: Path | str, *, progress: bool = False,
+            keep: Callable[[str], bool] | None = None) -> Path:
     """Unpack a tar(.gz/.tgz/.bz2/.xz) or zip `archive` so that its members lie under `dest_dir`.
+
+    `keep` (a member's normalised name -> bool): unpack only the files it accepts (one pass over the archive);
+    None: every member.
 
     The archive is unpacked into a temporary folder beside `dest_dir`, which then replaces `dest_dir`
     (an existing `dest_dir` is replaced). Members with absolute paths or ``..`` are refused, as are
@@ -459,6 +464,8 @@ def extract(archive: Path | str, dest_dir: Path | str, *, progress: bool = False
             if kind == "tar":
                 with tarfile.open(archive, "r:*") as tar:
                     members = safe_tar_members(tar, archive)
+                    if keep is not None:
+                        members = (m for m in members if m.isfile() and keep(_safe_name(m.name, archive)))
                     if not bar_disabled(progress):
                         members = tqdm(members, desc=f"extract {archive.name}", unit="file")
                     extract_tar_members(tar, members, tmp)
@@ -470,6 +477,8 @@ def extract(archive: Path | str, dest_dir: Path | str, *, progress: bool = False
                         if (info.external_attr >> 16) & 0o170000 == 0o120000:
                             raise ArchiveError(f"{archive}: refusing member {info.filename!r}: links are not "
                                                f"expected in a dataset archive")
+                    if keep is not None:
+                        infos = [i for i in infos if not i.is_dir() and keep(_safe_name(i.filename, archive))]
                     for info in tqdm(infos, desc=f"extract {archive.name}", unit="file",
                                      disable=bar_disabled(progress)):
                         zf.extract(info, tmp)
@@ -477,8 +486,9 @@ def extract(archive: Path | str, dest_dir: Path | str, *, progress: bool = False
             raise
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
             # zlib.error is caught by tarfile as ReadError; a bad CRC in a zip is BadZipFile.
-            raise ArchiveError(f"{archive}: corrupt or truncated archive ({type(exc).__name__}: {exc}); "
-                               f"delete it and run again to download it afresh") from None
+            raise ArchiveError(f"{archive}: corrupt or truncated archive ({type(exc).__name__}: {exc}); replace it "
+                               f"with an intact copy, or, if it was downloaded here, delete it and run again to "
+                               f"download it afresh") from None
         if dest_dir.exists():
             shutil.rmtree(dest_dir)
         os.replace(tmp, dest_dir)
@@ -491,13 +501,18 @@ def extract(archive: Path | str, dest_dir: Path | str, *, progress: bool = False
 # Files placed by hand, and the fetch of a whole file list
 
 
-def _stamp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.verified")
+def _stamp_path(path: Path, stamp_dir: Path | None = None) -> Path:
+    """The verification stamp of `path`: in `stamp_dir` (named by the file's absolute path) when given, so that
+    nothing is written into a user's folder; else beside the file, as ``.<name>.verified``."""
+    if stamp_dir is None:
+        return path.with_name(f".{path.name}.verified")
+    key = hashlib.sha1(str(Path(path).absolute()).encode()).hexdigest()[:16]
+    return Path(stamp_dir) / f"{path.name}.{key}.json"
 
 
-def _read_stamp(path: Path) -> dict | None:
+def _read_stamp(path: Path, stamp_dir: Path | None = None) -> dict | None:
     try:
-        stamp = json.loads(_stamp_path(path).read_text())
+        stamp = json.loads(_stamp_path(path, stamp_dir).read_text())
         st = path.stat()
         if stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns:
             return stamp
@@ -506,13 +521,25 @@ def _read_stamp(path: Path) -> dict | None:
     return None
 
 
-def _write_stamp(path: Path, sha256: str, md5: str) -> None:
+def _write_stamp(path: Path, sha256: str, md5: str, stamp_dir: Path | None = None) -> None:
     st = path.stat()
+    target = _stamp_path(path, stamp_dir)
     try:
-        _stamp_path(path).write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                                 "sha256": sha256, "md5": md5}))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256, "md5": md5}))
     except OSError:
-        pass  # a read-only source folder: verify again next time
+        pass  # a read-only folder: verify again next time
+
+
+def cached_digests(path: Path | str, *, stamp_dir: Path | None = None, progress: bool = False) -> tuple[str, str]:
+    """(sha256, md5) of a file, from its stamp when size and mtime are unchanged, else hashed (and stamped)."""
+    path = Path(path)
+    stamp = _read_stamp(path, stamp_dir)
+    if stamp is not None:
+        return stamp["sha256"], stamp["md5"]
+    _, sha, md5 = file_digests(path, progress=progress)
+    _write_stamp(path, sha, md5, stamp_dir)
+    return sha, md5
 
 
 def recorded_sha256(path: Path) -> str | None:
@@ -528,7 +555,7 @@ def _expected(spec: RemoteFile, path: Path) -> tuple[str | None, str | None]:
     return sha256, spec.md5
 
 
-def _check_present(spec: RemoteFile, path: Path, *, progress: bool) -> str | None:
+def _check_present(spec: RemoteFile, path: Path, *, progress: bool, stamp_dir: Path | None = None) -> str | None:
     """None when the present file `path` matches `spec` (size, checksums), else what is wrong."""
     sha256, md5 = _expected(spec, path)
     size = path.stat().st_size
@@ -536,16 +563,12 @@ def _check_present(spec: RemoteFile, path: Path, *, progress: bool) -> str | Non
         return f"size is {size:,} bytes, expected {spec.size:,} bytes (incomplete or a different file)"
     if not sha256 and not md5:
         return None
-    stamp = _read_stamp(path)
-    if stamp is None:
-        size, got_sha, got_md5 = file_digests(path, progress=progress)
-        _write_stamp(path, got_sha, got_md5)
-    else:
-        got_sha, got_md5 = stamp["sha256"], stamp["md5"]
+    got_sha, got_md5 = cached_digests(path, stamp_dir=stamp_dir, progress=progress)
     return _mismatch(size, got_sha, got_md5, want_size=spec.size, want_sha256=sha256, want_md5=md5)
 
 
-def check_files(files: Sequence[tuple[RemoteFile, Path]], *, progress: bool = False) -> list[str]:
+def check_files(files: Sequence[tuple[RemoteFile, Path]], *, progress: bool = False,
+                stamp_dir: Path | None = None) -> list[str]:
     """Check every (spec, expected path); return one line per missing or wrong file (empty: all good)."""
     problems = []
     for spec, path in files:
@@ -554,16 +577,16 @@ def check_files(files: Sequence[tuple[RemoteFile, Path]], *, progress: bool = Fa
             what = f" ({spec.describe()})" if spec.describe() else ""
             problems.append(f"{path}: missing{what}. Get it from: {spec.where}")
             continue
-        problem = _check_present(spec, path, progress=progress)
+        problem = _check_present(spec, path, progress=progress, stamp_dir=stamp_dir)
         if problem:
             problems.append(f"{path}: {problem}. Replace it with the file from: {spec.where}")
     return problems
 
 
 def require_files(dataset: str, files: Sequence[tuple[RemoteFile, Path]], *, why: str = "",
-                  hint: str = "", progress: bool = False) -> None:
+                  hint: str = "", progress: bool = False, stamp_dir: Path | None = None) -> None:
     """Raise one ManualFilesError listing every missing or wrong file of `files` (nothing if all good)."""
-    problems = check_files(files, progress=progress)
+    problems = check_files(files, progress=progress, stamp_dir=stamp_dir)
     if not problems:
         return
     lines = "\n".join(f"  - {p}" for p in problems)
@@ -575,7 +598,7 @@ def require_files(dataset: str, files: Sequence[tuple[RemoteFile, Path]], *, why
 
 def fetch_files(dataset: str, files: Sequence[RemoteFile], directory: Path | str, *, mode: str,
                 why: str = "", hint: str = "", progress: bool = True,
-                download_kwargs: dict | None = None) -> dict[str, Path]:
+                download_kwargs: dict | None = None, stamp_dir: Path | None = None) -> dict[str, Path]:
     """Make every file of `files` present and verified in `directory`; return name -> path.
 
     ``mode="auto"``: missing files are downloaded from their URL (files without a URL, or all files in
@@ -587,13 +610,14 @@ def fetch_files(dataset: str, files: Sequence[RemoteFile], directory: Path | str
     directory = Path(directory).absolute()
     paths = {spec.name: directory / spec.name for spec in files}
     manual = [spec for spec in files if mode == "manual" or spec.url is None]
-    require_files(dataset, [(spec, paths[spec.name]) for spec in manual], why=why, hint=hint, progress=progress)
+    require_files(dataset, [(spec, paths[spec.name]) for spec in manual], why=why, hint=hint, progress=progress,
+                  stamp_dir=stamp_dir)
     for spec in files:
         if spec in manual:
             continue
         path = paths[spec.name]
         if path.is_file():
-            problem = _check_present(spec, path, progress=progress)
+            problem = _check_present(spec, path, progress=progress, stamp_dir=stamp_dir)
             if problem:
                 raise ChecksumError(f"{path}: {problem}. Delete it and run again to download it afresh from "
                                     f"{spec.url}, or replace it with the file from: {spec.where}")
@@ -612,7 +636,7 @@ def fetch_files(dataset: str, files: Sequence[RemoteFile], directory: Path | str
             raise FetchError(f"{dataset}: {spec.name} has no published checksum, and the download from "
                              f"{spec.url} cannot be trusted as the first record: {got.why_not}. Nothing was "
                              f"recorded or kept; run again, or place the file at {path} yourself")
-        _write_stamp(path, got.sha256, got.md5)
+        _write_stamp(path, got.sha256, got.md5, stamp_dir)
         if record_first:
             path.with_name(path.name + ".sha256").write_text(f"{got.sha256}  {spec.name}\n")
             print(f"{dataset}: {spec.name} has no published checksum; recorded sha256 {got.sha256} in "

@@ -109,7 +109,7 @@ def test_cub_download_metadata_prepare(file_server, monkeypatch, tmp_path):
     tgz, seg = cub_archives()
     serve(monkeypatch, file_server, cub, "ARCHIVE", tgz)
     serve(monkeypatch, file_server, cub, "SEGMENTATIONS", seg)
-    cfg = CubParams(num_classes=3, val_per_class=1, segmentations=True, mode="auto", source_dir=None)
+    cfg = CubParams(num_classes=3, val_per_class=1, segmentations=True, mode="auto", source_dir=None, verify="published")
     raw, archives = tmp_path / "raw" / "cub", tmp_path / "archives"
     summary = build_dataset("cub", cfg, raw, archive_dir=archives, progress=False)
     assert summary["counts"] == {"train": 3, "val": 3, "test": 3}
@@ -152,7 +152,7 @@ def test_cub_class_subset_and_source_dir_without_download(file_server, monkeypat
     src = tmp_path / "my_cub"
     src.mkdir()
     (src / "CUB_200_2011.tgz").write_bytes(tgz)
-    cfg = CubParams(num_classes=2, val_per_class=0, segmentations=False, mode="auto", source_dir=str(src))
+    cfg = CubParams(num_classes=2, val_per_class=0, segmentations=False, mode="auto", source_dir=str(src), verify="published")
     raw = tmp_path / "raw" / "cub"
     summary = build_dataset("cub", cfg, raw, archive_dir=tmp_path / "unused", progress=False)
     assert file_server.log == []  # a source_dir is only checked, never downloaded into
@@ -161,14 +161,15 @@ def test_cub_class_subset_and_source_dir_without_download(file_server, monkeypat
     assert sorted(p.name for p in (raw / "images").iterdir()) == CUB_CLASSES[:2]
     assert lines(raw / "metadata" / "train" / "class_labels.txt")[-1] == (
         f"{CUB_CLASSES[1]}/Laysan_Albatross_0003_6.jpg,1")
-    assert not (tmp_path / "unused").exists()
+    assert sorted(p.name for p in src.iterdir()) == ["CUB_200_2011.tgz"]  # nothing written into the user's folder
+    assert [p.name for p in (tmp_path / "unused").iterdir()] == [".verified"]  # checksum stamps: the project's folder
 
 
 def test_cub_wrong_archive_is_rejected(file_server, monkeypatch, tmp_path):
     tgz, _ = cub_archives()
     serve(monkeypatch, file_server, cub, "ARCHIVE", tgz)
     file_server.files["/cub/CUB_200_2011.tgz"] = tgz[:-10] + bytes(10)  # the server now serves other bytes
-    cfg = CubParams(num_classes=3, val_per_class=1, segmentations=False, mode="auto", source_dir=None)
+    cfg = CubParams(num_classes=3, val_per_class=1, segmentations=False, mode="auto", source_dir=None, verify="published")
     with pytest.raises(ValueError, match=r"CUB_200_2011\.tgz: the file downloaded from http://127\.0\.0\.1"):
         build_dataset("cub", cfg, tmp_path / "raw" / "cub", archive_dir=tmp_path / "archives", progress=False)
     assert not (tmp_path / "raw" / "cub").exists()
@@ -225,7 +226,7 @@ def test_cars_manual_then_metadata_prepare(file_server, monkeypatch, tmp_path):
     specs = {spec.name: serve(monkeypatch, file_server, cars, attr, data[spec.name])
              for attr, spec in (("TRAIN", cars.TRAIN), ("TEST", cars.TEST), ("DEVKIT", cars.DEVKIT),
                                 ("TEST_ANNOS", cars.TEST_ANNOS))}
-    cfg = CarsParams(num_classes=3, val_per_class=1, source_dir=None)
+    cfg = CarsParams(num_classes=3, val_per_class=1, source_dir=None, verify="published")
     archives, raw = tmp_path / "archives", tmp_path / "raw" / "cars"
     folder = (archives / "cars").absolute()
     with pytest.raises(ManualFilesError) as info:
@@ -298,7 +299,7 @@ def test_ilsvrc_manual_source_dir_metadata_prepare(file_server, monkeypatch, tmp
     for attr in ("VAL", "BBOX_VAL", "TRAIN"):
         spec = serve(monkeypatch, file_server, ilsvrc, attr, data[getattr(ilsvrc, attr).name])
         download(spec.url, src / spec.name, size=spec.size, sha256=spec.sha256, progress=False)  # the user's copy
-    cfg = IlsvrcParams(num_classes=3, val_per_class=1, train_per_class=2, source_dir=str(src))
+    cfg = IlsvrcParams(num_classes=3, val_per_class=1, train_per_class=2, source_dir=str(src), verify="published")
     raw = tmp_path / "raw" / "ilsvrc"
     summary = build_dataset("ilsvrc", cfg, raw, archive_dir=tmp_path / "archives", progress=False)
     assert summary["counts"] == {"train": 6, "val": 3, "test": 5}
@@ -362,13 +363,13 @@ def test_openimages_download_records_sha256_masks_prepare(file_server, monkeypat
     data = openimages_files()
     serve(monkeypatch, file_server, openimages, "IMAGES", data["OpenImages_images.zip"], checksum=False)
     serve(monkeypatch, file_server, openimages, "ANNOTATIONS", data["OpenImages_annotations.zip"], checksum=False)
-    cfg = OpenImagesParams(num_classes=3, val_per_class=1, mode="auto", source_dir=None)
+    cfg = OpenImagesParams(num_classes=3, val_per_class=1, mode="auto", source_dir=None, verify="published")
     raw, archives = tmp_path / "raw" / "openimages", tmp_path / "archives"
     summary = build_dataset("openimages", cfg, raw, archive_dir=archives, progress=False)
     sha = hashlib.sha256(data["OpenImages_images.zip"]).hexdigest()
     assert (archives / "openimages" / "OpenImages_images.zip.sha256").read_text().split()[0] == sha
     assert f"recorded sha256 {sha}" in capsys.readouterr().err
-    assert summary["files"]["OpenImages_images.zip"]["sha256"] == sha
+    assert summary["sources"]["OpenImages_images"]["sha256"] == sha
     assert summary["counts"] == {"train": 4, "val": 3, "test": 3}
     m = raw / "metadata"
     assert lines(m / "train" / "class_labels.txt") == ["train/01226z/a1.jpg,0", "train/01226z/a2.jpg,0",
@@ -412,8 +413,9 @@ def test_registry_matches_params():
     for name, module in DATASETS.items():
         full = DATASET_PARAMS[name](**{f.name: None for f in dataclasses.fields(DATASET_PARAMS[name])})
         assert dataclasses.fields(full)[0].metadata["hi"] == module.NUM_CLASSES
-        for spec in module.files(dataclasses.replace(full, **({"segmentations": True} if name == "cub" else {}))):
-            assert spec.where and (spec.sha256 or spec.md5 or name == "openimages"), spec.name
+        for part in module.parts(dataclasses.replace(full, **({"segmentations": True} if name == "cub" else {}))):
+            spec = part.published
+            assert spec is None or (spec.where and (spec.sha256 or spec.md5 or name == "openimages")), part.name
 
 
 def test_download_stage_lists_missing_manual_files(tmp_path, monkeypatch, capsys):
@@ -430,7 +432,7 @@ def test_download_stage_lists_missing_manual_files(tmp_path, monkeypatch, capsys
         stage.main()
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: cars: 4 of 4 required file(s) missing or wrong. Stanford Cars cannot be "
+    assert err.startswith("error: cars: 4 of 4 part(s) not found. Stanford Cars cannot be "
                           "downloaded automatically")
     for name in ("cars_train.tgz", "cars_test.tgz", "car_devkit.tgz", "cars_test_annos_withlabels.mat"):
         assert f"  - {tmp_path / 'archives' / 'cars' / name}: missing (" in err
@@ -467,6 +469,7 @@ def test_params_for_real_datasets_name_key_and_valid_values():
         "datasets.ilsvrc.train_per_class: 0 is out of range; valid: [1, 1300]",
         "datasets.openimages.num_classes: 101 is out of range; valid: [2, 100]",
         "datasets.mnist: unknown name; valid: synthbirds, cub, cars, ilsvrc, openimages",
-        "datasets.cars.source_dir: missing (folder already holding the dataset's files (null = "
-        "download.archive_dir/<dataset>); always manual: the official links are dead)",
+        "datasets.cars.source_dir: missing (folder holding the dataset: its published archives, or (with verify: "
+        "content) repacked archives or the extracted folders (null = download.archive_dir/<dataset>); nothing is "
+        "written into it; always manual: the official links are dead)",
     ])

@@ -1,52 +1,19 @@
 """Helpers shared by the real-dataset builders (pipeline/data/real/<dataset>.py)."""
 from __future__ import annotations
 
-import os
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
-from PIL import Image
-from tqdm import tqdm
-
-from pipeline.data.fetch import ArchiveError, bar_disabled
-from pipeline.data.prepare import DataError
+from pipeline.data.prepare import DataError, read_image_sizes
 from pipeline.data.wsol import Box, SplitMetadata, write_split
 
 
-def find_dir(root: Path, marker: str, archive: str, max_depth: int = 3) -> Path:
-    """The shallowest folder under `root` (itself included) that contains `marker`; ArchiveError if none."""
-    level = [Path(root)]
-    for _ in range(max_depth + 1):
-        for folder in sorted(level):
-            if (folder / marker).exists():
-                return folder
-        level = [c for folder in level for c in sorted(folder.iterdir()) if c.is_dir()]
-    raise ArchiveError(f"{archive}: unexpected layout: no '{marker}' inside it (is it the right file?)")
-
-
-def move(src: Path, dst: Path) -> None:
-    """Rename `src` to `dst` (same file system: instant), creating the parent of `dst`."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header (no decoding); DataError naming the file if unreadable."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise DataError(f"{path}: image listed in the dataset's annotations is missing") from None
-    except OSError as exc:
-        raise DataError(f"{path}: image cannot be read ({exc})") from exc
-
-
-def image_sizes(root: Path, ids: Iterable[str], *, progress: bool, desc: str) -> dict[str, tuple[int, int]]:
+def image_sizes(root: Path, ids: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """(width, height) of every `root/<id>` from its header, in parallel (pipeline.data.prepare's reader: one
+    home for how an image's size is read and how a bad image is reported, with its path)."""
     ids = list(ids)
-    return {i: image_size(root / i) for i in tqdm(ids, desc=desc, unit="img", disable=bar_disabled(progress),
-                                                  leave=False)}
+    return dict(zip(ids, read_image_sizes(Path(root), ids)))
 
 
 def clamp_box(x0: int, y0: int, x1: int, y1: int, width: int, height: int) -> Box:
@@ -105,21 +72,3 @@ def write_classes(out: Path, names: list[str]) -> None:
     if bad:
         raise DataError(f"class name {bad[0]!r} contains a line break")
     (out / "classes.txt").write_text("".join(f"{label},{name}\n" for label, name in enumerate(names)))
-
-
-def remove_unlisted(root: Path, keep: set[str]) -> int:
-    """Delete every file under `root` whose relative path is not in `keep`, then empty folders."""
-    removed = 0
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            path = Path(dirpath) / name
-            if path.relative_to(root).as_posix() not in keep:
-                path.unlink()
-                removed += 1
-        if Path(dirpath) != root and not any(Path(dirpath).iterdir()):
-            Path(dirpath).rmdir()
-    return removed
-
-
-def rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -1,7 +1,9 @@
 """CUB-200-2011 from its own annotation files (CUB_200_2011.tgz, optional segmentations.tgz).
 
-Files (DATA.md section 3): `CUB_200_2011.tgz` from CaltechDATA (sha256 from TFDS); `segmentations.tgz`
-only with ``datasets.cub.segmentations: true``.
+Parts (DATA.md section 3; pipeline/data/real/source.py): `CUB_200_2011.tgz` from CaltechDATA (sha256 from
+TFDS) or, with ``verify: content``, a repacked copy or the extracted ``CUB_200_2011/`` folder (the one holding
+`images.txt` and `images/`); `segmentations.tgz` or the extracted ``segmentations/`` folder (class folders of
+PNGs) only with ``datasets.cub.segmentations: true``. Only the images of the kept classes are read.
 
 Metadata built from the archive's `images.txt`, `image_class_labels.txt`, `bounding_boxes.txt`,
 `train_test_split.txt` and `classes.txt`:
@@ -24,14 +26,18 @@ Metadata built from the archive's `images.txt`, `image_class_labels.txt`, `bound
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
-from pipeline.data.fetch import RemoteFile, extract
+from pipeline.data.fetch import RemoteFile
 from pipeline.data.prepare import DataError
-from pipeline.data.real.common import (clamp_box, find_dir, image_sizes, move, remove_unlisted, rmtree,
-                                       split_off_per_class, write_classes, write_metadata)
+from pipeline.data.real.common import (clamp_box, image_sizes, split_off_per_class, write_classes,
+                                       write_metadata)
+from pipeline.data.real.source import Inputs, Part, Reader
 
 NUM_CLASSES = 200
+TEST_IMAGES = 5_794  # test split of the full dataset (the paper's numbers are on all of it)
 WHERE = ("https://data.caltech.edu/records/65de6-vp158 (CaltechDATA); Google Drive mirror id "
          "1hbzc_P1FuxMkcabkgn9ZKinBwW683j45 (same sha256)")
 CALTECH_HOSTS = (".caltech.edu", "s3.us-west-2.amazonaws.com")
@@ -57,16 +63,41 @@ SEGMENTATIONS = RemoteFile(
     allowed_hosts=CALTECH_HOSTS,
 )
 MANUAL_WHY = ""
+PUBLISHED = {"images": 11_788, "classes": 200, "boxes": 11_788}
 
 
-def files(cfg) -> list[RemoteFile]:
-    return [ARCHIVE] + ([SEGMENTATIONS] if cfg.segmentations else [])
+def _is_cub_root(folder: Path) -> bool:
+    return (folder / "images.txt").is_file() and (folder / "images").is_dir()
 
 
-def _table(path: Path, columns: int) -> dict[int, list[str]]:
+def _is_segmentations_root(folder: Path) -> bool:
+    """A folder of class folders (``001.Black_footed_Albatross``) holding PNGs, not CUB's own images folder."""
+    if folder.name == "images" or (folder / "images.txt").exists():
+        return False
+    try:
+        first = next((e for e in sorted(os.scandir(folder), key=lambda e: e.name)
+                      if e.is_dir() and re.match(r"\d{3}\.", e.name)), None)
+        return first is not None and any(n.endswith(".png") for n in os.listdir(first.path))
+    except OSError:
+        return False
+
+
+IMAGES_PART = "CUB_200_2011"
+SEGMENTATIONS_PART = "segmentations"
+
+
+def parts(cfg) -> list[Part]:
+    images = Part(IMAGES_PART, ARCHIVE, _is_cub_root, "extracted CUB_200_2011/ folder (images.txt and images/)")
+    seg = Part(SEGMENTATIONS_PART, SEGMENTATIONS, _is_segmentations_root,
+               "extracted segmentations/ folder (class folders of PNG masks)")
+    return [images] + ([seg] if cfg.segmentations else [])
+
+
+def _table(reader: Reader, name: str, columns: int) -> dict[int, list[str]]:
     """`<id> <col> ...` rows of a CUB annotation file -> {id: [cols]}; DataError naming file and line."""
     rows: dict[int, list[str]] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    path = reader.path_of(name)
+    for lineno, line in enumerate(reader.read_text(name).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
@@ -76,19 +107,19 @@ def _table(path: Path, columns: int) -> dict[int, list[str]]:
     return rows
 
 
-def build(paths: dict[str, Path], out: Path, cfg, *, progress: bool = True) -> dict:
-    """Unpack CUB into `out` (images/, metadata/, classes.txt; masks/ and metadata_mask/ with
-    segmentations) and return a summary."""
-    work = out / ".work"
-    extract(paths[ARCHIVE.name], work / "cub", progress=progress)
-    root = find_dir(work / "cub", "images.txt", ARCHIVE.name)
-    images = _table(root / "images.txt", 1)
-    labels_1 = _table(root / "image_class_labels.txt", 1)
-    is_train = _table(root / "train_test_split.txt", 1)
-    boxes_raw = _table(root / "bounding_boxes.txt", 4)
-    classes = _table(root / "classes.txt", 1)
+def build(inputs: Inputs, out: Path, cfg, *, progress: bool = True) -> dict:
+    """Read CUB's parts and write `out` (images/, metadata/, classes.txt; masks/ and metadata_mask/ with
+    segmentations); return a summary."""
+    src = inputs[IMAGES_PART]
+    images = _table(src, "images.txt", 1)
+    labels_1 = _table(src, "image_class_labels.txt", 1)
+    is_train = _table(src, "train_test_split.txt", 1)
+    boxes_raw = _table(src, "bounding_boxes.txt", 4)
+    classes = _table(src, "classes.txt", 1)
+    found = {"images": len(images), "classes": len(classes), "boxes": len(boxes_raw)}
     if cfg.num_classes > len(classes):
-        raise DataError(f"datasets.cub.num_classes is {cfg.num_classes} but {ARCHIVE.name} has {len(classes)} classes")
+        raise DataError(f"datasets.cub.num_classes is {cfg.num_classes} but {src.found.path} has "
+                        f"{len(classes)} classes")
     names = [classes[c][0] for c in sorted(classes)][: cfg.num_classes]
 
     ids_by_num = {n: images[n][0] for n in sorted(images)}
@@ -96,13 +127,12 @@ def build(paths: dict[str, Path], out: Path, cfg, *, progress: bool = True) -> d
                         (boxes_raw, "bounding_boxes.txt")):
         missing = sorted(set(ids_by_num) - set(table))
         if missing:
-            raise DataError(f"{root / file}: no row for image id {missing[0]} ({ids_by_num[missing[0]]})")
+            raise DataError(f"{src.path_of(file)}: no row for image id {missing[0]} ({ids_by_num[missing[0]]})")
     labels = {ids_by_num[n]: int(labels_1[n][0]) - 1 for n in ids_by_num}
     kept = [ids_by_num[n] for n in ids_by_num if labels[ids_by_num[n]] < cfg.num_classes]
 
-    move(root / "images", out / "images")
-    remove_unlisted(out / "images", set(kept))
-    sizes = image_sizes(out / "images", kept, progress=progress, desc="cub sizes")
+    src.place_all([f"images/{i}" for i in kept], out)
+    sizes = image_sizes(out / "images", kept)
     boxes = {}
     num_of = {v: k for k, v in ids_by_num.items()}
     for i in kept:
@@ -119,21 +149,19 @@ def build(paths: dict[str, Path], out: Path, cfg, *, progress: bool = True) -> d
 
     masks = 0
     if cfg.segmentations:
-        extract(paths[SEGMENTATIONS.name], work / "seg", progress=progress)
-        seg_root = find_dir(work / "seg", names[0], SEGMENTATIONS.name)
-        move(seg_root, out / "masks")
+        seg = inputs[SEGMENTATIONS_PART]
         mask_of = {i: i.rsplit(".", 1)[0] + ".png" for i in val + test}
-        missing = [m for m in mask_of.values() if not (out / "masks" / m).is_file()]
+        missing = [m for m in mask_of.values() if not seg.path_of(m).is_file()]
         if missing:
-            raise DataError(f"{SEGMENTATIONS.name}: no segmentation for {len(missing)} image(s), e.g. {missing[0]}")
-        remove_unlisted(out / "masks", set(mask_of.values()))
+            raise DataError(f"{seg.found.path}: no segmentation for {len(missing)} image(s), e.g. {missing[0]}")
+        for m in mask_of.values():
+            seg.place(m, out / "masks" / m)
         for split in ("val", "test"):
             if splits[split]:
                 write_metadata(out, "metadata_mask", split, splits[split], labels, sizes,
                                masks={i: ((mask_of[i],), None) for i in splits[split]})
         masks = len(mask_of)
     write_classes(out, names)
-    rmtree(work)
     return {"counts": {s: len(ids) for s, ids in splits.items()}, "boxes": len(kept), "masks": masks,
-            "num_classes": cfg.num_classes,
+            "num_classes": cfg.num_classes, "found": found,
             "val": f"first {cfg.val_per_class} train images per class (held out of train); CUBV2 not used"}

@@ -1,10 +1,19 @@
 """OpenImages30k (wsolevaluation's subset of OpenImages V5: 100 classes, instance masks) from its zips.
 
-Files: `OpenImages_images.zip` (``{train,val,test}/<class>/<id>.jpg``) and `OpenImages_annotations.zip`
-(``{val,test}/<class>/<id>_m<class>_<hash>.png`` instance masks and ``<id>_ignore.png``), both from
-wsolevaluation's OneDrive links (dataset/prepare_openimages.sh). **No checksum is published**: the
-registry has ``sha256: None``, so the first download records the sha256 in ``<zip>.sha256`` beside the
-file and prints it; later runs check against that record (pin it in this module to share it).
+Parts (pipeline/data/real/source.py), each as the published zip or, with ``verify: content``, a repacked archive
+or the extracted folder:
+
+* `OpenImages_images.zip` (``{train,val,test}/<class>/<id>.jpg``) or the folder it was unzipped into (the one
+  holding ``train/`` class folders of JPEGs);
+* `OpenImages_annotations.zip` (``{val,test}/<class>/<id>_m<class>_<hash>.png`` instance masks and
+  ``<id>_ignore.png``) or the folder it was unzipped into (``val/`` or ``test/`` class folders holding PNGs).
+
+Both zips come from wsolevaluation's OneDrive links (dataset/prepare_openimages.sh), which unzips both into the
+same folder ``dataset/OpenImages/``: images and masks then share the ``{val,test}/<class>/`` folders, and that
+one folder is both parts' extracted folder. **No checksum is published**: the registry has ``sha256: None``, so
+the first download records the sha256 in ``<zip>.sha256`` beside the file and prints it; later runs check
+against that record (pin it in this module to share it). Only the files used are read: the images of the kept
+classes (train, the kept val images, test) and the masks of the kept val and test images.
 
 Metadata (wsolevaluation's own metadata lives in its repository, not in the zips, so it is rebuilt from
 the folder layout, which gives the same rows):
@@ -16,24 +25,27 @@ the folder layout, which gives the same rows):
   first N val images of each class (25 = all; 0 = no val split).
 * masks: a mask view `metadata_mask/{val,test}` with one row per instance mask
   ``<id>,<split>/<class>/<id>_m..png,<ignore>`` (instance masks sorted by name; the ignore path on the
-  first row only, when `<id>_ignore.png` exists); masks are moved to `masks/`.
+  first row only, when `<id>_ignore.png` exists); the masks are placed in `masks/`.
 * boxes (not in wsolevaluation, where OpenImages has PxAP only): the box view `metadata/{val,test}` gets the
   tight box of every non-empty instance mask, so the box metrics, which need >= 1 GT box per image, run
   too; PxAP from the masks remains the OpenImages metric. Train has no localization.
+* ``found`` (source.json) counts the copy: the images of each split and the classes.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from pipeline.data.fetch import ArchiveError, RemoteFile, extract
+from pipeline.data.fetch import ArchiveError, RemoteFile
 from pipeline.data.prepare import DataError
-from pipeline.data.real.common import (first_per_class, image_sizes, move, remove_unlisted, rmtree, write_classes,
-                                       write_metadata)
+from pipeline.data.real.common import first_per_class, image_sizes, write_classes, write_metadata
+from pipeline.data.real.source import Inputs, Part
 
 NUM_CLASSES = 100
+TEST_IMAGES = 5_000  # test split of the full dataset (the paper's numbers are on all of it)
 SPLITS = ("train", "val", "test")
 ONEDRIVE_HOSTS = (".1drv.com", ".onedrive.live.com", ".onedrive.com")
 """Where a onedrive.live.com download link redirects to (its file servers, e.g. public.<dc>.files.1drv.com;
@@ -55,20 +67,47 @@ ANNOTATIONS = RemoteFile(
     allowed_hosts=ONEDRIVE_HOSTS, max_size=16 << 30)
 MANUAL_WHY = ""
 
+PUBLISHED = {"train images": 29_819, "val images": 2_500, "test images": 5_000, "classes": 100}
+IMAGES_PART, MASKS_PART = "OpenImages_images", "OpenImages_annotations"
 
-def files(cfg) -> list[RemoteFile]:
-    return [IMAGES, ANNOTATIONS]
+
+def _names(folder: Path, *, dirs: bool) -> list[str]:
+    """Sorted names of the sub-folders (`dirs`) or files of `folder`, hidden ones ('.', e.g. macOS '._x.jpg')
+    left out; [] if it is not a folder."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(e.name for e in it if not e.name.startswith(".")
+                          and (e.is_dir() if dirs else e.is_file()))
+    except OSError:
+        return []
 
 
-def _split_root(root: Path, archive: str, splits: tuple[str, ...]) -> Path:
-    """The folder (root or up to two levels down) that holds the split folders."""
-    level = [root]
-    for _ in range(3):
-        for folder in sorted(level):
-            if any((folder / s).is_dir() for s in splits):
-                return folder
-        level = [c for f in level for c in sorted(f.iterdir()) if c.is_dir()]
-    raise ArchiveError(f"{archive}: unexpected layout: no {'/'.join(splits)} folder inside it (is it the right file?)")
+def _has_files(folder: Path, splits: tuple[str, ...], suffix: str) -> bool:
+    """Some class folder of one of `splits` holds a file ending in `suffix`."""
+    for split in splits:
+        for cls in _names(folder / split, dirs=True):
+            try:
+                with os.scandir(folder / split / cls) as it:
+                    if any(e.name.endswith(suffix) and not e.name.startswith(".") for e in it):
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def _is_images_root(folder: Path) -> bool:
+    return _has_files(folder, ("train",), ".jpg")
+
+
+def _is_masks_root(folder: Path) -> bool:
+    return _has_files(folder, ("val", "test"), ".png")
+
+
+def parts(cfg) -> list[Part]:
+    return [Part(IMAGES_PART, IMAGES, _is_images_root,
+                 "extracted folder of train/, val/, test/ class folders of JPEGs (wsolevaluation's OpenImages/)"),
+            Part(MASKS_PART, ANNOTATIONS, _is_masks_root,
+                 "extracted folder of val/, test/ class folders of PNG masks (wsolevaluation's OpenImages/)")]
 
 
 def mask_boxes(mask_root: Path, instances: tuple[str, ...], size: tuple[int, int]) -> tuple:
@@ -92,57 +131,51 @@ def mask_boxes(mask_root: Path, instances: tuple[str, ...], size: tuple[int, int
     return tuple(boxes) or ((0, 0, width - 1, height - 1),)
 
 
-def build(paths: dict[str, Path], out: Path, cfg, *, progress: bool = True) -> dict:
-    """Unpack OpenImages30k into `out` (images/, masks/, metadata/, metadata_mask/, classes.txt)."""
-    work = out / ".work"
-    extract(paths[IMAGES.name], work / "images", progress=progress)
-    extract(paths[ANNOTATIONS.name], work / "masks", progress=progress)
-    img_root = _split_root(work / "images", IMAGES.name, ("train",))
-    mask_root = _split_root(work / "masks", ANNOTATIONS.name, ("val", "test"))
-    classes = sorted({d.name for s in SPLITS if (img_root / s).is_dir() for d in (img_root / s).iterdir()
-                      if d.is_dir()})
+def build(inputs: Inputs, out: Path, cfg, *, progress: bool = True) -> dict:
+    """Read OpenImages30k's parts and write `out` (images/, masks/, metadata/, metadata_mask/, classes.txt)."""
+    img, ann = inputs[IMAGES_PART], inputs[MASKS_PART]
+    img_root, mask_root = img.unpack(), ann.unpack()
+    classes = sorted({c for s in SPLITS for c in _names(img_root / s, dirs=True)})
+    files = {(s, c): [n for n in _names(img_root / s / c, dirs=False) if n.endswith(".jpg")]
+             for s in SPLITS for c in classes}
+    found = {f"{s} images": sum(len(files[s, c]) for c in classes) for s in SPLITS}
+    found["classes"] = len(classes)
     if cfg.num_classes > len(classes):
-        raise DataError(f"datasets.openimages.num_classes is {cfg.num_classes} but {IMAGES.name} has "
+        raise DataError(f"datasets.openimages.num_classes is {cfg.num_classes} but {img.found.describe()} has "
                         f"{len(classes)} class folders")
     kept = classes[: cfg.num_classes]
     labels, ids = {}, {}
     for split in SPLITS:
         ids[split] = []
         for label, name in enumerate(kept):
-            folder = img_root / split / name
-            for f in sorted(folder.glob("*.jpg")) if folder.is_dir() else []:
-                image_id = f"{split}/{name}/{f.name}"
+            for f in files[split, name]:
+                image_id = f"{split}/{name}/{f}"
                 ids[split].append(image_id)
                 labels[image_id] = label
     if not ids["train"] or not ids["test"]:
-        raise ArchiveError(f"{IMAGES.name}: no train or no test images for the first {cfg.num_classes} classes")
+        raise ArchiveError(f"{img.found.describe()}: no train or no test images for the first {cfg.num_classes} "
+                           f"classes")
     ids["val"] = first_per_class(ids["val"], labels, cfg.val_per_class) if cfg.val_per_class else []
 
     masks: dict[str, tuple[tuple[str, ...], str | None]] = {}
+    listed: dict[str, list[str]] = {}
     for split in ("val", "test"):
         for image_id in ids[split]:
             stem = image_id.rsplit(".", 1)[0]
-            folder, name = (mask_root / stem).parent, Path(stem).name
-            instances = sorted(p.name for p in folder.glob(f"{name}_m*.png")) if folder.is_dir() else []
+            prefix, name = stem.rsplit("/", 1)
+            if prefix not in listed:
+                listed[prefix] = _names(mask_root / prefix, dirs=False)
+            instances = [m for m in listed[prefix] if m.startswith(f"{name}_m") and m.endswith(".png")]
             if instances:
-                prefix = stem.rsplit("/", 1)[0]
-                ignore = f"{stem}_ignore.png" if (folder / f"{name}_ignore.png").is_file() else None
+                ignore = f"{stem}_ignore.png" if f"{name}_ignore.png" in listed[prefix] else None
                 masks[image_id] = (tuple(f"{prefix}/{m}" for m in instances), ignore)
     if ids["test"] and not any(i in masks for i in ids["test"]):
-        raise ArchiveError(f"{ANNOTATIONS.name}: no instance mask for any test image (is it the right file?)")
+        raise ArchiveError(f"{ann.found.describe()}: no instance mask for any test image (is it the right file?)")
 
-    for split in SPLITS:
-        for name in kept:
-            if (img_root / split / name).is_dir() and ids[split]:
-                move(img_root / split / name, out / "images" / split / name)
-            if split != "train" and (mask_root / split / name).is_dir() and ids[split]:
-                move(mask_root / split / name, out / "masks" / split / name)
     all_ids = ids["train"] + ids["val"] + ids["test"]
-    remove_unlisted(out / "images", set(all_ids))  # val images beyond val_per_class, stray files
-    if (out / "masks").is_dir():
-        remove_unlisted(out / "masks", {p for i in all_ids if i in masks
-                                        for p in (*masks[i][0], *([masks[i][1]] if masks[i][1] else []))})
-    sizes = image_sizes(out / "images", all_ids, progress=progress, desc="openimages sizes")
+    img.place_all(all_ids, out / "images")
+    ann.place_all(sorted(p for m in masks.values() for p in (*m[0], *([m[1]] if m[1] else []))), out / "masks")
+    sizes = image_sizes(out / "images", all_ids)
     boxes = {i: mask_boxes(out / "masks", masks[i][0], sizes[i]) for i in masks}
     for split in SPLITS:
         if ids[split] or split != "val":
@@ -150,6 +183,6 @@ def build(paths: dict[str, Path], out: Path, cfg, *, progress: bool = True) -> d
             if split != "train":
                 write_metadata(out, "metadata_mask", split, ids[split], labels, sizes, masks=masks)
     write_classes(out, kept)
-    rmtree(work)
     return {"counts": {s: len(v) for s, v in ids.items()}, "mask_rows": sum(len(m[0]) for m in masks.values()),
-            "num_classes": cfg.num_classes, "val": f"first {cfg.val_per_class} official val images per class"}
+            "num_classes": cfg.num_classes, "found": found,
+            "val": f"first {cfg.val_per_class} official val images per class"}
