@@ -43,16 +43,24 @@ plots: $(STAMP)
 plots-diff: $(STAMP)
 	@. $(BIN)/activate && python -m pipeline.report.plots_page $(PLOTS_TEMPLATE) && dvc plots diff $(BASE) --html-template $(PLOTS_TEMPLATE)
 
-# The experiments side by side in 25 columns (of about 520 in `dvc exp show --md`): the params that define a
-# run, Top-1 Cls, every variant's MaxBoxAccV2 and CAM's Top-1 Loc and PxAP, both branches.
+# The experiments side by side in 28 columns (of about 520 in `dvc exp show --md`): the params that define a
+# run, the data it used (reports/metrics.json `dataset`: classes, test images, whether that is the full
+# dataset; DVC drops SynthBirds' null `full`, so that column comes only with a real dataset's run), Top-1 Cls,
+# every variant's MaxBoxAccV2 and CAM's Top-1 Loc and PxAP, both branches. The workspace
+# row is hidden (--hide-workspace, with one line on stderr saying why) unless reports/ were made from the
+# params.yaml beside them: `paper_table --check-workspace` compares the params digest the evaluate stage
+# recorded with params.yaml's (an experiment in progress or a failed `dvc exp run` leaves them apart).
 # `make exp-table EXP_ARGS="-A --only-changed"` passes more options to dvc exp show.
-EXP_KEEP := ^(Experiment|(params\.yaml:)?(dataset|backbone|family|seed|baseline\.epochs|finetune\.(head_init|bn_mode|epochs|lr))|(reports/metrics\.json:)?(top1_cls|(cam|gradcam|gradcampp|xgradcam|layercam)\.(softmax|sigmoid)\.maxboxacc_v2|cam\.(softmax|sigmoid)\.(top1_loc|pxap)))$$
+EXP_KEEP := ^(Experiment|(params\.yaml:)?(dataset|backbone|family|seed|baseline\.epochs|finetune\.(head_init|bn_mode|epochs|lr))|(reports/metrics\.json:)?(top1_cls|dataset\.(num_classes|test_images|full)|(cam|gradcam|gradcampp|xgradcam|layercam)\.(softmax|sigmoid)\.maxboxacc_v2|cam\.(softmax|sigmoid)\.(top1_loc|pxap)))$$
 EXP_ARGS ?=
 exp-table: $(STAMP)
-	@. $(BIN)/activate && dvc exp show --md --drop '.*' --keep '$(EXP_KEEP)' $(EXP_ARGS)
+	@. $(BIN)/activate && if python -m pipeline.report.paper_table --check-workspace; then hide=; \
+	else hide=--hide-workspace; fi && dvc exp show --md --drop '.*' --keep '$(EXP_KEEP)' $$hide $(EXP_ARGS)
 
-# The experiments (dvc exp show --json, the workspace included) in the layout of the paper's Table 2, with the
-# paper's numbers beside ours where it reports the dataset; markdown on stdout (PAPER_ARGS=--csv for CSV).
+# The experiments (dvc exp show --json) in the layout of the paper's Table 2, one table per dataset and size
+# (classes, test images), with the paper's numbers beside ours only for a run on the full dataset of a dataset
+# the paper reports; a subset run is marked as one. The workspace row only when reports/ were made from
+# params.yaml (else a line on stderr says why). Markdown on stdout (PAPER_ARGS=--csv for CSV).
 PAPER_ARGS ?=
 paper-table: $(STAMP)
 	@. $(BIN)/activate && python -m pipeline.report.paper_table $(PAPER_ARGS)

@@ -15,12 +15,83 @@ replicate j x fine-tuning replicate k) is scored; the per-branch numbers are the
 intervals (pipeline/metrics/intervals.py) combine the image level with the fine-tuning and baseline levels.
 Evaluation's only parallelism:
 with `distributed.nproc` > 1 the ranks share the distinct map sets and rank 0 writes the same bytes.
-"""
 
-from pipeline.stages.common import (REPORTS, check_params, eval_options, loader, model_spec, replicates, start,
-                                    user_errors)
+metrics.json also says what the numbers are of, for the tables that set them beside the paper's
+(pipeline/report/paper_table.py, `make exp-table`):
+  "dataset"        {name, num_classes, test_images, full}: the prepared dataset's name and classes
+                   (dataset.json) and the test images scored; `full` is true when both are the full dataset's
+                   (pipeline.data.real DATASETS[name].NUM_CLASSES / TEST_IMAGES), null for SynthBirds (no full
+                   size, no paper numbers)
+  "params_digest"  `params_digest` of the resolved params this process used under `digest_keys`: every key that
+                   dvc.yaml declares for the stages that make the numbers (download through evaluate). Under
+                   DVC these are data/params.json's values (the start check of pipeline/stages/common.py).
+                   paper_table computes the same function on params.yaml as it is, so a table can tell whether
+                   reports/ were made from the params.yaml beside them. This stage declares every one of those
+                   keys itself (tests/report/test_params_digest.py checks it), so a change of any of them reruns
+                   it and the recorded digest stays current; the digest's code lives here, in a dependency of
+                   this stage, for the same reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from pipeline.stages.common import (REPORTS, check_params, eval_options, loader, model_spec, replicates, stage_keys,
+                                    start, user_errors)
 
 PLOTS = REPORTS / "plots"
+DVC_FILE = Path("dvc.yaml")
+# Stages whose declared keys are not in the digest: `validate` writes data/params.json (it declares the whole
+# params.yaml), `source` only fingerprints where a real dataset's files are (download.archive_dir, a location
+# like download.workers; the files themselves reach download through data/source.json), `report` runs after
+# the numbers are made.
+DIGEST_SKIPPED = ("validate", "source", "report")
+DIGEST_CHARS = 16  # hex characters of the sha256 kept
+
+
+def _outermost(keys: Iterable[str]) -> list[str]:
+    """The keys without those inside a group also listed (`cams.batch_size` goes when `cams` is there)."""
+    keys = set(keys)
+    return sorted(k for k in keys if not any(k.startswith(f"{group}.") for group in keys))
+
+
+def digest_keys(dvc_file: str | Path = DVC_FILE) -> list[str]:
+    """The keys of data/params.json that `dvc_file` declares for any stage but DIGEST_SKIPPED (`foreach` and
+    `matrix` stages included), a group key standing for the keys inside it."""
+    import yaml
+
+    stages = yaml.safe_load(Path(dvc_file).read_text()).get("stages") or {}
+    return _outermost(k for name in stages if name not in DIGEST_SKIPPED for k in stage_keys(name, dvc_file) or [])
+
+
+def params_digest(values: Mapping, keys: Iterable[str]) -> str:
+    """sha256 (its first DIGEST_CHARS hex characters) of the canonical JSON of `values` (resolved params,
+    pipeline.params `resolved`, i.e. data/params.json's content) picked at the dotted `keys`; a key that
+    `values` lacks is left out. The same values give the same digest; a value under any other key does not
+    count."""
+    picked = {}
+    for key in _outermost(keys):
+        node = values
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+        else:
+            picked[key] = node
+    text = json.dumps(picked, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:DIGEST_CHARS]
+
+
+def dataset_block(name: str, num_classes: int, test_images: int) -> dict:
+    """metrics.json's "dataset": what the run used, and whether it is the full dataset (null: SynthBirds and any
+    dataset without a registered full size)."""
+    from pipeline.data.real import DATASETS
+
+    full = DATASETS.get(name)
+    return {"name": name, "num_classes": int(num_classes), "test_images": int(test_images),
+            "full": None if full is None else bool(num_classes == full.NUM_CLASSES and test_images == full.TEST_IMAGES)}
 
 
 def baseline_level(params) -> str:
@@ -88,6 +159,12 @@ def main() -> None:
         table = intervals.table()
     cams = first_cams
     metrics["intervals"] = interval_metrics(table)
+    with user_errors():
+        from pipeline.params import resolved
+
+        prepared = json.loads((params.prepared_dir() / "dataset.json").read_text())
+        metrics["dataset"] = dataset_block(prepared["dataset"], prepared["num_classes"], len(gts["test"].image_ids))
+        metrics["params_digest"] = params_digest(resolved(params), digest_keys())
     if not is_main():  # distributed: every rank has every pair's results; rank 0 alone writes
         return finish()
     write_json(REPORTS / "metrics.json", metrics)

@@ -1,8 +1,12 @@
 """`make exp-table`: the curated experiment comparison (issue 14.6), on a throw-away git + DVC repository.
 
-The repository has the project's params.yaml, its committed metrics files (the same ones dvc.yaml declares)
-and one fake stage that rewrites them from the params (Top-1 Cls from the backbone), so `dvc exp show` has
-the project's real set of columns; two experiments run with `dvc exp run -S ...`.
+The repository has the project's params.yaml, its committed metrics files (the same ones dvc.yaml declares),
+the project's `validate` stage (data/params.json) and one fake stage that rewrites the metrics from the params
+(Top-1 Cls from the backbone) and records the data's size and the params digest as the evaluate stage does
+(pipeline/stages/evaluate.py), so `dvc exp show` has the project's real set of columns; two experiments run
+with `dvc exp run -S ...`, one of them on a 4-class ILSVRC subset. Last, a `dvc exp run` fails in a fake
+training stage before evaluate: its params stay in params.yaml, reports/ do not change, and both tables leave
+the workspace out.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.report.paper_table import STALE
 from tests.project import make_dvc_repo
 from tests.report.test_compare import BIN, ROOT, VENV, git, sh, table_rows
 
@@ -23,30 +28,47 @@ METRICS = ("reports/metrics.json", "reports/sign.json", "reports/finetune/baseli
 STAGE = """\
 import json, shutil, yaml
 from pathlib import Path
-params = yaml.safe_load(open("params.yaml"))
+from pipeline.params import load_params, resolved  # the copied pipeline/
+from pipeline.stages.evaluate import dataset_block, digest_keys, params_digest
+params = load_params()
 for rel in %r:
     Path(rel).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path("committed") / rel, rel)
 metrics = json.load(open("reports/metrics.json"))
-metrics["top1_cls"] = float(len(params["backbone"]))
-json.dump(metrics, open("reports/metrics.json", "w"), indent=2)
+metrics["top1_cls"] = float(len(yaml.safe_load(open("params.yaml"))["backbone"]))
+metrics["dataset"] = dataset_block(params.dataset, params.num_classes, 50 * params.num_classes)
+metrics["params_digest"] = params_digest(resolved(params), digest_keys())
+json.dump(metrics, open("reports/metrics.json", "w"), indent=2, sort_keys=True)
 """ % (METRICS,)
+TRAIN = """\
+import json, sys
+from pathlib import Path
+finetune = json.load(open("data/params.json"))["finetune"]
+if finetune["epochs"] == 99:
+    sys.exit("train.py: fails on purpose (a failed experiment)")
+Path("data/model.txt").write_text(json.dumps(finetune))
+"""
 
 CURATED = ["Experiment",
            "cam.sigmoid.maxboxacc_v2", "cam.sigmoid.pxap", "cam.sigmoid.top1_loc",
            "cam.softmax.maxboxacc_v2", "cam.softmax.pxap", "cam.softmax.top1_loc",
+           "dataset.num_classes", "dataset.test_images",
            "gradcam.sigmoid.maxboxacc_v2", "gradcam.softmax.maxboxacc_v2",
            "gradcampp.sigmoid.maxboxacc_v2", "gradcampp.softmax.maxboxacc_v2",
            "layercam.sigmoid.maxboxacc_v2", "layercam.softmax.maxboxacc_v2",
            "top1_cls",
            "xgradcam.sigmoid.maxboxacc_v2", "xgradcam.softmax.maxboxacc_v2",
+           "dataset.full",  # DVC drops SynthBirds' null: the column comes with the first run that has it (ILSVRC)
            "params.yaml:dataset", "params.yaml:backbone", "params.yaml:family", "seed", "baseline.epochs",
-           "finetune.head_init", "finetune.bn_mode", "finetune.epochs", "finetune.lr"]
+           # prefixed where data/params.json has the same key as a param of a stage (here: of evaluate)
+           "params.yaml:finetune.head_init", "params.yaml:finetune.bn_mode", "params.yaml:finetune.epochs",
+           "params.yaml:finetune.lr"]
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = make_dvc_repo(tmp_path_factory, "exp_table")
+    shutil.copytree(ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     if "family" not in params:  # the model-family param (issue 11), after `backbone`, whether or not main has it yet
         params = {k: v for key, value in params.items()
@@ -56,15 +78,24 @@ def repo(tmp_path_factory) -> Path:
         (repo / "committed" / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, repo / "committed" / rel)
     (repo / "stage.py").write_text(STAGE)
+    (repo / "train.py").write_text(TRAIN)
     metrics = "".join(f"      - {rel}:\n          cache: false\n" for rel in METRICS)
-    (repo / "dvc.yaml").write_text(f"stages:\n  evaluate:\n    cmd: {sys.executable} stage.py\n    deps: [stage.py]\n"
-                                   "    params: [backbone, family]\n    metrics:\n" + metrics)
-    (repo / ".gitignore").write_text("/build/\n")
+    (repo / "dvc.yaml").write_text(
+        f"stages:\n  validate:\n    cmd: {sys.executable} -m pipeline.params validate\n    always_changed: true\n"
+        "    params:\n      - params.yaml:\n    outs:\n      - data/params.json\n"
+        f"  train:\n    cmd: {sys.executable} train.py\n    deps: [train.py]\n"
+        "    params:\n      - data/params.json: [finetune]\n    outs:\n      - data/model.txt\n"
+        f"  evaluate:\n    cmd: {sys.executable} stage.py\n    deps: [stage.py, data/model.txt]\n"
+        "    params:\n      - data/params.json: [dataset, data, backbone, family, finetune]\n"
+        "    metrics:\n" + metrics)
+    (repo / ".gitignore").write_text("/build/\n__pycache__/\n")
     sh([str(BIN / "dvc"), "repro", "-q"], repo)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "the project's params and metrics")
-    for backbone, family in (("vgg16", "grad"), ("inception", "cam")):
-        sh([str(BIN / "dvc"), "exp", "run", "-q", "-S", f"backbone={backbone}", "-S", f"family={family}"], repo)
+    for overrides in (["backbone=vgg16", "family=grad", "dataset=ilsvrc", "datasets.ilsvrc.num_classes=4"],
+                      ["backbone=inception", "family=cam"]):
+        git(repo, "reset", "-q", "--hard")  # each from main's params (`dvc exp run` applied the last one)
+        sh([str(BIN / "dvc"), "exp", "run", "-q", *(a for o in overrides for a in ("-S", o))], repo)
     os.utime(repo / "requirements.txt", (0, 0))  # older than the venv's stamp: make installs nothing
     return repo
 
@@ -74,7 +105,7 @@ def test_the_full_comparison_is_unreadable(repo):
     assert len(header) > 400  # the number this target exists for (about 520 in the project)
 
 
-def test_make_exp_table_prints_25_named_columns(repo):
+def test_make_exp_table_prints_28_named_columns(repo):
     proc = sh(["make", "-s", "exp-table", f"VENV={VENV}"], repo)
     rows = table_rows(proc.stdout)
     assert rows[0] == CURATED
@@ -86,6 +117,33 @@ def test_make_exp_table_prints_25_named_columns(repo):
     assert backbones == ["inception", "inception", "resnet10t", "vgg16"]
     by_backbone = {row[col("params.yaml:backbone")]: row for row in rows[3:]}
     assert by_backbone["vgg16"][col("top1_cls")] == "5" and by_backbone["vgg16"][col("params.yaml:family")] == "grad"
+    # the data each run used: a 4-class ILSVRC subset (not the full dataset), SynthBirds (no full size: -)
+    sizes = {row[col("params.yaml:backbone")]: [row[col(f"dataset.{k}")] for k in ("num_classes", "test_images", "full")]
+             for row in rows[2:]}
+    assert sizes == {"vgg16": ["4", "200", "False"], "inception": ["10", "500", "-"], "resnet10t": ["10", "500", "-"]}
+    assert proc.stderr == ""  # the workspace's reports/ were made from its params.yaml: it is shown
     committed = json.loads((ROOT / "reports/metrics.json").read_text())
     assert float(by_backbone["vgg16"][col("cam.softmax.pxap")]) == pytest.approx(
         committed["cam"]["softmax"]["pxap"], abs=5e-4)
+
+
+def test_a_failed_experiment_leaves_the_workspace_out_of_both_tables(repo):
+    """The user's case: `dvc exp run -S ...` fails, params.yaml keeps the new values, reports/ the old ones."""
+    params = repo / "params.yaml"
+    before = params.read_bytes()
+    try:
+        proc = sh([str(BIN / "dvc"), "exp", "run", "-q", "-S", "finetune.epochs=99"], repo, check=False)
+        assert proc.returncode != 0 and "fails on purpose" in proc.stdout + proc.stderr
+        assert (repo / "reports/metrics.json").is_file()  # evaluate did not run: the last experiment's reports
+        assert yaml.safe_load(params.read_text())["finetune"]["epochs"] == 99  # left applied
+        table = sh(["make", "-s", "exp-table", f"VENV={VENV}"], repo)
+        rows = table_rows(table.stdout)
+        assert rows[0] == CURATED and len(rows) == 2 + 3  # main and the two experiments, no workspace
+        assert not any("workspace" in row[0] for row in rows)
+        assert table.stderr == STALE + "\n"
+        paper = sh(["make", "-s", "paper-table", f"VENV={VENV}"], repo)
+        assert "workspace" not in paper.stdout and paper.stderr == STALE + "\n"
+        assert "## ilsvrc (subset: 4 of 1,000 classes, 200 of 50,000 test images; " in paper.stdout
+    finally:
+        params.write_bytes(before)
+    assert "workspace" in table_rows(sh(["make", "-s", "exp-table", f"VENV={VENV}"], repo).stdout)[2][0]
