@@ -132,8 +132,10 @@ def test_second_repro_is_up_to_date_and_changes_no_byte(repo):
     before = digest_tree(repo / "data", repo / "reports")
     lock = (repo / "dvc.lock").read_text()
     proc = run(["dvc", "repro"], repo)
-    # only the validate stage runs (always_changed: it checks params.yaml on every run), to the same bytes
-    assert proc.stdout.count("Running stage") == 1 and "Running stage 'validate'" in proc.stdout
+    # only the always_changed stages run (validate checks params.yaml, source fingerprints a real dataset's
+    # files), to the same bytes
+    assert proc.stdout.count("Running stage") == 2
+    assert "Running stage 'validate'" in proc.stdout and "Running stage 'source'" in proc.stdout
     assert "Stage 'report' didn't change, skipping" in proc.stdout
     assert digest_tree(repo / "data", repo / "reports") == before
     assert (repo / "dvc.lock").read_text() == lock
@@ -148,7 +150,8 @@ def test_evaluation_option_reruns_only_evaluate_and_report(repo):
         params_file.write_text(yaml.safe_dump(data, sort_keys=False))
         run(["dvc", "repro", "validate"], repo)  # the stages are keyed on the params it writes
         status = run(["dvc", "status", "--json"], repo).stdout
-        assert sorted(json.loads(status)) == ["evaluate", "report", "validate"]  # validate: always changed
+        # validate and source: always changed
+        assert sorted(json.loads(status)) == ["evaluate", "report", "source", "validate"]
     finally:
         params_file.write_text(original)
         run(["dvc", "repro", "validate"], repo)
@@ -170,7 +173,7 @@ def test_bad_param_fails_fast_with_message(repo):
     assert "Running stage 'validate'" in proc.stdout and "Running stage 'finetune" not in proc.stdout
     restored = run(["dvc", "repro"], repo)
     assert "Stage 'finetune@0-0' didn't change, skipping" in restored.stdout
-    assert restored.stdout.count("Running stage") == 1 and "Running stage 'validate'" in restored.stdout
+    assert restored.stdout.count("Running stage") == 2 and "Running stage 'validate'" in restored.stdout
 
 
 def test_going_back_to_a_configuration_restores_from_the_run_cache(repo):

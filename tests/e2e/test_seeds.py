@@ -14,8 +14,8 @@ pytestmark = pytest.mark.e2e
 
 
 def ran(stdout: str) -> set[str]:
-    """The stages that ran, but `validate`, which runs on every repro (always_changed)."""
-    return set(re.findall(r"Running stage '([^']+)'", stdout)) - {"validate"}
+    """The stages that ran, but `validate` and `source`, which run on every repro (always_changed)."""
+    return set(re.findall(r"Running stage '([^']+)'", stdout)) - {"validate", "source"}
 
 
 def commit(repo, message: str) -> None:
@@ -73,7 +73,8 @@ def test_replicates_are_cached_on_their_own_and_finetune_seed_reruns_only_from_c
     run(["dvc", "repro", "validate"], repo)  # the stages are keyed on data/params.json, which validate writes
     changed = set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
     # the stages keyed on finetune.seed; cams@k follow through their finetuned.pt (the exp run below reruns them)
-    assert changed - {"validate", "evaluate", "report"} == {f"{s}@0-{k}" for s in ("clone_head", "finetune") for k in (0, 1)}
+    assert changed - {"validate", "source", "evaluate", "report"} == {f"{s}@0-{k}" for s in ("clone_head", "finetune")
+                                                                  for k in (0, 1)}
     run(["git", "checkout", "params.yaml"], repo)
     exp = run(["dvc", "exp", "run", "-S", "finetune.seed=7", "cams"], repo)
     assert ran(exp.stdout) == {f"{s}@0-{k}" for s in ("clone_head", "finetune", "cams") for k in (0, 1)}, exp.stdout
