@@ -45,6 +45,21 @@ def test_signed_maps_add_the_parts_and_upsample():
     assert np.allclose(out, 2.0)
 
 
+def test_signed_maps_upsample_bilinearly():
+    """A non-constant map against torch's bilinear (half-pixel centres, as cv2's INTER_LINEAR): nearest-neighbour
+    or bicubic upsampling would fail here."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    pos = rng.random((2, 3, 3)).astype(np.float32)
+    neg = -rng.random((2, 3, 3)).astype(np.float32)
+    out = signed_maps(pos, neg, 12)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(pos + neg)[:, None], size=(12, 12), mode="bilinear",
+                                          align_corners=False)[:, 0].numpy()
+    assert np.allclose(out, ref, atol=1e-5)
+    assert len(np.unique(out[0])) > 9  # values between the 9 source values, not copies of them
+
+
 def test_sign_diagnostics_flips_with_the_sign_of_the_map():
     rng = np.random.default_rng(0)
     pos = rng.random((5, 3, 3)).astype(np.float32)
