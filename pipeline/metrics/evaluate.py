@@ -59,6 +59,12 @@ PROTOCOLS: dict[str, Callable[[str, str, int], PostProcess]] = {
 }
 
 
+def progress_bar(total: int, show: bool) -> tqdm:
+    """evaluate's bar: off when `show` is false; otherwise tqdm's own defaults, so TQDM_DISABLE=1 (and the other
+    TQDM_* variables) turn it off as they do every other bar of the pipeline."""
+    return tqdm(total=total, desc="evaluate", unit="img", smoothing=0, **({} if show else {"disable": True}))
+
+
 @dataclass(frozen=True)
 class EvalOptions:
     postprocess: str = "clean"            # the headline protocol: a PROTOCOLS name
@@ -374,7 +380,7 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
 
     def work(mine: list[Unit]) -> list[dict]:
         total = sum(n_box + (n_fid if u.fidelity else 0) for u in mine)
-        bar = tqdm(total=total, desc="evaluate", unit="img", disable=not show_progress, smoothing=0)
+        bar = progress_bar(total, show_progress)
         results = []
         for u in mine:
             out = {}

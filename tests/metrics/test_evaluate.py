@@ -282,3 +282,21 @@ def test_map_cache_post_processes_each_set_once_and_changes_no_number(tmp_path, 
     # a unit scores its test and val maps at 16 px and its test maps again at 32 px for fidelity
     assert without - with_cache == units * (4 + 3 + 4)
     assert with_cache < some < without
+
+
+def test_the_evaluate_bar_honours_tqdm_disable():
+    """tqdm reads the TQDM_* variables when it is imported: each case in its own interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from pipeline.metrics.evaluate import progress_bar; print(progress_bar(3, True).disable, " \
+           "progress_bar(3, False).disable)"
+
+    def disabled(**env: str) -> str:
+        base = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+        return subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    assert disabled() == ["False", "True"]
+    assert disabled(TQDM_DISABLE="1") == ["True", "True"]
