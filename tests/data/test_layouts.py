@@ -326,3 +326,15 @@ def test_ilsvrc_without_train_names_the_tar_and_the_train_folder(ilsvrc_publishe
                                                r"no train folder of <wnid>/ folders"):
         build_dataset("ilsvrc", at(cfg, src, "content"),
                       tmp_path / "raw", archive_dir=tmp_path / "a", progress=False)
+
+
+def test_ilsvrc_fingerprint_of_the_challenge_layout_walks_each_part_once(ilsvrc_published, tmp_path):
+    """The box part is the challenge's top folder (it holds LOC_val_solution.csv): its fingerprint covers that file
+    alone, not the train and val images the other parts already cover."""
+    m, _, cfg, _ = ilsvrc_published
+    src = write_tree(tmp_path / "lab", ilsvrc_layouts(m)["localization challenge"]) / "challenge"
+    fp = fingerprint(src, ilsvrc.parts(cfg))
+    assert (fp["val boxes"]["kind"], fp["val boxes"]["files"]) == ("folder", 1)
+    assert fp["train"]["files"] == 9 and fp["val"]["files"] == 5
+    (src / "LOC_val_solution.csv").write_bytes((src / "LOC_val_solution.csv").read_bytes() + b"\n")
+    assert fingerprint(src, ilsvrc.parts(cfg))["val boxes"]["stat_md5"] != fp["val boxes"]["stat_md5"]

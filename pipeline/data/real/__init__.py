@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.data.fetch import (ManualFilesError, _check_present, cached_digests, fetch_files,
+from pipeline.data.fetch import (ManualFilesError, _check_present, _mismatch, cached_digests, fetch_files,
                                  recorded_sha256)
 from pipeline.data.real import cars, cub, ilsvrc, openimages
 from pipeline.data.real.source import Found, Inputs, Reader, locate
@@ -64,7 +64,7 @@ def build_dataset(name: str, cfg, raw_dir: Path | str, *, archive_dir: Path | st
     module = DATASETS[name]
     folder = archive_folder(name, cfg, archive_dir)
     stamps = stamp_dir(archive_dir)
-    verify = getattr(cfg, "verify", "published")
+    verify = cfg.verify
     parts = module.parts(cfg)
     found = locate(folder, parts)
     mode = "manual" if cfg.source_dir or module.MANUAL_WHY else getattr(cfg, "mode", "manual")
@@ -102,13 +102,20 @@ def build_dataset(name: str, cfg, raw_dir: Path | str, *, archive_dir: Path | st
     return summary
 
 
-def _build(module, found: dict[str, Found], out: Path, cfg, progress: bool, stamps: Path) -> dict:
+def _read(module, found: dict[str, Found], out: Path, cfg, progress: bool) -> tuple[dict, dict[str, Reader]]:
+    """The dataset's `build` into `out` from one Reader per found part (unpacked archives in `out/.work`, removed
+    after); its summary and the readers (what they read)."""
     work = out / ".work"
     readers = {n: Reader(f, work, progress=progress) for n, f in found.items() if f is not None}
     try:
-        summary = module.build(Inputs(readers, work), out, cfg, progress=progress)
+        return module.build(Inputs(readers, work), out, cfg, progress=progress), readers
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _build(module, found: dict[str, Found], out: Path, cfg, progress: bool, stamps: Path) -> dict:
+    """:func:`_read`, and each part's identity: the sha256 of a file by its published name, else the content md5."""
+    summary, readers = _read(module, found, out, cfg, progress)
 
     def md5_of(path: Path) -> str:
         return cached_digests(path, stamp_dir=stamps, progress=progress)[1]
@@ -121,7 +128,8 @@ def _build(module, found: dict[str, Found], out: Path, cfg, progress: bool, stam
             spec = f.part.published
             sha, md5 = cached_digests(f.path, stamp_dir=stamps, progress=progress)
             want_sha = spec.sha256 or recorded_sha256(f.path)
-            if not ((want_sha or spec.md5) and sha == (want_sha or sha) and md5 == (spec.md5 or md5)):
+            if not (want_sha or spec.md5) or _mismatch(f.path.stat().st_size, sha, md5, want_size=spec.size,
+                                                       want_sha256=want_sha, want_md5=spec.md5):
                 entry["kind"] = "archive"  # the published name, other bytes (or nothing to check them against)
             entry["sha256"] = sha
         else:
@@ -164,8 +172,7 @@ def _not_published_error(name: str, module, cfg, found: dict, problems: dict, re
     content = ""
     with tempfile.TemporaryDirectory(prefix=f".{name}-inventory-") as tmp:
         try:
-            summary = module.build(Inputs({n: Reader(f, Path(tmp) / ".work") for n, f in found.items() if f},
-                                          Path(tmp) / ".work"), Path(tmp), cfg, progress=False)
+            summary, _ = _read(module, found, Path(tmp), cfg, progress=False)
             diff = _differences(summary["found"], module.PUBLISHED)
             content = (f"Its content: {_counts(summary['found'])}; "
                        + (f"it differs from the published dataset in {'; '.join(diff)}."

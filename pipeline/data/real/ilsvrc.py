@@ -37,7 +37,6 @@ Metadata:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import itertools
 import os
@@ -106,14 +105,15 @@ def _is_train_folder(folder: Path) -> bool:
 def parts(cfg) -> list[Part]:
     return [Part(VAL_PART, VAL, _is_val_folder, "folder of ILSVRC2012_val_*.JPEG images (flat or in <wnid>/ folders)"),
             Part(BOXES_PART, BBOX_VAL, _is_boxes_folder,
-                 f"folder of ILSVRC2012_val_*.xml box files, or of the localization challenge's {LOC_CSV}"),
+                 f"folder of ILSVRC2012_val_*.xml box files, or of the localization challenge's {LOC_CSV}",
+                 reads=lambda folder: [folder / LOC_CSV] if (folder / LOC_CSV).is_file() else None),
             Part(TRAIN_PART, TRAIN, _is_train_folder, "train folder of <wnid>/ folders of <wnid>_*.JPEG images")]
 
 
-def _parse_xml(path: Path) -> tuple[list[str], list[tuple[int, int, int, int]]]:
-    """(object wnids, boxes) of one VOC XML file."""
+def _parse_xml(data: bytes, path: Path) -> tuple[list[str], list[tuple[int, int, int, int]]]:
+    """(object wnids, boxes) of one VOC XML file's bytes (`path` names it in messages)."""
     try:
-        root = ET.parse(path).getroot()
+        root = ET.fromstring(data)
     except ET.ParseError as exc:
         raise DataError(f"{path}: not valid XML ({exc})") from None
     names, boxes = [], []
@@ -143,9 +143,7 @@ def _read_boxes(reader: Reader, progress: bool) -> dict[str, tuple[list[str], li
         raise ArchiveError(f"{reader.found.path}: unexpected layout: no .xml files inside it (is it the right file?)")
     out = {}
     for f in tqdm(xml_files, desc="val boxes", disable=bar_disabled(progress), leave=False):
-        out[f.stem] = _parse_xml(f)
-        if not reader.owned:
-            reader.md5s[f.relative_to(root).as_posix()] = hashlib.md5(f.read_bytes()).hexdigest()
+        out[f.stem] = _parse_xml(reader.read_bytes(f.relative_to(root).as_posix()), f)  # read once, hashed
     return out
 
 
@@ -186,7 +184,7 @@ def _train_from_tar(archive: Path, out: Path, wnids: list[str], per_class: int |
     """The first `per_class` images (by name) of each wanted class, read from the tar of tars in one pass over its
     members; also the number of images of every class found (for the copy's counts)."""
     wanted, ids, counts = set(wnids), [], {}
-    plain = tarfile.is_tarfile(archive) and _is_plain_tar(archive)
+    plain = _is_plain_tar(archive)
     try:
         with tarfile.open(archive, "r:*") as outer:
             for member in tqdm(safe_tar_members(outer, archive), desc="ILSVRC train", unit="class",

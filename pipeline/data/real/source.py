@@ -57,6 +57,10 @@ class Part:
     published: RemoteFile | None
     marker: Callable[[Path], bool]
     what: str
+    reads: Callable[[Path], list[Path] | None] = lambda folder: None
+    """The files of the found folder the part reads, where that is less than the whole folder (the localization
+    challenge's LOC_val_solution.csv sits at the top of the whole dataset); None: all of it. The fingerprint walks
+    only these."""
 
     @property
     def single_file(self) -> bool:
@@ -244,6 +248,8 @@ def fingerprint(folder: Path, parts: Iterable[Part]) -> dict:
         count = 0
         if found.kind == "folder" and found.part.single_file:  # a folder holding the part's one file
             paths = [found.path / found.part.published.name]
+        elif found.kind == "folder" and (only := found.part.reads(found.path)) is not None:
+            paths = only
         else:
             paths = [found.path] if found.path.is_file() else sorted(
                 Path(d) / f for d, _, fs in os.walk(found.path) for f in fs)
