@@ -6,6 +6,7 @@ Both are timed per replicate over several rounds (medians); prints s per pair at
     python benchmarks/bench_intervals.py                       # n_test 1000, n_val 300, 1000 thresholds, R 1000
     python benchmarks/bench_intervals.py --loop-resamples 20   # replicates of the (slow) loop, scaled to R
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,12 @@ from pipeline.metrics.intervals import IntervalAccumulator  # noqa: E402
 
 def outcomes(rng, n, n_thr):
     multi = rng.random((n, 3, n_thr)) < 0.5
-    return NS(per_image_multi=multi, per_image_single=multi & (rng.random((n, 3, n_thr)) < 0.8),
-              per_image_gt_known=multi[:, 1, 200], per_image_top1_loc=multi[:, 1, 201])
+    return NS(
+        per_image_multi=multi,
+        per_image_single=multi & (rng.random((n, 3, n_thr)) < 0.8),
+        per_image_gt_known=multi[:, 1, 200],
+        per_image_top1_loc=multi[:, 1, 201],
+    )
 
 
 def vectorised(data, resamples, seed):
@@ -59,8 +64,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     rng = np.random.default_rng(0)
-    data = {b: (outcomes(rng, a.n_test, a.thresholds), outcomes(rng, a.n_val, a.thresholds))
-            for b in ("softmax", "sigmoid")}
+    data = {
+        b: (outcomes(rng, a.n_test, a.thresholds), outcomes(rng, a.n_val, a.thresholds)) for b in ("softmax", "sigmoid")
+    }
     fast, slow = [], []
     for r in range(a.rounds):
         t = time.perf_counter()

@@ -27,6 +27,7 @@ one bincount for the foreground and one for the background), identical histogram
     python benchmarks/bench_metrics.py
     python benchmarks/bench_metrics.py --n 40 --size 224 --feat 14 --rounds 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,15 +70,24 @@ def random_boxes(n: int, size: int, seed: int) -> list[np.ndarray]:
 
 def counters(result: BoxResult) -> tuple:
     """The integer counters of a BoxResult, in the order of `reference_key`."""
-    return (result.n_images, result.multi_counts.tolist(), result.single_counts.tolist(), result.gt_known_count,
-            result.top1_loc_count)
+    return (
+        result.n_images,
+        result.multi_counts.tolist(),
+        result.single_counts.tolist(),
+        result.gt_known_count,
+        result.top1_loc_count,
+    )
 
 
 def reference_key(refs: list[dict]) -> tuple:
     """Summed reference counters, in the order of `counters`."""
-    return (sum(r["n_images"] for r in refs), sum(r["multi_counts"] for r in refs).tolist(),
-            sum(r["single_counts"] for r in refs).tolist(), sum(r["gt_known"] for r in refs),
-            sum(r["top1_loc"] for r in refs))
+    return (
+        sum(r["n_images"] for r in refs),
+        sum(r["multi_counts"] for r in refs).tolist(),
+        sum(r["single_counts"] for r in refs).tolist(),
+        sum(r["gt_known"] for r in refs),
+        sum(r["top1_loc"] for r in refs),
+    )
 
 
 def opencv_levels(u: np.ndarray) -> int:
@@ -119,41 +129,51 @@ def run_case(n: int, size: int, feat: int, rounds: int, seed: int, targets: dict
     u = quantize_scoremaps(maps)
 
     def fast_whole() -> BoxEvaluator:
-        evaluator = BoxEvaluator()
+        evaluator = BoxEvaluator(grid="official")  # the reference's grid
         evaluator.accumulate(maps, boxes, correct)
         return evaluator
 
     def fast_per_image() -> None:
-        evaluator = BoxEvaluator()
+        evaluator = BoxEvaluator(grid="official")  # the reference's grid
         for i in range(n):
-            evaluator.accumulate(maps[i:i + 1], boxes[i:i + 1], correct[i:i + 1])
+            evaluator.accumulate(maps[i : i + 1], boxes[i : i + 1], correct[i : i + 1])
 
     refs: list[dict] = []
 
     def reference() -> None:
         refs.clear()
-        refs.extend(reference_counts(maps[i:i + 1], boxes[i:i + 1], correct[i:i + 1]) for i in range(n))
+        refs.extend(reference_counts(maps[i : i + 1], boxes[i : i + 1], correct[i : i + 1]) for i in range(n))
 
     fast_whole()  # compile / load the numba code before timing
     timings = {}
     for _ in range(rounds):  # the routes interleaved round by round, so load changes hit them alike
-        for name, fn in (("reference", reference), ("fast", fast_whole), ("fast_per_image", fast_per_image),
-                         ("opencv", lambda: opencv_levels(u)), ("skimage", lambda: skimage_trees(u))):
+        for name, fn in (
+            ("reference", reference),
+            ("fast", fast_whole),
+            ("fast_per_image", fast_per_image),
+            ("opencv", lambda: opencv_levels(u)),
+            ("skimage", lambda: skimage_trees(u)),
+        ):
             timings.setdefault(name, []).append(median_time(fn, 1) / n)
     t = {name: statistics.median(v) for name, v in timings.items()}
     identical = counters(fast_whole().compute()) == reference_key(refs)
     ratio = {name: t["reference"] / v for name, v in t.items()}
     print(f"\n{n} maps {size}x{size} from {feat}x{feat} (official grid, 1001 thresholds), median of {rounds} rounds")
-    rows = (("reference", "(a) reference, two sweeps"), ("fast", "(b) fast path, whole set"),
-            ("fast_per_image", "(b) fast path, one image per call"),
-            ("opencv", "(c) OpenCV CC+stats per level (lower bound)"),
-            ("skimage", "(d) skimage max_tree x2 (lower bound)"))
+    rows = (
+        ("reference", "(a) reference, two sweeps"),
+        ("fast", "(b) fast path, whole set"),
+        ("fast_per_image", "(b) fast path, one image per call"),
+        ("opencv", "(c) OpenCV CC+stats per level (lower bound)"),
+        ("skimage", "(d) skimage max_tree x2 (lower bound)"),
+    )
     for name, label in rows:
         print(f"  {label:45s} {1e3 * t[name]:8.3f} ms/image   {ratio[name]:6.1f}x the reference")
     target = targets.get(size)
     met = target is None or ratio["fast"] >= target
-    print(f"  integer counters identical (reference, fast path): {identical}"
-          + (f"; target >= {target:.0f}x: {'met' if met else 'NOT met'}" if target else ""))
+    print(
+        f"  integer counters identical (reference, fast path): {identical}"
+        + (f"; target >= {target:.0f}x: {'met' if met else 'NOT met'}" if target else "")
+    )
     return identical
 
 
@@ -174,8 +194,9 @@ def run_pxap_case(n: int, size: int, feat: int, rounds: int, seed: int) -> bool:
     def searchsorted() -> tuple[np.ndarray, np.ndarray]:
         bins = np.minimum(np.searchsorted(edges, maps, side="right") - 1, n_bins - 1)
         image = np.broadcast_to(np.arange(n)[:, None, None], maps.shape)
-        return tuple(np.bincount(image[m] * n_bins + bins[m], minlength=n * n_bins).reshape(n, n_bins)
-                     for m in (fg, ~fg))
+        return tuple(
+            np.bincount(image[m] * n_bins + bins[m], minlength=n * n_bins).reshape(n, n_bins) for m in (fg, ~fg)
+        )
 
     timings: dict[str, list[float]] = {}
     for _ in range(rounds):
@@ -187,8 +208,10 @@ def run_pxap_case(n: int, size: int, feat: int, rounds: int, seed: int) -> bool:
     identical = np.array_equal(result.per_image_fg_hist, ref_fg) and np.array_equal(result.per_image_bg_hist, ref_bg)
     print(f"\nPxAP per-image histograms, {n} maps {size}x{size} (official grid), median of {rounds} rounds")
     print(f"  {'np.searchsorted + two bincounts':45s} {1e3 * t['searchsorted']:8.3f} ms/image     1.0x")
-    print(f"  {'MaskEvaluator(per_image=True).accumulate':45s} {1e3 * t['evaluator']:8.3f} ms/image   "
-          f"{t['searchsorted'] / t['evaluator']:4.1f}x")
+    print(
+        f"  {'MaskEvaluator(per_image=True).accumulate':45s} {1e3 * t['evaluator']:8.3f} ms/image   "
+        f"{t['searchsorted'] / t['evaluator']:4.1f}x"
+    )
     print(f"  histograms identical: {identical}")
     return identical
 
@@ -203,10 +226,16 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.size) != len(args.feat):
         parser.error("--size and --feat need the same number of values (one pair per case)")
-    ok = all([run_case(args.n, size, feat, args.rounds, args.seed, {224: 50.0, 96: 40.0})
-              for size, feat in zip(args.size, args.feat)]
-             + [run_pxap_case(max(args.n, 100), size, feat, args.rounds, args.seed)
-                for size, feat in zip(args.size, args.feat)])
+    ok = all(
+        [
+            run_case(args.n, size, feat, args.rounds, args.seed, {224: 50.0, 96: 40.0})
+            for size, feat in zip(args.size, args.feat)
+        ]
+        + [
+            run_pxap_case(max(args.n, 100), size, feat, args.rounds, args.seed)
+            for size, feat in zip(args.size, args.feat)
+        ]
+    )
     raise SystemExit(0 if ok else 1)
 
 

@@ -9,10 +9,10 @@ plot DVC's own page shows is there with its data inline, and the inlined script 
 Whether the page really draws is checked by eye in a headless browser with the network off (README); this
 test needs no browser.
 """
+
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from html.parser import HTMLParser
@@ -71,7 +71,11 @@ def network_references(html: str) -> list[str]:
     for tag, attrs in page.tags:
         if tag == "link":
             found.append(f"<link {attrs}>")
-        if tag == "meta" and (attrs.get("http-equiv") or "").lower() == "refresh" and "url=" in (attrs.get("content") or "").lower():
+        if (
+            tag == "meta"
+            and (attrs.get("http-equiv") or "").lower() == "refresh"
+            and "url=" in (attrs.get("content") or "").lower()
+        ):
             found.append(f"<meta refresh {attrs}>")
         for name, value in attrs.items():
             if name in URL_ATTRS - {"content"} and value and URL.match(value.strip()):
@@ -80,8 +84,11 @@ def network_references(html: str) -> list[str]:
                 found.append(f"<{tag} style={value}>")
     found += [f"<style> {css.strip()[:80]}" for css in page.styles if CSS_URL.search(css)]
     for spec_text, div in SPEC.findall(html):
-        found += [f"spec {div}: {key}={value}" for key, value in walk(json.loads(spec_text))
-                  if key == "url" or (key in ("href", "image") and isinstance(value, str))]
+        found += [
+            f"spec {div}: {key}={value}"
+            for key, value in walk(json.loads(spec_text))
+            if key == "url" or (key in ("href", "image") and isinstance(value, str))
+        ]
     return found
 
 
@@ -98,13 +105,11 @@ def walk(node, key=None):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    repo = make_dvc_repo(tmp_path_factory, "plots",
-                         ("Makefile", "dvc.yaml", "params.yaml", "requirements.txt", ".gitignore"))
+    repo = make_dvc_repo(tmp_path_factory, "plots", ("Makefile", "dvc.yaml", "params.yaml", ".gitignore"))
     shutil.copytree(ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copytree(ROOT / "reports", repo / "reports")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "the project's plots")
-    os.utime(repo / "requirements.txt", (0, 0))  # older than the venv's stamp: make installs nothing
     return repo
 
 
@@ -140,10 +145,11 @@ def test_every_vega_plot_is_there_with_inline_data(made, dvc_default):
     bases, replicates = p["baseline"]["replicates"], p["finetune"]["replicates"]
     assert curves == 4 * len(bases) + 4 * len(bases) * len(replicates)
     assert len(ours) == len(theirs) == 4 + curves  # 4 from dvc.yaml's top level, the DVCLive training curves
-    assert sorted(s.get("title", {}).get("text") if isinstance(s.get("title"), dict) else s.get("title")
-                  for s in ours.values()) == sorted(
-        s.get("title", {}).get("text") if isinstance(s.get("title"), dict) else s.get("title")
-        for s in theirs.values())
+    assert sorted(
+        s.get("title", {}).get("text") if isinstance(s.get("title"), dict) else s.get("title") for s in ours.values()
+    ) == sorted(
+        s.get("title", {}).get("text") if isinstance(s.get("title"), dict) else s.get("title") for s in theirs.values()
+    )
     for div, spec in ours.items():
         values = spec["data"]["values"]
         assert len(values) > 1, div

@@ -27,6 +27,7 @@ options (`pipeline.cams.postprocess`), so changing them never recomputes maps. A
 (and LayerCAM on the fast path, where its pixel weights are constant) are combined with A in one batched
 matrix product.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,9 +39,9 @@ from torch import nn
 
 from pipeline.cams import variants as registry
 from pipeline.cams.variants import CamInputs, CamVariant
+from pipeline.concepts import BRANCHES  # re-exported: callers import it from here
 from pipeline.models.heads import Head
 
-BRANCHES = ("softmax", "sigmoid")
 CHUNK_ELEMENTS = 1 << 18  # elements of one (images x C x hw) gradient chunk in `_chunked_maps` (1 MiB)
 VARIANTS = registry.names()  # every registered variant (the CAM family's list); a model's own: model_variants
 
@@ -49,10 +50,10 @@ VARIANTS = registry.names()  # every registered variant (the CAM family's list);
 class CamBatch:
     """Logits of both heads and the raw maps of every (branch, variant), at feature-map resolution."""
 
-    logits: torch.Tensor   # (B, K) float32, softmax branch
+    logits: torch.Tensor  # (B, K) float32, softmax branch
     logits2: torch.Tensor  # (B, K) float32, sigmoid branch (pre-sigmoid)
-    pos: torch.Tensor      # (B, 2, V, h, w) float32: [branch, variant] map from the non-negative weights
-    neg: torch.Tensor      # (B, 2, V, h, w) float32: map from the negative weights (<= 0 where A >= 0)
+    pos: torch.Tensor  # (B, 2, V, h, w) float32: [branch, variant] map from the non-negative weights
+    neg: torch.Tensor  # (B, 2, V, h, w) float32: map from the negative weights (<= 0 where A >= 0)
     variants: tuple[str, ...] = VARIANTS  # names of the V variants, in registry order
     pred_pos: torch.Tensor | None = None  # the same for the softmax branch's top-1 prediction (`pred=True`)
     pred_neg: torch.Tensor | None = None
@@ -108,8 +109,9 @@ def check_eval_mode(model: nn.Module) -> None:
         raise ValueError(f"compute_cams needs the model in eval mode; in train mode: {', '.join(training[:5])}")
 
 
-def head_gradients(model: nn.Module, features: torch.Tensor, targets: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def head_gradients(
+    model: nn.Module, features: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run both heads on the feature map A and differentiate the target logits with respect to A.
 
     S_h = sum_b logits_h[b, targets[b]] for h in (softmax, sigmoid), through the head modules themselves;
@@ -120,8 +122,9 @@ def head_gradients(model: nn.Module, features: torch.Tensor, targets: torch.Tens
     return logits, logits2, torch.stack(grads[0], dim=1)
 
 
-def _autograd_heads(model: nn.Module, features: torch.Tensor, kinds, tails=None
-                    ) -> tuple[torch.Tensor, torch.Tensor, list]:
+def _autograd_heads(
+    model: nn.Module, features: torch.Tensor, kinds, tails=None
+) -> tuple[torch.Tensor, torch.Tensor, list]:
     """One forward of both heads on A (as detached leaves), then one backward per target tensor of
     `kinds(logits)` (so a target may depend on the softmax logits, e.g. the prediction). With `tails` (one
     function per head) `features` is the pooled map and the heads' tails are run and differentiated instead."""
@@ -165,7 +168,7 @@ def pool_cells(height: int, width: int, grid: int) -> tuple[torch.Tensor, torch.
 
 def _maps(variants: tuple[CamVariant, ...], inputs: CamInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """pos, neg (B, H, V, hw) of `variants` from their weights on `inputs` (see the module docstring)."""
-    a = inputs.features                                  # (B, C, N)
+    a = inputs.features  # (B, C, N)
     batch, channels, n = a.shape
     heads = inputs.grads.shape[1]
     combined: list[tuple[int, torch.Tensor, bool]] = []  # (variant index, (B, H, C) weights, nonnegative)
@@ -179,15 +182,15 @@ def _maps(variants: tuple[CamVariant, ...], inputs: CamInputs) -> tuple[torch.Te
             (cellwise if inputs.cells is not None else pixel).append((i, w, v.nonnegative))
         else:
             combined.append((i, w, v.nonnegative))
-    pos = a.new_empty(batch, heads, len(variants), n)   # every variant writes its pos part
-    neg = a.new_zeros(batch, heads, len(variants), n)   # zero for the non-negative ones
+    pos = a.new_empty(batch, heads, len(variants), n)  # every variant writes its pos part
+    neg = a.new_zeros(batch, heads, len(variants), n)  # zero for the non-negative ones
     if combined:
         rows = [w.clamp(min=0) for _, w, _ in combined] + [w.clamp(max=0) for _, w, nn_ in combined if not nn_]
         out = torch.bmm(torch.stack(rows, dim=2).reshape(batch, -1, channels), a).reshape(batch, heads, -1, n)
         signed = [i for i, _, nn_ in combined if not nn_]
-        pos[:, :, [i for i, _, _ in combined]] = out[:, :, :len(combined)]
+        pos[:, :, [i for i, _, _ in combined]] = out[:, :, : len(combined)]
         if signed:
-            neg[:, :, signed] = out[:, :, len(combined):]
+            neg[:, :, signed] = out[:, :, len(combined) :]
     for i, w, nonneg in pixel:
         pos[:, :, i] = ((w if nonneg else w.clamp(min=0)) * a[:, None]).sum(dim=2)
         if not nonneg:
@@ -205,8 +208,13 @@ def _maps(variants: tuple[CamVariant, ...], inputs: CamInputs) -> tuple[torch.Te
     return pos, neg
 
 
-def _chunked_maps(variants: tuple[CamVariant, ...], flat: torch.Tensor, sum_a: torch.Tensor,
-                  grads: tuple[torch.Tensor, ...], rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunked_maps(
+    variants: tuple[CamVariant, ...],
+    flat: torch.Tensor,
+    sum_a: torch.Tensor,
+    grads: tuple[torch.Tensor, ...],
+    rows: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`_maps` for full gradients (one (B, C, h, w) tensor per head), one head and a few images at a time, so
     that the variants' elementwise intermediates stay small (in cache) instead of (B, 2, C, h, w) arrays."""
     batch, channels, n = flat.shape
@@ -216,14 +224,26 @@ def _chunked_maps(variants: tuple[CamVariant, ...], flat: torch.Tensor, sum_a: t
     for start in range(0, batch, step):
         part = slice(start, start + step)
         for h, g in enumerate(grads):
-            inputs = CamInputs(flat[part], sum_a[part], g[part].reshape(-1, 1, channels, n), constant_grad=False,
-                               head_rows=rows[part, h:h + 1] if rows is not None else None)
-            pos[part, h:h + 1], neg[part, h:h + 1] = _maps(variants, inputs)
+            inputs = CamInputs(
+                flat[part],
+                sum_a[part],
+                g[part].reshape(-1, 1, channels, n),
+                constant_grad=False,
+                head_rows=rows[part, h : h + 1] if rows is not None else None,
+            )
+            pos[part, h : h + 1], neg[part, h : h + 1] = _maps(variants, inputs)
     return pos, neg
 
 
-def compute_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *, amp: bool = False,
-                 pred: bool = False, fast_path: bool = True) -> CamBatch:
+def compute_cams(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    amp: bool = False,
+    pred: bool = False,
+    fast_path: bool = True,
+) -> CamBatch:
     """Raw signed maps of the model's CAM variants for both heads and each image's target class.
 
     One no-grad trunk forward on the model's device gives A (B, C, h, w); the heads' gradients (closed form
@@ -252,7 +272,7 @@ def compute_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, 
     gap = all(lin is not None for lin in linears)
     flat = features.reshape(batch, channels, n)
     with torch.no_grad():
-        sum_a = flat.sum(dim=-1)[:, None]                                      # (B, 1, C)
+        sum_a = flat.sum(dim=-1)[:, None]  # (B, 1, C)
         weights = [lin.weight.float() for lin in linears] if gap else None
         pooling = None if gap or not fast_path else pooled_heads(model)
         cells = None
@@ -267,14 +287,17 @@ def compute_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, 
             to_cells, index, one_hot = (t.to(device) for t in pool_cells(height, width, grid))
             pooled = F.adaptive_avg_pool2d(features, grid)
             logits, logits2, pooled_grads = _autograd_heads(
-                model, pooled, lambda out: [targets] + ([out.argmax(1)] if pred else []), tails)
+                model, pooled, lambda out: [targets] + ([out.argmax(1)] if pred else []), tails
+            )
             kinds = [targets] + ([logits.argmax(1)] if pred else [])
-            grads = [torch.stack([g.reshape(batch, channels, -1) for g in gs], dim=1) @ to_cells
-                     for gs in pooled_grads]                                     # per kind: (B, 2, C, P)
+            grads = [
+                torch.stack([g.reshape(batch, channels, -1) for g in gs], dim=1) @ to_cells for gs in pooled_grads
+            ]  # per kind: (B, 2, C, P)
             cells = registry.GradCells(index, one_hot.sum(dim=0), flat @ one_hot)
         else:
             logits, logits2, grads = _autograd_heads(
-                model, features, lambda out: [targets] + ([out.argmax(1)] if pred else []))
+                model, features, lambda out: [targets] + ([out.argmax(1)] if pred else [])
+            )
             kinds = [targets] + ([logits.argmax(1)] if pred else [])
         results = []
         for k, t in enumerate(kinds):
@@ -299,5 +322,12 @@ def compute_cams(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, 
                 pos, neg = full_pos, full_neg
             results.append((pos, neg))
     (pos, neg), pred_maps = results[0], (results[1] if pred else (None, None))
-    return CamBatch(logits=logits, logits2=logits2, pos=pos, neg=neg, variants=tuple(v.name for v in variants),
-                    pred_pos=pred_maps[0], pred_neg=pred_maps[1])
+    return CamBatch(
+        logits=logits,
+        logits2=logits2,
+        pos=pos,
+        neg=neg,
+        variants=tuple(v.name for v in variants),
+        pred_pos=pred_maps[0],
+        pred_neg=pred_maps[1],
+    )

@@ -1,4 +1,5 @@
 """Run the CAM engine over a loader and turn its batches into per-image records for the shard writer."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -12,8 +13,14 @@ from pipeline.cams.engine import compute_cams
 from pipeline.cams.store import TARGET_KINDS, CamRecord
 
 
-def iter_cam_records(model: nn.Module, loader: DataLoader, image_ids: Sequence[str], *,
-                     targets: Sequence[str] = ("gt",), amp: bool = False) -> Iterator[CamRecord]:
+def iter_cam_records(
+    model: nn.Module,
+    loader: DataLoader,
+    image_ids: Sequence[str],
+    *,
+    targets: Sequence[str] = ("gt",),
+    amp: bool = False,
+) -> Iterator[CamRecord]:
     """Yield one CamRecord per image, in loader order (the loader must not shuffle).
 
     `targets`: "gt" (maps for the ground-truth class, the official protocol) and optionally "pred" (maps

@@ -22,6 +22,7 @@ Two presets:
 - `clean_options(size)`: one rule for every variant and branch: no clamp (the raw signed map), ReLU,
   bilinear, exact min-max.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,16 +44,15 @@ MapArray = np.ndarray | torch.Tensor
 class PostProcess:
     """How a raw map becomes a score map; see the module docstring for the order of the steps."""
 
-    weight_clamp: bool           # use pos only (the official clamp, for the sigmoid branch) instead of pos + neg
-    relu: bool                   # ReLU on the combined map before scaling
-    upsample: str                # "bilinear" | "bicubic"
-    size: int                    # output side (evaluation grid)
+    weight_clamp: bool  # use pos only (the official clamp, for the sigmoid branch) instead of pos + neg
+    relu: bool  # ReLU on the combined map before scaling
+    upsample: str  # "bilinear" | "bicubic"
+    size: int  # output side (evaluation grid)
     official_grad_scaling: bool  # pytorch-grad-cam's scale_cam_image path (METHOD.md 3.3 steps 5-8)
 
     def __post_init__(self) -> None:
         if self.upsample not in INTERPOLATIONS:
-            raise ValueError(f"upsample: '{self.upsample}' is not valid; choose one of: "
-                             f"{', '.join(INTERPOLATIONS)}")
+            raise ValueError(f"upsample: '{self.upsample}' is not valid; choose one of: {', '.join(INTERPOLATIONS)}")
         if self.size < 1:
             raise ValueError(f"size: must be a positive integer, got {self.size}")
 
@@ -62,8 +62,13 @@ def official_options(variant: str, branch: str, size: int) -> PostProcess:
     rule = registry.get(variant).official
     if branch not in BRANCHES:
         raise ValueError(f"branch: '{branch}' is not valid; choose one of: {', '.join(BRANCHES)}")
-    return PostProcess(weight_clamp=branch == "sigmoid", relu=rule.relu, upsample=rule.upsample, size=size,
-                       official_grad_scaling=rule.official_grad_scaling)
+    return PostProcess(
+        weight_clamp=branch == "sigmoid",
+        relu=rule.relu,
+        upsample=rule.upsample,
+        size=size,
+        official_grad_scaling=rule.official_grad_scaling,
+    )
 
 
 def clean_options(size: int) -> PostProcess:

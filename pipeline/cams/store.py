@@ -16,6 +16,7 @@ gradcampp, xgradcam, layercam (V = 5); for the gradient family the same without 
 the raw signed map is pos + neg and the official weight-clamped map is pos (pipeline.cams.engine). Shard
 boundaries depend only on the image order and `shard_size`, so the same maps give the same bytes.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,25 +45,38 @@ class CamRecord:
     image_id: str
     label: int
     pred: int
-    logit_softmax: float   # softmax-branch logit of the ground-truth class
-    logit_sigmoid: float   # sigmoid-branch logit of the ground-truth class
+    logit_softmax: float  # softmax-branch logit of the ground-truth class
+    logit_sigmoid: float  # sigmoid-branch logit of the ground-truth class
     maps: np.ndarray
 
 
-def write_cams(out_dir: Path, records: Iterable[CamRecord], *, targets: tuple[str, ...], feature_size: tuple[int, int],
-               dtype: str, shard_size: int, info: dict, variants: Sequence[str] | None = None) -> dict:
+def write_cams(
+    out_dir: Path,
+    records: Iterable[CamRecord],
+    *,
+    targets: tuple[str, ...],
+    feature_size: tuple[int, int],
+    dtype: str,
+    shard_size: int,
+    info: dict,
+    variants: Sequence[str] | None = None,
+) -> dict:
     """Stream `records` into shards of `shard_size` images under `out_dir`; return the manifest.
 
     `variants`: the names of the maps' variant axis, in order (default: the CAM family's, every registered
     variant); each must be registered."""
     if dtype not in ("float32", "float16"):
         raise ValueError(f"cams dtype: '{dtype}' is not valid; choose one of: float32, float16")
-    variants = [registry.get(v).name for v in variants] if variants is not None else \
-        [v.name for v in registry.for_family(registry.DEFAULT_FAMILY)]
+    variants = (
+        [registry.get(v).name for v in variants]
+        if variants is not None
+        else [v.name for v in registry.for_family(registry.DEFAULT_FAMILY)]
+    )
     h, w = feature_size
     expected = (len(targets), len(PARTS), len(BRANCHES), len(variants), h, w)
     rows, shard, shards = [], [], []
     with atomic_dir(out_dir) as tmp:
+
         def flush() -> None:
             if shard:
                 name = f"shard_{len(shards):05d}.npy"
@@ -73,8 +87,18 @@ def write_cams(out_dir: Path, records: Iterable[CamRecord], *, targets: tuple[st
         for rec in records:
             if rec.maps.shape != expected:
                 raise ValueError(f"CAM maps of {rec.image_id} have shape {rec.maps.shape}, expected {expected}")
-            rows.append((len(rows), rec.image_id, rec.label, rec.pred, f"{rec.logit_softmax:.6g}",
-                         f"{rec.logit_sigmoid:.6g}", len(shards), len(shard)))
+            rows.append(
+                (
+                    len(rows),
+                    rec.image_id,
+                    rec.label,
+                    rec.pred,
+                    f"{rec.logit_softmax:.6g}",
+                    f"{rec.logit_sigmoid:.6g}",
+                    len(shards),
+                    len(shard),
+                )
+            )
             shard.append(rec.maps)
             if len(shard) == shard_size:
                 flush()
@@ -84,9 +108,19 @@ def write_cams(out_dir: Path, records: Iterable[CamRecord], *, targets: tuple[st
         writer.writerow(INDEX_COLUMNS)
         writer.writerows(rows)
         write_text(tmp / "index.csv", buf.getvalue())
-        manifest = {"format": FORMAT, "variants": variants, "branches": list(BRANCHES), "parts": list(PARTS),
-                    "targets": list(targets), "feature_size": [h, w], "dtype": dtype, "shard_size": shard_size,
-                    "images": len(rows), "shards": shards, **info}
+        manifest = {
+            "format": FORMAT,
+            "variants": variants,
+            "branches": list(BRANCHES),
+            "parts": list(PARTS),
+            "targets": list(targets),
+            "feature_size": [h, w],
+            "dtype": dtype,
+            "shard_size": shard_size,
+            "images": len(rows),
+            "shards": shards,
+            **info,
+        }
         write_json(tmp / "manifest.json", manifest)
     return manifest
 
@@ -102,12 +136,21 @@ class CamSet:
     def select(self, *, target: str = "gt", part: str, branch: str, variant: str) -> np.ndarray:
         """(N, h, w) maps of one target kind, part, branch and variant."""
         m = self.manifest
-        for name, value, choices in (("target", target, m["targets"]), ("part", part, m["parts"]),
-                                     ("branch", branch, m["branches"]), ("variant", variant, m["variants"])):
+        for name, value, choices in (
+            ("target", target, m["targets"]),
+            ("part", part, m["parts"]),
+            ("branch", branch, m["branches"]),
+            ("variant", variant, m["variants"]),
+        ):
             if value not in choices:
                 raise ValueError(f"{name}: '{value}' is not in this CAM set; choose one of: {', '.join(choices)}")
-        return self.maps[:, m["targets"].index(target), m["parts"].index(part), m["branches"].index(branch),
-                         m["variants"].index(variant)]
+        return self.maps[
+            :,
+            m["targets"].index(target),
+            m["parts"].index(part),
+            m["branches"].index(branch),
+            m["variants"].index(variant),
+        ]
 
 
 def iter_shards(root: Path) -> Iterator[np.ndarray]:
@@ -116,8 +159,10 @@ def iter_shards(root: Path) -> Iterator[np.ndarray]:
     for entry in manifest["shards"]:
         path = root / entry["file"]
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: CAM shard listed in {root / 'manifest.json'} is missing; "
-                                    f"rerun the cams stage (dvc repro cams)")
+            raise FileNotFoundError(
+                f"{path}: CAM shard listed in {root / 'manifest.json'} is missing; "
+                f"rerun the cams stage (dvc repro cams)"
+            )
         arr = np.load(path, allow_pickle=False)
         if arr.shape[0] != entry["images"]:
             raise ValueError(f"{path}: holds {arr.shape[0]} images, the manifest says {entry['images']}")
@@ -132,8 +177,15 @@ def read_cams(root: Path) -> CamSet:
         index = list(csv.DictReader(fh))
     arrays = list(iter_shards(root))
     h, w = manifest["feature_size"]
-    shape = (0, len(manifest["targets"]), len(manifest["parts"]), len(manifest["branches"]),
-             len(manifest["variants"]), h, w)
+    shape = (
+        0,
+        len(manifest["targets"]),
+        len(manifest["parts"]),
+        len(manifest["branches"]),
+        len(manifest["variants"]),
+        h,
+        w,
+    )
     maps = np.concatenate(arrays) if arrays else np.zeros(shape, dtype=manifest["dtype"])
     if len(maps) != len(index):
         raise ValueError(f"{root}: index.csv lists {len(index)} images but the shards hold {len(maps)}")

@@ -30,16 +30,18 @@ Formulas (pytorch-grad-cam 1.5.7, as the official code uses it; eps as there):
 - `xgradcam`:  alpha_c = sum_xy (g_c A_c) / (sum_xy A_c + 1e-7)
 - `layercam`:  pixel weights relu(g_c): M = sum_c relu(g_c) A_c
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-FAMILIES = ("cam", "grad")
+from pipeline.concepts import FAMILIES  # re-exported
+
 DEFAULT_FAMILY = "cam"  # a model whose spec names no family
 
 GRADCAMPP_EPS = 1e-6  # pytorch-grad-cam GradCAMPlusPlus
-XGRADCAM_EPS = 1e-7   # pytorch-grad-cam XGradCAM
+XGRADCAM_EPS = 1e-7  # pytorch-grad-cam XGradCAM
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class OfficialRule:
     """The official code's post-processing of a variant (METHOD.md 3.2-3.3), apart from the weight clamp."""
 
     relu: bool
-    upsample: str               # "bilinear" | "bicubic"
+    upsample: str  # "bilinear" | "bicubic"
     official_grad_scaling: bool  # pytorch-grad-cam's scale_cam_image path
 
 
@@ -123,14 +125,14 @@ class CamInputs:
 class CamVariant:
     name: str
     label: str
-    kind: str                                  # "channel" | "pixel"
-    weights: Callable[[CamInputs], object]     # channel: (B, H, C); pixel: (B, H, C, hw or P or 1)
-    nonnegative: bool                          # the weights are >= 0 by construction (no negative part)
+    kind: str  # "channel" | "pixel"
+    weights: Callable[[CamInputs], object]  # channel: (B, H, C); pixel: (B, H, C, hw or P or 1)
+    nonnegative: bool  # the weights are >= 0 by construction (no negative part)
     official: OfficialRule
     families: tuple[str, ...] = FAMILIES
-    not_applicable: str = ""                   # the report's footnote for a family it is not defined for
-    closed_form_alias: str = ""                # GAP-linear heads: a variant whose map this one's is a positive
-                                               # multiple of (`map_source`)
+    not_applicable: str = ""  # the report's footnote for a family it is not defined for
+    closed_form_alias: str = ""  # GAP-linear heads: a variant whose map this one's is a positive
+    # multiple of (`map_source`)
 
     def applies_to(self, family: str) -> bool:
         return family in self.families
@@ -163,15 +165,26 @@ def _layercam(x: CamInputs):
 CAM_RULE = OfficialRule(relu=False, upsample="bicubic", official_grad_scaling=False)
 GRAD_RULE = OfficialRule(relu=True, upsample="bilinear", official_grad_scaling=True)
 
-REGISTRY: dict[str, CamVariant] = {v.name: v for v in (
-    CamVariant("cam", "CAM", "channel", _cam, False, CAM_RULE, families=("cam",),
-               not_applicable="CAM is defined for the CAM family only (conv features, GAP, one linear layer); "
-                              "the official code evaluates it there only, so a gradient-family run has no CAM."),
-    CamVariant("gradcam", "Grad-CAM", "channel", _gradcam, False, GRAD_RULE, closed_form_alias="cam"),
-    CamVariant("gradcampp", "Grad-CAM++", "channel", _gradcampp, True, GRAD_RULE),
-    CamVariant("xgradcam", "XGrad-CAM", "channel", _xgradcam, False, GRAD_RULE, closed_form_alias="cam"),
-    CamVariant("layercam", "LayerCAM", "pixel", _layercam, True, GRAD_RULE),
-)}
+REGISTRY: dict[str, CamVariant] = {
+    v.name: v
+    for v in (
+        CamVariant(
+            "cam",
+            "CAM",
+            "channel",
+            _cam,
+            False,
+            CAM_RULE,
+            families=("cam",),
+            not_applicable="CAM is defined for the CAM family only (conv features, GAP, one linear layer); "
+            "the official code evaluates it there only, so a gradient-family run has no CAM.",
+        ),
+        CamVariant("gradcam", "Grad-CAM", "channel", _gradcam, False, GRAD_RULE, closed_form_alias="cam"),
+        CamVariant("gradcampp", "Grad-CAM++", "channel", _gradcampp, True, GRAD_RULE),
+        CamVariant("xgradcam", "XGrad-CAM", "channel", _xgradcam, False, GRAD_RULE, closed_form_alias="cam"),
+        CamVariant("layercam", "LayerCAM", "pixel", _layercam, True, GRAD_RULE),
+    )
+}
 
 
 def map_source(name: str, closed_form: bool) -> str:

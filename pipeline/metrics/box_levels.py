@@ -51,6 +51,7 @@ function costs the same). Where that directory is not writable numba uses its us
 `_compiled` falls back to compiling in memory, once per process, with a NumbaWarning. Work arrays are
 allocated by `level_boxes` and passed in, so the compiled code needs few of numba's numpy overloads.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -73,10 +74,10 @@ class LevelBoxes:
     one (image, level) carries no meaning.
     """
 
-    tops: np.ndarray          # (n,) max(U_i)
-    multi_image: np.ndarray   # (m,) image of each multi-contour box
-    multi_level: np.ndarray   # (m,) its level
-    multi_boxes: np.ndarray   # (m, 4) every contour's box (outer and hole contours), x0, y0, x1, y1
+    tops: np.ndarray  # (n,) max(U_i)
+    multi_image: np.ndarray  # (m,) image of each multi-contour box
+    multi_level: np.ndarray  # (m,) its level
+    multi_boxes: np.ndarray  # (m, 4) every contour's box (outer and hole contours), x0, y0, x1, y1
     single_boxes: np.ndarray  # (n, 256, 4) the largest contour's box at each level
 
 
@@ -96,8 +97,7 @@ def _compiled(function):
     try:
         return numba.njit(cache=True, nogil=True)(function)
     except RuntimeError as error:
-        warnings.warn(f"{error}; compiling {function.__name__} in memory, once per process", NumbaWarning,
-                      stacklevel=2)
+        warnings.warn(f"{error}; compiling {function.__name__} in memory, once per process", NumbaWarning, stacklevel=2)
         return numba.njit(nogil=True)(function)
 
 
@@ -117,18 +117,22 @@ def _mask_table() -> np.ndarray:
     table = np.zeros((_BG + 16, 6), np.int64)
     for mask in range(256):
         on = [bool(mask >> k & 1) for k in range(8)]
-        table[mask, 0] = sum(sum(on[k] for k in window) >= 2
-                             for window in ((_NW, _N, _W), (_N, _NE, _E), (_E, _SE, _S), (_S, _SW, _W)))
+        table[mask, 0] = sum(
+            sum(on[k] for k in window) >= 2 for window in ((_NW, _N, _W), (_N, _NE, _E), (_E, _SE, _S), (_S, _SW, _W))
+        )
         if on[_N] and on[_E] and on[_S] and on[_W]:
             chosen = [_N]
         else:
             chosen = [e for e, before in ((_N, _W), (_E, _N), (_S, _E), (_W, _S)) if on[e] and not on[before]]
-        chosen += [c for c, a, b in ((_NW, _N, _W), (_NE, _N, _E), (_SE, _S, _E), (_SW, _S, _W))
-                   if on[c] and not (on[a] or on[b])]
-        table[mask, 1], table[mask, 2:2 + len(chosen)] = len(chosen), chosen
+        chosen += [
+            c
+            for c, a, b in ((_NW, _N, _W), (_NE, _N, _E), (_SE, _S, _E), (_SW, _S, _W))
+            if on[c] and not (on[a] or on[b])
+        ]
+        table[mask, 1], table[mask, 2 : 2 + len(chosen)] = len(chosen), chosen
         if mask < 16:
             chosen = [e for e in (_N, _E, _S, _W) if on[e]]
-            table[_BG + mask, 1], table[_BG + mask, 2:2 + len(chosen)] = len(chosen), chosen
+            table[_BG + mask, 1], table[_BG + mask, 2 : 2 + len(chosen)] = len(chosen), chosen
     return table
 
 
@@ -157,14 +161,14 @@ def _sweeps(maps, table, values, masks, ints, rec, rows, single, uncertain):
     wp = width + 2
     size = (height + 2) * wp
     count = height * width
-    label = ints[:size]                               # the root each added pixel joined; padding: 0, outside
-    keys = ints[size:size + count]                    # pixels by value, raster order: x | y << 16 | masks
-    parent = ints[size + count:size + 2 * count + 1]  # union-find over set ids
-    active = ints[size + 2 * count + 1:size + 3 * count + 2]  # the roots alive at a level, but the outside's
-    start = ints[size + 3 * count + 2:size + 3 * count + 259]
-    fill = ints[size + 3 * count + 259:size + 3 * count + 515]
-    slack = ints[size + 3 * count + 515:size + 3 * count + 771]
-    steps = ints[size + 3 * count + 771:size + 3 * count + 779]  # flat step to each neighbour, by bit
+    label = ints[:size]  # the root each added pixel joined; padding: 0, outside
+    keys = ints[size : size + count]  # pixels by value, raster order: x | y << 16 | masks
+    parent = ints[size + count : size + 2 * count + 1]  # union-find over set ids
+    active = ints[size + 2 * count + 1 : size + 3 * count + 2]  # the roots alive at a level, but the outside's
+    start = ints[size + 3 * count + 2 : size + 3 * count + 259]
+    fill = ints[size + 3 * count + 259 : size + 3 * count + 515]
+    slack = ints[size + 3 * count + 515 : size + 3 * count + 771]
+    steps = ints[size + 3 * count + 771 : size + 3 * count + 779]  # flat step to each neighbour, by bit
     steps[0], steps[1], steps[2], steps[3] = -wp, 1, wp, -1
     steps[4], steps[5], steps[6], steps[7] = -wp - 1, -wp + 1, wp + 1, wp - 1
     m = 0
@@ -182,11 +186,17 @@ def _sweeps(maps, table, values, masks, ints, rec, rows, single, uncertain):
             fg, bg = masks[0, y], masks[1, y]
             for x in range(width):
                 v = line[x + 1]
-                fg[x] = ((above[x + 1] >= v) * 1 + (line[x + 2] > v) * 2 + (below[x + 1] > v) * 4
-                         + (line[x] >= v) * 8 + (above[x] >= v) * 16 + (above[x + 2] >= v) * 32
-                         + (below[x + 2] > v) * 64 + (below[x] > v) * 128)
-                bg[x] = ((above[x + 1] <= v) * 1 + (line[x + 2] < v) * 2 + (below[x + 1] < v) * 4
-                         + (line[x] <= v) * 8)
+                fg[x] = (
+                    (above[x + 1] >= v) * 1
+                    + (line[x + 2] > v) * 2
+                    + (below[x + 1] > v) * 4
+                    + (line[x] >= v) * 8
+                    + (above[x] >= v) * 16
+                    + (above[x + 2] >= v) * 32
+                    + (below[x + 2] > v) * 64
+                    + (below[x] > v) * 128
+                )
+                bg[x] = (above[x + 1] <= v) * 1 + (line[x + 2] < v) * 2 + (below[x + 1] < v) * 4 + (line[x] <= v) * 8
         # counting sort
         start[:] = 0
         top = 0
@@ -210,7 +220,7 @@ def _sweeps(maps, table, values, masks, ints, rec, rows, single, uncertain):
         # (8-connected).
         for sweep in range(2):
             shift = 40 if sweep == 0 else 32  # the sweep's mask in the keys
-            row0 = _BG if sweep == 0 else 0   # and its rows in the table
+            row0 = _BG if sweep == 0 else 0  # and its rows in the table
             parent[0] = 0
             rec[0, 5] = 1 << 40
             alive = 0
@@ -331,7 +341,7 @@ def level_boxes(maps: np.ndarray) -> LevelBoxes:
     """`LevelBoxes` of a batch of uint8 maps (n, H, W), H, W < 32768, by the sweeps of the module docstring."""
     if maps.ndim != 3 or maps.dtype != np.uint8 or 0 in maps.shape:
         raise ValueError(f"maps: expected a non-empty (n, H, W) uint8 array, got {maps.dtype} {maps.shape}")
-    if max(maps.shape[1:]) >= 2 ** 15:
+    if max(maps.shape[1:]) >= 2**15:
         raise ValueError(f"maps: sides must be below 32768 pixels, got {maps.shape[1:]}")
     n, height, width = maps.shape
     wp, count = width + 2, height * width
@@ -339,8 +349,17 @@ def level_boxes(maps: np.ndarray) -> LevelBoxes:
     ints = np.zeros((height + 2) * wp + 3 * count + 779, np.int64)
     single = np.zeros((n, 256, 4), np.int64)
     uncertain = np.empty((256 * n, 2), np.int64)
-    rows, m, k = _sweeps(np.ascontiguousarray(maps), _TABLE, values, np.empty((2, height, width), np.uint8), ints,
-                         np.empty((count + 1, 8), np.int64), np.empty((8 * n + 64, 6), np.int64), single, uncertain)
+    rows, m, k = _sweeps(
+        np.ascontiguousarray(maps),
+        _TABLE,
+        values,
+        np.empty((2, height, width), np.uint8),
+        ints,
+        np.empty((count + 1, 8), np.int64),
+        np.empty((8 * n + 64, 6), np.int64),
+        single,
+        uncertain,
+    )
     rows, uncertain = rows[:m], uncertain[:k]
     for i, c in uncertain.tolist():
         single[i, c] = _largest_contour_box(maps[i], c)

@@ -24,6 +24,7 @@ parallelised one level up, by the ranks of `pipeline.dist` dealing whole map set
 
 The boxes of every contour at every cut level come from `pipeline.metrics.box_levels.level_boxes`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -31,12 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.concepts import DEFAULT_THRESHOLD_GRID, IOUS, THRESHOLD_GRIDS
 from pipeline.metrics.box_levels import LevelBoxes, _largest_contour_box, level_boxes  # noqa: F401
+from pipeline.metrics.registry import mean_over_ious, percent
 
-GRIDS = ("official", "wsol")
+GRIDS = THRESHOLD_GRIDS
 GT_BOX_MATCHES = ("first", "max")
 CONTOUR_MODES = ("multi", "single")
-
 
 
 def threshold_grid(kind: str) -> np.ndarray:
@@ -72,8 +74,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """`box_iou` of already checked boxes, broadcast over the leading axes (the last axis holds x0, y0, x1, y1)."""
-    inter = (np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
-             * np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1))
+    inter = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1) * np.maximum(
+        0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1
+    )
     area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
     area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
     denominator = area_a + area_b - inter
@@ -93,7 +96,6 @@ def quantize_scoremaps(scoremaps: np.ndarray) -> np.ndarray:
     return (maps * 255).astype(np.uint8)
 
 
-
 def largest_contour_box(scoremap: np.ndarray, threshold: float) -> np.ndarray:
     """The box (x0, y0, x1, y1) that MaxBoxAcc v1 / GT-known Loc draw for one score map S in [0, 1] at CAM
     threshold `threshold`: the largest contour of U > int(threshold * max U), U = uint8(S * 255); [0, 0, 0, 0]
@@ -107,7 +109,6 @@ def largest_contour_box(scoremap: np.ndarray, threshold: float) -> np.ndarray:
     return _largest_contour_box(u, level).astype(np.int64)
 
 
-
 @dataclass(frozen=True)
 class _Outcomes:
     """Per-image outcomes of a batch, in image order: multi / single (n, n_iou, n_thr) "max IoU >= delta / 100"
@@ -119,12 +120,19 @@ class _Outcomes:
     top1_loc: np.ndarray
 
 
-def _outcomes(maps: np.ndarray, gt_boxes: Sequence[np.ndarray], correct: np.ndarray, thresholds: np.ndarray,
-              deltas: np.ndarray, loc_index: int, first_gt_only: bool) -> _Outcomes:
+def _outcomes(
+    maps: np.ndarray,
+    gt_boxes: Sequence[np.ndarray],
+    correct: np.ndarray,
+    thresholds: np.ndarray,
+    deltas: np.ndarray,
+    loc_index: int,
+    first_gt_only: bool,
+) -> _Outcomes:
     """`_Outcomes` of quantised maps (n, H, W). Images go through `level_boxes` and the IoU arrays in parts of
     about 2**18 pixels (bounded work arrays; fewer numpy calls per image)."""
     n, height, width = maps.shape
-    per_part = max(1, 2 ** 18 // (height * width))
+    per_part = max(1, 2**18 // (height * width))
     parts = []
     deltas = deltas[:, None, None]
     for start in range(0, n, per_part):
@@ -135,13 +143,16 @@ def _outcomes(maps: np.ndarray, gt_boxes: Sequence[np.ndarray], correct: np.ndar
         # pad each image's GT boxes with copies of its first one: the max over GT boxes is unchanged
         gt = np.stack([np.concatenate([g, np.repeat(g[:1], n_gt - len(g), 0)]) for g in gt_boxes[part]])
         level_max = np.zeros(m * 256)
-        np.maximum.at(level_max, boxes.multi_image * 256 + boxes.multi_level,
-                      _iou(boxes.multi_boxes[:, None], gt[boxes.multi_image]).max(1))
+        np.maximum.at(
+            level_max,
+            boxes.multi_image * 256 + boxes.multi_level,
+            _iou(boxes.multi_boxes[:, None], gt[boxes.multi_image]).max(1),
+        )
         single_ious = _iou(boxes.single_boxes[:, :, None], gt[:, None])  # (m, 256, n_gt)
         cuts = np.floor(thresholds[None, :] * boxes.tops[:, None].astype(np.float64)).astype(np.intp)
         rows = np.arange(m)[:, None]
-        multi = (level_max.reshape(m, 256)[rows, cuts][:, None] >= deltas.transpose(1, 0, 2))
-        single = (single_ious.max(2)[rows, cuts][:, None] >= deltas.transpose(1, 0, 2))
+        multi = level_max.reshape(m, 256)[rows, cuts][:, None] >= deltas.transpose(1, 0, 2)
+        single = single_ious.max(2)[rows, cuts][:, None] >= deltas.transpose(1, 0, 2)
         loc = single_ious[np.arange(m), cuts[:, loc_index]]
         known = (loc[:, 0] if first_gt_only else loc.max(1)) >= 0.5
         parts.append((multi, single, known, known & correct[part]))
@@ -183,7 +194,7 @@ class BoxResult:
     def _percent(self, counts: np.ndarray | int) -> np.ndarray | float:
         if self.n_images == 0:
             raise ValueError("no images were accumulated")
-        return 100.0 * np.asarray(counts) / self.n_images
+        return percent(np.asarray(counts), self.n_images)
 
     def box_accuracy(self, mode: str = "multi") -> np.ndarray:
         """(n_iou, n_thr) BoxAcc(delta, tau) = 100 * count / N, multi-contour or single-contour ("single")."""
@@ -198,7 +209,7 @@ class BoxResult:
     @property
     def maxboxacc_v2(self) -> float:
         """MaxBoxAccV2: the mean over IoU thresholds of MaxBoxAcc(delta), each with its own best tau."""
-        return float(np.mean(list(self.maxboxacc_iou.values())))
+        return float(mean_over_ious(np.array(list(self.maxboxacc_iou.values()))))
 
     @property
     def maxboxacc_v1(self) -> float:
@@ -231,15 +242,19 @@ class BoxResult:
         """BoxAcc (%) per IoU threshold at grid indices chosen elsewhere (e.g. `select_thresholds` on a held-out
         split); the mean of the values is the MaxBoxAccV2 analogue at those thresholds."""
         if set(index_per_delta) != set(self.iou_thresholds):
-            raise ValueError(f"index_per_delta: expected one grid index for each of the IoU thresholds "
-                             f"{list(self.iou_thresholds)}, got {sorted(index_per_delta)}")
+            raise ValueError(
+                f"index_per_delta: expected one grid index for each of the IoU thresholds "
+                f"{list(self.iou_thresholds)}, got {sorted(index_per_delta)}"
+            )
         acc = self.box_accuracy(mode)
         out = {}
         for k, delta in enumerate(self.iou_thresholds):
             index = int(index_per_delta[delta])
             if not 0 <= index < len(self.thresholds):
-                raise ValueError(f"index_per_delta[{delta}]: {index} is not an index of the "
-                                 f"{len(self.thresholds)}-point threshold grid")
+                raise ValueError(
+                    f"index_per_delta[{delta}]: {index} is not an index of the "
+                    f"{len(self.thresholds)}-point threshold grid"
+                )
             out[delta] = float(acc[k, index])
         return out
 
@@ -254,21 +269,32 @@ def select_thresholds(result: BoxResult, mode: str = "multi") -> dict[int, int]:
 class BoxEvaluator:
     """Accumulates box-localisation counters over batches (wsolevaluation's `accumulate` / `compute` shape).
 
-    `grid`: "official" (1001 thresholds incl. 1.0) or "wsol" (1000). `iou_thresholds`: IoU percentages for
-    MaxBoxAcc. `loc_threshold`: the CAM threshold of GT-known / Top-1 Loc, which must lie on the grid.
+    `grid`: "official" (1001 thresholds incl. 1.0) or "wsol" (1000; the default, concepts.DEFAULT_THRESHOLD_GRID,
+    as params.yaml's). `iou_thresholds`: IoU percentages for MaxBoxAcc (default concepts.IOUS). `loc_threshold`:
+    the CAM threshold of GT-known / Top-1 Loc, which must lie on the grid.
     `gt_box_match`: "max" (IoU with the best GT box, the default) or "first" (the official `iou_val[0]`).
     `per_image`: also keep every image's outcomes (`BoxResult.per_image_*`, for the bootstrap). The counters
     are integers, so the result does not depend on batch sizes or order.
     """
 
-    def __init__(self, *, grid: str = "official", iou_thresholds: Sequence[int] = (30, 50, 70),
-                 loc_threshold: float = 0.2, gt_box_match: str = "max", per_image: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        grid: str = DEFAULT_THRESHOLD_GRID,
+        iou_thresholds: Sequence[int] = IOUS,
+        loc_threshold: float = 0.2,
+        gt_box_match: str = "max",
+        per_image: bool = False,
+    ) -> None:
         self.thresholds = threshold_grid(grid)
         if gt_box_match not in GT_BOX_MATCHES:
             raise ValueError(f"gt_box_match: '{gt_box_match}' is not valid; choose one of: {', '.join(GT_BOX_MATCHES)}")
         deltas = tuple(iou_thresholds)
-        if not deltas or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 < d <= 100
-                             for d in deltas) or len(set(deltas)) != len(deltas):
+        if (
+            not deltas
+            or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 < d <= 100 for d in deltas)
+            or len(set(deltas)) != len(deltas)
+        ):
             raise ValueError(f"iou_thresholds: expected distinct integers in 1..100, got {list(deltas)}")
         on_grid = np.flatnonzero(self.thresholds == loc_threshold)
         if len(on_grid) == 0:
@@ -293,8 +319,10 @@ class BoxEvaluator:
             raise ValueError(f"scoremaps: expected a (B, H, W) array, got shape {maps.shape}")
         correct = np.asarray(correct)
         if len(gt_boxes) != len(maps) or correct.shape != (len(maps),):
-            raise ValueError(f"batch lengths differ: {len(maps)} score maps, {len(gt_boxes)} GT box lists, "
-                             f"{correct.size} correct flags")
+            raise ValueError(
+                f"batch lengths differ: {len(maps)} score maps, {len(gt_boxes)} GT box lists, "
+                f"{correct.size} correct flags"
+            )
         gts = tuple(check_boxes(g, f"gt_boxes[{i}]") for i, g in enumerate(gt_boxes))
         for i, g in enumerate(gts):
             if len(g) == 0:
@@ -302,8 +330,15 @@ class BoxEvaluator:
         quantized = quantize_scoremaps(maps)
         if len(maps) == 0:
             return
-        out = _outcomes(quantized, gts, correct.astype(bool), self.thresholds, np.asarray(self.iou_thresholds) / 100,
-                        self._loc_index, self.gt_box_match == "first")
+        out = _outcomes(
+            quantized,
+            gts,
+            correct.astype(bool),
+            self.thresholds,
+            np.asarray(self.iou_thresholds) / 100,
+            self._loc_index,
+            self.gt_box_match == "first",
+        )
         self._multi += out.multi.sum(0)
         self._single += out.single.sum(0)
         self._gt_known += int(out.gt_known.sum())
@@ -317,12 +352,27 @@ class BoxEvaluator:
         per_image: dict = {}
         if self.per_image:
             n_iou, n_thr = self._multi.shape
-            empty = _Outcomes(np.zeros((0, n_iou, n_thr), bool), np.zeros((0, n_iou, n_thr), bool),
-                              np.zeros(0, bool), np.zeros(0, bool))
-            per_image = {f"per_image_{name}": np.concatenate([getattr(p, name) for p in [empty, *self._parts]])
-                         for name in ("multi", "single", "gt_known", "top1_loc")}
-        return BoxResult(self._n_images, self.thresholds.copy(), self.iou_thresholds, self.loc_threshold,
-                         self._multi.copy(), self._single.copy(), self._gt_known, self._top1_loc, **per_image)
+            empty = _Outcomes(
+                np.zeros((0, n_iou, n_thr), bool),
+                np.zeros((0, n_iou, n_thr), bool),
+                np.zeros(0, bool),
+                np.zeros(0, bool),
+            )
+            per_image = {
+                f"per_image_{name}": np.concatenate([getattr(p, name) for p in [empty, *self._parts]])
+                for name in ("multi", "single", "gt_known", "top1_loc")
+            }
+        return BoxResult(
+            self._n_images,
+            self.thresholds.copy(),
+            self.iou_thresholds,
+            self.loc_threshold,
+            self._multi.copy(),
+            self._single.copy(),
+            self._gt_known,
+            self._top1_loc,
+            **per_image,
+        )
 
     def close(self) -> None:
         """Nothing to release (kept so `with BoxEvaluator() as e:` reads as before)."""

@@ -18,6 +18,7 @@ ranks of a distributed run (`pipeline.dist.map_shares`), the only parallelism he
 fidelity forwards of its units: per image batch, one forward of the plain images and one forward of the
 masked images of several units concatenated.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,17 +30,19 @@ import torch
 from tqdm import tqdm
 
 from pipeline.cams import variants as registry
-from pipeline.cams.engine import BRANCHES
 from pipeline.cams.postprocess import PostProcess, clean_options, official_options, postprocess
 from pipeline.cams.store import CamSet
+from pipeline.concepts import BRANCHES, DEFAULT_THRESHOLD_GRID, IOUS
 from pipeline.data.prepare import GroundTruth
+from pipeline.metrics import curves as curve_files
 from pipeline.metrics.boxes import BoxEvaluator, BoxResult, select_thresholds
 from pipeline.metrics.fidelity import FidelityAccumulator, fidelity_scores_many
 from pipeline.metrics.masks import MaskEvaluator, MaskResult
+from pipeline.metrics.registry import mean_over_ious
 from pipeline.train.loops import to_device
 
-CHUNK = 512          # images post-processed at once: bounds memory on large test sets
-MAP_CACHE_BYTES = 2 * 2 ** 30  # score maps kept from the digest pass for scoring (whole map sets, up to this)
+CHUNK = 512  # images post-processed at once: bounds memory on large test sets
+MAP_CACHE_BYTES = 2 * 2**30  # score maps kept from the digest pass for scoring (whole map sets, up to this)
 # Map sets whose masked images share one forward. 1: each set's masked batch is a forward of its own, so its
 # composition (and, CPU convolutions depending on the batch size, the scores' last bits) is the same whichever
 # rank scores it; a larger group made 2 processes differ from 1 in the 7th digit of an Average Drop.
@@ -52,6 +55,7 @@ def _official_symmetric(variant: str, branch: str, size: int) -> PostProcess:
     return official_options(variant, "sigmoid", size)
 
 
+# The rule of each protocol of concepts.PROTOCOLS, in its order (tests/metrics/test_evaluate.py checks it).
 PROTOCOLS: dict[str, Callable[[str, str, int], PostProcess]] = {
     "clean": lambda variant, branch, size: clean_options(size),
     "official": official_options,
@@ -67,16 +71,16 @@ def progress_bar(total: int, show: bool) -> tqdm:
 
 @dataclass(frozen=True)
 class EvalOptions:
-    postprocess: str = "clean"            # the headline protocol: a PROTOCOLS name
-    weight_clamp: str | None = None       # override of the headline: none | sigmoid | both
-    relu: bool | None = None              # override of the headline
-    upsample: str | None = None           # override of the headline: bilinear | bicubic
-    threshold_grid: str = "wsol"
-    threshold_split: str = "val"          # val | test
+    postprocess: str = "clean"  # the headline protocol: a PROTOCOLS name
+    weight_clamp: str | None = None  # override of the headline: none | sigmoid | both
+    relu: bool | None = None  # override of the headline
+    upsample: str | None = None  # override of the headline: bilinear | bicubic
+    threshold_grid: str = DEFAULT_THRESHOLD_GRID
+    threshold_split: str = "val"  # val | test
     gt_box_match: str = "max"
     loc_threshold: float = 0.2
-    iou_thresholds: tuple[int, ...] = (30, 50, 70)
-    protocols: tuple[str, ...] = ()       # further named protocols, scored on the same maps (no overrides)
+    iou_thresholds: tuple[int, ...] = IOUS
+    protocols: tuple[str, ...] = ()  # further named protocols, scored on the same maps (no overrides)
 
 
 def _check_protocol(name: str, what: str) -> None:
@@ -96,7 +100,9 @@ def postprocess_options(variant: str, branch: str, size: int, opts: EvalOptions)
     base = PROTOCOLS[opts.postprocess](variant, branch, size)
     changes: dict = {}
     if opts.weight_clamp is not None:
-        changes["weight_clamp"] = opts.weight_clamp == "both" or (opts.weight_clamp == "sigmoid" and branch == "sigmoid")
+        changes["weight_clamp"] = opts.weight_clamp == "both" or (
+            opts.weight_clamp == "sigmoid" and branch == "sigmoid"
+        )
     if opts.relu is not None:
         changes["relu"] = opts.relu
     if opts.upsample is not None:
@@ -109,13 +115,22 @@ def check_alignment(cams: CamSet, gt: GroundTruth, split: str) -> None:
     ids = [row["image_id"] for row in cams.index]
     if ids != gt.image_ids:
         first = next((i for i, (a, b) in enumerate(zip(ids, gt.image_ids)) if a != b), min(len(ids), len(gt.image_ids)))
-        raise ValueError(f"{split}: the CAM shards ({len(ids)} images) and the prepared GT table ({len(gt.image_ids)} "
-                         f"images) disagree from position {first}; they come from different datasets or runs -- "
-                         f"rerun `dvc repro` so cams and preprocess match")
+        raise ValueError(
+            f"{split}: the CAM shards ({len(ids)} images) and the prepared GT table ({len(gt.image_ids)} "
+            f"images) disagree from position {first}; they come from different datasets or runs -- "
+            f"rerun `dvc repro` so cams and preprocess match"
+        )
 
 
-def score_maps(cams: CamSet, variant: str, branch: str, pp: PostProcess, target: str = "gt",
-               chunk: int = CHUNK, cache: "MapCache | None" = None) -> Iterable[tuple[slice, np.ndarray]]:
+def score_maps(
+    cams: CamSet,
+    variant: str,
+    branch: str,
+    pp: PostProcess,
+    target: str = "gt",
+    chunk: int = CHUNK,
+    cache: MapCache | None = None,
+) -> Iterable[tuple[slice, np.ndarray]]:
     """Yield (image slice, (n, S, S) score maps in [0, 1]) chunk by chunk; from `cache` where it holds the
     set (then taken out of it), else post-processed from the raw maps."""
     key = MapCache.key(cams, variant, branch, pp, target)
@@ -169,8 +184,9 @@ class Unit:
     fidelity: bool
 
 
-def _context(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: EvalOptions, per_image: bool,
-             model=None) -> bytes:
+def _context(
+    cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: EvalOptions, per_image: bool, model=None
+) -> bytes:
     """sha256 of everything a unit's result depends on besides its maps: the options, the fidelity model's
     weights, and per split the CAM index (ids, labels, predictions: Top-1 Loc, fidelity targets) and the
     ground truth (boxes, masks)."""
@@ -187,20 +203,30 @@ def _context(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: EvalOpt
     return h.digest()
 
 
-def _map_sets(cams: dict[str, CamSet], variant: str, branch: str, pp: PostProcess, fidelity: tuple | None
-              ) -> list[tuple[tuple, CamSet, PostProcess, str]]:
+def _map_sets(
+    cams: dict[str, CamSet], variant: str, branch: str, pp: PostProcess, fidelity: tuple | None
+) -> list[tuple[tuple, CamSet, PostProcess, str]]:
     """The map sets a unit scores, as (cache key, CAM set, post-processing, target): the gt maps of each split
     (sorted), then the fidelity maps (`fidelity` = (target, size)) if any."""
     sets = [(cams[split], pp, "gt") for split in sorted(cams)]
     if fidelity is not None:
         target, size = fidelity
         sets.append((cams["test"], replace(pp, size=size), target))
-    return [(MapCache.key(cam_set, variant, branch, set_pp, target), cam_set, set_pp, target)
-            for cam_set, set_pp, target in sets]
+    return [
+        (MapCache.key(cam_set, variant, branch, set_pp, target), cam_set, set_pp, target)
+        for cam_set, set_pp, target in sets
+    ]
 
 
-def _digest(cams: dict[str, CamSet], variant: str, branch: str, pp: PostProcess, fidelity: tuple | None,
-            context: bytes = b"", cache: MapCache | None = None) -> str:
+def _digest(
+    cams: dict[str, CamSet],
+    variant: str,
+    branch: str,
+    pp: PostProcess,
+    fidelity: tuple | None,
+    context: bytes = b"",
+    cache: MapCache | None = None,
+) -> str:
     """sha256 of `context` and every score map the unit would score: the gt maps of each split, the fidelity
     maps. The maps go into `cache` (if given and they fit) for the scoring that follows."""
     h = hashlib.sha256(context)
@@ -215,19 +241,31 @@ def _digest(cams: dict[str, CamSet], variant: str, branch: str, pp: PostProcess,
     return h.hexdigest()
 
 
-def box_and_mask(cams: CamSet, gt: GroundTruth, variant: str, branch: str, opts: EvalOptions,
-                 pp: PostProcess | None = None, per_image: bool = False,
-                 progress: Callable[[int], None] | None = None, with_masks: bool = True,
-                 cache: MapCache | None = None) -> tuple[BoxResult, MaskResult | None]:
+def box_and_mask(
+    cams: CamSet,
+    gt: GroundTruth,
+    variant: str,
+    branch: str,
+    opts: EvalOptions,
+    pp: PostProcess | None = None,
+    per_image: bool = False,
+    progress: Callable[[int], None] | None = None,
+    with_masks: bool = True,
+    cache: MapCache | None = None,
+) -> tuple[BoxResult, MaskResult | None]:
     """Box metrics (and PxAP where the split has masks, unless `with_masks` is off) of one (variant, branch)
     on one split; `pp` defaults to the headline protocol's post-processing; maps from `cache` where it has
     them."""
     pp = pp or postprocess_options(variant, branch, gt.size, opts)
     correct = np.array([int(r["pred"]) == int(r["label"]) for r in cams.index], dtype=bool)
-    masks = (MaskEvaluator(grid=opts.threshold_grid, per_image=per_image)
-             if gt.fg is not None and with_masks else None)
-    boxes = BoxEvaluator(grid=opts.threshold_grid, iou_thresholds=opts.iou_thresholds,
-                         loc_threshold=opts.loc_threshold, gt_box_match=opts.gt_box_match, per_image=per_image)
+    masks = MaskEvaluator(grid=opts.threshold_grid, per_image=per_image) if gt.fg is not None and with_masks else None
+    boxes = BoxEvaluator(
+        grid=opts.threshold_grid,
+        iou_thresholds=opts.iou_thresholds,
+        loc_threshold=opts.loc_threshold,
+        gt_box_match=opts.gt_box_match,
+        per_image=per_image,
+    )
     for sl, maps in score_maps(cams, variant, branch, pp, cache=cache):
         boxes.accumulate(maps, gt.boxes[sl], correct[sl])
         if masks is not None:
@@ -237,10 +275,17 @@ def box_and_mask(cams: CamSet, gt: GroundTruth, variant: str, branch: str, opts:
     return boxes.compute(), (masks.compute() if masks is not None else None)
 
 
-def fidelity_many(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], cams: CamSet,
-                  units: list[Unit], target: str, progress: Callable[[int], None] | None = None,
-                  group: int = FIDELITY_GROUP, y_cache: dict | None = None,
-                  cache: MapCache | None = None) -> list[dict]:
+def fidelity_many(
+    model,
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    cams: CamSet,
+    units: list[Unit],
+    target: str,
+    progress: Callable[[int], None] | None = None,
+    group: int = FIDELITY_GROUP,
+    y_cache: dict | None = None,
+    cache: MapCache | None = None,
+) -> list[dict]:
     """Average Drop / Increase in Confidence of several map sets, scored by the softmax head, in one pass over
     the images: per batch one forward of the images (Y) and, per group of `group` units, one forward of their
     masked images concatenated (O). `batches()` yields the (normalised images, labels) of the split in CAM
@@ -252,8 +297,13 @@ def fidelity_many(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torc
         return []
     preds = torch.tensor([int(r["pred"]) for r in cams.index])
     accs = [FidelityAccumulator() for _ in units]
-    raw = [(cams.select(target=target, part="pos", branch=u.branch, variant=u.variant),
-            cams.select(target=target, part="neg", branch=u.branch, variant=u.variant)) for u in units]
+    raw = [
+        (
+            cams.select(target=target, part="pos", branch=u.branch, variant=u.variant),
+            cams.select(target=target, part="neg", branch=u.branch, variant=u.variant),
+        )
+        for u in units
+    ]
     cached: dict[int, np.ndarray] = {}  # unit index -> its whole map set, from the cache
 
     def unit_maps(k: int, start: int, n: int, size: int) -> np.ndarray:
@@ -264,23 +314,25 @@ def fidelity_many(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torc
             chunks = cache.take(key)
             cached[k] = chunks[0][1] if len(chunks) == 1 else np.concatenate([maps for _, maps in chunks])
         if k in cached:
-            return cached[k][start:start + n]
-        return postprocess(pos[start:start + n], neg[start:start + n], pp)
+            return cached[k][start : start + n]
+        return postprocess(pos[start : start + n], neg[start : start + n], pp)
 
     start = 0
     device = next(model.parameters()).device
     for images, labels in batches():
         n = len(labels)
         size = images.shape[-1]
-        classes = (preds[start:start + n] if target == "pred" else labels).to(device)
+        classes = (preds[start : start + n] if target == "pred" else labels).to(device)
         images = to_device(images, device)
         y = None if y_cache is None else y_cache.get((start, n))
         for g in range(0, len(units), group):
-            cams_list = [torch.from_numpy(np.ascontiguousarray(unit_maps(k, start, n, size))).to(device)
-                         for k in range(g, min(g + group, len(units)))]
+            cams_list = [
+                torch.from_numpy(np.ascontiguousarray(unit_maps(k, start, n, size))).to(device)
+                for k in range(g, min(g + group, len(units)))
+            ]
             y_g, outs = fidelity_scores_many(model, images, cams_list, classes, y=y)
             y = y_g
-            for acc, o in zip(accs[g:g + group], outs):
+            for acc, o in zip(accs[g : g + group], outs):
                 acc.accumulate(y, o)
         if y_cache is not None:
             y_cache[(start, n)] = y
@@ -292,18 +344,34 @@ def fidelity_many(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torc
     return [acc.compute() for acc in accs]
 
 
-def fidelity(model, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], cams: CamSet,
-             variant: str, branch: str, pp: PostProcess, target: str) -> dict:
+def fidelity(
+    model,
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    cams: CamSet,
+    variant: str,
+    branch: str,
+    pp: PostProcess,
+    target: str,
+) -> dict:
     """Average Drop / Increase in Confidence of one (variant, branch) (`fidelity_many` of one unit)."""
     return fidelity_many(model, batches, cams, [Unit(variant, branch, pp, True)], target)[0]
 
 
-def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: EvalOptions, *,
-                 model=None, batches=None, fidelity_target: str = "pred", fidelity_size: int | None = None,
-                 progress: Callable[[str], None] | None = None,
-                 map_units: Callable[[list, Callable, list], list] | None = None,
-                 on_result: Callable[..., None] | None = None, show_progress: bool = False,
-                 memo: dict | None = None) -> tuple[dict, dict]:
+def evaluate_all(
+    cams: dict[str, CamSet],
+    gts: dict[str, GroundTruth],
+    opts: EvalOptions,
+    *,
+    model=None,
+    batches=None,
+    fidelity_target: str = "pred",
+    fidelity_size: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    map_units: Callable[[list, Callable, list], list] | None = None,
+    on_result: Callable[..., None] | None = None,
+    show_progress: bool = False,
+    memo: dict | None = None,
+) -> tuple[dict, dict]:
     """Metrics of every (protocol, variant, branch) on the test split; returns (metrics, curves).
 
     metrics[variant][branch] (the headline protocol, `opts.postprocess` with its overrides) holds
@@ -354,8 +422,11 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
             source = registry.map_source(variant, gap_heads)
             source = source if source in variants else variant
             for branch in BRANCHES:
-                pp = (postprocess_options(variant, branch, size, opts) if protocol == headline
-                      else protocol_options(protocol, variant, branch, size))
+                pp = (
+                    postprocess_options(variant, branch, size, opts)
+                    if protocol == headline
+                    else protocol_options(protocol, variant, branch, size)
+                )
                 wants_fidelity = with_fidelity and protocol == headline
                 spec = (source, branch, pp, wants_fidelity)
                 fid = fidelity_key if wants_fidelity else None
@@ -371,12 +442,13 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
                 keys.append((protocol, variant, branch))
                 digest_of[(protocol, variant, branch)] = d
     if progress:
-        progress(f"{len(keys)} (protocol, variant, branch) map sets, {len(set(digest_of.values()))} distinct, "
-                 f"{len(units)} to score ({len(set(digest_of.values())) - len(units)} scored before)")
+        progress(
+            f"{len(keys)} (protocol, variant, branch) map sets, {len(set(digest_of.values()))} distinct, "
+            f"{len(units)} to score ({len(set(digest_of.values())) - len(units)} scored before)"
+        )
     n_box = sum(len(cams[s].index) for s in splits)
     n_fid = len(test.index)
     weights = [n_box + (4 * n_fid if u.fidelity else 0) for u in units]  # a forward costs ~4 box evaluations
-
 
     def work(mine: list[Unit]) -> list[dict]:
         total = sum(n_box + (n_fid if u.fidelity else 0) for u in mine)
@@ -385,15 +457,32 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
         for u in mine:
             out = {}
             for split in splits:
-                out[split] = box_and_mask(cams[split], gts[split], u.variant, u.branch, opts, u.pp,
-                                          per_image=per_image, progress=bar.update,
-                                          with_masks=split == "test", cache=cache)  # PxAP is a test number
+                out[split] = box_and_mask(
+                    cams[split],
+                    gts[split],
+                    u.variant,
+                    u.branch,
+                    opts,
+                    u.pp,
+                    per_image=per_image,
+                    progress=bar.update,
+                    with_masks=split == "test",
+                    cache=cache,
+                )  # PxAP is a test number
             results.append(out)
         fid_units = [i for i, u in enumerate(mine) if u.fidelity]
         if fid_units:
             y_cache = memo.setdefault(("fidelity Y", context, fidelity_target), {})  # Y: once per image batch
-            scores = fidelity_many(model, batches, test, [mine[i] for i in fid_units], fidelity_target,
-                                   progress=bar.update, y_cache=y_cache, cache=cache)
+            scores = fidelity_many(
+                model,
+                batches,
+                test,
+                [mine[i] for i in fid_units],
+                fidelity_target,
+                progress=bar.update,
+                y_cache=y_cache,
+                cache=cache,
+            )
             for i, s in zip(fid_units, scores):
                 results[i]["fidelity"] = s if per_image else {k: s[k] for k in ("avg_drop", "inc_conf", "n")}
         bar.close()
@@ -421,11 +510,14 @@ def evaluate_all(cams: dict[str, CamSet], gts: dict[str, GroundTruth], opts: Eva
         if protocol == headline:
             metrics.setdefault(variant, {})[branch] = m
             accuracy = box.box_accuracy("multi")
-            columns = {f"iou{d}": accuracy[i] for i, d in enumerate(opts.iou_thresholds)}
+            columns = {curve_files.iou_column(d): accuracy[i] for i, d in enumerate(opts.iou_thresholds)}
             if 50 in opts.iou_thresholds:  # MaxBoxAcc (v1): the largest contour at IoU 50
-                columns["largest_contour_iou50"] = box.box_accuracy("single")[opts.iou_thresholds.index(50)]
-            curves[(variant, branch)] = {"thresholds": box.thresholds, "box": columns,
-                                         "pr": (mask.precision, mask.recall) if mask is not None else None}
+                columns[curve_files.LARGEST_CONTOUR] = box.box_accuracy("single")[opts.iou_thresholds.index(50)]
+            curves[(variant, branch)] = {
+                "thresholds": box.thresholds,
+                "box": columns,
+                "pr": (mask.precision, mask.recall) if mask is not None else None,
+            }
         else:
             metrics.setdefault("protocols", {}).setdefault(protocol, {}).setdefault(variant, {})[branch] = m
         if on_result is not None:
@@ -444,8 +536,12 @@ def box_summary(box: BoxResult, chosen: dict | None, iou_thresholds: tuple[int, 
         per_iou = box.at_thresholds(chosen["multi"], "multi")
         thresholds = {d: float(box.thresholds[chosen["multi"][d]]) for d in iou_thresholds}
         v1 = box.at_thresholds(chosen["single"], "single")[50]
-    out = {"maxboxacc_v2": float(np.mean(list(per_iou.values()))), "maxboxacc": v1,
-           "gt_known_loc": box.gt_known_loc, "top1_loc": box.top1_loc}
+    out = {
+        "maxboxacc_v2": float(mean_over_ious(np.array(list(per_iou.values())))),
+        "maxboxacc": v1,
+        "gt_known_loc": box.gt_known_loc,
+        "top1_loc": box.top1_loc,
+    }
     out.update({f"maxboxacc_iou{d}": per_iou[d] for d in iou_thresholds})
     out.update({f"best_threshold_iou{d}": thresholds[d] for d in iou_thresholds})
     return out

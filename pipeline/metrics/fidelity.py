@@ -14,16 +14,19 @@ baseline and the sigmoid-branch maps are scored by the same classifier (METHOD.m
 the softmax of `logits2` for its dual-branch models). The target is whatever the caller passes: the
 precursor used the softmax head's prediction, and the caller decides.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from pipeline.metrics.registry import percent
 from pipeline.models.dual import DualBranchNet
 
 
-def fidelity_scores(model: DualBranchNet, images: torch.Tensor, cams: torch.Tensor,
-                    targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fidelity_scores(
+    model: DualBranchNet, images: torch.Tensor, cams: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (Y, O), float64 tensors of shape (B,): the softmax-head probability of `targets` on `images`
     (B, 3, H, W, normalised) and on `images * cams[:, None]` (`cams` (B, H, W) in [0, 1]).
 
@@ -57,8 +60,13 @@ def fidelity_scores(model: DualBranchNet, images: torch.Tensor, cams: torch.Tens
     return y, o
 
 
-def fidelity_scores_many(model: DualBranchNet, images: torch.Tensor, cams: list[torch.Tensor], targets: torch.Tensor,
-                         y: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def fidelity_scores_many(
+    model: DualBranchNet,
+    images: torch.Tensor,
+    cams: list[torch.Tensor],
+    targets: torch.Tensor,
+    y: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """`fidelity_scores` of several map sets on the same images: (Y, [O per map set]). Y comes from one forward
     of `images` (or is the `y` given, from an earlier call on the same images and targets); the masked images
     of every map set go through one forward, concatenated. Per image, the same numbers as `fidelity_scores`
@@ -74,8 +82,11 @@ def fidelity_scores_many(model: DualBranchNet, images: torch.Tensor, cams: list[
     if tuple(targets.shape) != (b,):
         raise ValueError(f"targets must have shape ({b},); got {tuple(targets.shape)}")
     targets = targets.to(device=images.device, dtype=torch.long)
-    masked = torch.cat([images * cam.to(device=images.device, dtype=images.dtype)[:, None] for cam in cams]) \
-        if cams else images[:0]
+    masked = (
+        torch.cat([images * cam.to(device=images.device, dtype=images.dtype)[:, None] for cam in cams])
+        if cams
+        else images[:0]
+    )
     was_training = model.training
     model.eval()
     try:
@@ -90,8 +101,9 @@ def fidelity_scores_many(model: DualBranchNet, images: torch.Tensor, cams: list[
         if b and (targets.min() < 0 or targets.max() >= num_classes):
             raise ValueError(f"targets must be class indices in [0, {num_classes}); got {targets.tolist()}")
         y = torch.softmax(logits_y.double(), dim=1)[rows, targets]
-    outs = [] if logits_o is None else [torch.softmax(part.double(), dim=1)[rows, targets]
-                                         for part in logits_o.split(b)]
+    outs = (
+        [] if logits_o is None else [torch.softmax(part.double(), dim=1)[rows, targets] for part in logits_o.split(b)]
+    )
     return y, outs
 
 
@@ -127,6 +139,10 @@ class FidelityAccumulator:
         "inc_conf_flags"} (the last two: the per-image arrays of the class docstring)."""
         if self.n == 0:
             raise ValueError("no image was accumulated")
-        return {"avg_drop": 100.0 * self.drop_sum / self.n, "inc_conf": 100.0 * self.increase_sum / self.n,
-                "n": self.n, "avg_drop_terms": np.concatenate(self._drops).astype(np.float64),
-                "inc_conf_flags": np.concatenate(self._flags).astype(bool)}
+        return {
+            "avg_drop": percent(self.drop_sum, self.n),
+            "inc_conf": percent(self.increase_sum, self.n),
+            "n": self.n,
+            "avg_drop_terms": np.concatenate(self._drops).astype(np.float64),
+            "inc_conf_flags": np.concatenate(self._flags).astype(bool),
+        }

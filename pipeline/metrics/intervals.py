@@ -15,8 +15,9 @@ The levels
   MaxBoxAcc's thresholds are chosen on val (`threshold_split="val"`), the val images likewise; the thresholds are
   re-chosen on the replicate's val counts (argmax over the grid, first on ties, per IoU; the largest-contour
   threshold at IoU 50 for MaxBoxAcc v1), so the interval holds the threshold choice's own noise (how that
-  choice enters the replicate's accuracy: `thresholds`, below). With `threshold_split="test"` (the official oracle) the maximum is taken on
-  the replicate's test counts. Every resample is a row of a multinomial count matrix W (R x n): the replicate's
+  choice enters the replicate's accuracy: `thresholds`, below). With `threshold_split="test"` (the official oracle)
+  the maximum is taken on the replicate's test counts. Every resample is a row of a multinomial count matrix
+  W (R x n): the replicate's
   summed outcomes are W @ outcomes, one float32 matrix product per result (exact: every partial sum is an integer
   below 2**24). Row R+1 of W is all ones: the point estimate goes through the same code path as the replicates
   and equals the evaluator's own number. The image level's variance is the variance over r of the mean over
@@ -78,6 +79,7 @@ Written by hand: no library (scipy.stats.bootstrap, arch) resamples a threshold 
 two statistics on one draw, stratifies by class, or combines a bootstrap level with a t-based one; the
 vectorised count-matrix form is what keeps it fast.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -85,10 +87,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-METRICS = ("maxboxacc_v2", "maxboxacc", "maxboxacc_iou30", "maxboxacc_iou50", "maxboxacc_iou70", "gt_known_loc",
-           "top1_loc", "pxap", "avg_drop", "inc_conf")
-LOWER_IS_BETTER = frozenset({"avg_drop"})
-BRANCHES = ("softmax", "sigmoid")
+from pipeline.concepts import BRANCHES, IOUS
+from pipeline.metrics import registry
+from pipeline.metrics.registry import LOWER_IS_BETTER, percent, pxap_rows  # noqa: F401 (re-exported)
+
+METRICS = registry.KEYS  # the rows of every (protocol, variant), in this order
 VERDICTS = ("sigmoid better", "sigmoid worse", "no detectable difference")
 # RNG streams: default_rng([seed, stream]); the same seed gives the same draws whatever else changes.
 STREAM_TEST, STREAM_VAL = 0, 1
@@ -147,21 +150,6 @@ def count_matrix(indices: np.ndarray) -> np.ndarray:
     return np.vstack([counts, np.ones((1, n), dtype=counts.dtype)]).astype(np.float32)
 
 
-def pxap_rows(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """PxAP (%) of every row of summed (rows, n_bins) foreground/background histograms (ascending bins),
-    METHOD.md 4.5 / pipeline.metrics.masks.MaskEvaluator.compute, vectorised over rows."""
-    tp = np.cumsum(fg[:, ::-1], axis=1)
-    fp = np.cumsum(bg[:, ::-1], axis=1)
-    positives = tp[:, -1]
-    if (positives <= 0).any():
-        raise ValueError("PxAP: a resample has no foreground pixel (too few images with masks to bootstrap)")
-    predicted = tp + fp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-    recall = tp / positives[:, None]
-    return 100.0 * (precision[:, 1:] * np.diff(recall, axis=1)).sum(axis=1)
-
-
 @dataclass(frozen=True)
 class Combined:
     """One delta's interval (`combine`): the estimate, the bounds, the standard error with its degrees of
@@ -175,8 +163,9 @@ class Combined:
     variances: dict  # level -> its variance of the estimate (None: the level is absent or not separable)
 
 
-def combine(model_deltas: dict[Model, float], image_replicates: np.ndarray, confidence: float = 0.95,
-            method: str = "normal") -> Combined:
+def combine(
+    model_deltas: dict[Model, float], image_replicates: np.ndarray, confidence: float = 0.95, method: str = "normal"
+) -> Combined:
     """The interval of the mean delta over models from its three levels of randomness.
 
     `model_deltas`: (baseline j, fine-tuning k) -> that model's full-data delta; `image_replicates`: (R,) the
@@ -226,18 +215,19 @@ def combine(model_deltas: dict[Model, float], image_replicates: np.ndarray, conf
     else:
         v_model = 0.0
     variance = v_images + v_model
-    df = float("inf") if v_model <= 0 or variance <= 0 else variance ** 2 * df_model / v_model ** 2
+    df = float("inf") if v_model <= 0 or variance <= 0 else variance**2 * df_model / v_model**2
     q = float(student_t.ppf(0.5 + confidence / 2, df)) if np.isfinite(df) else _z(confidence)
-    se = variance ** 0.5
+    se = variance**0.5
     if method == "normal":
         low, high = delta - q * se, delta + q * se
     else:
         lo_q, hi_q = np.percentile(image_replicates, [50 * (1 - confidence), 50 * (1 + confidence)])
-        m = q * v_model ** 0.5
+        m = q * v_model**0.5
         low = delta - float(np.hypot(max(delta - lo_q, 0.0), m))
         high = delta + float(np.hypot(max(hi_q - delta, 0.0), m))
-    return Combined(delta, float(low), float(high), se, df,
-                    {"images": v_images, "finetune": v_finetune, "baseline": v_baseline})
+    return Combined(
+        delta, float(low), float(high), se, df, {"images": v_images, "finetune": v_finetune, "baseline": v_baseline}
+    )
 
 
 def _z(confidence: float) -> float:
@@ -268,7 +258,7 @@ class IntervalAccumulator:
     resamples: int = 1000
     seed: int = 0
     threshold_split: str = "val"
-    iou_thresholds: tuple[int, ...] = (30, 50, 70)
+    iou_thresholds: tuple[int, ...] = IOUS
     confidence: float = 0.95
     strata: dict | None = None
     thresholds: str = "split"
@@ -276,8 +266,8 @@ class IntervalAccumulator:
     _weights: dict = field(default_factory=dict, repr=False)
     _pending: dict = field(default_factory=dict, repr=False)
     _values: dict = field(default_factory=dict, repr=False)  # (protocol, variant, branch, model) -> {metric: (R+1,)}
-    _sums: dict = field(default_factory=dict, repr=False)    # result objects seen -> their resampled sums
-    _reduced: dict = field(default_factory=dict, repr=False) # (id test sums, id val sums) -> their values
+    _sums: dict = field(default_factory=dict, repr=False)  # result objects seen -> their resampled sums
+    _reduced: dict = field(default_factory=dict, repr=False)  # (id test sums, id val sums) -> their values
 
     def __post_init__(self) -> None:
         if not isinstance(self.resamples, int) or self.resamples < 2:
@@ -287,13 +277,14 @@ class IntervalAccumulator:
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence: must be in (0, 1), got {self.confidence}")
         if self.thresholds not in THRESHOLD_CHOICES:
-            raise ValueError(f"thresholds: '{self.thresholds}' is not valid; choose one of: "
-                             f"{', '.join(THRESHOLD_CHOICES)}")
+            raise ValueError(
+                f"thresholds: '{self.thresholds}' is not valid; choose one of: {', '.join(THRESHOLD_CHOICES)}"
+            )
         if self.method not in METHODS:
             raise ValueError(f"method: '{self.method}' is not valid; choose one of: {', '.join(METHODS)}")
         self.iou_thresholds = tuple(self.iou_thresholds)
 
-    def sibling(self, **changes) -> "IntervalAccumulator":
+    def sibling(self, **changes) -> IntervalAccumulator:
         """An accumulator with other `thresholds` / `method` on the same draws, sharing the resampled sums
         already computed (the costly part): feed it the same result objects."""
         twin = replace(self, _pending={}, _values={}, _reduced={}, **changes)
@@ -304,6 +295,7 @@ class IntervalAccumulator:
     def callback(self, model) -> Callable:
         def on_result(key, box_result, mask_result=None, fidelity_result=None) -> None:
             self.add(model, key, box_result, mask_result, fidelity_result)
+
         return on_result
 
     def weights(self, split: str, n: int) -> np.ndarray:
@@ -311,8 +303,10 @@ class IntervalAccumulator:
         if split in self._weights:
             w = self._weights[split]
             if w.shape[1] != n:
-                raise ValueError(f"split '{split}': a result has {n} images but an earlier one had {w.shape[1]}; "
-                                 f"every result of a split must cover the same images in the same order")
+                raise ValueError(
+                    f"split '{split}': a result has {n} images but an earlier one had {w.shape[1]}; "
+                    f"every result of a split must cover the same images in the same order"
+                )
             return w
         stream = {"test": STREAM_TEST, "val": STREAM_VAL}[split]
         strata = None if self.strata is None else self.strata.get(split)
@@ -335,16 +329,20 @@ class IntervalAccumulator:
         single = np.asarray(box_result.per_image_single, dtype=bool)
         n, n_iou, n_thr = multi.shape
         if n_iou != len(self.iou_thresholds) or single.shape != multi.shape:
-            raise ValueError(f"key {key}: per_image_multi {multi.shape} and per_image_single {single.shape} must "
-                             f"both be (n, {len(self.iou_thresholds)} IoUs, n_thr)")
+            raise ValueError(
+                f"key {key}: per_image_multi {multi.shape} and per_image_single {single.shape} must "
+                f"both be (n, {len(self.iou_thresholds)} IoUs, n_thr)"
+            )
         if ident in self._pending and getattr(self._pending[ident], split) is not None:
             raise ValueError(f"key {key}, model {model}: this result came twice")
         # one result object given under several keys (a map set scored once for several variants, or for
         # every model of a baseline): its sums are computed once; the objects are kept, so their ids stay theirs
         cache_key = (split, id(box_result), id(mask_result), id(fidelity_result))
         if cache_key not in self._sums:
-            self._sums[cache_key] = ((box_result, mask_result, fidelity_result),
-                                     self._resampled(split, box_result, mask_result, fidelity_result))
+            self._sums[cache_key] = (
+                (box_result, mask_result, fidelity_result),
+                self._resampled(split, box_result, mask_result, fidelity_result),
+            )
         pending = self._pending.setdefault(ident, _Pending())
         setattr(pending, split, self._sums[cache_key][1])
         if pending.test is not None and (pending.val is not None or self.threshold_split == "test"):
@@ -384,37 +382,38 @@ class IntervalAccumulator:
         def chosen(name: str) -> np.ndarray:  # accuracy (%) at the threshold chosen per row (and IoU)
             t = test[name].astype(np.float64)
             if val is None:
-                return 100.0 * t.max(axis=-1) / n
+                return percent(t.max(axis=-1), n)
             index = np.argmax(val[name], axis=-1)  # first maximum on ties
             if self.thresholds == "resampled":  # the replicate's val choice on the replicate's test counts
-                return 100.0 * np.take_along_axis(t, index[..., None], axis=-1)[..., 0] / n
+                return percent(np.take_along_axis(t, index[..., None], axis=-1)[..., 0], n)
             fixed = np.broadcast_to(index[-1:], index.shape)  # the full-data val choice (last row)
             at_fixed = np.take_along_axis(t, fixed[..., None], axis=-1)[..., 0]
             if self.thresholds == "fixed":
-                return 100.0 * at_fixed / n
+                return percent(at_fixed, n)
             # split: the test level at the full-data choice, plus what the replicate's val choice changes on the
             # full test counts (0 in the full-data row), its variance weighted by SELECTION_WEIGHT; the two parts
             # come from independent draws, so their variances add
             full = np.broadcast_to(t[-1:], t.shape)
-            moved = (np.take_along_axis(full, index[..., None], axis=-1)[..., 0]
-                     - np.take_along_axis(full, fixed[..., None], axis=-1)[..., 0])
-            return 100.0 * (at_fixed + SELECTION_WEIGHT ** 0.5 * moved) / n
+            moved = (
+                np.take_along_axis(full, index[..., None], axis=-1)[..., 0]
+                - np.take_along_axis(full, fixed[..., None], axis=-1)[..., 0]
+            )
+            return percent(at_fixed + SELECTION_WEIGHT**0.5 * moved, n)
 
+        formula = {m.key: m.formula for m in registry.METRICS}
         out: dict[str, np.ndarray] = {}
-        per_iou = chosen("multi")
+        per_iou = chosen("multi")  # BoxAcc (%) at the chosen threshold: (R + 1, n_iou)
         for k, delta in enumerate(self.iou_thresholds):
             out[f"maxboxacc_iou{delta}"] = per_iou[:, k]
-        out["maxboxacc_v2"] = per_iou.mean(axis=1)
+        out["maxboxacc_v2"] = formula["maxboxacc_v2"](per_iou)
         if "single50" in test:
             out["maxboxacc"] = chosen("single50")
-        out["gt_known_loc"] = 100.0 * test["gt_known_loc"].astype(np.float64) / n
-        out["top1_loc"] = 100.0 * test["top1_loc"].astype(np.float64) / n
         if "fg" in test:
-            out["pxap"] = pxap_rows(test["fg"], test["bg"])
-        if "avg_drop" in test:  # the terms are already percentages: 100 max(0, Y - O) / Y
-            out["avg_drop"] = test["avg_drop"] / n
-        if "inc_conf" in test:
-            out["inc_conf"] = 100.0 * test["inc_conf"] / n
+            out["pxap"] = formula["pxap"](test["fg"], test["bg"])
+        # summed per-image outcomes, one per metric (avg_drop's terms are already percentages: 100 max(0, Y-O)/Y)
+        for key in ("gt_known_loc", "top1_loc", "avg_drop", "inc_conf"):
+            if key in test:
+                out[key] = formula[key](test[key].astype(np.float64), n)
         return out
 
     # ------------------------------------------------------------------------------------------- output
@@ -424,11 +423,13 @@ class IntervalAccumulator:
         half_width, verdict, the standard error and degrees of freedom, each level's share of the variance
         (`levels`), the models and their full-data deltas. Raises when a model lacks a branch or a split."""
         if self._pending:
-            missing = sorted(f"{p}/{v}/{b} model {m}: {'val' if t.test is not None else 'test'}"
-                             for (p, v, b, m), t in self._pending.items())
+            missing = sorted(
+                f"{p}/{v}/{b} model {m}: {'val' if t.test is not None else 'test'}"
+                for (p, v, b, m), t in self._pending.items()
+            )
             raise ValueError("results missing for: " + "; ".join(missing))
         groups: dict[tuple, set] = {}
-        for protocol, variant, branch, model in self._values:
+        for protocol, variant, _branch, model in self._values:
             groups.setdefault((protocol, variant), set()).add(model)
         rows = []
         for protocol, variant in sorted(groups, key=lambda pv: (str(pv[0]), _first_seen(self._values, pv))):
@@ -438,25 +439,44 @@ class IntervalAccumulator:
                     if (protocol, variant, branch, model) not in self._values:
                         raise ValueError(f"{protocol}/{variant} model {model}: no {branch} result")
             for metric in METRICS:
-                per = [(self._values[(protocol, variant, "softmax", m)],
-                        self._values[(protocol, variant, "sigmoid", m)]) for m in models]
+                per = [
+                    (self._values[(protocol, variant, "softmax", m)], self._values[(protocol, variant, "sigmoid", m)])
+                    for m in models
+                ]
                 if not all(metric in soft and metric in sig for soft, sig in per):
                     continue
                 deltas = np.stack([sig[metric] - soft[metric] for soft, sig in per])  # (models, R + 1)
-                c = combine({m: float(d[-1]) for m, d in zip(models, deltas)}, deltas[:, :-1].mean(axis=0),
-                            self.confidence, self.method)
-                variance = c.se ** 2
-                rows.append({
-                    "protocol": protocol, "variant": variant, "metric": metric,
-                    "softmax": _r(np.mean([soft[metric][-1] for soft, _ in per])),
-                    "sigmoid": _r(np.mean([sig[metric][-1] for _, sig in per])),
-                    "delta": _r(c.delta), "low": _r(c.low), "high": _r(c.high),
-                    "half_width": _r((c.high - c.low) / 2), "verdict": verdict(c.low, c.high, metric),
-                    "se": _r(c.se), "df": None if not np.isfinite(c.df) else _r(c.df),
-                    "levels": {k: None if v is None else (_r(v / variance) if variance > 0 else 0.0)
-                               for k, v in c.variances.items()},
-                    "models": [list(m) for m in models], "model_deltas": [_r(d) for d in deltas[:, -1]],
-                    "resamples": self.resamples, "confidence": self.confidence})
+                c = combine(
+                    {m: float(d[-1]) for m, d in zip(models, deltas)},
+                    deltas[:, :-1].mean(axis=0),
+                    self.confidence,
+                    self.method,
+                )
+                variance = c.se**2
+                rows.append(
+                    {
+                        "protocol": protocol,
+                        "variant": variant,
+                        "metric": metric,
+                        "softmax": _r(np.mean([soft[metric][-1] for soft, _ in per])),
+                        "sigmoid": _r(np.mean([sig[metric][-1] for _, sig in per])),
+                        "delta": _r(c.delta),
+                        "low": _r(c.low),
+                        "high": _r(c.high),
+                        "half_width": _r((c.high - c.low) / 2),
+                        "verdict": verdict(c.low, c.high, metric),
+                        "se": _r(c.se),
+                        "df": None if not np.isfinite(c.df) else _r(c.df),
+                        "levels": {
+                            k: None if v is None else (_r(v / variance) if variance > 0 else 0.0)
+                            for k, v in c.variances.items()
+                        },
+                        "models": [list(m) for m in models],
+                        "model_deltas": [_r(d) for d in deltas[:, -1]],
+                        "resamples": self.resamples,
+                        "confidence": self.confidence,
+                    }
+                )
         return rows
 
 
@@ -464,7 +484,7 @@ def _count_product(w: np.ndarray, w64: np.ndarray, counts: np.ndarray) -> np.nda
     """w @ counts as float64, for a count matrix `w` (R + 1, n) whose rows sum to n and nonnegative integer
     `counts` (n, k). In float32 (twice as fast) when that is exact: every partial sum of the product is an
     integer at most n * max(counts), so below 2**24 float32 rounds nothing; otherwise in float64."""
-    if counts.size == 0 or w.shape[1] * int(counts.max()) < 2 ** 24:
+    if counts.size == 0 or w.shape[1] * int(counts.max()) < 2**24:
         return (w @ counts.astype(np.float32)).astype(np.float64)
     return w64 @ counts.astype(np.float64)
 
@@ -501,5 +521,6 @@ def interval_metrics(rows: list[dict]) -> dict:
     out: dict = {}
     for row in rows:
         out.setdefault(row["protocol"], {}).setdefault(row["variant"], {})[row["metric"]] = {
-            k: row[k] for k in ("delta", "low", "high", "half_width", "verdict")}
+            k: row[k] for k in ("delta", "low", "high", "half_width", "verdict")
+        }
     return out

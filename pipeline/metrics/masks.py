@@ -18,15 +18,18 @@ The rule, transcribed from the official code:
 The official code also raises "no positive prediction" when TP + FP = 0 at every threshold. For scores in
 [0, 1] the lowest threshold counts every pixel, so that case implies P = 0 and is reported as such.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.concepts import DEFAULT_THRESHOLD_GRID
 from pipeline.metrics.boxes import threshold_grid
 
 _BIN_STEPS = 4  # moves of MaskEvaluator._bins's guess before it falls back to a binary search
+
 
 @dataclass(frozen=True)
 class MaskResult:
@@ -60,7 +63,7 @@ class MaskEvaluator:
     and the totals as their sums).
     """
 
-    def __init__(self, *, grid: str = "official", per_image: bool = False):
+    def __init__(self, *, grid: str = DEFAULT_THRESHOLD_GRID, per_image: bool = False):
         self.thresholds = threshold_grid(grid)
         self.edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
         self._per_step = (len(self.thresholds) - 1) / (self.thresholds[-1] - self.thresholds[0])  # 1 / grid step
@@ -140,9 +143,11 @@ class MaskEvaluator:
         """
         num_fg = int(self.fg_hist.sum())
         if num_fg <= 0:
-            raise ValueError("PxAP: no positive ground-truth pixel in the evaluated set (so no positive "
-                             "prediction either); every pixel was background or ignored, or nothing was "
-                             "accumulated")
+            raise ValueError(
+                "PxAP: no positive ground-truth pixel in the evaluated set (so no positive "
+                "prediction either); every pixel was background or ignored, or nothing was "
+                "accumulated"
+            )
         tp = self.fg_hist[::-1].cumsum()
         fp = self.bg_hist[::-1].cumsum()
         predicted = tp + fp
@@ -155,8 +160,20 @@ class MaskEvaluator:
         if self.per_image:
             n_bins = len(self.edges) - 1
             parts = [(np.zeros((0, n_bins), np.int64),) * 2, *self._per_image]
-            per_image = {"per_image_fg_hist": np.concatenate([f for f, _ in parts]),
-                         "per_image_bg_hist": np.concatenate([b for _, b in parts])}
-        return MaskResult(**per_image, thresholds=self.thresholds.copy(), edges=self.edges.copy(),
-                          fg_hist=self.fg_hist.copy(), bg_hist=self.bg_hist.copy(), cuts=self.edges[:-1][::-1].copy(),
-                          tp=tp, fp=fp, precision=precision, recall=recall, pxap=pxap)
+            per_image = {
+                "per_image_fg_hist": np.concatenate([f for f, _ in parts]),
+                "per_image_bg_hist": np.concatenate([b for _, b in parts]),
+            }
+        return MaskResult(
+            **per_image,
+            thresholds=self.thresholds.copy(),
+            edges=self.edges.copy(),
+            fg_hist=self.fg_hist.copy(),
+            bg_hist=self.bg_hist.copy(),
+            cuts=self.edges[:-1][::-1].copy(),
+            tp=tp,
+            fp=fp,
+            precision=precision,
+            recall=recall,
+            pxap=pxap,
+        )

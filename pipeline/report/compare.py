@@ -40,10 +40,10 @@ Messages go to stderr.
 
 Nothing here imports torch: the module runs in a second or two.
 """
+
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -59,11 +59,11 @@ import pandas as pd
 import yaml
 
 from pipeline.cams import variants as registry  # torch-free
+from pipeline.concepts import BRANCHES, IOUS, PALETTE
+from pipeline.metrics import curves as curve_files  # torch-free
 
 VARIANTS = registry.names()
-BRANCHES = ("softmax", "sigmoid")  # as pipeline.cams.engine (not imported from there: that pulls in torch)
-IOUS = (30, 50, 70)
-CURVES_DIR = "reports/plots/box_accuracy"
+CURVES_DIR = (curve_files.PLOTS_DIR / curve_files.BOX_DIR).as_posix()
 METRICS_FILE = "reports/metrics.json"  # holds `intervals`: {protocol: {variant: {metric: {delta, ...}}}}
 EVALUATION_FILE = "reports/evaluation.json"  # its `postprocess` names the headline protocol
 PARAMS_FILE = "params.yaml"
@@ -72,7 +72,6 @@ DEFAULT_OUT_DIR = Path("build/compare")  # relative to the repository root
 FIGURE_NAME = "threshold_curves.png"
 FIGSIZE = (12.0, 4.0)  # inches
 DPI = 120  # -> 1440 x 480 pixels
-PALETTE = {"softmax": "#E69F00", "sigmoid": "#0072B2"}  # Okabe-Ito orange / blue, as the report figures
 WORKSPACE = "workspace"
 CURVE_COLUMNS = ["variant", "branch", "revision", "threshold", "iou", "accuracy"]
 COMMENT_LIMIT = 20_000  # characters; GitHub refuses a comment over 65,536
@@ -123,8 +122,9 @@ def repo_root(cwd: Path | str) -> Path:
         raise CompareError(f"{cwd}: no such folder")
     proc = _git(["rev-parse", "--show-toplevel"], cwd)
     if proc.returncode != 0:
-        raise CompareError(f"{cwd} is not inside a git repository ({proc.stderr.strip()}); "
-                           "run this from a clone of the benchmark")
+        raise CompareError(
+            f"{cwd} is not inside a git repository ({proc.stderr.strip()}); run this from a clone of the benchmark"
+        )
     return Path(proc.stdout.strip())
 
 
@@ -141,8 +141,10 @@ def resolve_rev(rev: str, cwd: Path | str) -> str:
     proc = _git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"], cwd)
     if proc.returncode != 0:
         refs = ", ".join(_refs(cwd)) or "none (no commits yet)"
-        raise CompareError(f"unknown git revision {rev!r}: not a commit in {repo_root(cwd)}; "
-                           f"valid: a commit sha or one of these refs: {refs}")
+        raise CompareError(
+            f"unknown git revision {rev!r}: not a commit in {repo_root(cwd)}; "
+            f"valid: a commit sha or one of these refs: {refs}"
+        )
     return proc.stdout.strip()
 
 
@@ -160,8 +162,9 @@ def _dvc_command() -> list[str]:
     sibling = Path(sys.executable).parent / "dvc"
     if sibling.is_file() and os.access(sibling, os.X_OK):
         return [str(sibling)]
-    raise CompareError("`dvc` not found on PATH nor next to "
-                       f"{sys.executable}; run `make setup` and activate .venv", code=1)
+    raise CompareError(
+        f"`dvc` not found on PATH nor next to {sys.executable}; run `make setup` and activate .venv", code=1
+    )
 
 
 def run_dvc(args: Sequence[str], cwd: Path | str) -> str:
@@ -221,8 +224,10 @@ def dir_side(folder: Path | str, cwd: Path | str, label: str | None = None) -> S
     if not folder.is_dir():
         raise CompareError(f"--base-dir {folder}: no such folder")
     if not (folder / ".dvc").is_dir():
-        raise CompareError(f"--base-dir {folder}: not a DVC checkout (no .dvc folder); give a checkout of the "
-                           "base revision, e.g. `git worktree add DIR REV`")
+        raise CompareError(
+            f"--base-dir {folder}: not a DVC checkout (no .dvc folder); give a checkout of the "
+            "base revision, e.g. `git worktree add DIR REV`"
+        )
     proc = _git(["rev-parse", "--verify", "--quiet", "HEAD"], folder)
     sha = proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
     label = label or folder.name
@@ -276,9 +281,13 @@ def metrics_diff(rev: str, cwd: Path | str) -> dict[tuple[str, str], tuple[Any, 
     A side where the metric is absent reads None.
     """
     data = _json(run_dvc(["metrics", "diff", "--json", "--all", rev], cwd), f"dvc metrics diff --json --all {rev}")
-    return {(path, key): (entry.get("old"), entry.get("new"))
-            for path, metrics in data.items() if isinstance(metrics, dict)
-            for key, entry in metrics.items() if isinstance(entry, dict)}
+    return {
+        (path, key): (entry.get("old"), entry.get("new"))
+        for path, metrics in data.items()
+        if isinstance(metrics, dict)
+        for key, entry in metrics.items()
+        if isinstance(entry, dict)
+    }
 
 
 def metric_pairs(base: Side, workspace: Side) -> dict[tuple[str, str], tuple[Any, Any]]:
@@ -306,8 +315,9 @@ def intervals_from(values: Mapping[tuple[str, str], Any]) -> dict[tuple[str, str
     return out
 
 
-def headline_protocol(side: Side, values: Mapping[tuple[str, str], Any],
-                      intervals: Mapping[tuple[str, str, str], Any]) -> str | None:
+def headline_protocol(
+    side: Side, values: Mapping[tuple[str, str], Any], intervals: Mapping[tuple[str, str, str], Any]
+) -> str | None:
     """The protocol of the top-level numbers: EVALUATION_FILE's `postprocess`; failing that, the one protocol
     of `intervals` that METRICS_FILE does not list under `protocols` (None if that is not one)."""
     text = side.read_text(EVALUATION_FILE)
@@ -338,8 +348,9 @@ def _half_width(leaf: Mapping[str, Any] | None) -> float | None:
     return float(value) if _number(value) and math.isfinite(value) and value >= 0 else None
 
 
-def interval_key(path: str, key: str, headline: str | None,
-                 known: set[tuple[str, str, str]]) -> tuple[str, str, str] | None:
+def interval_key(
+    path: str, key: str, headline: str | None, known: set[tuple[str, str, str]]
+) -> tuple[str, str, str] | None:
     """The interval that judges metric `key` of `path`: (protocol, variant, metric), or None.
 
     `intervals.P.V.M.*` -> (P, V, M); `protocols.P.V.<branch>.M` -> (P, V, M); `V.<branch>.M` (the top-level
@@ -387,8 +398,9 @@ class Flip:
     new_delta: Any
 
 
-def verdict_flips(old: Mapping[tuple[str, str, str], Mapping], new: Mapping[tuple[str, str, str], Mapping]
-                  ) -> list[Flip]:
+def verdict_flips(
+    old: Mapping[tuple[str, str, str], Mapping], new: Mapping[tuple[str, str, str], Mapping]
+) -> list[Flip]:
     """Intervals whose verdict differs between the two sides (both sides have one)."""
     flips = []
     for key in sorted(set(old) & set(new)):
@@ -398,9 +410,12 @@ def verdict_flips(old: Mapping[tuple[str, str, str], Mapping], new: Mapping[tupl
     return flips
 
 
-def classify(pairs: Mapping[tuple[str, str], tuple[Any, Any]], headline: str | None,
-             base_intervals: Mapping[tuple[str, str, str], Mapping],
-             ws_intervals: Mapping[tuple[str, str, str], Mapping]) -> list[MetricRow]:
+def classify(
+    pairs: Mapping[tuple[str, str], tuple[Any, Any]],
+    headline: str | None,
+    base_intervals: Mapping[tuple[str, str, str], Mapping],
+    ws_intervals: Mapping[tuple[str, str, str], Mapping],
+) -> list[MetricRow]:
     """One MetricRow per metric, judged:
 
     UNCHANGED; ADDED / REMOVED (absent on one side); VERDICT (an interval's verdict string changed); DETAIL
@@ -458,22 +473,22 @@ def read_params(side: Side) -> dict[str, Any] | None:
 def params_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[tuple[str, Any, Any]]:
     """[(dotted key, base value, workspace value)] of every key whose value differs (None: absent)."""
     old, new = old or {}, new or {}
-    return [(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
-            if key not in old or key not in new or not _same(old[key], new[key])]
+    return [
+        (key, old.get(key), new.get(key))
+        for key in sorted(set(old) | set(new))
+        if key not in old or key not in new or not _same(old[key], new[key])
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------
 # Threshold curves
 
 
-def _long(df: pd.DataFrame, variant: str, branch: str, revision: str, source: str) -> pd.DataFrame:
-    missing = [c for c in ["threshold", *(f"iou{d}" for d in IOUS)] if c not in df.columns]
-    if missing:
-        raise CompareError(f"{source}: column(s) {', '.join(missing)} missing; "
-                           f"expected threshold,iou30,iou50,iou70[,...], found {','.join(df.columns)}", code=1)
-    long = df.melt(id_vars="threshold", value_vars=[f"iou{d}" for d in IOUS], var_name="iou",
-                   value_name="accuracy")
-    long["iou"] = long["iou"].str.removeprefix("iou").astype(int)
+def _long(text: str, variant: str, branch: str, revision: str, source: str) -> pd.DataFrame:
+    try:
+        long = curve_files.read_box(text, source)
+    except curve_files.CurveError as exc:
+        raise CompareError(str(exc), code=1) from exc
     return long.assign(variant=variant, branch=branch, revision=revision)[CURVE_COLUMNS]
 
 
@@ -486,19 +501,15 @@ def read_curves_at(side: Side, variant: str) -> pd.DataFrame:
     validate_variant(variant)
     frames = []
     for branch in BRANCHES:
-        rel = f"{CURVES_DIR}/{variant}_{branch}.csv"
+        rel = curve_files.box_path(variant, branch).as_posix()
         text = side.read_text(rel)
         if text is None:
             continue
-        source = side.source(rel)
-        try:
-            table = pd.read_csv(io.StringIO(text))
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise CompareError(f"{source}: not a readable CSV ({exc})", code=1) from exc
-        frames.append(_long(table, variant, branch, side.label, source))
+        frames.append(_long(text, variant, branch, side.label, side.source(rel)))
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("threshold", "accuracy") else "object")
-                             for c in CURVE_COLUMNS})
+        return pd.DataFrame(
+            {c: pd.Series(dtype="float64" if c in ("threshold", "accuracy") else "object") for c in CURVE_COLUMNS}
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -520,8 +531,9 @@ def curve_changes(df: pd.DataFrame, base: str) -> pd.DataFrame:
     return change.rename("max_abs_change").reset_index()
 
 
-def plot_threshold_diff(df: pd.DataFrame, path: Path | str, *, base: str | None = None,
-                        title: str | None = None) -> Path:
+def plot_threshold_diff(
+    df: pd.DataFrame, path: Path | str, *, base: str | None = None, title: str | None = None
+) -> Path:
     """Box accuracy against CAM threshold, one panel per IoU; hue = branch, base dashed, workspace solid.
 
     `df` is read_curves' frame for one variant, the base revision's and the workspace's concatenated;
@@ -542,8 +554,11 @@ def plot_threshold_diff(df: pd.DataFrame, path: Path | str, *, base: str | None 
     bases = [r for r in revisions if r != WORKSPACE]
     dashes = {r: (4, 2) for r in bases} | {WORKSPACE: ""}
     if title is None:
-        against = (f"{', '.join(bases)} (dashed) vs workspace (solid)" if bases else
-                   f"workspace only ({base or 'the base revision'} has no curves)")
+        against = (
+            f"{', '.join(bases)} (dashed) vs workspace (solid)"
+            if bases
+            else f"workspace only ({base or 'the base revision'} has no curves)"
+        )
         title = f"{', '.join(variants)}: box accuracy against CAM threshold, {against}"
     branches = [b for b in BRANCHES if b in set(df["branch"])]
     path = Path(path)
@@ -552,17 +567,33 @@ def plot_threshold_diff(df: pd.DataFrame, path: Path | str, *, base: str | None 
         fig, axes = plt.subplots(1, len(IOUS), figsize=FIGSIZE, dpi=DPI, sharey=True, layout="constrained")
         for ax, iou in zip(axes, IOUS):
             panel = df[df["iou"] == iou]
-            sns.lineplot(data=panel, x="threshold", y="accuracy", hue="branch", hue_order=branches,
-                         palette=PALETTE, style="revision", style_order=[WORKSPACE, *bases], dashes=dashes,
-                         estimator=None, errorbar=None, linewidth=1.4, legend=False, ax=ax)
+            sns.lineplot(
+                data=panel,
+                x="threshold",
+                y="accuracy",
+                hue="branch",
+                hue_order=branches,
+                palette=PALETTE,
+                style="revision",
+                style_order=[WORKSPACE, *bases],
+                dashes=dashes,
+                estimator=None,
+                errorbar=None,
+                linewidth=1.4,
+                legend=False,
+                ax=ax,
+            )
             ax.set_title(f"IoU ≥ {iou}%")
             ax.set_xlabel("CAM threshold (fraction of the map's max)")
             ax.set_ylabel("box accuracy (%)" if ax is axes[0] else "")
             ax.set_xlim(0, 1)
             ax.set_ylim(bottom=0)
         handles = [Line2D([], [], color=PALETTE[b], lw=2, label=f"{b} branch") for b in branches]
-        handles += [Line2D([], [], color="0.3", lw=1.4, dashes=dashes[r] or (None, None), label=r)
-                    for r in [*bases, WORKSPACE] if r in revisions]
+        handles += [
+            Line2D([], [], color="0.3", lw=1.4, dashes=dashes[r] or (None, None), label=r)
+            for r in [*bases, WORKSPACE]
+            if r in revisions
+        ]
         fig.legend(handles=handles, loc="outside right upper", frameon=False)
         fig.suptitle(title)
         fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
@@ -653,15 +684,21 @@ def _verdict_cell(leaf: Mapping[str, Any] | None, old_leaf: Mapping[str, Any] | 
 
 
 def _summary(report: Report) -> str:
-    counts = {status: len(report.with_status(status)) for status in
-              (BEYOND, WITHIN, NO_INTERVAL, ADDED, REMOVED, DETAIL, UNCHANGED)}
+    counts = {
+        status: len(report.with_status(status))
+        for status in (BEYOND, WITHIN, NO_INTERVAL, ADDED, REMOVED, DETAIL, UNCHANGED)
+    }
     if not any(n for status, n in counts.items() if status != UNCHANGED) and not report.params and not report.flips:
-        return (f"**Nothing changed**: every metric and every `{PARAMS_FILE}` value is the same as at "
-                f"`{report.base.label}` ({_count(counts[UNCHANGED], 'metric')} compared).")
-    parts = [f"{_count(counts[BEYOND], 'metric')} beyond their interval",
-             f"{_count(len(report.flips), 'verdict')} flipped",
-             f"{_count(counts[WITHIN], 'metric')} within their interval",
-             f"{_count(counts[NO_INTERVAL], 'metric')} without an interval"]
+        return (
+            f"**Nothing changed**: every metric and every `{PARAMS_FILE}` value is the same as at "
+            f"`{report.base.label}` ({_count(counts[UNCHANGED], 'metric')} compared)."
+        )
+    parts = [
+        f"{_count(counts[BEYOND], 'metric')} beyond their interval",
+        f"{_count(len(report.flips), 'verdict')} flipped",
+        f"{_count(counts[WITHIN], 'metric')} within their interval",
+        f"{_count(counts[NO_INTERVAL], 'metric')} without an interval",
+    ]
     parts += [f"{_count(counts[s], 'metric')} {s}" for s in (ADDED, REMOVED) if counts[s]]
     if counts[DETAIL]:
         parts.append(_count(counts[DETAIL], "interval field"))
@@ -674,20 +711,27 @@ def _headline_lines(report: Report) -> list[str]:
     lines = [f"## Headline verdicts: protocol `{protocol}`" if protocol else "## Headline verdicts", ""]
     leaves = {(v, m): leaf for (p, v, m), leaf in report.ws_intervals.items() if p == protocol}
     if not leaves:
-        why = (f"no headline protocol (no `postprocess` in {EVALUATION_FILE})" if protocol is None
-               else f"no `intervals.{protocol}` in the workspace's {METRICS_FILE}")
+        why = (
+            f"no headline protocol (no `postprocess` in {EVALUATION_FILE})"
+            if protocol is None
+            else f"no `intervals.{protocol}` in the workspace's {METRICS_FILE}"
+        )
         return lines + [f"{why}: no verdicts to show.", ""]
     order = {v: i for i, v in enumerate(VARIANTS)}
     variants = sorted({v for v, _ in leaves}, key=lambda v: (order.get(v, len(order)), v))
     metrics = sorted({m for _, m in leaves})
-    lines += ["Sigmoid minus softmax branch: the delta and its interval [low, high]; **better** / **worse** "
-              "when the interval excludes 0, ≈ (no detectable difference) otherwise; ⚠ marks a verdict that "
-              f"differs from `{report.base.label}`'s.", "",
-              "| metric | " + " | ".join(f"`{v}`" for v in variants) + " |",
-              "|---|" + "---|" * len(variants)]
+    lines += [
+        "Sigmoid minus softmax branch: the delta and its interval [low, high]; **better** / **worse** "
+        "when the interval excludes 0, ≈ (no detectable difference) otherwise; ⚠ marks a verdict that "
+        f"differs from `{report.base.label}`'s.",
+        "",
+        "| metric | " + " | ".join(f"`{v}`" for v in variants) + " |",
+        "|---|" + "---|" * len(variants),
+    ]
     for metric in metrics:
-        cells = [_verdict_cell(leaves.get((v, metric)), report.base_intervals.get((protocol, v, metric)))
-                 for v in variants]
+        cells = [
+            _verdict_cell(leaves.get((v, metric)), report.base_intervals.get((protocol, v, metric))) for v in variants
+        ]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -696,9 +740,12 @@ def _flip_lines(report: Report, cap: int | None) -> list[str]:
     if not report.flips:
         return []
     shown = report.flips if cap is None else report.flips[:cap]
-    lines = ["## Verdicts that flipped", "",
-             f"| protocol | variant | metric | `{report.base.label}` | workspace | delta |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## Verdicts that flipped",
+        "",
+        f"| protocol | variant | metric | `{report.base.label}` | workspace | delta |",
+        "|---|---|---|---|---|---|",
+    ]
     for f in shown:
         delta = f"{_cell(f.old_delta)} → {_cell(f.new_delta)}"
         lines.append(f"| {f.protocol} | {f.variant} | {f.metric} | {_word(f.old)} | {_word(f.new)} | {delta} |")
@@ -713,12 +760,19 @@ def _metric_table(rows: Sequence[MetricRow], base: str, *, judged: bool, full: b
         head.append("Judged")
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for row in rows:
-        cells = [row.path, f"`{row.key}`" + (" ⚠" if row.flipped and not full else ""), _cell(row.old),
-                 _cell(row.new), _signed(row.change)]
+        cells = [
+            row.path,
+            f"`{row.key}`" + (" ⚠" if row.flipped and not full else ""),
+            _cell(row.old),
+            _cell(row.new),
+            _signed(row.change),
+        ]
         if judged:
             ratio = row.ratio
-            cells += ["" if row.half_width is None else f"±{row.half_width:.3g}",
-                      "" if row.half_width is None or math.isinf(ratio) else f"{ratio:.2f}"]
+            cells += [
+                "" if row.half_width is None else f"±{row.half_width:.3g}",
+                "" if row.half_width is None or math.isinf(ratio) else f"{ratio:.2f}",
+            ]
         if full:
             cells.append(row.status + (", verdict flipped" if row.flipped and row.status == BEYOND else ""))
         lines.append("| " + " | ".join(cells) + " |")
@@ -749,9 +803,12 @@ def _curve_lines(report: Report) -> list[str]:
         if moved.empty:
             lines += [f"The curves are identical at `{base}` and in the workspace: not drawn.", ""]
         else:
-            lines += ["Largest |workspace - base| box-accuracy difference over all thresholds (percentage points):",
-                      "", "| branch | " + " | ".join(f"IoU {d}" for d in IOUS) + " |",
-                      "|---|" + "---:|" * len(IOUS)]
+            lines += [
+                "Largest |workspace - base| box-accuracy difference over all thresholds (percentage points):",
+                "",
+                "| branch | " + " | ".join(f"IoU {d}" for d in IOUS) + " |",
+                "|---|" + "---:|" * len(IOUS),
+            ]
             for branch in BRANCHES:
                 row = moved[moved.branch == branch].set_index("iou")["max_abs_change"]
                 if not row.empty:
@@ -776,41 +833,51 @@ def _comment(report: Report, caps: Mapping[str, int]) -> str:
 
     beyond = sorted(report.with_status(BEYOND), key=lambda r: (-r.ratio, r.path, r.key))
     if beyond:
-        shown = beyond[:caps["beyond"]]
-        lines += ["## Changed beyond their interval", "",
-                  "Metrics whose change exceeds the half-width of their interval (sigmoid minus softmax, same "
-                  "protocol, variant and metric) or whose interval's verdict flipped (⚠); largest change "
-                  "relative to the half-width first.", ""]
+        shown = beyond[: caps["beyond"]]
+        lines += [
+            "## Changed beyond their interval",
+            "",
+            "Metrics whose change exceeds the half-width of their interval (sigmoid minus softmax, same "
+            "protocol, variant and metric) or whose interval's verdict flipped (⚠); largest change "
+            "relative to the half-width first.",
+            "",
+        ]
         lines += _metric_table(shown, base, judged=True) + _rest(len(shown), len(beyond))
     within = report.with_status(WITHIN)
     if within:
         top = max(row.ratio for row in within)
-        lines += [f"**{_count(len(within), 'metric')} changed within their interval** (by at most "
-                  f"{top:.2f} of its half-width): not listed, see the full diff.", ""]
+        lines += [
+            f"**{_count(len(within), 'metric')} changed within their interval** (by at most "
+            f"{top:.2f} of its half-width): not listed, see the full diff.",
+            "",
+        ]
     loose = sorted(report.with_status(NO_INTERVAL), key=lambda r: (-_relative(r), r.path, r.key))
     if loose:
-        shown = loose[:caps["no_interval"]]
-        lines += ["## Changed, no interval to judge by", "",
-                  "Largest change relative to the base's value first.", ""]
+        shown = loose[: caps["no_interval"]]
+        lines += ["## Changed, no interval to judge by", "", "Largest change relative to the base's value first.", ""]
         lines += _metric_table(shown, base, judged=False) + _rest(len(shown), len(loose))
     other = []
     for status, what in ((ADDED, "in the workspace only"), (REMOVED, f"at `{base}` only")):
         rows = report.with_status(status)
         if rows:
-            names = ", ".join(f"`{r.key}`" for r in rows[:caps["names"]])
+            names = ", ".join(f"`{r.key}`" for r in rows[: caps["names"]])
             names += ", ..." if len(rows) > caps["names"] else ""
             other.append(f"{_count(len(rows), 'metric')} {what}: {names}.")
     details = report.with_status(DETAIL)
     if details:
-        other.append(f"{_count(len(details), 'interval field')} besides the deltas (low, high, half-width, ...) "
-                     "changed: in the full diff.")
+        other.append(
+            f"{_count(len(details), 'interval field')} besides the deltas (low, high, half-width, ...) "
+            "changed: in the full diff."
+        )
     lines += other + ([""] if other else [])
 
     lines += _param_lines(report, caps["params"])
     lines += _curve_lines(report)
     if report.full:
-        lines += ["The full diff (every metric, unchanged ones included, and every changed param): "
-                  f"`{report.full}`.", ""]
+        lines += [
+            f"The full diff (every metric, unchanged ones included, and every changed param): `{report.full}`.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -824,18 +891,27 @@ def render_comment(report: Report, *, max_chars: int = COMMENT_LIMIT) -> str:
         caps = {name: cap // 2 for name, cap in caps.items()}
     if len(text) > max_chars:
         note = f"\n\n... (cut at {max_chars} characters; the full diff has everything)\n"
-        text = text[:max(0, max_chars - len(note))] + note
+        text = text[: max(0, max_chars - len(note))] + note
     return text
 
 
 def render_full(report: Report) -> str:
     """The complete diff: every metric of every file (unchanged ones too), every flip, every changed param."""
     base = report.base.label
-    lines = [f"{TITLE}: full diff", "", _against(report), "", _summary(report), "",
-             "## Metrics: every metric of every file", "",
-             "`Judged`: beyond / within interval (|change| against the half-width of the sigmoid minus softmax "
-             "interval of the same protocol, variant and metric), no interval, unchanged, added, removed, "
-             "verdict, interval field.", ""]
+    lines = [
+        f"{TITLE}: full diff",
+        "",
+        _against(report),
+        "",
+        _summary(report),
+        "",
+        "## Metrics: every metric of every file",
+        "",
+        "`Judged`: beyond / within interval (|change| against the half-width of the sigmoid minus softmax "
+        "interval of the same protocol, variant and metric), no interval, unchanged, added, removed, "
+        "verdict, interval field.",
+        "",
+    ]
     lines += _metric_table(report.rows, base, judged=True, full=True) + [""]
     lines += _flip_lines(report, None)
     lines += _param_lines(report, None)
@@ -848,8 +924,15 @@ def _link(path: Path, cwd: Path) -> str:
     return path.relative_to(cwd).as_posix() if path.is_relative_to(cwd) else path.as_posix()
 
 
-def compare_sides(base: str | None, variant: str, out_dir: Path | str | None, cwd: Path | str, *,
-                  base_dir: Path | str | None = None, full: str | None = None) -> Report:
+def compare_sides(
+    base: str | None,
+    variant: str,
+    out_dir: Path | str | None,
+    cwd: Path | str,
+    *,
+    base_dir: Path | str | None = None,
+    full: str | None = None,
+) -> Report:
     """Validates, collects both sides' metrics, params and curves, judges every change, draws the figure.
 
     The base is the git revision `base` (default main), or the checkout `base_dir` (then `base` only names it).
@@ -872,10 +955,17 @@ def compare_sides(base: str | None, variant: str, out_dir: Path | str | None, cw
     base_intervals, ws_intervals = intervals_from(old_values), intervals_from(new_values)
     base_headline = headline_protocol(base_side, old_values, base_intervals)
     ws_headline = headline_protocol(workspace, new_values, ws_intervals)
-    report = Report(base_side, workspace, variant, headline=ws_headline or base_headline,
-                    base_intervals=base_intervals, ws_intervals=ws_intervals, full=full,
-                    rows=classify(pairs, base_headline or ws_headline, base_intervals, ws_intervals),
-                    flips=verdict_flips(base_intervals, ws_intervals))
+    report = Report(
+        base_side,
+        workspace,
+        variant,
+        headline=ws_headline or base_headline,
+        base_intervals=base_intervals,
+        ws_intervals=ws_intervals,
+        full=full,
+        rows=classify(pairs, base_headline or ws_headline, base_intervals, ws_intervals),
+        flips=verdict_flips(base_intervals, ws_intervals),
+    )
 
     old_params, new_params = read_params(base_side), read_params(workspace)
     for params, where in ((old_params, f"at `{base_side.label}`"), (new_params, "in the workspace")):
@@ -886,18 +976,23 @@ def compare_sides(base: str | None, variant: str, out_dir: Path | str | None, cw
     out = root / DEFAULT_OUT_DIR if out_dir is None else cwd / Path(out_dir)
     old = read_curves_at(base_side, variant)
     new = read_curves_at(workspace, variant)
-    for frame, where, consequence in ((old, f"at `{base_side.label}`", "drawn for the workspace only"),
-                                      (new, "in the workspace", "not drawn (run the evaluate stage)")):
+    for frame, where, consequence in (
+        (old, f"at `{base_side.label}`", "drawn for the workspace only"),
+        (new, "in the workspace", "not drawn (run the evaluate stage)"),
+    ):
         absent = [b for b in BRANCHES if b not in set(frame["branch"])]
         if absent:
-            files = ", ".join(f"`{CURVES_DIR}/{variant}_{b}.csv`" for b in absent)
+            files = ", ".join(f"`{curve_files.box_path(variant, b).as_posix()}`" for b in absent)
             report.curve_notes.append(f"{files} absent {where}: {consequence}.")
     frames = [f for f in (old, new) if not f.empty]
     if frames:
         curves = pd.concat(frames, ignore_index=True)
         report.curve_changes = curve_changes(curves, base_side.label)
-        identical = (not report.curve_changes.empty and not report.curve_notes
-                     and (report.curve_changes.max_abs_change == 0).all())
+        identical = (
+            not report.curve_changes.empty
+            and not report.curve_notes
+            and (report.curve_changes.max_abs_change == 0).all()
+        )
         if not identical:
             png = plot_threshold_diff(curves, out / FIGURE_NAME, base=base_side.label)
             report.figure = _link(png, cwd)
@@ -906,12 +1001,20 @@ def compare_sides(base: str | None, variant: str, out_dir: Path | str | None, cw
     return report
 
 
-def build_report(base: str | None, variant: str, out_dir: Path | str | None, cwd: Path | str, *,
-                 base_dir: Path | str | None = None, full: Path | str | None = None,
-                 max_chars: int = COMMENT_LIMIT) -> str:
+def build_report(
+    base: str | None,
+    variant: str,
+    out_dir: Path | str | None,
+    cwd: Path | str,
+    *,
+    base_dir: Path | str | None = None,
+    full: Path | str | None = None,
+    max_chars: int = COMMENT_LIMIT,
+) -> str:
     """Everything `main` prints (the comment); writes the full diff to `full` (relative to `cwd`) if given."""
-    report = compare_sides(base, variant, out_dir, cwd, base_dir=base_dir,
-                           full=None if full is None else Path(full).as_posix())
+    report = compare_sides(
+        base, variant, out_dir, cwd, base_dir=base_dir, full=None if full is None else Path(full).as_posix()
+    )
     if full is not None:
         path = Path(cwd) / full
         try:
@@ -924,25 +1027,51 @@ def build_report(base: str | None, variant: str, out_dir: Path | str | None, cwd
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.report.compare", description=__doc__.split("\n")[0])
-    parser.add_argument("--base", default=None,
-                        help=f"git revision to compare with (default: {DEFAULT_BASE}); with --base-dir, only the "
-                        "name the report gives that folder (default: the folder's name)")
-    parser.add_argument("--base-dir", default=None, metavar="DIR",
-                        help="compare with this checkout of the base instead of a git revision (a git worktree "
-                        "where `dvc repro` ran): its reports/ and params.yaml are read there")
-    parser.add_argument("--full", default=None, metavar="FILE",
-                        help="also write the complete diff here (every metric, changed or not; every changed "
-                        "param)")
-    parser.add_argument("--max-chars", type=int, default=COMMENT_LIMIT,
-                        help=f"cut the comment's tables until it fits (default: {COMMENT_LIMIT})")
-    parser.add_argument("--out-dir", default=None,
-                        help=f"folder for the figure (default: {DEFAULT_OUT_DIR} under the repository root)")
-    parser.add_argument("--variant", default=VARIANTS[0], help=f"CAM variant to plot: {', '.join(VARIANTS)} "
-                        f"(default: {VARIANTS[0]}; a gradient-family run has no {VARIANTS[0]}: pick another)")
+    parser.add_argument(
+        "--base",
+        default=None,
+        help=f"git revision to compare with (default: {DEFAULT_BASE}); with --base-dir, only the "
+        "name the report gives that folder (default: the folder's name)",
+    )
+    parser.add_argument(
+        "--base-dir",
+        default=None,
+        metavar="DIR",
+        help="compare with this checkout of the base instead of a git revision (a git worktree "
+        "where `dvc repro` ran): its reports/ and params.yaml are read there",
+    )
+    parser.add_argument(
+        "--full",
+        default=None,
+        metavar="FILE",
+        help="also write the complete diff here (every metric, changed or not; every changed param)",
+    )
+    parser.add_argument(
+        "--max-chars",
+        type=int,
+        default=COMMENT_LIMIT,
+        help=f"cut the comment's tables until it fits (default: {COMMENT_LIMIT})",
+    )
+    parser.add_argument(
+        "--out-dir", default=None, help=f"folder for the figure (default: {DEFAULT_OUT_DIR} under the repository root)"
+    )
+    parser.add_argument(
+        "--variant",
+        default=VARIANTS[0],
+        help=f"CAM variant to plot: {', '.join(VARIANTS)} "
+        f"(default: {VARIANTS[0]}; a gradient-family run has no {VARIANTS[0]}: pick another)",
+    )
     args = parser.parse_args(argv)
     try:
-        markdown = build_report(args.base, args.variant, args.out_dir, Path.cwd(), base_dir=args.base_dir,
-                                full=args.full, max_chars=args.max_chars)
+        markdown = build_report(
+            args.base,
+            args.variant,
+            args.out_dir,
+            Path.cwd(),
+            base_dir=args.base_dir,
+            full=args.full,
+            max_chars=args.max_chars,
+        )
     except CompareError as exc:
         print(f"compare: error: {exc}", file=sys.stderr)
         return exc.code

@@ -7,6 +7,7 @@
   blue negative, each map scaled by its own max |M|), the GT box and the box the metric draws.
 - `sign_bars`: the sign diagnostics as grouped bars.
 """
+
 from __future__ import annotations
 
 import io
@@ -25,19 +26,19 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.cams import variants as registry  # noqa: E402
-from pipeline.cams.engine import BRANCHES  # noqa: E402
+from pipeline.concepts import BRANCHES, PALETTE  # noqa: E402
 from pipeline.io import write_bytes  # noqa: E402
+from pipeline.metrics import curves as curve_files  # noqa: E402
+from pipeline.metrics import registry as metric_registry  # noqa: E402
 from pipeline.report.tables import VARIANT_LABELS  # noqa: E402
 
-PALETTE = {"softmax": "#E69F00", "sigmoid": "#0072B2"}  # Okabe-Ito orange / blue, colour-blind safe
-IOUS = (30, 50, 70)
 GT_COLOR = "black"
 PRED_COLOR = "#00A651"
 
 
 GALLERY_CMAP = "RdBu_r"
-CMAP_COLOURS = 64   # palette entries reserved for the gallery colormap; the other 192 adapt to the rest
-CMAP_NEAR = 8       # a pixel within this many levels (per channel) of a reserved entry is left to the ramp
+CMAP_COLOURS = 64  # palette entries reserved for the gallery colormap; the other 192 adapt to the rest
+CMAP_NEAR = 8  # a pixel within this many levels (per channel) of a reserved entry is left to the ramp
 
 
 def palette_png(rgb: Image.Image, cmap: str) -> Image.Image:
@@ -52,10 +53,15 @@ def palette_png(rgb: Image.Image, cmap: str) -> Image.Image:
     colours = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=1).astype(np.int16)
     far = np.abs(colours[:, None, :] - ramp[None].astype(np.int16)).max(axis=2).min(axis=1)
     rest = pixels[(far > CMAP_NEAR)[inverse]]
-    adaptive = [] if not len(rest) else Image.fromarray(rest[None]).quantize(
-        colors=256 - CMAP_COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).getpalette()
+    adaptive = (
+        []
+        if not len(rest)
+        else Image.fromarray(rest[None])
+        .quantize(colors=256 - CMAP_COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        .getpalette()
+    )
     entries = Image.new("P", (1, 1))
-    entries.putpalette(ramp.reshape(-1).tolist() + adaptive[:3 * (256 - CMAP_COLOURS)])
+    entries.putpalette(ramp.reshape(-1).tolist() + adaptive[: 3 * (256 - CMAP_COLOURS)])
     return rgb.quantize(palette=entries, dither=Image.Dither.NONE)
 
 
@@ -82,13 +88,11 @@ def read_box_curves(directory: Path, variants: Sequence[str] | None = None) -> p
     frames = []
     for variant in variants if variants is not None else registry.names():
         for branch in BRANCHES:
-            path = Path(directory) / f"{variant}_{branch}.csv"
+            path = Path(directory) / f"{curve_files.curve_name(variant, branch)}.csv"
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: box-accuracy curve missing; rerun the evaluate stage")
-            df = pd.read_csv(path)
-            columns = [f"iou{d}" for d in IOUS if f"iou{d}" in df.columns]
-            long = df.melt(id_vars="threshold", value_vars=columns, var_name="iou", value_name="accuracy")
-            long["iou"] = long["iou"].str.replace("iou", "IoU ", regex=False)
+            long = curve_files.read_box(path.read_text(encoding="utf8"), str(path))
+            long["iou"] = [f"IoU {d}" for d in long["iou"]]
             frames.append(long.assign(variant=VARIANT_LABELS[variant], branch=branch))
     return pd.concat(frames, ignore_index=True)
 
@@ -102,19 +106,32 @@ def read_pr_curves(directory: Path, variants: Sequence[str] | None = None) -> pd
     frames = []
     for variant in variants if variants is not None else registry.names():
         for branch in BRANCHES:
-            path = directory / f"{variant}_{branch}.csv"
+            path = directory / f"{curve_files.curve_name(variant, branch)}.csv"
             if path.is_file():
-                frames.append(pd.read_csv(path).assign(variant=VARIANT_LABELS[variant], branch=branch))
+                frames.append(curve_files.read_pr(path).assign(variant=VARIANT_LABELS[variant], branch=branch))
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def threshold_curves(curves: pd.DataFrame, metrics: Mapping, path: Path, *, dpi: int, title: str) -> None:
     """Box accuracy (%) against CAM threshold: rows = variants, columns = IoU, hue = branch."""
     with sns.axes_style("whitegrid"):
-        grid = sns.relplot(data=curves, x="threshold", y="accuracy", hue="branch", row="variant", col="iou",
-                           kind="line", palette=PALETTE, hue_order=list(BRANCHES), height=2.0, aspect=1.5,
-                           linewidth=1.4, facet_kws={"margin_titles": True, "sharey": True}, errorbar=None,
-                           estimator=None)
+        grid = sns.relplot(
+            data=curves,
+            x="threshold",
+            y="accuracy",
+            hue="branch",
+            row="variant",
+            col="iou",
+            kind="line",
+            palette=PALETTE,
+            hue_order=list(BRANCHES),
+            height=2.0,
+            aspect=1.5,
+            linewidth=1.4,
+            facet_kws={"margin_titles": True, "sharey": True},
+            errorbar=None,
+            estimator=None,
+        )
     for (variant_label, iou), ax in grid.axes_dict.items():
         variant = registry.by_label(variant_label)
         key = f"best_threshold_iou{iou.split()[-1]}"
@@ -134,15 +151,39 @@ def threshold_curves(curves: pd.DataFrame, metrics: Mapping, path: Path, *, dpi:
 def pr_curves(curves: pd.DataFrame, metrics: Mapping, path: Path, *, dpi: int, title: str) -> None:
     """Pixel precision against recall, one panel per variant, hue = branch, PxAP printed in each panel."""
     with sns.axes_style("whitegrid"):
-        grid = sns.relplot(data=curves, x="recall", y="precision", hue="branch", col="variant", kind="line",
-                           palette=PALETTE, hue_order=list(BRANCHES), height=2.8, aspect=1.0, sort=False,
-                           estimator=None, errorbar=None, linewidth=1.4)
+        grid = sns.relplot(
+            data=curves,
+            x="recall",
+            y="precision",
+            hue="branch",
+            col="variant",
+            kind="line",
+            palette=PALETTE,
+            hue_order=list(BRANCHES),
+            height=2.8,
+            aspect=1.0,
+            sort=False,
+            estimator=None,
+            errorbar=None,
+            linewidth=1.4,
+        )
     for variant_label, ax in grid.axes_dict.items():
         variant = registry.by_label(variant_label)
-        text = "\n".join(f"PxAP {b}: {metrics[variant][b]['pxap']:.1f}" for b in BRANCHES
-                         if "pxap" in metrics.get(variant, {}).get(b, {}))
-        ax.text(0.97, 0.97, text, ha="right", va="top", transform=ax.transAxes, fontsize=8,
-                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+        text = "\n".join(
+            f"{metric_registry.label('pxap')} {b}: {metrics[variant][b]['pxap']:.1f}"
+            for b in BRANCHES
+            if "pxap" in metrics.get(variant, {}).get(b, {})
+        )
+        ax.text(
+            0.97,
+            0.97,
+            text,
+            ha="right",
+            va="top",
+            transform=ax.transAxes,
+            fontsize=8,
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+        )
     grid.set_axis_labels("recall", "precision")
     grid.set_titles(col_template="{col_name}")
     grid.set(xlim=(0, 1), ylim=(0, 1))
@@ -154,21 +195,34 @@ def pr_curves(curves: pd.DataFrame, metrics: Mapping, path: Path, *, dpi: int, t
 
 def _box(ax: plt.Axes, box: Sequence[int], color: str, style: str) -> None:
     x0, y0, x1, y1 = (int(v) for v in box)
-    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, edgecolor=color,
-                           linestyle=style, linewidth=1.8))
+    ax.add_patch(
+        Rectangle(
+            (x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, edgecolor=color, linestyle=style, linewidth=1.8
+        )
+    )
 
 
-def gallery(images: np.ndarray, signed: Mapping[str, np.ndarray], gt_boxes: Sequence[np.ndarray],
-            pred_boxes: Mapping[str, np.ndarray], captions: Mapping[str, Sequence[str]], row_labels: Sequence[str],
-            path: Path, *, dpi: int, title: str) -> None:
+def gallery(
+    images: np.ndarray,
+    signed: Mapping[str, np.ndarray],
+    gt_boxes: Sequence[np.ndarray],
+    pred_boxes: Mapping[str, np.ndarray],
+    captions: Mapping[str, Sequence[str]],
+    row_labels: Sequence[str],
+    path: Path,
+    *,
+    dpi: int,
+    title: str,
+) -> None:
     """Rows = images; columns = the image with its GT box, then each branch's signed map.
 
     `images` (n, S, S, 3) uint8; `signed[branch]` (n, S, S) raw signed maps (pos + neg) on the same grid;
     `pred_boxes[branch]` (n, 4) the box the metric draws; `captions[branch][i]` a short text per map.
     """
     n = len(images)
-    fig, axes = plt.subplots(n, 1 + len(signed), figsize=(2.3 * (1 + len(signed)) + 0.6, 2.3 * n + 0.4),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        n, 1 + len(signed), figsize=(2.3 * (1 + len(signed)) + 0.6, 2.3 * n + 0.4), squeeze=False, layout="constrained"
+    )
     mappable = None
     for i in range(n):
         ax = axes[i, 0]
@@ -181,8 +235,9 @@ def gallery(images: np.ndarray, signed: Mapping[str, np.ndarray], gt_boxes: Sequ
             ax = axes[i, j]
             m = maps[i].astype(np.float64)
             scale = np.abs(m).max()
-            mappable = ax.imshow(m / scale if scale > 0 else m, cmap=GALLERY_CMAP, vmin=-1, vmax=1,
-                                 interpolation="nearest")
+            mappable = ax.imshow(
+                m / scale if scale > 0 else m, cmap=GALLERY_CMAP, vmin=-1, vmax=1, interpolation="nearest"
+            )
             for b in gt_boxes[i]:
                 _box(ax, b, GT_COLOR, "-")
             _box(ax, pred_boxes[branch][i], PRED_COLOR, "--")
@@ -196,21 +251,40 @@ def gallery(images: np.ndarray, signed: Mapping[str, np.ndarray], gt_boxes: Sequ
     if mappable is not None:
         bar = fig.colorbar(mappable, ax=axes[:, 1:], shrink=0.5, location="right")
         bar.set_label("signed CAM / max |CAM|  (red +, blue \u2212)")
-    fig.suptitle(f"{title}\nblack: GT box; green dashed: box of the largest contour at the chosen IoU-50 threshold",
-                 fontsize=10)
+    fig.suptitle(
+        f"{title}\nblack: GT box; green dashed: box of the largest contour at the chosen IoU-50 threshold", fontsize=10
+    )
     save(fig, path, dpi, palette_cmap=GALLERY_CMAP)
 
 
 def sign_bars(sign: Mapping, path: Path, *, dpi: int, title: str) -> None:
     """Grouped bars of the sign diagnostics: one panel per statistic, variants on x, hue = branch."""
-    labels = {"neg_share_inside": "negative mass inside GT box", "neg_share_outside": "negative mass outside GT box",
-              "net_negative_inside": "images whose box is net negative"}
-    rows = [{"variant": VARIANT_LABELS[v], "branch": b, "statistic": labels[k], "percent": sign[v][b][k]}
-            for v in registry.names() if v in sign for b in BRANCHES for k in labels]
+    labels = {
+        "neg_share_inside": "negative mass inside GT box",
+        "neg_share_outside": "negative mass outside GT box",
+        "net_negative_inside": "images whose box is net negative",
+    }
+    rows = [
+        {"variant": VARIANT_LABELS[v], "branch": b, "statistic": labels[k], "percent": sign[v][b][k]}
+        for v in registry.names()
+        if v in sign
+        for b in BRANCHES
+        for k in labels
+    ]
     with sns.axes_style("whitegrid"):
-        grid = sns.catplot(data=pd.DataFrame(rows), x="variant", y="percent", hue="branch", col="statistic",
-                           kind="bar", palette=PALETTE, hue_order=list(BRANCHES), height=3.0, aspect=1.3,
-                           col_order=list(labels.values()))
+        grid = sns.catplot(
+            data=pd.DataFrame(rows),
+            x="variant",
+            y="percent",
+            hue="branch",
+            col="statistic",
+            kind="bar",
+            palette=PALETTE,
+            hue_order=list(BRANCHES),
+            height=3.0,
+            aspect=1.3,
+            col_order=list(labels.values()),
+        )
     grid.set_axis_labels("", "% (mean over test images)")
     grid.set_titles(col_template="{col_name}")
     for ax in grid.axes.flat:

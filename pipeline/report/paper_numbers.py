@@ -12,15 +12,15 @@ params.yaml (`ilsvrc`, `openimages`), backbone as in params.yaml `backbones` (`v
 keys of reports/metrics.json (`top1_cls`, `top1_loc`, `gt_known_loc`, `maxboxacc_v2`, `pxap`). The paper
 reports ImageNet Top-1 Cls / Top-1 Loc / GT-known Loc / MaxBoxAccV2 and OpenImages Top-1 Cls / PxAP only.
 """
+
 from __future__ import annotations
 
 from pipeline.cams import variants
 
-SOURCE = ("METHOD.md 7.1 (precursor Table 2: finallyupper/dual-cam asset/wsol_result.png; "
-          "Oh & Noh, BMVC 2025)")
+SOURCE = "METHOD.md 7.1 (precursor Table 2: finallyupper/dual-cam asset/wsol_result.png; Oh & Noh, BMVC 2025)"
 
-# (backbone, method label as the paper prints it): (IN Top1 Cls, IN Top1 Loc, IN GT Loc, IN MaxBoxAccV2, OI Top1 Cls, OI PxAP) for the
-# baseline (softmax) row, and (IN Top1 Loc, IN GT Loc, IN MaxBoxAccV2, OI PxAP) for "+Ours" (sigmoid),
+# (backbone, method label as the paper prints it): (IN Top1 Cls, IN Top1 Loc, IN GT Loc, IN MaxBoxAccV2, OI Top1 Cls,
+# OI PxAP) for the baseline (softmax) row, and (IN Top1 Loc, IN GT Loc, IN MaxBoxAccV2, OI PxAP) for "+Ours" (sigmoid),
 # in METHOD.md 7.1's row order.
 _TABLE_2 = {
     ("vgg16", "CAM"): ((66.56, 43.11, 59.53, 60.00, 70.00, 58.17), (43.13, 59.56, 60.25, 60.16)),
@@ -43,7 +43,9 @@ def _build() -> dict[tuple[str, str, str], dict]:
             "sigmoid": {"top1_loc": s_loc, "gt_known_loc": s_gt, "maxboxacc_v2": s_v2},
         }
         out[("openimages", backbone, label)] = {
-            "top1_cls": oi_cls, "softmax": {"pxap": oi_pxap}, "sigmoid": {"pxap": s_pxap},
+            "top1_cls": oi_cls,
+            "softmax": {"pxap": oi_pxap},
+            "sigmoid": {"pxap": s_pxap},
         }
     return out
 

@@ -40,6 +40,7 @@ Exit status: 0; 2 for an error the user can fix (not a DVC repository, an unknow
 JSON file); 1 when dvc is missing or fails. Nothing here imports torch or DVC's Python API (validating
 params.yaml asks timm only for a backbone outside params.yaml's `backbones` table).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cams import variants
-from pipeline.models.names import ALIASES
+from pipeline.concepts import BRANCHES, DEFAULT_FAMILY
+from pipeline.metrics import registry as metrics_registry
+from pipeline.models.archs import ALIASES
+from pipeline.params import lookup
 from pipeline.report.paper_numbers import DATASETS as PAPER_DATASETS
 from pipeline.report.paper_numbers import SOURCE, paper_value
 
@@ -63,21 +67,22 @@ METRICS_FILE = "reports/metrics.json"
 PARAMS_FILE = "params.yaml"
 DVC_FILE = "dvc.yaml"
 WORKSPACE = "workspace"
-DEFAULT_FAMILY = "cam"
 # The paper's rows per model family (METHOD.md 7.1 and 1.1): the CAM family gives CAM, the gradient family
 # the four gradient variants. Keys and labels as in reports/metrics.json and the report.
 METHODS = {  # the CAM family's own method (CAM), and the gradient family's variants, from the registry
     "cam": tuple((v.name, v.label) for v in variants.for_family("cam") if not v.applies_to("grad")),
     "grad": tuple((v.name, v.label) for v in variants.for_family("grad")),
 }
-BRANCHES = ("softmax", "sigmoid")
-BRANCH_METRICS = (("top1_loc", "Top-1 Loc"), ("gt_known_loc", "GT-known Loc"), ("maxboxacc_v2", "MaxBoxAccV2"),
-                  ("pxap", "PxAP"))
+BRANCH_METRICS = tuple(
+    (key, metrics_registry.label(key)) for key in ("top1_loc", "gt_known_loc", "maxboxacc_v2", "pxap")
+)
 SETTING_PARAMS = ("finetune.head_init", "finetune.bn_mode")  # training-side ablations: one row each
 BACKBONE_ORDER = ("vgg16", "resnet50", "inception")  # the paper's order; any other backbone after, by name
 NA = "n/a"
-STALE = (f"{WORKSPACE}: reports/ were produced from other params than {PARAMS_FILE} (an experiment in progress, "
-         "a failed `dvc exp run`, or `dvc repro` not run yet); run `dvc repro` to include it")
+STALE = (
+    f"{WORKSPACE}: reports/ were produced from other params than {PARAMS_FILE} (an experiment in progress, "
+    "a failed `dvc exp run`, or `dvc repro` not run yet); run `dvc repro` to include it"
+)
 
 
 class UserError(Exception):
@@ -128,17 +133,18 @@ class Setting:
 
     def sort_key(self):
         order = BACKBONE_ORDER.index(self.backbone) if self.backbone in BACKBONE_ORDER else len(BACKBONE_ORDER)
-        return (self.dataset, self.size.sort_key(), order, self.backbone, list(METHODS).index(self.family),
-                self.ablations)
+        return (
+            self.dataset,
+            self.size.sort_key(),
+            order,
+            self.backbone,
+            list(METHODS).index(self.family),
+            self.ablations,
+        )
 
 
 def _get(tree: dict, dotted: str):
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+    return lookup(tree, dotted, None)
 
 
 def _number(value) -> float | None:
@@ -156,8 +162,9 @@ def size_of(run: Run) -> Size:
     if not isinstance(block, dict):
         return Size(None, None, None)
     full = block.get("full")
-    return Size(_count(block.get("num_classes")), _count(block.get("test_images")),
-                full if isinstance(full, bool) else None)
+    return Size(
+        _count(block.get("num_classes")), _count(block.get("test_images")), full if isinstance(full, bool) else None
+    )
 
 
 def setting_of(run: Run) -> Setting:
@@ -165,8 +172,9 @@ def setting_of(run: Run) -> Setting:
     family = p.get("family", DEFAULT_FAMILY)
     family = DEFAULT_FAMILY if family is None else str(family)
     if family not in METHODS:
-        raise UserError(f"{run.name}: params.yaml `family: {family}` is not a model family; valid: "
-                        f"{', '.join(METHODS)}")
+        raise UserError(
+            f"{run.name}: params.yaml `family: {family}` is not a model family; valid: {', '.join(METHODS)}"
+        )
     backbone = str(p.get("backbone"))
     ablations = tuple((key, "-" if _get(p, key) is None else str(_get(p, key))) for key in SETTING_PARAMS)
     return Setting(str(p.get("dataset")), ALIASES.get(backbone, backbone), family, ablations, size_of(run))
@@ -207,8 +215,9 @@ def current_digest(params_file: str | Path = PARAMS_FILE, dvc_file: str | Path =
     return params_digest(resolved(load_params(params_file)), digest_keys(dvc_file))
 
 
-def workspace_problem(metrics: dict | None, params_file: str | Path = PARAMS_FILE,
-                      dvc_file: str | Path = DVC_FILE) -> str | None:
+def workspace_problem(
+    metrics: dict | None, params_file: str | Path = PARAMS_FILE, dvc_file: str | Path = DVC_FILE
+) -> str | None:
     """Why the workspace's reports/metrics.json (`metrics`) cannot stand for `params_file` (one line, for
     stderr), or None when it was made from those params."""
     import yaml
@@ -219,21 +228,26 @@ def workspace_problem(metrics: dict | None, params_file: str | Path = PARAMS_FIL
         return f"{WORKSPACE}: no {METRICS_FILE}; run `dvc repro` to include it"
     recorded = metrics.get("params_digest")
     if not isinstance(recorded, str):
-        return (f"{WORKSPACE}: {METRICS_FILE} records no params_digest (it was made before the evaluate stage "
-                f"recorded one), so it cannot be matched to {PARAMS_FILE}; run `dvc repro` to include it")
+        return (
+            f"{WORKSPACE}: {METRICS_FILE} records no params_digest (it was made before the evaluate stage "
+            f"recorded one), so it cannot be matched to {PARAMS_FILE}; run `dvc repro` to include it"
+        )
     try:
         current = current_digest(params_file, dvc_file)
     except ParamsError as exc:
         problems = " ".join("; ".join(exc.problems).split())  # one line
-        return (f"{WORKSPACE}: {params_file} is not valid ({problems}), so reports/ cannot be matched to it; "
-                f"fix it and run `dvc repro` to include it")
+        return (
+            f"{WORKSPACE}: {params_file} is not valid ({problems}), so reports/ cannot be matched to it; "
+            f"fix it and run `dvc repro` to include it"
+        )
     except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
         return f"{WORKSPACE}: cannot compute the digest of {params_file} ({' '.join(str(exc).split())}); left out"
     return None if current == recorded else STALE
 
 
-def screen(runs: Iterable[Run], params_file: str | Path = PARAMS_FILE,
-           dvc_file: str | Path = DVC_FILE) -> tuple[list[Run], list[str]]:
+def screen(
+    runs: Iterable[Run], params_file: str | Path = PARAMS_FILE, dvc_file: str | Path = DVC_FILE
+) -> tuple[list[Run], list[str]]:
     """The runs whose numbers are of their params, and one line per run left out, saying why: the workspace
     when its reports/ were not made from params.yaml (`workspace_problem`), any run whose metrics.json names
     another dataset than its params."""
@@ -246,8 +260,10 @@ def screen(runs: Iterable[Run], params_file: str | Path = PARAMS_FILE,
                 continue
         name = _get(run.metrics, "dataset.name")
         if isinstance(name, str) and name != str(run.params.get("dataset")):
-            notes.append(f"{run.name}: {METRICS_FILE} is of dataset {name}, its params.yaml says "
-                         f"{run.params.get('dataset')}; left out")
+            notes.append(
+                f"{run.name}: {METRICS_FILE} is of dataset {name}, its params.yaml says "
+                f"{run.params.get('dataset')}; left out"
+            )
             continue
         kept.append(run)
     return kept, notes
@@ -292,8 +308,15 @@ def rows(runs: Iterable[Run]) -> list[dict]:
     for setting in sorted(groups, key=Setting.sort_key):
         for variant, label in METHODS[setting.family]:
             for names, run in groups[setting]:
-                out.append({"setting": setting, "variant": variant, "method": label, "experiments": names,
-                            "cells": _cells(run, setting, variant)})
+                out.append(
+                    {
+                        "setting": setting,
+                        "variant": variant,
+                        "method": label,
+                        "experiments": names,
+                        "cells": _cells(run, setting, variant),
+                    }
+                )
     return out
 
 
@@ -313,14 +336,19 @@ def heading(dataset: str, size: Size) -> str:
     """A table's heading: the dataset, the size its runs used and whether the paper's numbers are beside them."""
     no_paper = "the paper reports no numbers for this dataset"
     if not size.recorded:
-        return (f"{dataset} (size not recorded: {METRICS_FILE} has no `dataset` block, made before the evaluate "
-                f"stage recorded it; no paper numbers shown)")
+        return (
+            f"{dataset} (size not recorded: {METRICS_FILE} has no `dataset` block, made before the evaluate "
+            f"stage recorded it; no paper numbers shown)"
+        )
     k, n = size.num_classes, size.test_images
     if size.full is False:
         full = full_size(dataset)
-        of = f"{k:,} of {full[0]:,} classes, {n:,} of {full[1]:,} test images" if full else \
-            f"{k:,} classes, {n:,} test images"
-        note = ("; the paper's numbers are on the full dataset, not shown" if dataset in PAPER_DATASETS else "")
+        of = (
+            f"{k:,} of {full[0]:,} classes, {n:,} of {full[1]:,} test images"
+            if full
+            else f"{k:,} classes, {n:,} test images"
+        )
+        note = "; the paper's numbers are on the full dataset, not shown" if dataset in PAPER_DATASETS else ""
         return f"{dataset} (subset: {of}{note})"
     if size.full is True:
         note = "the full dataset" + ("" if dataset in PAPER_DATASETS else f"; {no_paper}")
@@ -334,28 +362,49 @@ def heading(dataset: str, size: Size) -> str:
 def markdown(table_rows: list[dict]) -> str:
     if not table_rows:
         return "No experiment with reports/metrics.json found (`dvc exp show`).\n"
-    header = ["Backbone", "Method", "Setting", "Top-1 Cls",
-              *(f"{label} {branch}" for _, label in BRANCH_METRICS for branch in BRANCHES), "Experiment"]
-    out = ["# This repository's experiments in the layout of the paper's Table 2", "",
-           "Values in %; softmax = the vanilla map, sigmoid = the sigmoid branch's map; Top-1 Cls is the "
-           "softmax branch's. A cell `ours (paper)` gives the paper's number beside ours, from " + SOURCE + ", "
-           "for a run on the full dataset only; each table's heading gives the classes and test images its runs "
-           "used.", ""]
+    header = [
+        "Backbone",
+        "Method",
+        "Setting",
+        metrics_registry.RUN_METRICS["top1_cls"],
+        *(f"{label} {branch}" for _, label in BRANCH_METRICS for branch in BRANCHES),
+        "Experiment",
+    ]
+    out = [
+        "# This repository's experiments in the layout of the paper's Table 2",
+        "",
+        "Values in %; softmax = the vanilla map, sigmoid = the sigmoid branch's map; Top-1 Cls is the "
+        "softmax branch's. A cell `ours (paper)` gives the paper's number beside ours, from " + SOURCE + ", "
+        "for a run on the full dataset only; each table's heading gives the classes and test images its runs "
+        "used.",
+        "",
+    ]
     sections: list[tuple[str, Size]] = []
     for row in table_rows:  # already in order: dataset, then size
         key = (row["setting"].dataset, row["setting"].size)
         if key not in sections:
             sections.append(key)
     for dataset, size in sections:
-        out += [f"## {heading(dataset, size)}", "", "| " + " | ".join(header) + " |",
-                "|" + "|".join("---" for _ in header) + "|"]
+        out += [
+            f"## {heading(dataset, size)}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join("---" for _ in header) + "|",
+        ]
         for row in table_rows:
             if (row["setting"].dataset, row["setting"].size) != (dataset, size):
                 continue
-            cells = [_fmt(ours) if paper is None else f"{_fmt(ours)} ({paper:.2f})"
-                     for ours, paper in (row["cells"][key] for key in COLUMNS)]
-            line = [row["setting"].backbone, row["method"], row["setting"].label(), *cells,
-                    ", ".join(row["experiments"])]
+            cells = [
+                _fmt(ours) if paper is None else f"{_fmt(ours)} ({paper:.2f})"
+                for ours, paper in (row["cells"][key] for key in COLUMNS)
+            ]
+            line = [
+                row["setting"].backbone,
+                row["method"],
+                row["setting"].label(),
+                *cells,
+                ", ".join(row["experiments"]),
+            ]
             out.append("| " + " | ".join(line) + " |")
         out.append("")
     return "\n".join(out)
@@ -364,15 +413,38 @@ def markdown(table_rows: list[dict]) -> str:
 def to_csv(table_rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["dataset", "num_classes", "test_images", "full", "backbone", "family",
-                     *(key.split(".")[-1] for key in SETTING_PARAMS), "method", "variant",
-                     *(f"{key}{suffix}" for key in COLUMNS for suffix in ("", "_paper")), "experiments"])
+    writer.writerow(
+        [
+            "dataset",
+            "num_classes",
+            "test_images",
+            "full",
+            "backbone",
+            "family",
+            *(key.split(".")[-1] for key in SETTING_PARAMS),
+            "method",
+            "variant",
+            *(f"{key}{suffix}" for key in COLUMNS for suffix in ("", "_paper")),
+            "experiments",
+        ]
+    )
     for row in table_rows:
         s = row["setting"]
         values = [("" if v is None else f"{v:.6g}") for key in COLUMNS for v in row["cells"][key]]
         size = ["" if v is None else str(v).lower() for v in (s.size.num_classes, s.size.test_images, s.size.full)]
-        writer.writerow([s.dataset, *size, s.backbone, s.family, *(value for _, value in s.ablations),
-                         row["method"], row["variant"], *values, " ".join(row["experiments"])])
+        writer.writerow(
+            [
+                s.dataset,
+                *size,
+                s.backbone,
+                s.family,
+                *(value for _, value in s.ablations),
+                row["method"],
+                row["variant"],
+                *values,
+                " ".join(row["experiments"]),
+            ]
+        )
     return buf.getvalue()
 
 
@@ -410,8 +482,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--csv", action="store_true", help="one flat CSV instead of the markdown tables")
     parser.add_argument("-A", "--all-commits", action="store_true", help="every commit's experiments (dvc -A)")
     parser.add_argument("--exp-json", type=Path, help="read this `dvc exp show --json` output instead of running it")
-    parser.add_argument("--check-workspace", action="store_true",
-                        help=f"only check that {METRICS_FILE} was made from {PARAMS_FILE} (exit 1 and say why if not)")
+    parser.add_argument(
+        "--check-workspace",
+        action="store_true",
+        help=f"only check that {METRICS_FILE} was made from {PARAMS_FILE} (exit 1 and say why if not)",
+    )
     args = parser.parse_args(argv)
     if args.check_workspace:
         return check_workspace()

@@ -14,6 +14,7 @@ For one map M (upsampled bilinearly to the evaluation grid) and the union B of t
 
 Each share is averaged over the images where its denominator is positive, and reported in %.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ def box_union(boxes: np.ndarray, size: int) -> np.ndarray:
     """(size, size) bool mask of the union of inclusive x0, y0, x1, y1 boxes."""
     mask = np.zeros((size, size), dtype=bool)
     for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.int64).reshape(-1, 4):
-        mask[y0:y1 + 1, x0:x1 + 1] = True
+        mask[y0 : y1 + 1, x0 : x1 + 1] = True
     return mask
 
 
@@ -67,12 +68,16 @@ class SignAccumulator:
         def mean(values: list[float]) -> float:
             return 100.0 * float(np.mean(values)) if values else 0.0
 
-        return {"neg_share_inside": mean(self._inside), "neg_share_outside": mean(self._outside),
-                "net_negative_inside": 100.0 * self._net_negative / self._with_box if self._with_box else 0.0}
+        return {
+            "neg_share_inside": mean(self._inside),
+            "neg_share_outside": mean(self._outside),
+            "net_negative_inside": 100.0 * self._net_negative / self._with_box if self._with_box else 0.0,
+        }
 
 
-def sign_diagnostics(pos: np.ndarray, neg: np.ndarray, boxes: Sequence[np.ndarray], size: int,
-                     chunk: int = 256) -> dict[str, float]:
+def sign_diagnostics(
+    pos: np.ndarray, neg: np.ndarray, boxes: Sequence[np.ndarray], size: int, chunk: int = 256
+) -> dict[str, float]:
     """Sign statistics (%) of the raw maps pos + neg (n, h, w) against the GT boxes, on a size x size grid."""
     acc = SignAccumulator()
     for start in range(0, len(pos), chunk):

@@ -7,48 +7,31 @@ Average Drop), and `options_markdown` lists the choices the numbers depend on. T
 and labels come from the registry (`pipeline.cams.variants`); a variant the run's model family does not
 have (CAM for the gradient family) is a row of "n/a" with the registry's footnote, not a number.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import pandas as pd
 
 from pipeline.cams import variants as registry
-from pipeline.cams.engine import BRANCHES
-
-
-@dataclass(frozen=True)
-class Metric:
-    key: str
-    label: str
-    higher_is_better: bool = True
-
-
-METRICS = (
-    Metric("top1_loc", "Top-1 Loc"),
-    Metric("gt_known_loc", "GT-known Loc"),
-    Metric("maxboxacc_v2", "MaxBoxAccV2"),
-    Metric("maxboxacc_iou30", "IoU 30"),
-    Metric("maxboxacc_iou50", "IoU 50"),
-    Metric("maxboxacc_iou70", "IoU 70"),
-    Metric("maxboxacc", "MaxBoxAcc"),
-    Metric("pxap", "PxAP"),
-    Metric("avg_drop", "Avg Drop", higher_is_better=False),
-    Metric("inc_conf", "Inc Conf"),
-)
-BY_KEY = {m.key: m for m in METRICS}
+from pipeline.concepts import BRANCHES
+from pipeline.metrics import registry as metric_registry
+from pipeline.metrics.registry import Metric
 
 VARIANT_LABELS = {v.name: v.label for v in registry.REGISTRY.values()}
 NOT_APPLICABLE = "n/a"
 
-# The markdown tables: (title, metric keys). Every metric of METRICS appears in exactly one.
+# The markdown tables: (title, metric keys). Every registered metric (pipeline/metrics/registry.py) appears in
+# exactly one (tests/report/test_tables.py); a table's columns use the metrics' short labels.
 TABLES = (
     ("Localization", ("top1_loc", "gt_known_loc", "maxboxacc_v2")),
-    ("MaxBoxAccV2 by IoU threshold, and MaxBoxAcc (largest contour, IoU 50)",
-     ("maxboxacc_iou30", "maxboxacc_iou50", "maxboxacc_iou70", "maxboxacc")),
+    ("MaxBoxAccV2 by IoU threshold, and MaxBoxAcc (largest contour, IoU 50)", (*metric_registry.IOU_KEYS, "maxboxacc")),
     ("Pixel average precision and explanation fidelity", ("pxap", "avg_drop", "inc_conf")),
 )
+# The metrics in the tables' order: the columns of reports/results.csv.
+METRICS: tuple[Metric, ...] = tuple(metric_registry.get(k) for _, keys in TABLES for k in keys)
+BY_KEY = metric_registry.BY_KEY
 
 
 def results_frame(metrics: Mapping, backbone: str, family: str = registry.DEFAULT_FAMILY) -> pd.DataFrame:
@@ -61,8 +44,10 @@ def results_frame(metrics: Mapping, backbone: str, family: str = registry.DEFAUL
     expected = [v.name for v in registry.for_family(family)]
     missing = [v for v in expected if v not in metrics]
     if missing or "top1_cls" not in metrics:
-        raise ValueError(f"metrics: expected top1_cls and the variants {', '.join(expected)}; missing: "
-                         f"{', '.join(missing or ['top1_cls'])} -- rerun the evaluate stage")
+        raise ValueError(
+            f"metrics: expected top1_cls and the variants {', '.join(expected)}; missing: "
+            f"{', '.join(missing or ['top1_cls'])} -- rerun the evaluate stage"
+        )
     rows = []
     for variant in registry.names():
         if variant not in expected:  # not defined for this family: no numbers at all, Top-1 Cls included
@@ -127,14 +112,18 @@ def results_markdown(frame: pd.DataFrame, family: str = registry.DEFAULT_FAMILY)
         if not keys:
             continue
         with_cls = title == TABLES[0][0]
-        head = ["Backbone", "Variant"] + (["Top-1 Cls"] if with_cls else [])
+        head = ["Backbone", "Variant"] + ([metric_registry.RUN_METRICS["top1_cls"]] if with_cls else [])
         cells = []
         for k in keys:
-            arrow = "" if BY_KEY[k].higher_is_better else " (lower is better)"
-            label = BY_KEY[k].label + arrow
+            arrow = "" if BY_KEY[k].higher_is_better else f" ({BY_KEY[k].direction})"
+            label = BY_KEY[k].short + arrow
             cells += [f"{label}: softmax", "sigmoid", "\u0394"]
-        lines = [f"**{title}** (%)", "", "| " + " | ".join(head + cells) + " |",
-                 "|" + "---|" * 2 + "---:|" * (len(head) - 2 + len(cells))]
+        lines = [
+            f"**{title}** (%)",
+            "",
+            "| " + " | ".join(head + cells) + " |",
+            "|" + "---|" * 2 + "---:|" * (len(head) - 2 + len(cells)),
+        ]
         for _, row in frame.iterrows():
             values = [str(row["backbone"]), VARIANT_LABELS.get(row["variant"], row["variant"])]
             if with_cls:
@@ -170,8 +159,11 @@ def sign_markdown(sign: Mapping) -> str:
 def _clamp_text(evaluation: Mapping) -> str:
     clamp = evaluation.get("weight_clamp")
     if clamp is None:
-        return "sigmoid branch only (official preset)" if evaluation.get("postprocess") == "official" else \
-            "none (clean preset)"
+        return (
+            "sigmoid branch only (official preset)"
+            if evaluation.get("postprocess") == "official"
+            else "none (clean preset)"
+        )
     return {"none": "none", "sigmoid": "sigmoid branch only", "both": "both branches"}[clamp]
 
 
@@ -184,21 +176,27 @@ def options_markdown(evaluation: Mapping, classification: Mapping) -> str:
         relu_text = "off for CAM, on for the gradient variants (official)" if post == "official" else "on"
     else:
         relu_text = "on" if relu else "off"
-    upsample = e.get("upsample") or ("bicubic for CAM, bilinear for the gradient variants" if post == "official"
-                                     else "bilinear")
+    upsample = e.get("upsample") or (
+        "bicubic for CAM, bilinear for the gradient variants" if post == "official" else "bilinear"
+    )
     split = e.get("threshold_split")
     lines = [
         f"- Run: dataset `{e['dataset']}`, backbone `{e['backbone']}`, {e['images']} test images; "
-        + (f"hyperparameters from params.yaml, its nulls filled by the preset "
-           f"`datasets.{e['preset'].replace('/', '.presets.')}` (METHOD.md 6.2)."
-           if e.get("preset") else "hyperparameters from params.yaml (no dataset preset for this backbone)."),
+        + (
+            f"hyperparameters from params.yaml, its nulls filled by the preset "
+            f"`datasets.{e['preset'].replace('/', '.presets.')}` (METHOD.md 6.2)."
+            if e.get("preset")
+            else "hyperparameters from params.yaml (no dataset preset for this backbone)."
+        ),
         f"- Classification: Top-1 Cls {_fmt(c['top1_cls_softmax'])}% (softmax head, frozen: its parameters, buffers "
-        f"and logits are bit-identical after fine-tuning: `{str(c['softmax_branch_unchanged']).lower()}`); the sigmoid head's own "
+        f"and logits are bit-identical after fine-tuning: `{str(c['softmax_branch_unchanged']).lower()}`); "
+        f"the sigmoid head's own "
         f"Top-1 is {_fmt(c['top1_cls_sigmoid'])}%. Top-1 Loc of both branches counts the softmax prediction.",
         f"- Sigmoid head: `head_init: {e['head_init']}`, BatchNorm during fine-tuning: `bn_mode: {e['bn_mode']}`.",
         f"- Post-processing: `{post}` preset; weight clamp: {_clamp_text(e)}; ReLU: {relu_text}; "
         f"upsampling: {upsample}.",
-        f"- Boxes: GT box rule `{e['gt_box_match']}` ({'best of all GT boxes' if e['gt_box_match'] == 'max' else 'first GT box only, official'}); "
+        f"- Boxes: GT box rule `{e['gt_box_match']}` "
+        f"({'best of all GT boxes' if e['gt_box_match'] == 'max' else 'first GT box only, official'}); "
         f"threshold grid `{e['threshold_grid']}`; MaxBoxAcc thresholds chosen on "
         f"`{split}`{' and applied to test' if split == 'val' else ' (oracle, official)'}; "
         f"GT-known and Top-1 Loc at CAM threshold {e['loc_threshold']}.",
@@ -219,8 +217,7 @@ def _interval(row: Mapping) -> str:
 
 
 def _metric_label(key: str) -> str:
-    label = BY_KEY[key].label if key in BY_KEY else key
-    return f"MaxBoxAcc {label}" if key.startswith("maxboxacc_iou") else label
+    return metric_registry.label(key)
 
 
 def intervals_markdown(rows: Sequence[Mapping], protocol: str) -> str:
@@ -230,12 +227,16 @@ def intervals_markdown(rows: Sequence[Mapping], protocol: str) -> str:
     if not chosen:
         raise ValueError(f"intervals: no rows for protocol '{protocol}'")
     level = f"{100 * chosen[0]['confidence']:.0f}%"
-    lines = [f"| variant | metric | softmax | sigmoid | \u0394 [{level} interval] | half-width | verdict |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| variant | metric | softmax | sigmoid | \u0394 [{level} interval] | half-width | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in chosen:
-        lines.append(f"| {VARIANT_LABELS.get(r['variant'], r['variant'])} | {_metric_label(r['metric'])} | "
-                     f"{_fmt(r['softmax'])} | {_fmt(r['sigmoid'])} | {_interval(r)} | {_fmt(r['half_width'])} | "
-                     f"{r['verdict']} |")
+        lines.append(
+            f"| {VARIANT_LABELS.get(r['variant'], r['variant'])} | {_metric_label(r['metric'])} | "
+            f"{_fmt(r['softmax'])} | {_fmt(r['sigmoid'])} | {_interval(r)} | {_fmt(r['half_width'])} | "
+            f"{r['verdict']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -247,8 +248,10 @@ def ablation_markdown(rows: Sequence[Mapping], metrics: Sequence[str] = ABLATION
     by_key = {(r["variant"], r["protocol"], r["metric"]): r for r in rows}
     pairs = list(dict.fromkeys((r["variant"], r["protocol"]) for r in rows))
     pairs.sort(key=lambda vp: list(dict.fromkeys(r["variant"] for r in rows)).index(vp[0]))
-    lines = ["| variant | protocol | " + " | ".join(_metric_label(m) for m in shown) + " |",
-             "|---|---|" + "---|" * len(shown)]
+    lines = [
+        "| variant | protocol | " + " | ".join(_metric_label(m) for m in shown) + " |",
+        "|---|---|" + "---|" * len(shown),
+    ]
     for variant, protocol in pairs:
         cells = []
         for m in shown:
@@ -282,22 +285,36 @@ def summary_markdown(rows: Sequence[Mapping], headline: str, metrics: Sequence[s
         groups.setdefault(key, []).append(variant)
     by_key = {(r["variant"], r["protocol"], r["metric"]): r for r in rows}
     models = chosen[0]["models"] if chosen else []
-    lines = [f"Sigmoid \u2212 softmax, headline protocol `{headline}`, {len(models)} model(s) "
-             f"({len({j for j, _ in models})} baseline(s)); 95% intervals over images, fine-tuning and baseline.", "",
-             "| map set | " + " | ".join(_metric_label(m) for m in shown) + " |", "|---|" + "---|" * len(shown)]
+    lines = [
+        f"Sigmoid \u2212 softmax, headline protocol `{headline}`, {len(models)} model(s) "
+        f"({len({j for j, _ in models})} baseline(s)); 95% intervals over images, fine-tuning and baseline.",
+        "",
+        "| map set | " + " | ".join(_metric_label(m) for m in shown) + " |",
+        "|---|" + "---|" * len(shown),
+    ]
     for variants in groups.values():
-        cells = [_cell(by_key[(variants[0], headline, m)]) if (variants[0], headline, m) in by_key else NOT_APPLICABLE
-                 for m in shown]
+        cells = [
+            _cell(by_key[(variants[0], headline, m)]) if (variants[0], headline, m) in by_key else NOT_APPLICABLE
+            for m in shown
+        ]
         lines.append(f"| {' = '.join(VARIANT_LABELS.get(v, v) for v in variants)} | " + " | ".join(cells) + " |")
     first = next(iter(groups.values()))[0] if groups else None
     protocols = list(dict.fromkeys(r["protocol"] for r in rows if r["variant"] == first))
     if len(protocols) > 1:
-        lines += ["", f"{VARIANT_LABELS.get(first, first)} under each protocol:", "",
-                  "| protocol | " + " | ".join(_metric_label(m) for m in shown) + " |", "|---|" + "---|" * len(shown)]
+        lines += [
+            "",
+            f"{VARIANT_LABELS.get(first, first)} under each protocol:",
+            "",
+            "| protocol | " + " | ".join(_metric_label(m) for m in shown) + " |",
+            "|---|" + "---|" * len(shown),
+        ]
         for p in protocols:
             cells = [_cell(by_key[(first, p, m)]) if (first, p, m) in by_key else NOT_APPLICABLE for m in shown]
             lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+DF_INFINITE = 1e6  # degrees of freedom shown as infinity
 
 
 def levels_markdown(rows: Sequence[Mapping], protocol: str, metrics: Sequence[str] = SUMMARY_METRICS) -> str:
@@ -305,21 +322,28 @@ def levels_markdown(rows: Sequence[Mapping], protocol: str, metrics: Sequence[st
     fine-tuning, baseline; None -> 'n/s' when the run has more than one baseline but one replicate each, '-'
     when the level is absent)."""
     chosen = [r for r in rows if r["protocol"] == protocol and r["metric"] in metrics]
-    lines = ["| variant | metric | half-width | images | fine-tuning | baseline | df |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | metric | half-width | images | fine-tuning | baseline | df |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in chosen:
         levels = r["levels"]
         several = len({j for j, _ in r["models"]}) > 1
 
-        def share(level: str) -> str:
+        def share(level: str, levels: dict = levels, several: bool = several) -> str:
             value = levels.get(level)
             if value is None:
                 return "n/s" if level == "finetune" and several else "-"
             return f"{100 * value:.0f}%"
 
-        df = "\u221e" if r.get("df") is None else f"{r['df']:.1f}"
-        lines.append(f"| {VARIANT_LABELS.get(r['variant'], r['variant'])} | {_metric_label(r['metric'])} | "
-                     f"{_fmt(r['half_width'])} | {share('images')} | {share('finetune')} | {share('baseline')} | "
-                     f"{df} |")
+        # Satterthwaite's df grows without bound as the baseline level's variance share goes to 0: past
+        # DF_INFINITE the t quantile equals the normal one to every printed digit, so the table says so.
+        df = "\u221e" if r.get("df") is None or r["df"] > DF_INFINITE else f"{r['df']:.1f}"
+        lines.append(
+            f"| {VARIANT_LABELS.get(r['variant'], r['variant'])} | {_metric_label(r['metric'])} | "
+            f"{_fmt(r['half_width'])} | {share('images')} | {share('finetune')} | {share('baseline')} | "
+            f"{df} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,7 @@ the library's fast path can be checked against it. Per image it runs the officia
 every threshold of the grid: one `cv2.findContours` per threshold keeping every contour (MaxBoxAcc /
 MaxBoxAccV2) and one per threshold keeping the largest contour (MaxBoxAcc v1, GT-known and Top-1 Loc).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,17 +40,18 @@ def reference_iou(box_a: np.ndarray, box_b: np.ndarray) -> np.ndarray:
     return ious
 
 
-def reference_boxes(scoremap: np.ndarray, thresholds: Sequence[float],
-                    multi_contour: bool) -> tuple[list[np.ndarray], list[int]]:
+def reference_boxes(
+    scoremap: np.ndarray, thresholds: Sequence[float], multi_contour: bool
+) -> tuple[list[np.ndarray], list[int]]:
     """wsolevaluation's `compute_bboxes_from_scoremaps`: (n, 4) boxes x0, y0, x1, y1 per threshold, and n."""
     height, width = scoremap.shape
     scoremap_image = np.expand_dims((scoremap * 255).astype(np.uint8), 2)
 
     def scoremap2bbox(threshold: float) -> tuple[np.ndarray, int]:
-        _, thr_gray_heatmap = cv2.threshold(src=scoremap_image, thresh=int(threshold * np.max(scoremap_image)),
-                                            maxval=255, type=cv2.THRESH_BINARY)
-        contours = cv2.findContours(image=thr_gray_heatmap, mode=cv2.RETR_TREE,
-                                    method=cv2.CHAIN_APPROX_SIMPLE)[0]
+        _, thr_gray_heatmap = cv2.threshold(
+            src=scoremap_image, thresh=int(threshold * np.max(scoremap_image)), maxval=255, type=cv2.THRESH_BINARY
+        )
+        contours = cv2.findContours(image=thr_gray_heatmap, mode=cv2.RETR_TREE, method=cv2.CHAIN_APPROX_SIMPLE)[0]
         if len(contours) == 0:
             return np.asarray([[0, 0, 0, 0]]), 1
         if not multi_contour:
@@ -67,21 +69,27 @@ def reference_boxes(scoremap: np.ndarray, thresholds: Sequence[float],
     return [boxes for boxes, _ in result], [number for _, number in result]
 
 
-def reference_sweep(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: Sequence[float],
-                    multi_contour: bool) -> list[np.ndarray]:
+def reference_sweep(
+    scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: Sequence[float], multi_contour: bool
+) -> list[np.ndarray]:
     """One sweep as wsolevaluation's `BoxEvaluator.accumulate` does it: the boxes of every threshold
     concatenated, one IoU matrix against the GT boxes, then sliced back per threshold."""
     boxes, number_of_boxes = reference_boxes(scoremap, thresholds, multi_contour)
     ious = reference_iou(np.concatenate(boxes, axis=0), np.asarray(gt_boxes))
     out, idx = [], 0
     for n in number_of_boxes:
-        out.append(ious[idx:idx + n])
+        out.append(ious[idx : idx + n])
         idx += n
     return out
 
 
-def reference_image(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: Sequence[float],
-                    iou_thresholds: Sequence[int], loc_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reference_image(
+    scoremap: np.ndarray,
+    gt_boxes: np.ndarray,
+    thresholds: Sequence[float],
+    iou_thresholds: Sequence[int],
+    loc_threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-image results of the official code's two sweeps (every contour; the largest contour): multi and
     single (n_iou, n_thr) indicators "max IoU >= delta / 100", and the IoU of the largest contour's box at
     `loc_threshold` with each GT box (GT-known uses [0] under "first", the max under "max")."""
@@ -93,9 +101,16 @@ def reference_image(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: Sequ
     return multi, single_ok, single[list(thresholds).index(loc_threshold)][0]
 
 
-def reference_counts(scoremaps: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray], correct: Sequence[bool], *,
-                     grid: str = "official", iou_thresholds: Sequence[int] = (30, 50, 70),
-                     loc_threshold: float = 0.2, gt_box_match: str = "max") -> dict[str, object]:
+def reference_counts(
+    scoremaps: Sequence[np.ndarray],
+    gt_boxes: Sequence[np.ndarray],
+    correct: Sequence[bool],
+    *,
+    grid: str = "official",
+    iou_thresholds: Sequence[int] = (30, 50, 70),
+    loc_threshold: float = 0.2,
+    gt_box_match: str = "max",
+) -> dict[str, object]:
     """Integer counters over a data set, as `BoxResult` holds them."""
     thresholds = reference_grid(grid)
     multi = np.zeros((len(iou_thresholds), len(thresholds)), np.int64)
@@ -108,8 +123,13 @@ def reference_counts(scoremaps: Sequence[np.ndarray], gt_boxes: Sequence[np.ndar
         single += s
         gt_known += known
         top1_loc += known and bool(ok)
-    return {"n_images": len(scoremaps), "multi_counts": multi, "single_counts": single, "gt_known": gt_known,
-            "top1_loc": top1_loc}
+    return {
+        "n_images": len(scoremaps),
+        "multi_counts": multi,
+        "single_counts": single,
+        "gt_known": gt_known,
+        "top1_loc": top1_loc,
+    }
 
 
 def reference_level_boxes(u: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@ level against tests/metrics/reference_boxes.py (one findContours per level): sin
 maps, all-equal maps, plateaus that meet within one level, holes (nested, touching the border, closed only
 diagonally), ties of the largest contour, many images in one batch (state carried from image to image, the
 row buffer growing), and the in-memory fallback when no numba cache directory is writable."""
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,14 @@ def test_single_pixel_images():
 @pytest.mark.parametrize("shape", [(1, 37), (37, 1), (1, 2), (2, 1)])
 def test_one_pixel_wide_maps(shape):
     rng = np.random.default_rng(sum(shape))
-    batch = np.stack([rng.integers(0, 256, shape), rng.integers(0, 3, shape) * 100,
-                      np.arange(np.prod(shape)).reshape(shape) % 5 * 60, np.full(shape, 200)]).astype(np.uint8)
+    batch = np.stack(
+        [
+            rng.integers(0, 256, shape),
+            rng.integers(0, 3, shape) * 100,
+            np.arange(np.prod(shape)).reshape(shape) % 5 * 60,
+            np.full(shape, 200),
+        ]
+    ).astype(np.uint8)
     assert_official(batch)
 
 
@@ -55,10 +62,10 @@ def test_all_equal_maps():
 def test_plateaus_that_meet_within_a_level():
     u = np.zeros((12, 13), np.uint8)
     u[2:10, 2] = u[2:10, 10] = u[9, 2:11] = 90  # a U of one value: two sets in raster order, joined at its foot
-    u[1, 1:12:2] = 90                          # a comb of pixels touching the U's arms only diagonally
-    u[4:7, 5:8] = 200                          # a higher plateau inside, and one level of ties around it
+    u[1, 1:12:2] = 90  # a comb of pixels touching the U's arms only diagonally
+    u[4:7, 5:8] = 200  # a higher plateau inside, and one level of ties around it
     u[3:8, 4] = u[3:8, 8] = 150
-    v = np.full((11, 11), 40, np.uint8)        # a plateau with a lower plateau (a hole) and higher islands
+    v = np.full((11, 11), 40, np.uint8)  # a plateau with a lower plateau (a hole) and higher islands
     v[3:8, 3:8] = 10
     v[5, 5] = v[0, 0] = v[10, 10] = 240
     w = np.tile(np.repeat(np.array([30, 60, 60, 30], np.uint8), 3), (5, 1))  # vertical stripes, equal pairs
@@ -68,33 +75,35 @@ def test_plateaus_that_meet_within_a_level():
 def test_holes():
     rings = np.zeros((21, 21), np.uint8)  # concentric rings, each level opening and closing holes
     for k, value in enumerate((50, 0, 120, 30, 200, 90, 255)):
-        rings[k + 1:20 - k, k + 1:20 - k] = value
+        rings[k + 1 : 20 - k, k + 1 : 20 - k] = value
     border = np.full((10, 10), 100, np.uint8)  # background touching the border (no hole) and a real hole
     border[0, 3:6] = border[4:6, 9] = 0
     border[3:6, 3:6] = 0
     diagonal = np.full((9, 9), 180, np.uint8)  # a hole closed only by a diagonal pinch of the ring: still a
-    diagonal[2:6, 2:6] = 20                    # hole (the background is 4-connected), and one that leaks
+    diagonal[2:6, 2:6] = 20  # hole (the background is 4-connected), and one that leaks
     diagonal[6, 6] = 20
     diagonal[1:4, 7] = 20
     diagonal[0, 8] = 20
-    assert_official(np.stack([rings, np.pad(border, ((0, 11), (0, 11))),
-                              np.pad(diagonal, ((0, 12), (0, 12)), constant_values=180)]))
+    assert_official(
+        np.stack([rings, np.pad(border, ((0, 11), (0, 11))), np.pad(diagonal, ((0, 12), (0, 12)), constant_values=180)])
+    )
 
 
 def test_ties_of_the_largest_contour(monkeypatch):
     calls = []
     fallback = box_levels_module._largest_contour_box
-    monkeypatch.setattr(box_levels_module, "_largest_contour_box",
-                        lambda u, level: calls.append(level) or fallback(u, level))
-    twins = np.zeros((12, 20), np.uint8)     # two equal squares: a tie, findContours decides (the first)
+    monkeypatch.setattr(
+        box_levels_module, "_largest_contour_box", lambda u, level: calls.append(level) or fallback(u, level)
+    )
+    twins = np.zeros((12, 20), np.uint8)  # two equal squares: a tie, findContours decides (the first)
     twins[2:6, 2:6] = twins[6:10, 12:16] = 200
-    twins[3, 3] = 250                        # higher up, a single pixel alone: certain
-    ringed = np.zeros((12, 20), np.uint8)    # W favours the solid one (24 against 18), but the hole makes the
+    twins[3, 3] = 250  # higher up, a single pixel alone: certain
+    ringed = np.zeros((12, 20), np.uint8)  # W favours the solid one (24 against 18), but the hole makes the
     ringed[1:7, 1:7] = ringed[1:7, 10:17] = 150  # ringed one's contour the larger (25 against 24)
-    ringed[3:5, 3:5] = 0                     # 6 x 6 with a 2 x 2 hole ...
-    ringed[1:7, 16] = 0                      # ... against 6 x 6 solid with two corners cut
+    ringed[3:5, 3:5] = 0  # 6 x 6 with a 2 x 2 hole ...
+    ringed[1:7, 16] = 0  # ... against 6 x 6 solid with two corners cut
     ringed[1, 10] = ringed[6, 10] = 0
-    dots = np.zeros((12, 20), np.uint8)      # isolated pixels and 1-pixel lines: zero areas, all tied
+    dots = np.zeros((12, 20), np.uint8)  # isolated pixels and 1-pixel lines: zero areas, all tied
     dots[1, 1] = dots[5, 9] = dots[10, 18] = 90
     dots[8, 2:7] = 90
     assert_official(np.stack([twins, ringed, dots]))
@@ -104,22 +113,23 @@ def test_ties_of_the_largest_contour(monkeypatch):
 def test_many_images_in_one_batch():
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, (40, 9, 7)).astype(np.uint8)  # many rows per image: the row buffer grows
-    noise[::5] = 0                                                # empty images between full ones
-    noise[1::7] = rng.integers(0, 2, (6, 9, 7)) * 255             # binary ones
+    noise[::5] = 0  # empty images between full ones
+    noise[1::7] = rng.integers(0, 2, (6, 9, 7)) * 255  # binary ones
     assert_official(noise)
     # each image's rows are those it gets alone, whatever the batch around it
     whole = level_boxes(noise)
     for i in (0, 1, 17, 39):
-        alone = level_boxes(noise[i:i + 1])
+        alone = level_boxes(noise[i : i + 1])
         rows = np.column_stack([whole.multi_level, whole.multi_boxes])[whole.multi_image == i]
         assert sorted(map(tuple, rows.tolist())) == sorted(
-            map(tuple, np.column_stack([alone.multi_level, alone.multi_boxes]).tolist()))
+            map(tuple, np.column_stack([alone.multi_level, alone.multi_boxes]).tolist())
+        )
         assert (whole.single_boxes[i] == alone.single_boxes[0]).all()
 
 
 def test_side_limit():
     with pytest.raises(ValueError, match="32768"):
-        level_boxes(np.zeros((1, 1, 2 ** 15), np.uint8))
+        level_boxes(np.zeros((1, 1, 2**15), np.uint8))
 
 
 def test_without_a_writable_numba_cache_it_compiles_in_memory(tmp_path):
@@ -156,5 +166,6 @@ print(found.tops.tolist(), sorted(zip(found.multi_level.tolist(), map(tuple, fou
     u = np.arange(30, dtype=np.uint8).reshape(1, 5, 6) % 7 * 30
     found = level_boxes(u)
     assert result == str(found.tops.tolist()) + " " + str(
-        sorted(zip(found.multi_level.tolist(), map(tuple, found.multi_boxes.tolist()))))
+        sorted(zip(found.multi_level.tolist(), map(tuple, found.multi_boxes.tolist())))
+    )
     assert not (copy.parent / "__pycache__").is_dir()

@@ -1,6 +1,7 @@
 """Parity with the official evaluator on maps it has never seen: fresh random and adversarial maps from many
 seeds (shapes, plateaus, holes, rings, thin lines, ties, maps whose max is below 1), the fast path's integer
 counters and per-level boxes against tests/metrics/reference_boxes.py (the official two sweeps)."""
+
 import cv2
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def fresh_map(rng: np.random.Generator) -> np.ndarray:
             y0, y1 = np.sort(rng.integers(0, h + 1, 2))
             m[y0:y1, x0:x1] = rng.random()
             if rng.random() < 0.5 and x1 - x0 > 2 and y1 - y0 > 2:
-                m[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = rng.random() * 0.5
+                m[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] = rng.random() * 0.5
     elif kind == 3:  # thin lines and isolated pixels (zero-area contours)
         m = np.zeros((h, w), np.float32)
         for _ in range(int(rng.integers(1, 8))):
@@ -69,7 +70,7 @@ def test_random_maps_give_the_official_counters(seed):
     correct = rng.random(len(maps)) < 0.5
     match = "first" if seed % 2 else "max"
     expected = reference_counts(maps, gts, correct, gt_box_match=match)
-    evaluator = BoxEvaluator(gt_box_match=match, per_image=True)
+    evaluator = BoxEvaluator(grid="official", gt_box_match=match, per_image=True)  # the reference's grid
     for m, g, ok in zip(maps, gts, correct):  # one map per batch: shapes differ
         evaluator.accumulate(m[None], [g], np.array([ok]))
     result = evaluator.compute()

@@ -1,13 +1,21 @@
 """Box metrics (pipeline.metrics.boxes, pipeline.metrics.box_levels): parity of the fast path with the official
 two sweeps, hand-computed boxes and IoUs, threshold selection, invariance to batching / order, per-image
 outcomes, and error messages."""
+
 import cv2
 import numpy as np
 import pytest
 
 import pipeline.metrics.box_levels as box_levels_module
-from pipeline.metrics.boxes import (BoxEvaluator, BoxResult, box_iou, level_boxes, quantize_scoremaps,
-                                    select_thresholds, threshold_grid)
+from pipeline.metrics.boxes import (
+    BoxEvaluator,
+    BoxResult,
+    box_iou,
+    level_boxes,
+    quantize_scoremaps,
+    select_thresholds,
+    threshold_grid,
+)
 from tests.metrics.reference_boxes import reference_grid, reference_image, reference_level_boxes
 
 DELTAS = (30, 50, 70)
@@ -56,20 +64,24 @@ def adversarial_maps() -> list[np.ndarray]:
     m = np.zeros((18, 18), np.float32)  # objects touching every border, one spanning a full row
     m[0, :], m[:, 17], m[10:18, 0:4], m[7:12, 7:12] = 0.5, 0.9, 1.0, 0.3
     maps.append(m)
-    maps.append(np.zeros((10, 10), np.float32))            # all zero
-    maps.append(np.full((9, 11), 0.5, np.float32))          # constant
-    m = np.full((12, 12), 0.5, np.float32)                  # almost constant
+    maps.append(np.zeros((10, 10), np.float32))  # all zero
+    maps.append(np.full((9, 11), 0.5, np.float32))  # constant
+    m = np.full((12, 12), 0.5, np.float32)  # almost constant
     m[4, 7] = 0.5 + 1 / 255
     maps.append(m)
-    m = np.zeros((15, 15), np.float32)                      # max < 1: int(tau * max(U)) != int(tau * 255)
+    m = np.zeros((15, 15), np.float32)  # max < 1: int(tau * max(U)) != int(tau * 255)
     m[2:13, 2:13], m[5:10, 4:11] = 0.15, 0.45
     maps.append(m)
-    m = np.zeros((20, 20), np.float32)                      # concentric rings of increasing value (many holes)
+    m = np.zeros((20, 20), np.float32)  # concentric rings of increasing value (many holes)
     for k, v in enumerate((0.2, 0.0, 0.5, 0.1, 0.9, 0.3, 1.0)):
-        m[k + 1:19 - k, k + 1:19 - k] = v
+        m[k + 1 : 19 - k, k + 1 : 19 - k] = v
     maps.append(m)
-    maps += [np.ones((1, 1), np.float32), np.linspace(0, 1, 7, dtype=np.float32)[None],
-             np.linspace(1, 0, 5, dtype=np.float32)[:, None], np.eye(2, dtype=np.float32)]
+    maps += [
+        np.ones((1, 1), np.float32),
+        np.linspace(0, 1, 7, dtype=np.float32)[None],
+        np.linspace(1, 0, 5, dtype=np.float32)[:, None],
+        np.eye(2, dtype=np.float32),
+    ]
     return maps
 
 
@@ -107,8 +119,8 @@ def gt_for(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
 
 
 def evaluate(maps: list[np.ndarray], gts: list[np.ndarray], correct: np.ndarray, **options) -> BoxResult:
-    """Accumulate maps of mixed shapes (one batch per run of equal shapes)."""
-    evaluator = BoxEvaluator(**options)
+    """Accumulate maps of mixed shapes (one batch per run of equal shapes), on the official grid unless told."""
+    evaluator = BoxEvaluator(**{"grid": "official", **options})
     start = 0
     for end in range(1, len(maps) + 1):
         if end == len(maps) or maps[end].shape != maps[start].shape:
@@ -118,8 +130,13 @@ def evaluate(maps: list[np.ndarray], gts: list[np.ndarray], correct: np.ndarray,
 
 
 def counters(result: BoxResult) -> tuple:
-    return (result.n_images, result.multi_counts.tolist(), result.single_counts.tolist(), result.gt_known_count,
-            result.top1_loc_count)
+    return (
+        result.n_images,
+        result.multi_counts.tolist(),
+        result.single_counts.tolist(),
+        result.gt_known_count,
+        result.top1_loc_count,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- parity
@@ -173,9 +190,7 @@ def test_counters_match_the_official_two_sweeps():
 def test_box_iou_inclusive_convention():
     a = np.array([[0, 0, 1, 1], [3, 3, 3, 3], [0, 0, 9, 9]])
     b = np.array([[0, 0, 1, 1], [1, 1, 2, 2], [2, 0, 3, 1], [3, 3, 3, 3], [4, 4, 6, 6]])
-    expected = np.array([[1, 1 / 7, 0, 0, 0],
-                         [0, 0, 0, 1, 0],
-                         [4 / 100, 4 / 100, 4 / 100, 1 / 100, 9 / 100]])
+    expected = np.array([[1, 1 / 7, 0, 0, 0], [0, 0, 0, 1, 0], [4 / 100, 4 / 100, 4 / 100, 1 / 100, 9 / 100]])
     np.testing.assert_allclose(box_iou(a, b), expected, rtol=0, atol=1e-15)
     assert box_iou(np.array([[5, 5, 7, 7]]), np.array([[6, 6, 6, 6]]))[0, 0] == 1 / 9
     assert box_iou(np.zeros((0, 4)), b).shape == (0, 5)
@@ -183,9 +198,9 @@ def test_box_iou_inclusive_convention():
 
 def test_hand_made_map_boxes_at_tau_0_2():
     s = np.zeros((224, 224), np.float32)
-    s[50:100, 30:130] = 1.0       # pixels x 30..129, y 50..99
-    s[200:224, 180:224] = 0.6     # touches the right and bottom borders; U = 153 > int(0.2 * 255) = 51
-    s[0:5, 0:3] = 0.2             # U = 51: not above the cut
+    s[50:100, 30:130] = 1.0  # pixels x 30..129, y 50..99
+    s[200:224, 180:224] = 0.6  # touches the right and bottom borders; U = 153 > int(0.2 * 255) = 51
+    s[0:5, 0:3] = 0.2  # U = 51: not above the cut
     found = level_boxes(quantize_scoremaps(s[None]))
     level = int(0.2 * 255)
     assert level == 51
@@ -225,7 +240,7 @@ def test_threshold_grids():
 
 def test_max_below_one_cuts_relative_to_the_map_max():
     s = np.full((15, 15), 0.15, np.float32)  # U = 38 everywhere ...
-    s[5:10, 4:11] = 0.5                      # ... and 127 in a block: max(U) = 127, cut at tau 0.2 = 25, not 51
+    s[5:10, 4:11] = 0.5  # ... and 127 in a block: max(U) = 127, cut at tau 0.2 = 25, not 51
     found = level_boxes(quantize_scoremaps(s[None]))
     assert found.tops[0] == 127
     assert found.single_boxes[0, int(0.2 * 127)].tolist() == [0, 0, 14, 14]  # the whole map, clipped
@@ -299,7 +314,7 @@ def test_batching_and_order_do_not_change_the_counters():
     per_image = BoxEvaluator(gt_box_match="first")
     order = rng.permutation(len(maps))
     for i in order:
-        per_image.accumulate(maps[i:i + 1], gts[i:i + 1], correct[i:i + 1])
+        per_image.accumulate(maps[i : i + 1], gts[i : i + 1], correct[i : i + 1])
     assert counters(per_image.compute()) == expected
     two = BoxEvaluator(gt_box_match="first")
     two.accumulate(maps[order[:6]], [gts[i] for i in order[:6]], correct[order[:6]])
@@ -312,7 +327,7 @@ def test_per_image_outcomes_sum_to_the_counters_and_match_the_reference():
     maps = list(cam_like(7, 40, 5, 6)) + [np.zeros((40, 40), np.float32)]
     gts = [gt_for((40, 40), rng) for _ in maps]
     correct = rng.random(len(maps)) < 0.5
-    evaluator = BoxEvaluator(gt_box_match="first", per_image=True)
+    evaluator = BoxEvaluator(grid="official", gt_box_match="first", per_image=True)
     evaluator.accumulate(np.stack(maps[:3]), gts[:3], correct[:3])  # two batches: accumulation order is kept
     evaluator.accumulate(np.stack(maps[3:]), gts[3:], correct[3:])
     result = evaluator.compute()
@@ -332,12 +347,12 @@ def test_per_image_outcomes_sum_to_the_counters_and_match_the_reference():
     plain = BoxEvaluator()
     plain.accumulate(np.stack(maps), gts, correct)
     assert plain.compute().per_image_multi is None  # off by default
-    empty = BoxEvaluator(per_image=True).compute()
+    empty = BoxEvaluator(grid="official", per_image=True).compute()
     assert empty.per_image_multi.shape == (0, 3, 1001) and empty.per_image_gt_known.shape == (0,)
 
 
 def test_errors_are_explicit():
-    with pytest.raises(ValueError, match="loc_threshold: 0.2005 is not on the 'official' threshold grid"):
+    with pytest.raises(ValueError, match="loc_threshold: 0.2005 is not on the 'wsol' threshold grid"):
         BoxEvaluator(loc_threshold=0.2005)
     with pytest.raises(ValueError, match="grid: 'coarse' is not valid; choose one of: official, wsol"):
         BoxEvaluator(grid="coarse")
@@ -395,3 +410,24 @@ def test_largest_contour_box_matches_the_official_single_contour_box():
             assert largest_contour_box(m, t).tolist() == box[0].tolist(), t
     with pytest.raises(ValueError, match="one \\(H, W\\) map"):
         largest_contour_box(np.zeros((2, 4, 4), np.float32), 0.5)
+
+
+def test_the_default_grid_has_one_home():
+    """The evaluators, EvalOptions and params.yaml's evaluate.threshold_grid default to one grid:
+    concepts.DEFAULT_THRESHOLD_GRID."""
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline import concepts
+    from pipeline.metrics.evaluate import EvalOptions
+    from pipeline.metrics.masks import MaskEvaluator
+
+    assert concepts.DEFAULT_THRESHOLD_GRID in concepts.THRESHOLD_GRIDS
+    assert BoxEvaluator().grid == concepts.DEFAULT_THRESHOLD_GRID == EvalOptions().threshold_grid
+    assert inspect.signature(MaskEvaluator).parameters["grid"].default == concepts.DEFAULT_THRESHOLD_GRID
+    assert len(MaskEvaluator().thresholds) == len(threshold_grid(concepts.DEFAULT_THRESHOLD_GRID))
+    assert BoxEvaluator().iou_thresholds == concepts.IOUS
+    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    assert params["evaluate"]["threshold_grid"] == concepts.DEFAULT_THRESHOLD_GRID

@@ -1,18 +1,29 @@
 """Evaluation orchestration: post-processing presets and overrides, alignment checks, end-to-end numbers on
 hand-made CAM sets whose localization is known."""
+
 import numpy as np
 import pytest
 
 from pipeline.cams.store import CamRecord, read_cams, write_cams
 from pipeline.data.prepare import GroundTruth
-from pipeline.metrics.evaluate import (PROTOCOLS, EvalOptions, check_alignment, evaluate_all, postprocess_options,
-                                      protocol_options)
+from pipeline.metrics.evaluate import (
+    PROTOCOLS,
+    EvalOptions,
+    check_alignment,
+    evaluate_all,
+    postprocess_options,
+    protocol_options,
+)
 
 
 def test_presets_and_overrides():
     clean = postprocess_options("gradcam", "sigmoid", 64, EvalOptions())
-    assert (clean.weight_clamp, clean.relu, clean.upsample, clean.official_grad_scaling) == (False, True, "bilinear",
-                                                                                              False)
+    assert (clean.weight_clamp, clean.relu, clean.upsample, clean.official_grad_scaling) == (
+        False,
+        True,
+        "bilinear",
+        False,
+    )
     off = EvalOptions(postprocess="official")
     cam_soft = postprocess_options("cam", "softmax", 64, off)
     cam_sig = postprocess_options("cam", "sigmoid", 64, off)
@@ -29,10 +40,13 @@ def test_presets_and_overrides():
     assert protocol_options("official", "gradcam", "softmax", 64).weight_clamp is False
     assert protocol_options("official_symmetric", "gradcam", "softmax", 64).weight_clamp is True
     assert postprocess_options("cam", "softmax", 64, EvalOptions(postprocess="official_symmetric")) == sym_soft
+    from pipeline import concepts
     from pipeline.params import PROTOCOLS as PARAM_PROTOCOLS
-    assert tuple(PROTOCOLS) == PARAM_PROTOCOLS
-    with pytest.raises(ValueError, match="postprocess: 'x' is not valid; choose one of: clean, official, "
-                                         "official_symmetric"):
+
+    assert tuple(PROTOCOLS) == concepts.PROTOCOLS == PARAM_PROTOCOLS  # one rule per named protocol, same order
+    with pytest.raises(
+        ValueError, match="postprocess: 'x' is not valid; choose one of: clean, official, official_symmetric"
+    ):
         postprocess_options("cam", "softmax", 32, EvalOptions(postprocess="x"))
 
 
@@ -40,7 +54,7 @@ def block_maps(n, size, boxes):
     """Raw softmax-branch `pos` maps: 1 inside each image's box 0 elsewhere; sigmoid maps 0."""
     maps = np.zeros((n, 1, 2, 2, 5, size, size), dtype=np.float32)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
-        maps[i, 0, 0, 0, :, y0:y1 + 1, x0:x1 + 1] = 1.0  # softmax branch only
+        maps[i, 0, 0, 0, :, y0 : y1 + 1, x0 : x1 + 1] = 1.0  # softmax branch only
     return maps
 
 
@@ -49,13 +63,26 @@ def make_split(tmp_path, name, boxes, size=16, preds=None, maps=None, info=None)
     maps = block_maps(n, size, boxes) if maps is None else maps
     preds = preds if preds is not None else [0] * n
     recs = [CamRecord(f"{name}{i}.png", 0, preds[i], 1.0, 1.0, maps[i]) for i in range(n)]
-    write_cams(tmp_path / name, iter(recs), targets=("gt",), feature_size=(size, size), dtype="float32",
-               shard_size=4, info=info or {})
+    write_cams(
+        tmp_path / name,
+        iter(recs),
+        targets=("gt",),
+        feature_size=(size, size),
+        dtype="float32",
+        shard_size=4,
+        info=info or {},
+    )
     fg = np.zeros((n, size, size), dtype=bool)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
-        fg[i, y0:y1 + 1, x0:x1 + 1] = True
-    gt = GroundTruth([f"{name}{i}.png" for i in range(n)], np.zeros(n, dtype=np.int64),
-                     [np.array([b]) for b in boxes], fg, np.zeros_like(fg), size)
+        fg[i, y0 : y1 + 1, x0 : x1 + 1] = True
+    gt = GroundTruth(
+        [f"{name}{i}.png" for i in range(n)],
+        np.zeros(n, dtype=np.int64),
+        [np.array([b]) for b in boxes],
+        fg,
+        np.zeros_like(fg),
+        size,
+    )
     return read_cams(tmp_path / name), gt
 
 
@@ -68,9 +95,9 @@ def test_perfect_maps_localize_everything(tmp_path):
     for variant in ("cam", "gradcam", "gradcampp", "xgradcam", "layercam"):
         soft = metrics[variant]["softmax"]
         assert soft["maxboxacc_v2"] == 100.0 and soft["gt_known_loc"] == 100.0
-        assert soft["top1_loc"] == 75.0           # the misclassified image does not count
+        assert soft["top1_loc"] == 75.0  # the misclassified image does not count
         assert soft["pxap"] == pytest.approx(100.0)
-        sig = metrics[variant]["sigmoid"]          # sigmoid maps are all zero: box [0,0,0,0] -> IoU ~ 0
+        sig = metrics[variant]["sigmoid"]  # sigmoid maps are all zero: box [0,0,0,0] -> IoU ~ 0
         assert sig["gt_known_loc"] < 100.0
     assert list(curves[("cam", "softmax")]["box"]) == ["iou30", "iou50", "iou70", "largest_contour_iou50"]
     assert curves[("cam", "softmax")]["box"]["iou50"].max() == 100.0
@@ -88,8 +115,10 @@ def test_thresholds_chosen_on_val_apply_to_test(tmp_path):
 def test_misaligned_cams_and_gt_are_rejected(tmp_path):
     cams, gt = make_split(tmp_path, "test", [(1, 1, 4, 4), (2, 2, 5, 5)])
     other = GroundTruth(["a.png", "b.png"], gt.labels, gt.boxes, gt.fg, gt.ignore, gt.size)
-    with pytest.raises(ValueError, match="test: the CAM shards \\(2 images\\) and the prepared GT table \\(2 images\\) "
-                                         "disagree from position 0"):
+    with pytest.raises(
+        ValueError,
+        match="test: the CAM shards \\(2 images\\) and the prepared GT table \\(2 images\\) disagree from position 0",
+    ):
         check_alignment(cams, other, "test")
 
 
@@ -101,8 +130,13 @@ def test_protocols_dedup_and_per_image_callback(tmp_path):
     seen = {}
     messages = []
     opts = EvalOptions(protocols=("official", "official_symmetric"))
-    metrics, curves = evaluate_all(cams, gts, opts, progress=messages.append,
-                                   on_result=lambda key, box, mask, fid: seen.setdefault(key, (box, mask, fid)))
+    metrics, curves = evaluate_all(
+        cams,
+        gts,
+        opts,
+        progress=messages.append,
+        on_result=lambda key, box, mask, fid: seen.setdefault(key, (box, mask, fid)),
+    )
     alone, _ = evaluate_all(cams, gts, EvalOptions())
     headline = {k: v for k, v in metrics.items() if k != "protocols"}
     assert headline == alone  # the extra protocols leave the headline as it was
@@ -137,8 +171,11 @@ def test_protocol_params_are_validated():
     assert validate(data).evaluate.protocols == "official+official_symmetric"
     for bad in ("official+fancy", "official+official", ""):
         data["evaluate"]["protocols"] = bad
-        with pytest.raises(ParamsError, match="evaluate.protocols: .* is not valid; give distinct names of clean, "
-                                              "official, official_symmetric joined by '\\+', or none"):
+        with pytest.raises(
+            ParamsError,
+            match="evaluate.protocols: .* is not valid; give distinct names of clean, "
+            "official, official_symmetric joined by '\\+', or none",
+        ):
             validate(data)
     data["evaluate"]["protocols"] = "none"
     assert validate(data).evaluate.protocols == "none"
@@ -171,8 +208,10 @@ def test_memo_scores_a_map_set_once_across_calls(tmp_path):
     with_memo = [evaluate_all(c, g, opts, memo=memo, progress=messages.append)[0] for c, g in sets]
     alone = [evaluate_all(c, g, opts)[0] for c, g in sets]
     assert with_memo == alone
-    assert messages == ["10 (protocol, variant, branch) map sets, 10 distinct, 10 to score (0 scored before)",
-                        "10 (protocol, variant, branch) map sets, 10 distinct, 5 to score (5 scored before)"]
+    assert messages == [
+        "10 (protocol, variant, branch) map sets, 10 distinct, 10 to score (0 scored before)",
+        "10 (protocol, variant, branch) map sets, 10 distinct, 5 to score (5 scored before)",
+    ]
     # another ground truth is another context: nothing is reused
     test, gt = sets[0][0]["test"], sets[0][1]["test"]
     moved = type(gt)(gt.image_ids, gt.labels, [b + 1 for b in gt.boxes], gt.fg, gt.ignore, gt.size)
@@ -238,7 +277,7 @@ def test_fidelity_with_memo_forwards_each_map_set_and_each_image_batch_once(tmp_
         with_memo.append(evaluate_all(c, g, opts, memo=memo, **kwargs)[0])
         with_memo[-1]["forwards"] = list(forwards)
     assert with_memo[0].pop("forwards") == [2] * (1 + 10) + [2] * (1 + 10)  # per batch: Y, then 10 map sets
-    assert with_memo[1].pop("forwards") == [2] * 5 * 2                     # the 5 sigmoid sets, no Y
+    assert with_memo[1].pop("forwards") == [2] * 5 * 2  # the 5 sigmoid sets, no Y
     alone = [evaluate_all(c, g, opts, **kwargs)[0] for c, g in sets]
     assert with_memo == alone
     assert all("avg_drop" in alone[1][v][b] for v in ("cam", "layercam") for b in ("softmax", "sigmoid"))
@@ -258,8 +297,13 @@ def test_map_cache_post_processes_each_set_once_and_changes_no_number(tmp_path, 
     model.add_sigmoid_head("random", generator=torch.Generator().manual_seed(1))
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
     batches = lambda: iter([(images[:3], labels[:3]), (images[3:], labels[3:])])  # noqa: E731
-    test, test_gt = make_split(tmp_path, "test", [(2, 3, 9, 12), (0, 0, 15, 7), (5, 5, 10, 10), (4, 1, 13, 14)],
-                               maps=varied_maps(4, 16, 5), preds=[0, 1, 2, 0])
+    test, test_gt = make_split(
+        tmp_path,
+        "test",
+        [(2, 3, 9, 12), (0, 0, 15, 7), (5, 5, 10, 10), (4, 1, 13, 14)],
+        maps=varied_maps(4, 16, 5),
+        preds=[0, 1, 2, 0],
+    )
     val, val_gt = make_split(tmp_path, "val", [(1, 1, 8, 8), (3, 2, 14, 12), (0, 4, 9, 15)], maps=varied_maps(3, 16, 6))
     done = []
     real = evaluate.postprocess
@@ -269,13 +313,20 @@ def test_map_cache_post_processes_each_set_once_and_changes_no_number(tmp_path, 
         monkeypatch.setattr(evaluate, "MAP_CACHE_BYTES", budget)
         done.clear()
         messages = []
-        out = evaluate_all({"test": test, "val": val}, {"test": test_gt, "val": val_gt}, EvalOptions(),
-                           model=model, batches=batches, fidelity_target="gt", fidelity_size=32,
-                           progress=messages.append)[0]
+        out = evaluate_all(
+            {"test": test, "val": val},
+            {"test": test_gt, "val": val_gt},
+            EvalOptions(),
+            model=model,
+            batches=batches,
+            fidelity_target="gt",
+            fidelity_size=32,
+            progress=messages.append,
+        )[0]
         units = int(messages[0].split(" distinct, ")[1].split(" to score")[0])
         return out, sum(done), units
 
-    cached, with_cache, units = run(2 ** 30)
+    cached, with_cache, units = run(2**30)
     uncached, without, _ = run(0)
     partly, some, _ = run(4 * 16 * 16 * 4)  # room for one test set at a time
     assert cached == uncached == partly
@@ -290,13 +341,16 @@ def test_the_evaluate_bar_honours_tqdm_disable():
     import subprocess
     import sys
 
-    code = "from pipeline.metrics.evaluate import progress_bar; print(progress_bar(3, True).disable, " \
-           "progress_bar(3, False).disable)"
+    code = (
+        "from pipeline.metrics.evaluate import progress_bar; print(progress_bar(3, True).disable, "
+        "progress_bar(3, False).disable)"
+    )
 
     def disabled(**env: str) -> str:
         base = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
-        return subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
-                              check=True).stdout.split()
+        return subprocess.run(
+            [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True
+        ).stdout.split()
 
     assert disabled() == ["False", "True"]
     assert disabled(TQDM_DISABLE="1") == ["True", "True"]

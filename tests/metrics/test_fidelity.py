@@ -4,7 +4,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from torch import nn
 
 from pipeline.metrics.fidelity import FidelityAccumulator, fidelity_scores

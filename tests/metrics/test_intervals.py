@@ -1,14 +1,22 @@
 """pipeline/metrics/intervals.py against known answers and an independent loop-over-replicates bootstrap."""
+
 from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
-
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from pipeline.metrics.intervals import (METRICS, SELECTION_WEIGHT, IntervalAccumulator, combine, count_matrix,
-                                        pxap_rows, resample_indices, verdict)
+from pipeline.metrics.intervals import (
+    METRICS,
+    SELECTION_WEIGHT,
+    IntervalAccumulator,
+    combine,
+    count_matrix,
+    pxap_rows,
+    resample_indices,
+    verdict,
+)
 from pipeline.metrics.masks import MaskEvaluator
 
 IOUS = (30, 50, 70)
@@ -78,8 +86,13 @@ def test_a_planted_shift_is_found_with_the_right_sign():
         terms = rng.random(n_test)
         soft_f = NS(avg_drop_terms=terms, inc_conf_flags=np.zeros(n_test, bool))
         sig_f = NS(avg_drop_terms=terms * 0.5, inc_conf_flags=extra_t)  # sigmoid: lower drop, more increases
-        feed(acc, seed, "cam", {"test": (soft_test, None, soft_f), "val": (soft_val, None, None)},
-             {"test": (sig_test, None, sig_f), "val": (sig_val, None, None)})
+        feed(
+            acc,
+            seed,
+            "cam",
+            {"test": (soft_test, None, soft_f), "val": (soft_val, None, None)},
+            {"test": (sig_test, None, sig_f), "val": (sig_val, None, None)},
+        )
     rows = rows_by_metric(acc)
     assert "pxap" not in rows
     for metric in ("maxboxacc_v2", "maxboxacc_iou50", "gt_known_loc", "top1_loc", "inc_conf"):
@@ -109,8 +122,9 @@ def test_count_matrix_matches_choice_and_pxap_matches_the_mask_evaluator():
     fg = rng.random((3, 8, 8)) < 0.3
     ev.accumulate(scores, fg, np.zeros_like(fg))
     res = ev.compute()
-    assert pxap_rows(res.fg_hist[None].astype(float), res.bg_hist[None].astype(float))[0] == pytest.approx(res.pxap,
-                                                                                                         abs=1e-9)
+    assert pxap_rows(res.fg_hist[None].astype(float), res.bg_hist[None].astype(float))[0] == pytest.approx(
+        res.pxap, abs=1e-9
+    )
 
 
 def brute_force(data_by_seed, resamples, seed):
@@ -133,11 +147,15 @@ def brute_force(data_by_seed, resamples, seed):
                     j = int(np.argmax(bv.per_image_multi[iv, k].sum(axis=0)))
                     accs.append(100 * bt.per_image_multi[it, k, j].mean())
                 j = int(np.argmax(bv.per_image_single[iv, 1].sum(axis=0)))
-                value[branch] = {"maxboxacc_v2": np.mean(accs), "maxboxacc": 100 * bt.per_image_single[it, 1, j].mean(),
-                                 "gt_known_loc": 100 * bt.per_image_gt_known[it].mean(),
-                                 "avg_drop": ft.avg_drop_terms[it].mean()}
-                value[branch]["pxap"] = pxap_reference(mt.per_image_fg_hist[it].sum(axis=0),
-                                                       mt.per_image_bg_hist[it].sum(axis=0))
+                value[branch] = {
+                    "maxboxacc_v2": np.mean(accs),
+                    "maxboxacc": 100 * bt.per_image_single[it, 1, j].mean(),
+                    "gt_known_loc": 100 * bt.per_image_gt_known[it].mean(),
+                    "avg_drop": ft.avg_drop_terms[it].mean(),
+                }
+                value[branch]["pxap"] = pxap_reference(
+                    mt.per_image_fg_hist[it].sum(axis=0), mt.per_image_bg_hist[it].sum(axis=0)
+                )
             for m in out:
                 per_seed[m].append(value["sigmoid"][m] - value["softmax"][m])
         for m in out:
@@ -171,14 +189,14 @@ def test_matches_an_independent_brute_force_bootstrap():
         deltas = rows[metric]["model_deltas"]  # 3 models of baseline 0: the fine-tuning level, t with 2 df
         v_model = np.var(deltas, ddof=1) / 3
         variance = np.var(values, ddof=1) + v_model
-        df = variance ** 2 * 2 / v_model ** 2
+        df = variance**2 * 2 / v_model**2
         q = student_t.ppf(0.975, df)
         est = np.mean(deltas)
         assert rows[metric]["delta"] == pytest.approx(est, abs=1e-5), metric
-        assert rows[metric]["low"] == pytest.approx(est - q * variance ** 0.5, abs=1e-5), metric
-        assert rows[metric]["high"] == pytest.approx(est + q * variance ** 0.5, abs=1e-5), metric
+        assert rows[metric]["low"] == pytest.approx(est - q * variance**0.5, abs=1e-5), metric
+        assert rows[metric]["high"] == pytest.approx(est + q * variance**0.5, abs=1e-5), metric
         lo_q, hi_q = np.percentile(values, [2.5, 97.5])
-        m = q * v_model ** 0.5
+        m = q * v_model**0.5
         assert percentile[metric]["low"] == pytest.approx(est - np.hypot(max(est - lo_q, 0), m), abs=1e-5), metric
         assert percentile[metric]["high"] == pytest.approx(est + np.hypot(max(hi_q - est, 0), m), abs=1e-5), metric
 
@@ -234,8 +252,12 @@ def test_coverage_on_a_simulated_null_is_about_95_percent():
         on_result = acc.callback(0)
         for branch in ("softmax", "sigmoid"):
             known = rng.random(n) < p
-            b = NS(per_image_multi=np.repeat(known[:, None, None], 3, axis=1).repeat(2, axis=2),
-                   per_image_single=np.zeros((n, 3, 2), bool), per_image_gt_known=known, per_image_top1_loc=known)
+            b = NS(
+                per_image_multi=np.repeat(known[:, None, None], 3, axis=1).repeat(2, axis=2),
+                per_image_single=np.zeros((n, 3, 2), bool),
+                per_image_gt_known=known,
+                per_image_top1_loc=known,
+            )
             on_result(("clean", "cam", branch, "test"), b, None, None)
         row = rows_by_metric(acc)["gt_known_loc"]
         covered += row["low"] <= 0 <= row["high"]
@@ -246,6 +268,7 @@ def test_one_result_object_under_several_keys_gives_the_same_table():
     """A result scored once and given under several keys (aliased variants, the softmax branch of every seed)
     has its resampled sums computed once; the table equals the one from separate copies."""
     import copy
+
     rng = np.random.default_rng(8)
     soft, sigs = dataset(rng), [dataset(rng) for _ in range(3)]
     shared, copied = IntervalAccumulator(resamples=80, seed=2), IntervalAccumulator(resamples=80, seed=2)
@@ -255,21 +278,22 @@ def test_one_result_object_under_several_keys_gives_the_same_table():
             feed(copied, seed, variant, copy.deepcopy(soft), copy.deepcopy(sigs[seed]))
     assert shared.table() == copied.table()
     assert len(shared._sums) == 2 * (1 + 3)  # (test, val) x (the softmax result + one sigmoid result per seed)
-    assert len(shared._reduced) == 1 + 3     # reduced once per distinct (test, val) pair of results
+    assert len(shared._reduced) == 1 + 3  # reduced once per distinct (test, val) pair of results
     assert len(copied._reduced) == 2 * 3 * 2  # variants x seeds x branches: no two copies share an object
 
 
 def test_count_products_are_exact_in_float32_only_where_that_is_exact():
     from pipeline.metrics.intervals import _count_product
+
     rng = np.random.default_rng(9)
     w = count_matrix(resample_indices(3, 0, 40, 50))
     counts = rng.integers(0, 9216, (40, 30))  # a 96 x 96 map's pixel counts: the float32 path
     assert np.array_equal(_count_product(w, w.astype(np.float64), counts), w.astype(np.float64) @ counts)
     # two images whose counts sum to 2**24 + 1, which float32 cannot hold: the float64 path, exactly
-    big = np.array([[2 ** 23 + 1], [2 ** 23]])
+    big = np.array([[2**23 + 1], [2**23]])
     ones = np.ones((1, 2), dtype=np.float32)
-    assert _count_product(ones, ones.astype(np.float64), big)[0, 0] == 2 ** 24 + 1
-    assert float((ones @ big.astype(np.float32))[0, 0]) != 2 ** 24 + 1  # what the guard prevents
+    assert _count_product(ones, ones.astype(np.float64), big)[0, 0] == 2**24 + 1
+    assert float((ones @ big.astype(np.float32))[0, 0]) != 2**24 + 1  # what the guard prevents
 
 
 def test_levels_by_hand():
@@ -282,7 +306,9 @@ def test_levels_by_hand():
     assert c.high - c.delta == pytest.approx(student_t.ppf(0.975, 1) * 2.0)
     # one replicate per baseline: the fine-tuning level is inside the baseline level, not separable
     one = combine({(0, 0): 1.0, (1, 0): 3.0, (2, 0): 8.0}, np.zeros(50))
-    assert one.variances["finetune"] is None and one.variances["baseline"] == pytest.approx(np.var([1, 3, 8], ddof=1) / 3)
+    assert one.variances["finetune"] is None and one.variances["baseline"] == pytest.approx(
+        np.var([1, 3, 8], ddof=1) / 3
+    )
     # one baseline: the baseline level is absent, the fine-tuning level is the replicates' spread
     fixed = combine({(0, 0): 1.0, (0, 1): 3.0}, np.zeros(50))
     assert fixed.variances["baseline"] is None and fixed.variances["finetune"] == pytest.approx(1.0)
@@ -335,9 +361,12 @@ def test_three_level_coverage_on_simulated_runs_with_a_known_answer():
             for k in range(2):
                 sig = rng.random(n) < np.clip(p + beta + rng.normal(0.0, 0.02), 0, 1)
                 for branch, known in (("softmax", soft[j]), ("sigmoid", sig)):
-                    b = NS(per_image_multi=np.repeat(known[:, None, None], 3, axis=1).repeat(2, axis=2),
-                           per_image_single=np.zeros((n, 3, 2), bool), per_image_gt_known=known,
-                           per_image_top1_loc=known)
+                    b = NS(
+                        per_image_multi=np.repeat(known[:, None, None], 3, axis=1).repeat(2, axis=2),
+                        per_image_single=np.zeros((n, 3, 2), bool),
+                        per_image_gt_known=known,
+                        per_image_top1_loc=known,
+                    )
                     acc.add((j, k), ("clean", "cam", branch, "test"), b)
         row = rows_by_metric(acc)["gt_known_loc"]
         covered += row["low"] <= 0 <= row["high"]
@@ -365,6 +394,6 @@ def test_split_thresholds_add_the_val_choice_measured_on_the_full_test_counts():
     j = int(np.argmax(bv.per_image_multi[:, 1].sum(axis=0)))
     for r in range(41):
         j_r = int(np.argmax(w_val[r] @ bv.per_image_multi[:, 1]))
-        want = (w_test[r] @ bt.per_image_multi[:, 1, j] + SELECTION_WEIGHT ** 0.5 * (full[j_r] - full[j])) / n
+        want = (w_test[r] @ bt.per_image_multi[:, 1, j] + SELECTION_WEIGHT**0.5 * (full[j_r] - full[j])) / n
         assert got[r] == pytest.approx(100 * want, abs=1e-9), r
     assert got[-1] == pytest.approx(100 * full[j] / n)

@@ -32,10 +32,8 @@ def reference_pxap(scores: np.ndarray, fg: np.ndarray, ignore: np.ndarray, thres
 
 
 def hand_example() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    scores = np.array([[[0.9, 0.6], [0.3, 0.1]],
-                       [[0.8, 0.5], [0.0, 1.0]]])
-    fg = np.array([[[True, False], [True, False]],
-                   [[False, True], [False, True]]])
+    scores = np.array([[[0.9, 0.6], [0.3, 0.1]], [[0.8, 0.5], [0.0, 1.0]]])
+    fg = np.array([[[True, False], [True, False]], [[False, True], [False, True]]])
     ignore = np.zeros_like(fg)
     ignore[0, 0, 1] = True  # the 0.6 background pixel of image 0 is ignored
     return scores, fg, ignore
@@ -87,10 +85,15 @@ def test_ignore_pixels_count_nowhere():
     assert ev.compute().pxap == pytest.approx(100.0)
 
 
-@pytest.mark.parametrize("fg_score,bg_score,pxap", [
-    (1.0, 0.0, 100.0), (0.7, 0.2, 100.0), (0.002, 0.0019, 100.0),
-    (0.0011, 0.001, 25.0),  # same bin [0.001, 0.002): a tie, precision = P / (P + N) = 27 / 108
-])
+@pytest.mark.parametrize(
+    "fg_score,bg_score,pxap",
+    [
+        (1.0, 0.0, 100.0),
+        (0.7, 0.2, 100.0),
+        (0.002, 0.0019, 100.0),
+        (0.0011, 0.001, 25.0),  # same bin [0.001, 0.002): a tie, precision = P / (P + N) = 27 / 108
+    ],
+)
 def test_perfect_map_gives_100(fg_score, bg_score, pxap):
     fg = np.zeros((3, 6, 6), dtype=bool)
     fg[:, 1:4, 2:5] = True
@@ -102,11 +105,11 @@ def test_perfect_map_gives_100(fg_score, bg_score, pxap):
 
 def random_batch(rng: np.random.Generator, n: int = 12, size: int = 10):
     grid_values = np.concatenate([threshold_grid("official"), threshold_grid("wsol")])
-    on_grid = rng.choice(grid_values, size=(n, size, size))       # scores exactly on an edge of either grid
+    on_grid = rng.choice(grid_values, size=(n, size, size))  # scores exactly on an edge of either grid
     off_grid = rng.random((n, size, size))
     scores = np.where(rng.random((n, size, size)) < 0.5, on_grid, off_grid)
     scores[0, 0, :3] = [0.0, 1.0, 0.5]
-    fg = rng.random((n, size, size)) < scores * 0.8             # informative but imperfect maps
+    fg = rng.random((n, size, size)) < scores * 0.8  # informative but imperfect maps
     ignore = (rng.random((n, size, size)) < 0.15) & ~fg
     return scores, fg, ignore
 
@@ -147,7 +150,7 @@ def test_grids():
 
 
 def test_duplicate_edge_bin_is_empty_and_one_lands_in_top_bin():
-    ev = MaskEvaluator()
+    ev = MaskEvaluator(grid="official")  # the grid with the duplicate edge 1.0
     ev.accumulate(np.array([[[1.0, 0.999]]]), np.array([[[True, True]]]), np.zeros((1, 1, 2), dtype=bool))
     assert ev.fg_hist[1000] == 0  # [1.0, 1.0)
     assert ev.fg_hist[1001] == 1 and ev.fg_hist[999] == 1  # [1.0, 2.0) and [0.999, 1.0)
@@ -209,7 +212,7 @@ def test_unpack_masks_round_trip(size):
 def test_per_image_histograms_sum_to_the_aggregate_and_match_np_histogram(grid):
     rng = np.random.default_rng(3)
     maps = rng.random((5, 12, 12)).astype(np.float32)
-    maps[0, :2] = 1.0                      # the top edge, the duplicate 1.0 edge of the official grid
+    maps[0, :2] = 1.0  # the top edge, the duplicate 1.0 edge of the official grid
     maps[1] = np.round(maps[1] * 1000) / 1000  # values on the bin edges
     maps[2] = 0.0
     fg = rng.random(maps.shape) < 0.4
@@ -235,8 +238,15 @@ def test_bin_search_is_the_binary_search_exactly(grid):
     value at, just below and just above every edge, on 0 and 1, and on random values."""
     evaluator = MaskEvaluator(grid=grid)
     edges = evaluator.edges[evaluator.edges <= 1.0].astype(np.float32)
-    near = np.concatenate([edges, np.nextafter(edges, np.float32(0)), np.nextafter(edges, np.float32(1)),
-                           np.float32([0.0, 1.0]), np.random.default_rng(0).random(5000, dtype=np.float32)])
+    near = np.concatenate(
+        [
+            edges,
+            np.nextafter(edges, np.float32(0)),
+            np.nextafter(edges, np.float32(1)),
+            np.float32([0.0, 1.0]),
+            np.random.default_rng(0).random(5000, dtype=np.float32),
+        ]
+    )
     maps = np.clip(near, 0, 1).astype(np.float32).reshape(1, 1, -1)
     expected = np.minimum(np.searchsorted(evaluator.edges, maps, side="right") - 1, len(evaluator.edges) - 2)
     assert np.array_equal(evaluator._bins(maps), expected)
@@ -244,6 +254,7 @@ def test_bin_search_is_the_binary_search_exactly(grid):
 
 def test_bin_search_falls_back_on_a_grid_far_from_uniform(monkeypatch):
     import pipeline.metrics.masks as masks
+
     grid = np.concatenate([[0.0], np.linspace(0.9, 0.999, 100)])  # guesses tens of bins off below 0.9
     monkeypatch.setattr(masks, "threshold_grid", lambda kind: grid)
     evaluator = MaskEvaluator(grid="wsol")

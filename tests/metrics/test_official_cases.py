@@ -8,6 +8,7 @@ Where the official code raises RuntimeError (box convention, no positive ground 
 ValueError; the official cases only ask that it raises. The official mask tests use a 0.01 threshold grid;
 the expectations (100 exactly; the positive-pixel ratio within 0.1) hold on both of our grids, so both run.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,17 +26,26 @@ SIZE = 224  # wsolevaluation's _RESIZE_LENGTH
 
 # The localization.txt rows of the five images (metadata/OpenImages/val): instance masks, ignore mask.
 GT = {
-    "val/0bt_c3/1cd9ac0169ec7df0.jpg": (("val/0bt_c3/1cd9ac0169ec7df0_m0bt_c3_6932e993.png",),
-                                        "val/0bt_c3/1cd9ac0169ec7df0_ignore.png"),
-    "val/0bt_c3/3a29f0b33894d4a6.jpg": (("val/0bt_c3/3a29f0b33894d4a6_m0bt_c3_d2422806.png",
-                                         "val/0bt_c3/3a29f0b33894d4a6_m0bt_c3_3581e3ae.png"),
-                                        "val/0bt_c3/3a29f0b33894d4a6_ignore.png"),
-    "val/0bt_c3/3b3b9931325d65c9.jpg": (("val/0bt_c3/3b3b9931325d65c9_m0bt_c3_d4e2e136.png",),
-                                        "val/0bt_c3/3b3b9931325d65c9_ignore.png"),
-    "val/0by6g/490365f63135f3e0.jpg": (("val/0by6g/490365f63135f3e0_m0by6g_4f9ded4f.png",),
-                                       "val/0by6g/490365f63135f3e0_ignore.png"),
-    "val/0by6g/b4d953e7105da1d8.jpg": (("val/0by6g/b4d953e7105da1d8_m0by6g_9f8621ff.png",),
-                                       "val/0by6g/b4d953e7105da1d8_ignore.png"),
+    "val/0bt_c3/1cd9ac0169ec7df0.jpg": (
+        ("val/0bt_c3/1cd9ac0169ec7df0_m0bt_c3_6932e993.png",),
+        "val/0bt_c3/1cd9ac0169ec7df0_ignore.png",
+    ),
+    "val/0bt_c3/3a29f0b33894d4a6.jpg": (
+        ("val/0bt_c3/3a29f0b33894d4a6_m0bt_c3_d2422806.png", "val/0bt_c3/3a29f0b33894d4a6_m0bt_c3_3581e3ae.png"),
+        "val/0bt_c3/3a29f0b33894d4a6_ignore.png",
+    ),
+    "val/0bt_c3/3b3b9931325d65c9.jpg": (
+        ("val/0bt_c3/3b3b9931325d65c9_m0bt_c3_d4e2e136.png",),
+        "val/0bt_c3/3b3b9931325d65c9_ignore.png",
+    ),
+    "val/0by6g/490365f63135f3e0.jpg": (
+        ("val/0by6g/490365f63135f3e0_m0by6g_4f9ded4f.png",),
+        "val/0by6g/490365f63135f3e0_ignore.png",
+    ),
+    "val/0by6g/b4d953e7105da1d8.jpg": (
+        ("val/0by6g/b4d953e7105da1d8_m0by6g_9f8621ff.png",),
+        "val/0by6g/b4d953e7105da1d8_ignore.png",
+    ),
 }
 # The official test builds its score maps from the *other* 0by6g image's masks (its `_MASK_PATHS` are
 # crossed); only their 224 x 224 shape enters the constant maps, so the cases below use the image's own.
@@ -58,6 +68,7 @@ def official_mask(image_id: str) -> np.ndarray:
     """wsolevaluation's `get_mask` transcribed (the reference the loader is checked against): uint8 map,
     1 = foreground, 255 = ignore minus foreground, 0 = background. `load_mask_image` = cv2.imread grey as
     float32, cv2.resize INTER_NEAREST to 224 x 224; foreground = any instance > 0.5 on the raw values."""
+
     def load(rel: str) -> np.ndarray:
         grey = np.float32(cv2.imread(str(MASK_ROOT / rel), cv2.IMREAD_GRAYSCALE))
         return cv2.resize(grey, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST)
@@ -123,7 +134,8 @@ def test_rescale_box_equals_the_official_float_formula_on_random_boxes() -> None
         x0, x1 = sorted(int(v) for v in rng.integers(0, width, size=2))
         y0, y1 = sorted(int(v) for v in rng.integers(0, height, size=2))
         assert rescale_box((x0, y0, x1, y1), width, height, SIZE) == resize_bbox(
-            (x0, y0, x1, y1), (width, height), (SIZE, SIZE))
+            (x0, y0, x1, y1), (width, height), (SIZE, SIZE)
+        )
 
 
 # --- boxes from score maps (compute_bboxes_from_scoremaps, single contour) ------------------------
@@ -140,21 +152,22 @@ def test_all_zero_map_gives_the_empty_box_at_every_threshold() -> None:
 
 
 def test_unimodal_map_boxes_shrink_towards_the_peak() -> None:
-    scoremap = np.array([[0.0, 0.0, 0.0, 0.0, 0.0],   # indexed [y][x]
-                         [0.0, 0.4, 0.4, 0.4, 0.6],
-                         [0.0, 0.4, 1.0, 0.8, 0.6],
-                         [0.0, 0.4, 0.4, 0.4, 0.6]])
-    assert boxes_at_thresholds(scoremap) == [[1, 1, 4, 3], [1, 1, 4, 3], [2, 1, 4, 3], [2, 2, 4, 3],
-                                             [2, 2, 3, 3]]
+    scoremap = np.array(
+        [
+            [0.0, 0.0, 0.0, 0.0, 0.0],  # indexed [y][x]
+            [0.0, 0.4, 0.4, 0.4, 0.6],
+            [0.0, 0.4, 1.0, 0.8, 0.6],
+            [0.0, 0.4, 0.4, 0.4, 0.6],
+        ]
+    )
+    assert boxes_at_thresholds(scoremap) == [[1, 1, 4, 3], [1, 1, 4, 3], [2, 1, 4, 3], [2, 2, 4, 3], [2, 2, 3, 3]]
 
 
 def test_multimodal_map_keeps_the_largest_contour() -> None:
-    scoremap = np.array([[0.4, 0.0, 0.2, 0.2, 0.2],
-                         [0.4, 0.4, 0.0, 0.4, 0.0],
-                         [0.0, 0.0, 0.0, 0.4, 0.0],
-                         [1.0, 0.6, 0.8, 0.2, 0.2]])
-    assert boxes_at_thresholds(scoremap) == [[0, 0, 4, 3], [0, 0, 2, 2], [0, 3, 3, 3], [2, 3, 3, 3],
-                                             [0, 3, 1, 3]]
+    scoremap = np.array(
+        [[0.4, 0.0, 0.2, 0.2, 0.2], [0.4, 0.4, 0.0, 0.4, 0.0], [0.0, 0.0, 0.0, 0.4, 0.0], [1.0, 0.6, 0.8, 0.2, 0.2]]
+    )
+    assert boxes_at_thresholds(scoremap) == [[0, 0, 4, 3], [0, 0, 2, 2], [0, 3, 3, 3], [2, 3, 3, 3], [0, 3, 1, 3]]
 
 
 def test_nan_map_is_rejected() -> None:

@@ -3,14 +3,14 @@
 `repo`: three commits, `bare` (dvc init only, no reports), `main` (small metrics without intervals, params
 and the ten box-accuracy CSVs) and `feature` (checked out: some metrics, one param and one CSV changed), and
 a worktree of `main` beside it (a base folder for --base-dir). The real Makefile and pipeline/ package are
-copied in; `make` runs with VENV pointing at this interpreter's virtualenv, whose `.installed` stamp is
-newer than the copied requirements.txt, so nothing is installed.
+copied in; `make` runs with VENV pointing at this interpreter's virtualenv (only `make setup` installs).
 
 `bench`: the committed reports/metrics.json (with its `intervals`), sign.json, evaluation.json and
 params.yaml of this repository on `main`, a data/params.json that a stage declares (as `validate` writes
 it), and one worktree per pull request: `readme` (README only), `loc` (evaluate.loc_threshold and the
 evaluation numbers it moves) and `perturbed` (every metric and data/params.json changed).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,10 +33,11 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.prefix)  # the virtualenv running the tests (`make test` runs them in .venv)
 BIN = Path(sys.executable).parent
 
-OLD_METRICS = {"top1_cls": 90.5,
-               "cam": {"softmax": {"maxboxacc": 24.5, "pxap": 36.25}, "sigmoid": {"maxboxacc": 30.0, "pxap": 35.5}},
-               "gradcam": {"softmax": {"maxboxacc": 22.0, "pxap": 33.0},
-                           "sigmoid": {"maxboxacc": 28.0, "pxap": 34.0}}}
+OLD_METRICS = {
+    "top1_cls": 90.5,
+    "cam": {"softmax": {"maxboxacc": 24.5, "pxap": 36.25}, "sigmoid": {"maxboxacc": 30.0, "pxap": 35.5}},
+    "gradcam": {"softmax": {"maxboxacc": 22.0, "pxap": 33.0}, "sigmoid": {"maxboxacc": 28.0, "pxap": 34.0}},
+}
 NEW_METRICS = json.loads(json.dumps(OLD_METRICS))
 NEW_METRICS["top1_cls"] = 91.25
 NEW_METRICS["cam"]["softmax"]["maxboxacc"] = 26.75
@@ -108,7 +109,6 @@ def repo(tmp_path_factory) -> Path:
     for variant in compare.VARIANTS:
         for branch in compare.BRANCHES:
             write_csv(curve(variant, branch), repo / compare.CURVES_DIR / f"{variant}_{branch}.csv")
-    shutil.copy(ROOT / "requirements.txt", repo / "requirements.txt")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "results on main")
 
@@ -120,8 +120,6 @@ def repo(tmp_path_factory) -> Path:
     write_csv(changed, repo / compare.CURVES_DIR / f"{CHANGED_CSV}.csv")
     git(repo, "commit", "-qam", "feature: better softmax CAM")
     git(repo, "worktree", "add", "-q", "--detach", str(repo.parent / "main-checkout"), "main")
-    # Older than the venv's stamp, so `make` does not reinstall the requirements.
-    os.utime(repo / "requirements.txt", (0, 0))
     return repo
 
 
@@ -137,8 +135,11 @@ def made(repo) -> subprocess.CompletedProcess:
 
 
 def table_rows(markdown: str) -> list[list[str]]:
-    return [[cell.strip() for cell in line.strip().strip("|").split("|")]
-            for line in markdown.splitlines() if line.lstrip().startswith("|")]
+    return [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in markdown.splitlines()
+        if line.lstrip().startswith("|")
+    ]
 
 
 def sections(markdown: str) -> dict[str, str]:
@@ -163,8 +164,10 @@ def test_make_compare_prints_only_the_markdown(made):
 
 def test_changed_metrics_without_an_interval_are_listed_apart(made):
     rows = metric_rows(sections(made.stdout)["Changed, no interval to judge by"])
-    assert rows == [["reports/metrics.json", "`cam.softmax.maxboxacc`", "24.5", "26.75", "+2.25"],
-                    ["reports/metrics.json", "`top1_cls`", "90.5", "91.25", "+0.75"]]
+    assert rows == [
+        ["reports/metrics.json", "`cam.softmax.maxboxacc`", "24.5", "26.75", "+2.25"],
+        ["reports/metrics.json", "`top1_cls`", "90.5", "91.25", "+0.75"],
+    ]
     assert "gradcam.sigmoid.pxap" not in made.stdout  # unchanged: never listed
     assert "**Changed:** 0 metrics beyond their interval" in made.stdout
     assert "2 metrics without an interval" in made.stdout and "; 7 metrics unchanged." in made.stdout
@@ -217,8 +220,10 @@ def test_make_compare_with_a_base_folder(repo, made):
     assert proc.returncode == 0, proc.stderr
     assert f"compared with `main` (`{compare.resolve_rev('main', repo)[:12]}`), checked out in `{base}`" in proc.stdout
     # The same numbers as against the revision main.
-    assert sections(proc.stdout)["Changed, no interval to judge by"] == sections(made.stdout)[
-        "Changed, no interval to judge by"]
+    assert (
+        sections(proc.stdout)["Changed, no interval to judge by"]
+        == sections(made.stdout)["Changed, no interval to judge by"]
+    )
     assert (repo / "build/compare/from-dir.md").is_file()
 
 
@@ -256,15 +261,21 @@ def test_base_dir_that_is_not_a_dvc_checkout_exits_2(repo, tmp_path):
 def test_not_a_git_repository_exits_2(repo, tmp_path):
     outside = tmp_path / "plain"
     outside.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "pipeline.report.compare"], cwd=outside, capture_output=True,
-                          text=True, env=dict(env(), PYTHONPATH=str(repo), GIT_CEILING_DIRECTORIES=str(tmp_path)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.report.compare"],
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        env=dict(env(), PYTHONPATH=str(repo), GIT_CEILING_DIRECTORIES=str(tmp_path)),
+    )
     assert proc.returncode == 2
     assert f"{outside} is not inside a git repository" in proc.stderr
 
 
 def test_dvc_failure_names_the_command(repo, monkeypatch):
-    monkeypatch.setattr(compare, "_dvc_command", lambda: [sys.executable, "-c", "import sys; "
-                                                          "sys.exit('boom from dvc')", "--"])
+    monkeypatch.setattr(
+        compare, "_dvc_command", lambda: [sys.executable, "-c", "import sys; sys.exit('boom from dvc')", "--"]
+    )
     with pytest.raises(compare.CompareError) as info:
         compare.metrics_diff("main", repo)
     assert info.value.code == 1
@@ -321,24 +332,34 @@ def test_flatten_and_params_changes():
 
 
 def test_classify_judges_against_the_interval_and_flips():
-    iv = {("clean", "cam", "pxap"): {"delta": -0.2, "half_width": 0.5, "verdict": "no detectable difference",
-                                     "extra": "ignored"},
-          ("clean", "cam", "top1_loc"): {"delta": 0.1, "half_width": 1.0, "verdict": "no detectable difference"}}
+    iv = {
+        ("clean", "cam", "pxap"): {
+            "delta": -0.2,
+            "half_width": 0.5,
+            "verdict": "no detectable difference",
+            "extra": "ignored",
+        },
+        ("clean", "cam", "top1_loc"): {"delta": 0.1, "half_width": 1.0, "verdict": "no detectable difference"},
+    }
     flipped = {k: dict(v) for k, v in iv.items()}
     flipped[("clean", "cam", "top1_loc")]["verdict"] = "sigmoid better"
     flipped["official", "cam", "maxboxacc"] = {"delta": 0.3, "half_width": 2.0}  # a new interval
     m = compare.METRICS_FILE
-    pairs = {(m, "cam.sigmoid.pxap"): (60.0, 60.6), (m, "cam.softmax.pxap"): (60.0, 60.4),
-             (m, "protocols.official.cam.sigmoid.pxap"): (1.0, 9.0),  # no `official` interval
-             (m, "cam.sigmoid.top1_loc"): (50.0, 50.1),
-             (m, "intervals.clean.cam.top1_loc.delta"): (0.1, 0.2),
-             (m, "intervals.clean.cam.top1_loc.verdict"): ("no detectable difference", "sigmoid better"),
-             (m, "intervals.clean.cam.top1_loc.low"): (-1.0, -0.9),
-             (m, "intervals.clean.cam.top1_loc.n_boot"): (1000, 2000),  # keys added to a leaf later
-             (m, "intervals.clean.cam.top1_loc.ci.upper"): (1.0, 1.5),
-             (m, "intervals.clean.cam.top1_loc.df"): (None, 12.5),
-             (m, "intervals.official.cam.maxboxacc.delta"): (None, 0.3),
-             (m, "top1_cls"): (90.0, 90.0), ("reports/sign.json", "x"): (None, 1.0)}
+    pairs = {
+        (m, "cam.sigmoid.pxap"): (60.0, 60.6),
+        (m, "cam.softmax.pxap"): (60.0, 60.4),
+        (m, "protocols.official.cam.sigmoid.pxap"): (1.0, 9.0),  # no `official` interval
+        (m, "cam.sigmoid.top1_loc"): (50.0, 50.1),
+        (m, "intervals.clean.cam.top1_loc.delta"): (0.1, 0.2),
+        (m, "intervals.clean.cam.top1_loc.verdict"): ("no detectable difference", "sigmoid better"),
+        (m, "intervals.clean.cam.top1_loc.low"): (-1.0, -0.9),
+        (m, "intervals.clean.cam.top1_loc.n_boot"): (1000, 2000),  # keys added to a leaf later
+        (m, "intervals.clean.cam.top1_loc.ci.upper"): (1.0, 1.5),
+        (m, "intervals.clean.cam.top1_loc.df"): (None, 12.5),
+        (m, "intervals.official.cam.maxboxacc.delta"): (None, 0.3),
+        (m, "top1_cls"): (90.0, 90.0),
+        ("reports/sign.json", "x"): (None, 1.0),
+    }
     rows = {row.key: row for row in compare.classify(pairs, "clean", iv, flipped)}
     assert rows["cam.sigmoid.pxap"].status == compare.BEYOND and rows["cam.sigmoid.pxap"].half_width == 0.5
     assert rows["cam.softmax.pxap"].status == compare.WITHIN
@@ -351,10 +372,15 @@ def test_classify_judges_against_the_interval_and_flips():
         assert rows[f"intervals.clean.cam.top1_loc.{key}"].status == compare.DETAIL
     assert rows["top1_cls"].status == compare.UNCHANGED and rows["x"].status == compare.ADDED
     assert [(f.metric, f.old, f.new) for f in compare.verdict_flips(iv, flipped)] == [
-        ("top1_loc", "no detectable difference", "sigmoid better")]
-    values = {(m, "intervals.clean.cam.pxap.delta"): 0.5, (m, "intervals.clean.cam.pxap.half_width"): 1.0,
-              (m, "intervals.clean.cam.pxap.n_boot"): 1000, (m, "intervals.clean.cam.pxap.ci.upper"): 2.0,
-              ("reports/sign.json", "intervals.clean.cam.pxap.delta"): 9.0}
+        ("top1_loc", "no detectable difference", "sigmoid better")
+    ]
+    values = {
+        (m, "intervals.clean.cam.pxap.delta"): 0.5,
+        (m, "intervals.clean.cam.pxap.half_width"): 1.0,
+        (m, "intervals.clean.cam.pxap.n_boot"): 1000,
+        (m, "intervals.clean.cam.pxap.ci.upper"): 2.0,
+        ("reports/sign.json", "intervals.clean.cam.pxap.delta"): 9.0,
+    }
     assert compare.intervals_from(values) == {("clean", "cam", "pxap"): {"delta": 0.5, "half_width": 1.0}}
 
 
@@ -363,8 +389,13 @@ def test_variant_names_come_from_the_registry_without_torch():
     from pipeline.cams.engine import BRANCHES
 
     assert compare.VARIANTS == variants.names() and compare.BRANCHES == BRANCHES
-    proc = subprocess.run([sys.executable, "-c", "import sys, pipeline.report.compare; print('torch' in sys.modules)"],
-                          cwd=ROOT, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, pipeline.report.compare; print('torch' in sys.modules)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert proc.stdout.strip() == "False"
 
 
@@ -388,8 +419,11 @@ def committed(rel: str) -> str:
     return proc.stdout if proc.returncode == 0 else (ROOT / rel).read_text()
 
 
-RESOLVED = {"evaluate": {"loc_threshold": 0.2, "postprocess": "clean", "bootstrap_resamples": 1000},
-            "model": {"input_size": 96, "feature_stride": 8, "batch_size": 32}, "data": {"num_classes": 10}}
+RESOLVED = {
+    "evaluate": {"loc_threshold": 0.2, "postprocess": "clean", "bootstrap_resamples": 1000},
+    "model": {"input_size": 96, "feature_stride": 8, "batch_size": 32},
+    "data": {"num_classes": 10},
+}
 BENCH_DVC_YAML = """\
 stages:
   evaluate:
@@ -463,10 +497,15 @@ def bench(tmp_path_factory) -> dict:
     # evaluate.loc_threshold written out as RESOLVED's 0.2 (params.yaml may leave it null: the same default)
     params = re.sub(r"^(  loc_threshold:) null\b", r"\1 0.2", committed("params.yaml"), count=1, flags=re.M)
     headline = evaluation["postprocess"]
-    files = {"dvc.yaml": BENCH_DVC_YAML, "params.yaml": params, "README.md": "# bench\n",
-             "data/params.json": json.dumps(RESOLVED, indent=2),
-             "reports/metrics.json": json.dumps(metrics, indent=2), "reports/sign.json": json.dumps(sign, indent=2),
-             "reports/evaluation.json": json.dumps(evaluation, indent=2)}
+    files = {
+        "dvc.yaml": BENCH_DVC_YAML,
+        "params.yaml": params,
+        "README.md": "# bench\n",
+        "data/params.json": json.dumps(RESOLVED, indent=2),
+        "reports/metrics.json": json.dumps(metrics, indent=2),
+        "reports/sign.json": json.dumps(sign, indent=2),
+        "reports/evaluation.json": json.dumps(evaluation, indent=2),
+    }
     for variant in ("cam",):
         for branch in compare.BRANCHES:
             write_csv(curve(variant, branch), repo / compare.CURVES_DIR / f"{variant}_{branch}.csv")
@@ -485,14 +524,26 @@ def bench(tmp_path_factory) -> dict:
     perturbed_resolved["data"]["num_classes"] = 20
     trees = {
         "readme": commit_branch(repo, "readme", {"README.md": "# bench\n\nBetter words.\n"}, "README only"),
-        "loc": commit_branch(repo, "loc", {
-            "params.yaml": loc_params, "data/params.json": json.dumps(resolved, indent=2),
-            "reports/metrics.json": json.dumps(loc_metrics(metrics, headline), indent=2)},
-            "evaluate.loc_threshold 0.25"),
-        "perturbed": commit_branch(repo, "perturbed", {
-            "data/params.json": json.dumps(perturbed_resolved, indent=2),
-            "reports/metrics.json": json.dumps(perturb(metrics), indent=2),
-            "reports/sign.json": json.dumps(perturb(sign), indent=2)}, "every metric moved"),
+        "loc": commit_branch(
+            repo,
+            "loc",
+            {
+                "params.yaml": loc_params,
+                "data/params.json": json.dumps(resolved, indent=2),
+                "reports/metrics.json": json.dumps(loc_metrics(metrics, headline), indent=2),
+            },
+            "evaluate.loc_threshold 0.25",
+        ),
+        "perturbed": commit_branch(
+            repo,
+            "perturbed",
+            {
+                "data/params.json": json.dumps(perturbed_resolved, indent=2),
+                "reports/metrics.json": json.dumps(perturb(metrics), indent=2),
+                "reports/sign.json": json.dumps(perturb(sign), indent=2),
+            },
+            "every metric moved",
+        ),
     }
     return {"repo": repo, "metrics": metrics, "headline": headline, **trees}
 
@@ -524,8 +575,12 @@ def test_readme_only_change_says_nothing_changed(readme_pr, bench):
     assert "**Nothing changed**" in comment
     assert metric_rows(comment) == []
     parts = sections(comment)
-    assert set(parts) == {"", f"Headline verdicts: protocol `{bench['headline']}`", "Params (`params.yaml`)",
-                          "Box accuracy against CAM threshold: `cam`"}
+    assert set(parts) == {
+        "",
+        f"Headline verdicts: protocol `{bench['headline']}`",
+        "Params (`params.yaml`)",
+        "Box accuracy against CAM threshold: `cam`",
+    }
     assert table_rows(parts["Params (`params.yaml`)"]) == []
     assert "No `params.yaml` value changed." in parts["Params (`params.yaml`)"]
     assert "within their interval" not in comment and "⚠ was" not in comment
@@ -560,8 +615,10 @@ def test_loc_threshold_change_counts_changes_within_the_interval(loc_pr, bench):
     comment, full = loc_pr
     changed = [row for row in metric_rows(full) if row[-1] != "unchanged"]
     # Only evaluation numbers moved: Top-1 Loc / GT-known Loc and their intervals.
-    assert changed and all(row[0] == "reports/metrics.json" and row[1].strip("`").split(".")[-1] in
-                           (*LOC_MOVES, "delta", "low", "high") for row in changed)
+    assert changed and all(
+        row[0] == "reports/metrics.json" and row[1].strip("`").split(".")[-1] in (*LOC_MOVES, "delta", "low", "high")
+        for row in changed
+    )
     within = [row for row in changed if row[-1] == "within interval"]
     bounds = [row for row in changed if row[-1] == "interval field"]
     assert [row[1] for row in changed if row[-1] == "beyond interval"] == [f"`{BEYOND_KEY}`"]

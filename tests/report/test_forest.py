@@ -1,4 +1,5 @@
 """pipeline/report/forest.py on synthetic interval rows from the real accumulator."""
+
 import hashlib
 from types import SimpleNamespace as NS
 
@@ -24,9 +25,12 @@ def rows():
                 for branch, q in (("softmax", p), ("sigmoid", q_sig)):
                     u = u_soft if branch == "softmax" else rng.random(n)
                     known = u < q if branch == "sigmoid" else u < p
-                    b = NS(per_image_multi=np.repeat(known[:, None, None], 3, axis=1).repeat(4, axis=2),
-                           per_image_single=np.repeat(known[:, None, None], 3, axis=1).repeat(4, axis=2),
-                           per_image_gt_known=known, per_image_top1_loc=known)
+                    b = NS(
+                        per_image_multi=np.repeat(known[:, None, None], 3, axis=1).repeat(4, axis=2),
+                        per_image_single=np.repeat(known[:, None, None], 3, axis=1).repeat(4, axis=2),
+                        per_image_gt_known=known,
+                        per_image_top1_loc=known,
+                    )
                     f = NS(avg_drop_terms=1.0 - q * u, inc_conf_flags=known)
                     acc.callback(seed)((protocol, variant, branch, "test"), b, None, f)
     return acc.table()
@@ -43,7 +47,7 @@ def test_forest_draws_every_row_with_verdict_colours_and_is_byte_stable(tmp_path
     with Image.open(a) as im:
         pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
         assert im.width > 4 * im.height / 2  # one panel per metric, side by side
-    present = {tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in VERDICT_COLORS.values()}
+    present = {tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in VERDICT_COLORS.values()}
     colours = {tuple(p) for p in np.unique(pixels, axis=0)}
     assert present <= colours  # better, worse and no-difference rows all drawn
 

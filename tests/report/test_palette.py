@@ -1,6 +1,7 @@
 """The galleries' 256-colour PNGs keep the colormap's scale (`pipeline.report.figures.palette_png`): every
 pixel of a signed map and of its colour bar stays within a few levels of the full-colour render, where a
 plain adaptive palette had merged the colormap's blue half into a few colours."""
+
 import io
 
 import matplotlib
@@ -46,5 +47,5 @@ def test_palette_keeps_the_colormap_and_the_photos():
     lut = np.round(255 * plt.get_cmap(GALLERY_CMAP)(np.linspace(0, 1, 256))[:, :3]).astype(int)
     on_scale = np.abs(a.reshape(-1, 1, 3) - lut[None]).max(axis=2).min(axis=1) <= 2  # map and colour-bar pixels
     assert on_scale.mean() > 0.1
-    assert error[on_scale].max() <= 10                      # half a step of the 64-colour ramp, and rounding
-    assert error[~on_scale].mean() <= 6                     # the photos keep their adaptive colours
+    assert error[on_scale].max() <= 10  # half a step of the 64-colour ramp, and rounding
+    assert error[~on_scale].mean() <= 6  # the photos keep their adaptive colours

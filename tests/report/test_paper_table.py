@@ -15,10 +15,10 @@ fake param `classes` a subset of that many classes and 50 test images per class.
 The workspace check itself, on the project's params.yaml, is tested below on exp-show JSON and in
 tests/report/test_exp_table.py with real `dvc exp run`s.
 """
+
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -48,7 +48,8 @@ base = {"vgg16": 30, "inception_v3": 35, "resnet10t": 20}[p["backbone"]]
 base += (5 if family == "grad" else 0) + (1 if ft["head_init"] == "fresh" else 0) + round(100 * ft["lr"])
 base += classes or 0
 full = {"ilsvrc": (1000, 50000), "openimages": (100, 5000), "synthbirds": (10, 1000)}[p["dataset"]]
-metrics = {"top1_cls": 50 + base, "dataset": dataset_block(p["dataset"], *((classes, 50 * classes) if classes else full))}
+size = (classes, 50 * classes) if classes else full
+metrics = {"top1_cls": 50 + base, "dataset": dataset_block(p["dataset"], *size)}
 for i, variant in enumerate(["cam", "gradcam", "gradcampp", "xgradcam", "layercam"]):
     if variant == "cam" and family == "grad":
         if ft["head_init"] == "fresh":
@@ -75,9 +76,11 @@ EXPERIMENTS = {
     "tiny": ["dataset=synthbirds", "backbone=resnet10t"],
 }
 
-HEADER = ("| Backbone | Method | Setting | Top-1 Cls | Top-1 Loc softmax | Top-1 Loc sigmoid | GT-known Loc softmax "
-          "| GT-known Loc sigmoid | MaxBoxAccV2 softmax | MaxBoxAccV2 sigmoid | PxAP softmax | PxAP sigmoid "
-          "| Experiment |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| Backbone | Method | Setting | Top-1 Cls | Top-1 Loc softmax | Top-1 Loc sigmoid | GT-known Loc softmax "
+    "| GT-known Loc sigmoid | MaxBoxAccV2 softmax | MaxBoxAccV2 sigmoid | PxAP softmax | PxAP sigmoid "
+    "| Experiment |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 EXPECTED = f"""\
 # This repository's experiments in the layout of the paper's Table 2
 
@@ -136,8 +139,10 @@ not shown)
 | resnet10t | CAM | head_init=clone, bn_mode=eval | 71.00 | 21.00 | 23.00 | 21.50 | 23.50 | 21.25 | 23.25 | 21.75 \
 | 23.75 | tiny |
 """
-NO_DIGEST = ("workspace: reports/metrics.json records no params_digest (it was made before the evaluate stage "
-             "recorded one), so it cannot be matched to params.yaml; run `dvc repro` to include it\n")
+NO_DIGEST = (
+    "workspace: reports/metrics.json records no params_digest (it was made before the evaluate stage "
+    "recorded one), so it cannot be matched to params.yaml; run `dvc repro` to include it\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +152,11 @@ def repo(tmp_path_factory) -> Path:
     (repo / "params.yaml").write_text(PARAMS)
     (repo / "stage.py").write_text(STAGE)
     # `params.yaml: []`: the stage depends on every param, `family` included once an experiment adds it
-    (repo / "dvc.yaml").write_text(f"stages:\n  evaluate:\n    cmd: {sys.executable} stage.py\n"
-                                   "    deps: [stage.py]\n    params:\n      - params.yaml: []\n"
-                                   "    metrics:\n      - reports/metrics.json:\n          cache: false\n")
+    (repo / "dvc.yaml").write_text(
+        f"stages:\n  evaluate:\n    cmd: {sys.executable} stage.py\n"
+        "    deps: [stage.py]\n    params:\n      - params.yaml: []\n"
+        "    metrics:\n      - reports/metrics.json:\n          cache: false\n"
+    )
     (repo / ".gitignore").write_text("/build/\n__pycache__/\n")
     sh([str(BIN / "dvc"), "repro", "-q"], repo)
     git(repo, "add", "-A")
@@ -157,7 +164,6 @@ def repo(tmp_path_factory) -> Path:
     for name, overrides in EXPERIMENTS.items():
         git(repo, "reset", "-q", "--hard")  # `dvc exp run` applied the last experiment to the workspace
         sh([str(BIN / "dvc"), "exp", "run", "-q", "-n", name, *(a for o in overrides for a in ("-S", o))], repo)
-    os.utime(repo / "requirements.txt", (0, 0))  # older than the venv's stamp: make installs nothing
     return repo
 
 
@@ -189,17 +195,37 @@ def test_csv_has_ours_and_the_papers_number_in_separate_columns(repo, exp_json, 
     path.write_text(json.dumps(exp_json))
     proc = sh([sys.executable, "-m", "pipeline.report.paper_table", "--csv", "--exp-json", str(path)], repo)
     lines = proc.stdout.splitlines()
-    assert lines[0].split(",")[:12] == ["dataset", "num_classes", "test_images", "full", "backbone", "family",
-                                        "head_init", "bn_mode", "method", "variant", "top1_cls", "top1_cls_paper"]
+    assert lines[0].split(",")[:12] == [
+        "dataset",
+        "num_classes",
+        "test_images",
+        "full",
+        "backbone",
+        "family",
+        "head_init",
+        "bn_mode",
+        "method",
+        "variant",
+        "top1_cls",
+        "top1_cls_paper",
+    ]
     assert len(lines) == 1 + 17
-    assert lines[1] == ("ilsvrc,1000,50000,true,vgg16,cam,clone,eval,CAM,cam,81,66.56,31,43.11,33,43.13,31.5,59.53,"
-                        "33.5,59.56,31.25,60,33.25,60.25,31.75,,33.75,,main")
+    assert lines[1] == (
+        "ilsvrc,1000,50000,true,vgg16,cam,clone,eval,CAM,cam,81,66.56,31,43.11,33,43.13,31.5,59.53,"
+        "33.5,59.56,31.25,60,33.25,60.25,31.75,,33.75,,main"
+    )
     assert lines[-4].startswith("ilsvrc,1000,50000,true,inception,grad,clone,train,LayerCAM,layercam,91,,45,,47,")
-    assert lines[-3] == ("ilsvrc,4,200,false,vgg16,cam,clone,eval,CAM,cam,85,,35,,37,,35.5,,37.5,,35.25,,37.25,,35.75,,"
-                         "37.75,,vgg-sub")
-    assert lines[-2] == ("openimages,100,5000,true,inception,cam,clone,eval,CAM,cam,86,56.22,,,,,,,,,,,,,36.75,62.25,"
-                         "38.75,63.65,inc-oi")
-    assert lines[-1] == "synthbirds,10,1000,,resnet10t,cam,clone,eval,CAM,cam,71,,21,,23,,21.5,,23.5,,21.25,,23.25,,21.75,,23.75,,tiny"
+    assert lines[-3] == (
+        "ilsvrc,4,200,false,vgg16,cam,clone,eval,CAM,cam,85,,35,,37,,35.5,,37.5,,35.25,,37.25,,35.75,,37.75,,vgg-sub"
+    )
+    assert lines[-2] == (
+        "openimages,100,5000,true,inception,cam,clone,eval,CAM,cam,86,56.22,,,,,,,,,,,,,36.75,62.25,38.75,63.65,inc-oi"
+    )
+    assert (
+        lines[-1]
+        == "synthbirds,10,1000,,resnet10t,cam,clone,eval,CAM,cam,71,,21,,23,,21.5,,23.5,,21.25,,23.25,,21.75,,"
+        "23.75,,tiny"
+    )
 
 
 def test_an_unknown_family_is_named_with_the_valid_ones():
@@ -217,8 +243,11 @@ def test_outside_a_dvc_repository_it_says_so(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("value", [None, "n/a", float("nan"), float("inf"), True])
 def test_a_value_that_is_not_a_finite_number_reads_na(value):
-    run = paper_table.Run("r", {"dataset": "cub", "backbone": "resnet50"},
-                          {"top1_cls": 70.0, "cam": {"softmax": {"top1_loc": value}, "sigmoid": "n/a"}})
+    run = paper_table.Run(
+        "r",
+        {"dataset": "cub", "backbone": "resnet50"},
+        {"top1_cls": 70.0, "cam": {"softmax": {"top1_loc": value}, "sigmoid": "n/a"}},
+    )
     (row,) = paper_table.rows([run])
     assert row["cells"]["softmax.top1_loc"] == (None, None)
     assert row["cells"]["sigmoid.top1_loc"] == (None, None)
@@ -240,9 +269,11 @@ def test_paper_numbers_are_method_md_7_1():
 def test_the_module_needs_neither_torch_nor_dvcs_python_api():
     """Not even to check the workspace (params.yaml validated and resolved, dvc.yaml read) or head a subset's
     table (the full sizes of pipeline.data.real)."""
-    code = ("import sys, pipeline.report.paper_table as t; "
-            "t.workspace_problem({'params_digest': 'x'}); t.heading('ilsvrc', t.Size(4, 200, False)); "
-            "print(sorted(m for m in ('torch', 'dvc', 'timm') if m in sys.modules))")
+    code = (
+        "import sys, pipeline.report.paper_table as t; "
+        "t.workspace_problem({'params_digest': 'x'}); t.heading('ilsvrc', t.Size(4, 200, False)); "
+        "print(sorted(m for m in ('torch', 'dvc', 'timm') if m in sys.modules))"
+    )
     assert sh([sys.executable, "-c", code], ROOT).stdout.strip() == "[]"
 
 
@@ -252,9 +283,11 @@ def test_the_module_needs_neither_torch_nor_dvcs_python_api():
 
 def rev(name: str, params: dict, metrics: dict, experiments: list | None = None) -> dict:
     """One revision of `dvc exp show --json` (only the fields paper_table reads)."""
-    entry = {"rev": name if name == "workspace" else f"{abs(hash(name)):040x}"[:40],
-             "name": None if name == "workspace" else name,
-             "data": {"params": {"params.yaml": {"data": params}}, "metrics": {"reports/metrics.json": {"data": metrics}}}}
+    entry = {
+        "rev": name if name == "workspace" else f"{abs(hash(name)):040x}"[:40],
+        "name": None if name == "workspace" else name,
+        "data": {"params": {"params.yaml": {"data": params}}, "metrics": {"reports/metrics.json": {"data": metrics}}},
+    }
     if experiments:
         entry["experiments"] = [{"revs": [child]} for child in experiments]
     return entry
@@ -262,20 +295,27 @@ def rev(name: str, params: dict, metrics: dict, experiments: list | None = None)
 
 def resnet50_cam(top1_cls: float, dataset: dict | None, **extra) -> dict:
     branch = {"top1_loc": 40.0, "gt_known_loc": 50.0, "maxboxacc_v2": 55.0, "pxap": 60.0}
-    return {"top1_cls": top1_cls, "cam": {"softmax": branch, "sigmoid": branch},
-            **({"dataset": dataset} if dataset is not None else {}), **extra}
+    return {
+        "top1_cls": top1_cls,
+        "cam": {"softmax": branch, "sigmoid": branch},
+        **({"dataset": dataset} if dataset is not None else {}),
+        **extra,
+    }
 
 
-RESNET50 = {"dataset": "ilsvrc", "backbone": "resnet50", "family": "cam",
-            "finetune": {"head_init": "clone", "bn_mode": "eval"}}
+RESNET50 = {
+    "dataset": "ilsvrc",
+    "backbone": "resnet50",
+    "family": "cam",
+    "finetune": {"head_init": "clone", "bn_mode": "eval"},
+}
 FULL = {"name": "ilsvrc", "num_classes": 1000, "test_images": 50000, "full": True}
 SUBSET = {"name": "ilsvrc", "num_classes": 4, "test_images": 200, "full": False}
 
 
 def test_a_subset_run_is_marked_and_has_no_paper_value_the_full_run_has_them():
     """The user's case: a 4-class ILSVRC run printed `82.50 (73.87)` against the paper's 1,000-class figures."""
-    entries = [rev("main", RESNET50, resnet50_cam(76.0, FULL),
-                   [rev("exp-sub", RESNET50, resnet50_cam(82.5, SUBSET))])]
+    entries = [rev("main", RESNET50, resnet50_cam(76.0, FULL), [rev("exp-sub", RESNET50, resnet50_cam(82.5, SUBSET))])]
     table_rows = paper_table.rows(paper_table.runs_from_exp_show(entries))
     by_name = {row["experiments"][0]: row for row in table_rows}
     assert by_name["main"]["cells"]["top1_cls"] == (76.0, 73.87)
@@ -286,25 +326,32 @@ def test_a_subset_run_is_marked_and_has_no_paper_value_the_full_run_has_them():
     full, subset = text.split("## ")[1:]
     assert full.startswith("ilsvrc: 1,000 classes, 50,000 test images (the full dataset)\n")
     assert "| resnet50 | CAM | head_init=clone, bn_mode=eval | 76.00 (73.87) | 40.00 (47.67) |" in full
-    assert subset.startswith("ilsvrc (subset: 4 of 1,000 classes, 200 of 50,000 test images; the paper's numbers "
-                             "are on the full dataset, not shown)\n")
-    assert ("| resnet50 | CAM | head_init=clone, bn_mode=eval | 82.50 | 40.00 | 40.00 | 50.00 | 50.00 | 55.00 | "
-            "55.00 | 60.00 | 60.00 | exp-sub |") in subset
+    assert subset.startswith(
+        "ilsvrc (subset: 4 of 1,000 classes, 200 of 50,000 test images; the paper's numbers "
+        "are on the full dataset, not shown)\n"
+    )
+    assert (
+        "| resnet50 | CAM | head_init=clone, bn_mode=eval | 82.50 | 40.00 | 40.00 | 50.00 | 50.00 | 55.00 | "
+        "55.00 | 60.00 | 60.00 | exp-sub |"
+    ) in subset
     assert "(" not in subset.split("\n", 1)[1]  # no paper value anywhere in the subset's table
 
 
 def test_a_run_without_the_dataset_block_shows_no_paper_value():
     (row,) = paper_table.rows([paper_table.Run("old", RESNET50, resnet50_cam(76.0, None))])
     assert row["cells"]["top1_cls"] == (76.0, None)
-    assert paper_table.markdown([row]).count("## ilsvrc (size not recorded: reports/metrics.json has no `dataset` "
-                                             "block") == 1
+    assert (
+        paper_table.markdown([row]).count("## ilsvrc (size not recorded: reports/metrics.json has no `dataset` block")
+        == 1
+    )
 
 
 def test_a_run_whose_metrics_are_of_another_dataset_is_left_out():
     runs = [paper_table.Run("exp-x", {**RESNET50, "dataset": "openimages"}, resnet50_cam(76.0, FULL))]
     kept, notes = paper_table.screen(runs)
-    assert kept == [] and notes == ["exp-x: reports/metrics.json is of dataset ilsvrc, its params.yaml says "
-                                    "openimages; left out"]
+    assert kept == [] and notes == [
+        "exp-x: reports/metrics.json is of dataset ilsvrc, its params.yaml says openimages; left out"
+    ]
 
 
 @pytest.fixture
@@ -322,8 +369,10 @@ def workspace_json(tmp_path: Path, digest: str | None) -> Path:
     params = yaml.safe_load(Path("params.yaml").read_text())
     extra = {} if digest is None else {"params_digest": digest}
     size = {"name": params["dataset"], "num_classes": 10, "test_images": 1000, "full": None}
-    entries = [rev("workspace", params, resnet50_cam(76.0, size, **extra)),
-               rev("main", params, resnet50_cam(70.0, size))]
+    entries = [
+        rev("workspace", params, resnet50_cam(76.0, size, **extra)),
+        rev("main", params, resnet50_cam(70.0, size)),
+    ]
     path = tmp_path / "exp.json"
     path.write_text(json.dumps(entries))
     return path
@@ -337,20 +386,28 @@ def test_the_workspace_is_in_the_table_when_its_reports_are_of_params_yaml(check
     assert [line.rsplit(",", 1)[-1] for line in captured.out.splitlines()[1:]] == ["workspace", "main"]
 
 
-@pytest.mark.parametrize("digest, reason", [
-    ("0123456789abcdef", paper_table.STALE),
-    (None, "workspace: reports/metrics.json records no params_digest (it was made before the evaluate stage "
-           "recorded one), so it cannot be matched to params.yaml; run `dvc repro` to include it"),
-])
+@pytest.mark.parametrize(
+    "digest, reason",
+    [
+        ("0123456789abcdef", paper_table.STALE),
+        (
+            None,
+            "workspace: reports/metrics.json records no params_digest (it was made before the evaluate stage "
+            "recorded one), so it cannot be matched to params.yaml; run `dvc repro` to include it",
+        ),
+    ],
+)
 def test_a_workspace_whose_reports_are_of_other_params_is_left_out_with_the_reason(checkout, capsys, digest, reason):
     path = workspace_json(checkout, digest)
     assert paper_table.main(["--exp-json", str(path)]) == 0
     captured = capsys.readouterr()
     assert captured.err == reason + "\n"
     assert "| main |" in captured.out and "workspace" not in captured.out
-    assert paper_table.STALE == ("workspace: reports/ were produced from other params than params.yaml (an "
-                                 "experiment in progress, a failed `dvc exp run`, or `dvc repro` not run yet); "
-                                 "run `dvc repro` to include it")
+    assert paper_table.STALE == (
+        "workspace: reports/ were produced from other params than params.yaml (an "
+        "experiment in progress, a failed `dvc exp run`, or `dvc repro` not run yet); "
+        "run `dvc repro` to include it"
+    )
 
 
 def test_the_workspace_check_follows_params_yaml(checkout, capsys):

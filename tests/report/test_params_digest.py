@@ -1,5 +1,6 @@
 """reports/metrics.json's `params_digest` and `dataset` block (pipeline/stages/evaluate.py), which let the tables
 (make paper-table, make exp-table) tell whether reports/ were made from params.yaml and on the full dataset."""
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,16 @@ def test_the_digest_keys_are_every_stage_but_validate_source_and_report():
         if name not in DIGEST_SKIPPED:
             assert all(covered(k, keys) for k in stage_keys(name, DVC_FILE) or []), name
     # one from each kind of stage: foreach (baseline), matrix (finetune, cams), plain (download, preprocess)
-    assert {"baseline.label_smoothing", "finetune.pos_weight", "cams", "data", "preprocess.eval_size", "evaluate",
-            "distributed", "cpu"} <= set(keys)
+    assert {
+        "baseline.label_smoothing",
+        "finetune.pos_weight",
+        "cams",
+        "data",
+        "preprocess.eval_size",
+        "evaluate",
+        "distributed",
+        "cpu",
+    } <= set(keys)
     assert "cams.batch_size" not in keys  # inside `cams`, which the cams stage declares whole
     for undeclared in ("report", "download", "download.workers", "download.archive_dir", "finetune.workers"):
         assert not covered(undeclared, keys), undeclared
@@ -86,11 +95,20 @@ def test_the_same_params_give_the_same_digest(values, keys):
     assert params_digest(resolved(load_params(ROOT / "params.yaml")), keys) == digest
 
 
-@pytest.mark.parametrize("group, key, value", [
-    ("finetune", "epochs", 99), ("baseline", "label_smoothing", 0.3), ("data", "num_classes", 3),
-    ("cams", "amp", True), ("evaluate", "loc_threshold", 0.35), ("model", "input_size", 128),
-    ("cpu", "kernels", "portable"), ("distributed", "nproc", 2), ("preprocess", "eval_size", 77),
-])
+@pytest.mark.parametrize(
+    "group, key, value",
+    [
+        ("finetune", "epochs", 99),
+        ("baseline", "label_smoothing", 0.3),
+        ("data", "num_classes", 3),
+        ("cams", "amp", True),
+        ("evaluate", "loc_threshold", 0.35),
+        ("model", "input_size", 128),
+        ("cpu", "kernels", "portable"),
+        ("distributed", "nproc", 2),
+        ("preprocess", "eval_size", 77),
+    ],
+)
 def test_a_declared_key_changes_the_digest(values, keys, group, key, value):
     changed = copy.deepcopy(values)
     assert changed[group][key] != value
@@ -98,10 +116,16 @@ def test_a_declared_key_changes_the_digest(values, keys, group, key, value):
     assert params_digest(changed, keys) != params_digest(values, keys)
 
 
-@pytest.mark.parametrize("group, key, value", [
-    ("report", "dpi", 300), ("report", "gallery_images", 2), ("download", "workers", 16),
-    ("download", "archive_dir", "/elsewhere"), ("finetune", "workers", 4),
-])
+@pytest.mark.parametrize(
+    "group, key, value",
+    [
+        ("report", "dpi", 300),
+        ("report", "gallery_images", 2),
+        ("download", "workers", 16),
+        ("download", "archive_dir", "/elsewhere"),
+        ("finetune", "workers", 4),
+    ],
+)
 def test_an_undeclared_key_leaves_the_digest(values, keys, group, key, value):
     changed = copy.deepcopy(values)
     assert changed[group][key] != value
@@ -114,11 +138,19 @@ def test_a_missing_key_is_left_out_not_an_error():
     assert params_digest({"a": 1}, ["a"]) != params_digest({"a": 2}, ["a"])
 
 
-@pytest.mark.parametrize("name, classes, images, full", [
-    ("ilsvrc", 1000, 50000, True), ("ilsvrc", 4, 200, False), ("ilsvrc", 1000, 200, False),
-    ("openimages", 100, 5000, True), ("cub", 200, 5794, True), ("cub", 3, 3, False), ("cars", 196, 8041, True),
-    ("synthbirds", 10, 1000, None),
-])
+@pytest.mark.parametrize(
+    "name, classes, images, full",
+    [
+        ("ilsvrc", 1000, 50000, True),
+        ("ilsvrc", 4, 200, False),
+        ("ilsvrc", 1000, 200, False),
+        ("openimages", 100, 5000, True),
+        ("cub", 200, 5794, True),
+        ("cub", 3, 3, False),
+        ("cars", 196, 8041, True),
+        ("synthbirds", 10, 1000, None),
+    ],
+)
 def test_the_dataset_block_says_whether_the_run_used_the_full_dataset(name, classes, images, full):
     block = dataset_block(name, classes, images)
     assert block == {"name": name, "num_classes": classes, "test_images": images, "full": full}

@@ -1,4 +1,5 @@
 """Sign diagnostics against hand computations."""
+
 import numpy as np
 import pytest
 
@@ -54,8 +55,9 @@ def test_signed_maps_upsample_bilinearly():
     pos = rng.random((2, 3, 3)).astype(np.float32)
     neg = -rng.random((2, 3, 3)).astype(np.float32)
     out = signed_maps(pos, neg, 12)
-    ref = torch.nn.functional.interpolate(torch.from_numpy(pos + neg)[:, None], size=(12, 12), mode="bilinear",
-                                          align_corners=False)[:, 0].numpy()
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(pos + neg)[:, None], size=(12, 12), mode="bilinear", align_corners=False
+    )[:, 0].numpy()
     assert np.allclose(out, ref, atol=1e-5)
     assert len(np.unique(out[0])) > 9  # values between the 9 source values, not copies of them
 

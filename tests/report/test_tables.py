@@ -1,12 +1,20 @@
 """The paper-style results table: values, deltas, bold rules, CSV and the options text."""
+
 import io
 
 import pandas as pd
 import pytest
 
 from pipeline.cams.engine import BRANCHES, VARIANTS
-from pipeline.report.tables import (METRICS, TABLES, options_markdown, results_frame, results_markdown,
-                                    sign_markdown, write_csv_text)
+from pipeline.report.tables import (
+    METRICS,
+    TABLES,
+    options_markdown,
+    results_frame,
+    results_markdown,
+    sign_markdown,
+    write_csv_text,
+)
 
 
 def fake_metrics(offset: float = 0.0) -> dict:
@@ -82,54 +90,97 @@ def test_csv_round_trips_with_fixed_precision():
 
 
 def test_sign_markdown_lists_both_branches():
-    sign = {v: {b: {"neg_share_inside": 1.0, "neg_share_outside": 2.0, "net_negative_inside": 3.0}
-                for b in BRANCHES} for v in VARIANTS}
+    sign = {
+        v: {b: {"neg_share_inside": 1.0, "neg_share_outside": 2.0, "net_negative_inside": 3.0} for b in BRANCHES}
+        for v in VARIANTS
+    }
     md = sign_markdown(sign)
     assert md.splitlines()[2] == "| CAM | 1.00 | 2.00 | 3.00 | 1.00 | 2.00 | 3.00 |"
 
 
 def test_options_name_every_official_choice():
-    evaluation = {"dataset": "synthbirds", "backbone": "vgg16", "images": 300, "head_init": "random",
-                  "bn_mode": "batch_stats", "postprocess": "official", "weight_clamp": None, "relu": None,
-                  "upsample": None, "threshold_grid": "official", "threshold_split": "test", "gt_box_match": "first",
-                  "loc_threshold": 0.2, "fidelity": True, "fidelity_target": "pred"}
+    evaluation = {
+        "dataset": "synthbirds",
+        "backbone": "vgg16",
+        "images": 300,
+        "head_init": "random",
+        "bn_mode": "batch_stats",
+        "postprocess": "official",
+        "weight_clamp": None,
+        "relu": None,
+        "upsample": None,
+        "threshold_grid": "official",
+        "threshold_split": "test",
+        "gt_box_match": "first",
+        "loc_threshold": 0.2,
+        "fidelity": True,
+        "fidelity_target": "pred",
+    }
     cls = {"top1_cls_softmax": 90.0, "top1_cls_sigmoid": 91.0, "softmax_branch_unchanged": True}
     text = options_markdown(evaluation, cls)
-    for fragment in ("`head_init: random`", "`bn_mode: batch_stats`", "weight clamp: sigmoid branch only",
-                     "GT box rule `first`", "threshold grid `official`", "chosen on `test`", "oracle",
-                     "bicubic for CAM", "off for CAM"):
+    for fragment in (
+        "`head_init: random`",
+        "`bn_mode: batch_stats`",
+        "weight clamp: sigmoid branch only",
+        "GT box rule `first`",
+        "threshold grid `official`",
+        "chosen on `test`",
+        "oracle",
+        "bicubic for CAM",
+        "off for CAM",
+    ):
         assert fragment in text, fragment
-    clean = options_markdown({**evaluation, "postprocess": "clean", "weight_clamp": "both", "relu": False,
-                              "threshold_split": "val"}, cls)
+    clean = options_markdown(
+        {**evaluation, "postprocess": "clean", "weight_clamp": "both", "relu": False, "threshold_split": "val"}, cls
+    )
     assert "weight clamp: both branches" in clean and "ReLU: off" in clean and "applied to test" in clean
 
 
 def _row(protocol, variant, metric, delta, low, high, verdict, half=None):
-    return {"protocol": protocol, "variant": variant, "metric": metric, "softmax": 40.0, "sigmoid": 40.0 + delta,
-            "delta": delta, "low": low, "high": high, "half_width": (high - low) / 2 if half is None else half,
-            "verdict": verdict, "models": [[0, 0], [1, 0], [2, 0]], "model_deltas": [delta] * 3, "resamples": 100,
-            "confidence": 0.95, "se": (high - low) / 4, "df": 2.5,
-            "levels": {"images": 0.25, "finetune": None, "baseline": 0.75}}
+    return {
+        "protocol": protocol,
+        "variant": variant,
+        "metric": metric,
+        "softmax": 40.0,
+        "sigmoid": 40.0 + delta,
+        "delta": delta,
+        "low": low,
+        "high": high,
+        "half_width": (high - low) / 2 if half is None else half,
+        "verdict": verdict,
+        "models": [[0, 0], [1, 0], [2, 0]],
+        "model_deltas": [delta] * 3,
+        "resamples": 100,
+        "confidence": 0.95,
+        "se": (high - low) / 4,
+        "df": 2.5,
+        "levels": {"images": 0.25, "finetune": None, "baseline": 0.75},
+    }
 
 
 def test_interval_tables_show_delta_interval_and_verdict():
     from pipeline.report.tables import ablation_markdown, intervals_markdown, power_markdown
 
-    rows = [_row("clean", "cam", "maxboxacc_v2", 1.5, 0.5, 2.5, "sigmoid better"),
-            _row("clean", "cam", "avg_drop", -0.25, -1.0, 0.5, "no detectable difference"),
-            _row("clean", "gradcam", "maxboxacc_v2", -2.0, -3.0, -1.0, "sigmoid worse"),
-            _row("official", "cam", "maxboxacc_v2", 0.0, -1.0, 1.0, "no detectable difference")]
+    rows = [
+        _row("clean", "cam", "maxboxacc_v2", 1.5, 0.5, 2.5, "sigmoid better"),
+        _row("clean", "cam", "avg_drop", -0.25, -1.0, 0.5, "no detectable difference"),
+        _row("clean", "gradcam", "maxboxacc_v2", -2.0, -3.0, -1.0, "sigmoid worse"),
+        _row("official", "cam", "maxboxacc_v2", 0.0, -1.0, 1.0, "no detectable difference"),
+    ]
     table = intervals_markdown(rows, "clean").splitlines()
     assert table[0] == "| variant | metric | softmax | sigmoid | \u0394 [95% interval] | half-width | verdict |"
     assert table[2] == "| CAM | MaxBoxAccV2 | 40.00 | 41.50 | +1.50 [+0.50, +2.50] | 1.00 | sigmoid better |"
-    assert table[3] == ("| CAM | Avg Drop | 40.00 | 39.75 | \u22120.25 [\u22121.00, +0.50] | 0.75 | "
-                        "no detectable difference |")
+    assert table[3] == (
+        "| CAM | Avg Drop | 40.00 | 39.75 | \u22120.25 [\u22121.00, +0.50] | 0.75 | no detectable difference |"
+    )
     assert len(table) == 5
     ablation = ablation_markdown(rows).splitlines()
     assert ablation[0] == "| variant | protocol | MaxBoxAccV2 |"
-    assert ablation[2:] == ["| CAM | `clean` | +1.50 [+0.50, +2.50] (better) |",
-                            "| CAM | `official` | 0.00 [\u22121.00, +1.00] (n.s.) |",
-                            "| Grad-CAM | `clean` | \u22122.00 [\u22123.00, \u22121.00] (worse) |"]
+    assert ablation[2:] == [
+        "| CAM | `clean` | +1.50 [+0.50, +2.50] (better) |",
+        "| CAM | `official` | 0.00 [\u22121.00, +1.00] (n.s.) |",
+        "| Grad-CAM | `clean` | \u22122.00 [\u22123.00, \u22121.00] (worse) |",
+    ]
     power = power_markdown(rows, "clean").splitlines()
     assert power[2] == "| MaxBoxAccV2 | 1.00 | 1.00 |" and power[3] == "| Avg Drop | 0.75 | 0.75 |"
 
@@ -137,26 +188,43 @@ def test_interval_tables_show_delta_interval_and_verdict():
 def test_levels_table_names_each_levels_share():
     from pipeline.report.tables import levels_markdown
 
-    rows = [_row("clean", "cam", "maxboxacc_v2", 1.5, 0.5, 2.5, "sigmoid better"),
-            {**_row("clean", "cam", "pxap", 0.1, -0.1, 0.3, "no detectable difference"),
-             "models": [[0, 0], [0, 1]], "df": None, "levels": {"images": 0.6, "finetune": 0.4, "baseline": None}},
-            _row("official", "cam", "maxboxacc_v2", 0.0, -1.0, 1.0, "no detectable difference")]
-    table = levels_markdown(rows, "clean").splitlines()
+    rows = [
+        _row("clean", "cam", "maxboxacc_v2", 1.5, 0.5, 2.5, "sigmoid better"),
+        {
+            **_row("clean", "cam", "pxap", 0.1, -0.1, 0.3, "no detectable difference"),
+            "models": [[0, 0], [0, 1]],
+            "df": None,
+            "levels": {"images": 0.6, "finetune": 0.4, "baseline": None},
+        },
+        {**_row("clean", "layercam", "top1_loc", 0.1, -0.2, 0.4, "no detectable difference"), "df": 6.4e54},
+        _row("official", "cam", "maxboxacc_v2", 0.0, -1.0, 1.0, "no detectable difference"),
+    ]
+    table = levels_markdown(rows, "clean", metrics=["maxboxacc_v2", "pxap", "top1_loc"]).splitlines()
     assert table[0] == "| variant | metric | half-width | images | fine-tuning | baseline | df |"
     assert table[2] == "| CAM | MaxBoxAccV2 | 1.00 | 25% | n/s | 75% | 2.5 |"  # 3 baselines, 1 replicate each
-    assert table[3] == "| CAM | PxAP | 0.20 | 60% | 40% | - | \u221e |"      # one baseline: that level is absent
-    assert len(table) == 4
+    assert table[3] == "| CAM | PxAP | 0.20 | 60% | 40% | - | \u221e |"  # one baseline: that level is absent
+    assert table[4] == "| LayerCAM | Top-1 Loc | 0.30 | 25% | n/s | 75% | \u221e |"  # Satterthwaite's df past 1e6
+    assert len(table) == 5
 
 
 def test_summary_merges_identical_map_sets_and_lists_the_protocols():
     from pipeline.report.tables import summary_markdown
 
-    rows = [_row("clean", "cam", "maxboxacc_v2", 1.5, 0.5, 2.5, "sigmoid better"),
-            _row("clean", "gradcam", "maxboxacc_v2", 1.5, 0.5, 2.5, "sigmoid better"),
-            _row("clean", "layercam", "maxboxacc_v2", -0.5, -1.5, 0.5, "no detectable difference"),
-            _row("official", "cam", "maxboxacc_v2", 0.0, -1.0, 1.0, "no detectable difference")]
+    rows = [
+        _row("clean", "cam", "maxboxacc_v2", 1.5, 0.5, 2.5, "sigmoid better"),
+        _row("clean", "gradcam", "maxboxacc_v2", 1.5, 0.5, 2.5, "sigmoid better"),
+        _row("clean", "layercam", "maxboxacc_v2", -0.5, -1.5, 0.5, "no detectable difference"),
+        _row("official", "cam", "maxboxacc_v2", 0.0, -1.0, 1.0, "no detectable difference"),
+    ]
     text = summary_markdown(rows, "clean").splitlines()
     assert text[0].startswith("Sigmoid \u2212 softmax, headline protocol `clean`, 3 model(s) (3 baseline(s))")
-    assert text[2:6] == ["| map set | MaxBoxAccV2 |", "|---|---|", "| CAM = Grad-CAM | +1.50 [+0.50, +2.50] (better) |",
-                         "| LayerCAM | \u22120.50 [\u22121.50, +0.50] (n.s.) |"]
-    assert text[-2:] == ["| `clean` | +1.50 [+0.50, +2.50] (better) |", "| `official` | 0.00 [\u22121.00, +1.00] (n.s.) |"]
+    assert text[2:6] == [
+        "| map set | MaxBoxAccV2 |",
+        "|---|---|",
+        "| CAM = Grad-CAM | +1.50 [+0.50, +2.50] (better) |",
+        "| LayerCAM | \u22120.50 [\u22121.50, +0.50] (n.s.) |",
+    ]
+    assert text[-2:] == [
+        "| `clean` | +1.50 [+0.50, +2.50] (better) |",
+        "| `official` | 0.00 [\u22121.00, +1.00] (n.s.) |",
+    ]
