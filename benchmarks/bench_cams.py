@@ -10,8 +10,9 @@ Two cases, each for both model families, on every device (the CPU, plus CUDA whe
 The CAM family is the project's `DualBranchNet` (GAP -> linear heads: the engine's closed-form path); the
 gradient family is the same timm trunk with a `PoolMlpHead` on each branch (adaptive pool to `--grad-grid`,
 a 3-layer MLP of width `--grad-hidden`; the stand-in of tests/cams/standins.py): the engine differentiates
-the MLP on the pooled map and reduces the variants per cell of the pooling windows (`Head.pooled`). For each it measures, interleaved in rounds (median over `--repeats` rounds after
-`--warmup` untimed ones, so that load from other processes affects them alike)
+the MLP on the pooled map and reduces the variants per cell of the pooling windows (`Head.pooled`). For each it
+measures, interleaved in rounds (median over `--repeats` rounds
+after `--warmup` untimed ones, so that load from other processes affects them alike)
 
   (a) a plain inference forward of the model (eval, torch.no_grad), the baseline,
   (b) `compute_cams(targets=gt)`: every variant of the family for both branches,
@@ -25,6 +26,7 @@ CUDA it also times (a) and (b) under bf16 autocast (`compute_cams(..., amp=True)
     python benchmarks/bench_cams.py
     python benchmarks/bench_cams.py --cases mobilenetv2 --repeats 9 --device cpu
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +65,9 @@ def seconds(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
-                        repeats: int) -> dict[str, float]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, float]:
     """Median wall time of each function over `repeats` rounds after `warmup` untimed rounds; every round
     runs each function once, so that load from other processes affects them alike."""
     for _ in range(warmup):
@@ -89,14 +92,27 @@ def build(case: dict, family: str, grid: int, hidden: int, device: torch.device)
     """The case's model of `family` (random weights), in eval mode on `device`."""
     torch.manual_seed(0)
     if family == "cam":
-        spec = ModelSpec(case["backbone"], case["classes"], case["size"], case["large_feature_map"],
-                         case["output_stride"], case["feature_stage"])
+        spec = ModelSpec(
+            case["backbone"],
+            case["classes"],
+            case["size"],
+            case["large_feature_map"],
+            case["output_stride"],
+            case["feature_stage"],
+        )
         model = DualBranchNet(spec)
         model.add_sigmoid_head("clone")
     else:
-        model = timm_model(case["backbone"], family="grad", num_classes=case["classes"], input_size=case["size"],
-                           output_stride=case["output_stride"], feature_stage=case["feature_stage"], grid=grid,
-                           hidden=hidden)
+        model = timm_model(
+            case["backbone"],
+            family="grad",
+            num_classes=case["classes"],
+            input_size=case["size"],
+            output_stride=case["output_stride"],
+            feature_stage=case["feature_stage"],
+            grid=grid,
+            hidden=hidden,
+        )
     return place(model, device).eval()  # the pipeline's layout (channels-last, pipeline/train/loops.py)
 
 
@@ -111,9 +127,11 @@ def bench_case(case: dict, family: str, device: torch.device, args: argparse.Nam
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             model(images)
 
-    fns = {"plain forward": forward,
-           "compute_cams, gt": lambda: compute_cams(model, images, labels),
-           "compute_cams, gt+pred": lambda: compute_cams(model, images, labels, pred=True)}
+    fns = {
+        "plain forward": forward,
+        "compute_cams, gt": lambda: compute_cams(model, images, labels),
+        "compute_cams, gt+pred": lambda: compute_cams(model, images, labels, pred=True),
+    }
     if device.type == "cuda":
         fns["plain forward, bf16"] = lambda: forward(amp=True)
         fns["compute_cams, gt, bf16 trunk"] = lambda: compute_cams(model, images, labels, amp=True)
@@ -124,23 +142,29 @@ def bench_case(case: dict, family: str, device: torch.device, args: argparse.Nam
         with GradCAM(BranchClassifier(model, "softmax"), [model.trunk]) as cam:  # warm-up: one call of the 8
             cam(images, targets)
         ms["pytorch-grad-cam (8 calls)"] = statistics.median(
-            seconds(lambda: grad_cam_loop(model, images, targets), device) for _ in range(args.grad_cam_repeats))
+            seconds(lambda: grad_cam_loop(model, images, targets), device) for _ in range(args.grad_cam_repeats)
+        )
     head = "GAP -> linear" if family == "cam" else f"PoolMlpHead(grid {args.grad_grid}, hidden {args.grad_hidden})"
     stage = "" if case["feature_stage"] is None else f"feature_stage {case['feature_stage']}, "
-    print(f"\n{case['name']}: {case['backbone']} @ {case['size']}px, output_stride {case['output_stride']}, {stage}"
-          f"batch {batch}, K={case['classes']}, {family} family ({head}); median of {args.repeats} rounds "
-          f"after {args.warmup} warm-up")
+    print(
+        f"\n{case['name']}: {case['backbone']} @ {case['size']}px, output_stride {case['output_stride']}, {stage}"
+        f"batch {batch}, K={case['classes']}, {family} family ({head}); median of {args.repeats} rounds "
+        f"after {args.warmup} warm-up"
+    )
     for label, t in ms.items():
         print(f"  {label:<30}{1000 * t / batch:>10.3f} ms/image")
     ratios = {kind: ms[f"compute_cams, {kind}"] / ms["plain forward"] for kind in ("gt", "gt+pred")}
     for kind, r in ratios.items():
         print(f"  ours ({kind}) / plain forward{'':<{9 - len(kind)}}{r:>8.2f}   (target <= 1.3)")
     if grad_cam:
-        print(f"  grad-cam loop / ours (gt)     {ms['pytorch-grad-cam (8 calls)'] / ms['compute_cams, gt']:>8.2f}"
-              f"   (target >= 5)")
+        print(
+            f"  grad-cam loop / ours (gt)     {ms['pytorch-grad-cam (8 calls)'] / ms['compute_cams, gt']:>8.2f}"
+            f"   (target >= 5)"
+        )
     if device.type == "cuda":
-        print(f"  ours (gt) / plain forward, bf16 "
-              f"{ms['compute_cams, gt, bf16 trunk'] / ms['plain forward, bf16']:>6.2f}")
+        print(
+            f"  ours (gt) / plain forward, bf16 {ms['compute_cams, gt, bf16 trunk'] / ms['plain forward, bf16']:>6.2f}"
+        )
     return ratios
 
 
@@ -158,8 +182,12 @@ def main() -> None:
     ap.add_argument("--grad-hidden", type=int, default=256, help="gradient family: the MLP head's width")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds of (a)-(c)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed rounds of (a)-(c)")
-    ap.add_argument("--grad-cam-repeats", type=int, default=1,
-                    help="timed runs of (d), the slow one (after a one-call warm-up); 0 skips it")
+    ap.add_argument(
+        "--grad-cam-repeats",
+        type=int,
+        default=1,
+        help="timed runs of (d), the slow one (after a one-call warm-up); 0 skips it",
+    )
     ap.add_argument("--device", default="auto", help="auto (the CPU, plus CUDA when present) | cpu | cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads; default: torch's default")
     args = ap.parse_args()
@@ -168,13 +196,26 @@ def main() -> None:
     backbone, entry = resolve_backbone(args.backbone, params["backbones"])
     settings = params["backbones"][entry]
     cases = {
-        "default": {"name": "default", "backbone": backbone, "size": args.size or settings["input_size"],
-                    "batch": args.batch or settings["batch_size"], "large_feature_map": settings["large_feature_map"],
-                    "output_stride": settings["output_stride"], "feature_stage": settings["feature_stage"],
-                    "classes": args.classes},
-        "mobilenetv2": {"name": "mobilenetv2", "backbone": "mobilenetv2_100", "size": 224, "batch": 16,
-                        "large_feature_map": False, "output_stride": 16, "feature_stage": None,
-                        "classes": args.classes},
+        "default": {
+            "name": "default",
+            "backbone": backbone,
+            "size": args.size or settings["input_size"],
+            "batch": args.batch or settings["batch_size"],
+            "large_feature_map": settings["large_feature_map"],
+            "output_stride": settings["output_stride"],
+            "feature_stage": settings["feature_stage"],
+            "classes": args.classes,
+        },
+        "mobilenetv2": {
+            "name": "mobilenetv2",
+            "backbone": "mobilenetv2_100",
+            "size": 224,
+            "batch": 16,
+            "large_feature_map": False,
+            "output_stride": 16,
+            "feature_stage": None,
+            "classes": args.classes,
+        },
     }
     chosen = args.cases.split(",")
     families = args.families.split(",")
@@ -187,8 +228,9 @@ def main() -> None:
         devices = [torch.device(args.device)]
     summary = []
     for device in devices:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-            f"CPU, {torch.get_num_threads()} threads"
+        name = (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        )
         print(f"\n=== {device} ({name})")
         for c in chosen:
             for family in families:

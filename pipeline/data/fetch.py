@@ -25,6 +25,18 @@ so a `.part` file left by a killed run is resumed by the next run.
   its record allows, with its end announced by the server (a file redirected elsewhere, or possibly
   truncated, is refused, not recorded);
   later runs check against that record.
+
+Why not pooch or torchvision's download helpers (read from their source, pooch 1.9.0 and torchvision 0.29):
+neither resumes a download (pooch streams each attempt into a new temporary file that a failure deletes and
+retries from byte 0; torchvision's `download_url` has no retry at all), caps the size, or restricts redirects
+to allowed hosts (pooch's requests follows any redirect, torchvision follows up to 3 hops to any host);
+requests decodes a Content-Encoding, so pooch could write other bytes than the server's file; their checks
+hash one algorithm per read of the file (two reads of a 148 GB archive for sha256 and md5). Their extractors
+call `extractall` in place: no refusal of links or absolute names (zipfile silently rewrites them), no
+`filter="data"` on Python 3.11 (pooch passes it from 3.12, torchvision never), no member selection by
+predicate, no atomic replacement; torchvision picks the archive type from the file name, not its content.
+What this module takes from libraries: urllib (HTTP, redirects through `HTTPRedirectHandler`), hashlib,
+tarfile (its ``data`` filter as a second guard) and zipfile, tqdm.
 """
 from __future__ import annotations
 
@@ -42,9 +54,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
@@ -273,8 +285,9 @@ def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5
 
     Also reports whether the file is *trustworthy* without a checksum: every byte arrived in this call
     (no ``.part`` from an earlier run), from the URL's origin or a host its record allows (any other
-    redirect is refused before a byte is read), and its end was announced by the server (Content-Length / Content-Range, or a complete
-    chunked body), so a connection that merely closed is not taken for the end of the file.
+    redirect is refused before a byte is read), and its end was announced by the server (Content-Length /
+    Content-Range, or a complete chunked body), so a connection that merely closed is not taken for the end
+    of the file.
     """
     part = dest.with_name(dest.name + ".part")
     cap = size if size is not None else (max_size if max_size is not None else DEFAULT_MAX_SIZE)

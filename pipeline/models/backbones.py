@@ -3,8 +3,9 @@
 `Trunk` is the base class: an `nn.Module` mapping images (B, 3, H, W) to the target-layer feature map
 (B, C, h, w), with `channels` and `target_layer` attributes. The trunks themselves live with their
 architecture in the backbone registry (`pipeline/models/archs/`: vgg16.py, resnet50.py, inception.py,
-and timm_any.py for every timm name); `build_trunk` asks it.
+and timm_any.py for every timm name): `Backbone.build_trunk` builds them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,18 +20,6 @@ class Trunk(nn.Module):
     arch: str
 
 
-def build_trunk(name: str, *, large_feature_map: bool = False, output_stride: int | None = None,
-                feature_stage: int | None = None, family: str = "cam") -> Trunk:
-    """Build the feature extractor for `name` (a registered arch, an alias, or a timm model name)."""
-    from pipeline.models import archs
-    from pipeline.models.dual import ModelSpec
-
-    spec = ModelSpec(name, 2, 224, large_feature_map, output_stride, feature_stage, family=family)
-    backbone = archs.get(name)
-    backbone.check_spec(spec)
-    return backbone.build_trunk(backbone.normalize_spec(spec))
-
-
 def check_feature_map(trunk: Trunk, input_size: int) -> tuple[int, int]:
     """Run a dummy input through `trunk` and return the (h, w) of its feature map, or raise ValueError."""
     was_training = trunk.training
@@ -39,6 +28,8 @@ def check_feature_map(trunk: Trunk, input_size: int) -> tuple[int, int]:
         out = trunk(torch.zeros(1, 3, input_size, input_size))
     trunk.train(was_training)
     if out.ndim != 4:
-        raise ValueError(f"backbone '{trunk.arch}' gives a {out.ndim}-D output {tuple(out.shape)}, not a "
-                         f"(B, C, h, w) feature map; CAMs need a convolutional backbone")
+        raise ValueError(
+            f"backbone '{trunk.arch}' gives a {out.ndim}-D output {tuple(out.shape)}, not a "
+            f"(B, C, h, w) feature map; CAMs need a convolutional backbone"
+        )
     return int(out.shape[2]), int(out.shape[3])

@@ -22,6 +22,7 @@ meta device): the error names what it holds and what to set, or says it cannot t
 `torchvision_trunk_state` maps torchvision ImageNet weights onto the WSOL trunks the way the official
 `load_pretrained_model` does (each architecture's `map_torchvision`); new layers keep their init.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -32,8 +33,8 @@ import torch
 
 from pipeline.models import archs
 from pipeline.models.archs.base import NBT, Found
-from pipeline.models.dual import (CheckpointError, DualBranchNet, ModelSpec, is_own_checkpoint, load_checkpoint,
-                                  normalize_spec)
+from pipeline.models.dual import CheckpointError, DualBranchNet, is_own_checkpoint, load_checkpoint, normalize_spec
+from pipeline.models.spec import ModelSpec
 
 _NBT = NBT
 
@@ -43,8 +44,8 @@ class ImportInfo:
     """What an import did: where from, which layout, and what was left out."""
 
     source: str
-    layout: str                                     # "ours" | "official <arch>" | "timm <name>"
-    head2: bool = False                             # the checkpoint's sigmoid head was loaded
+    layout: str  # "ours" | "official <arch>" | "timm <name>"
+    head2: bool = False  # the checkpoint's sigmoid head was loaded
     ignored: list[str] = field(default_factory=list)  # checkpoint keys deliberately not loaded
 
     def __str__(self) -> str:
@@ -75,8 +76,10 @@ def read_torch_file(path: str | Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- any unpickling failure means an unusable file
-        raise CheckpointError(f"{path}: not a readable torch checkpoint with weights_only=True ({exc}); "
-                              f"re-save just the weights: torch.save({{'state_dict': sd}}, path)") from exc
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint with weights_only=True ({exc}); "
+            f"re-save just the weights: torch.save({{'state_dict': sd}}, path)"
+        ) from exc
 
 
 def unwrap_state_dict(payload: object, source: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -93,8 +96,10 @@ def unwrap_state_dict(payload: object, source: str) -> tuple[dict[str, torch.Ten
         sd = payload
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{source}: not a state dict (entries that are not tensors: {_short_list(bad)}); "
-                              f"expected torch.save({{'state_dict': model.state_dict(), ...}})")
+        raise CheckpointError(
+            f"{source}: not a state dict (entries that are not tensors: {_short_list(bad)}); "
+            f"expected torch.save({{'state_dict': model.state_dict(), ...}})"
+        )
     return strip_module_prefix(sd), meta
 
 
@@ -130,11 +135,18 @@ def _setting(found: Found, spec: ModelSpec) -> str:
 
 
 def _mismatch_message(source: str, found: list[Found], spec: ModelSpec) -> str:
-    asked = (f"backbone '{spec.backbone}', family '{spec.family}', {spec.num_classes} classes"
-             + (", large_feature_map" if spec.large_feature_map else ""))
+    asked = f"backbone '{spec.backbone}', family '{spec.family}', {spec.num_classes} classes" + (
+        ", large_feature_map" if spec.large_feature_map else ""
+    )
     # the closest reading: same backbone, then same family, then same large_feature_map
-    best = max(found, key=lambda f: (archs.canonical(f.backbone) == archs.canonical(spec.backbone),
-                                     f.family == spec.family, f.large_feature_map == spec.large_feature_map))
+    best = max(
+        found,
+        key=lambda f: (
+            archs.canonical(f.backbone) == archs.canonical(spec.backbone),
+            f.family == spec.family,
+            f.large_feature_map == spec.large_feature_map,
+        ),
+    )
     families = sorted({f.family for f in found if f.backbone == best.backbone})
     also = f" (the same keys fit families {' and '.join(families)})" if len(families) > 1 else ""
     return f"{source}: holds {best.describe()}{also}, but the params ask for {asked}; set {_setting(best, spec)}"
@@ -144,8 +156,9 @@ def _mismatch_message(source: str, found: list[Found], spec: ModelSpec) -> str:
 # Key maps
 
 
-def official_to_ours(state_dict: Mapping[str, torch.Tensor], arch: str,
-                     family: str = "cam") -> tuple[dict[str, torch.Tensor], list[str]]:
+def official_to_ours(
+    state_dict: Mapping[str, torch.Tensor], arch: str, family: str = "cam"
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename an official-layout state dict to ours: (renamed dict, keys that have no place in our model)."""
     spec = ModelSpec(arch, 2, 224, family=family)
     backbone = archs.get(arch)
@@ -154,8 +167,9 @@ def official_to_ours(state_dict: Mapping[str, torch.Tensor], arch: str,
     return backbone.official_to_ours(state_dict, spec)
 
 
-def ours_to_official(model_or_state: DualBranchNet | Mapping[str, torch.Tensor], arch: str | None = None,
-                     family: str = "cam") -> dict[str, torch.Tensor]:
+def ours_to_official(
+    model_or_state: DualBranchNet | Mapping[str, torch.Tensor], arch: str | None = None, family: str = "cam"
+) -> dict[str, torch.Tensor]:
     """Our state dict in the official key layout (what `official_to_ours` reads back exactly)."""
     if isinstance(model_or_state, DualBranchNet):
         spec, state = model_or_state.spec, model_or_state.state_dict()
@@ -184,31 +198,48 @@ def _problems(model: DualBranchNet, renamed: Mapping[str, torch.Tensor], unknown
         problems.append(f"checkpoint keys with no place in our {spec.backbone} network: {_short_list(sorted(unknown))}")
     unmatched = sorted(k for k in renamed if k not in target)
     if unmatched:
-        problems.append("checkpoint keys not in our model (official name -> ours): "
-                        + _short_list([f"{name(k)} -> {k}" for k in unmatched])
-                        + (f" (our trunk stops at feature stage {spec.feature_stage}: set "
-                           f"backbones.<backbone>.feature_stage: null for the whole network)"
-                           if spec.feature_stage is not None else ""))
+        problems.append(
+            "checkpoint keys not in our model (official name -> ours): "
+            + _short_list([f"{name(k)} -> {k}" for k in unmatched])
+            + (
+                f" (our trunk stops at feature stage {spec.feature_stage}: set "
+                f"backbones.<backbone>.feature_stage: null for the whole network)"
+                if spec.feature_stage is not None
+                else ""
+            )
+        )
     missing = sorted(k for k in target if k not in renamed and not k.endswith(_NBT))
     if missing:
-        problems.append("our keys missing from the checkpoint (ours <- official name): "
-                        + _short_list([f"{k} <- {name(k)}" for k in missing]))
-    shapes = [f"{name(k)} {tuple(v.shape)} vs ours {k} {tuple(target[k].shape)}"
-              for k, v in renamed.items() if k in target and v.shape != target[k].shape]
+        problems.append(
+            "our keys missing from the checkpoint (ours <- official name): "
+            + _short_list([f"{k} <- {name(k)}" for k in missing])
+        )
+    shapes = [
+        f"{name(k)} {tuple(v.shape)} vs ours {k} {tuple(target[k].shape)}"
+        for k, v in renamed.items()
+        if k in target and v.shape != target[k].shape
+    ]
     if shapes:
         problems.append("shape mismatches: " + _short_list(shapes))
     return problems
 
 
-def load_official_state_dict(model: DualBranchNet, state_dict: Mapping[str, torch.Tensor], *,
-                             source: str = "checkpoint", include_head2: bool = True) -> ImportInfo:
+def load_official_state_dict(
+    model: DualBranchNet,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source: str = "checkpoint",
+    include_head2: bool = True,
+) -> ImportInfo:
     """Load an official-layout state dict (trunk + softmax head, and the sigmoid head when present and
     `include_head2`) into `model`. CheckpointError otherwise: naming what the file holds and what to set
     when that can be recognised, else every unmatched / missing key and shape."""
     spec, backbone = model.spec, model.arch
     if not backbone.official_rules(spec):
-        raise CheckpointError(f"{source}: no official {spec.family}-family layout exists for backbone "
-                              f"'{spec.backbone}' (the params ask for it)")
+        raise CheckpointError(
+            f"{source}: no official {spec.family}-family layout exists for backbone "
+            f"'{spec.backbone}' (the params ask for it)"
+        )
     state_dict = strip_module_prefix(state_dict)
     renamed, unknown = backbone.official_to_ours(state_dict, spec)
     ignored = []
@@ -225,12 +256,18 @@ def load_official_state_dict(model: DualBranchNet, state_dict: Mapping[str, torc
         found = identify(state_dict, hint=spec.backbone)
         if found and not any(_setting(f, spec) == "" for f in found):
             raise CheckpointError(_mismatch_message(source, found, spec))
-        hint = "" if found else "; it is none of the layouts this project knows, so it cannot tell which " \
-                                "architecture the file holds"
+        hint = (
+            ""
+            if found
+            else "; it is none of the layouts this project knows, so it cannot tell which architecture the file holds"
+        )
         if any("head" in p for p in problems):
             hint += f" (the params ask for {spec.num_classes} classes)"
-        raise CheckpointError(f"{source}: does not fit our {spec.backbone} network ({spec.family} family):\n  - "
-                              + "\n  - ".join(problems) + hint)
+        raise CheckpointError(
+            f"{source}: does not fit our {spec.backbone} network ({spec.family} family):\n  - "
+            + "\n  - ".join(problems)
+            + hint
+        )
     target = model.state_dict()
     full = dict(target)
     full.update({k: v.to(target[k].dtype) for k, v in renamed.items()})
@@ -239,8 +276,9 @@ def load_official_state_dict(model: DualBranchNet, state_dict: Mapping[str, torc
     return ImportInfo(source=source, layout=layout, head2=has_head2, ignored=ignored)
 
 
-def import_checkpoint(path: str | Path, spec: ModelSpec, *,
-                      include_head2: bool = False) -> tuple[DualBranchNet, ImportInfo]:
+def import_checkpoint(
+    path: str | Path, spec: ModelSpec, *, include_head2: bool = False
+) -> tuple[DualBranchNet, ImportInfo]:
     """A model from a checkpoint of this project (`save_checkpoint`), of the official code /
     wsolevaluation (either family), or a timm state dict.
 
@@ -264,8 +302,10 @@ def import_checkpoint(path: str | Path, spec: ModelSpec, *,
         names = {b.official_name: b.name for b in archs.registered() if b.official_name}
         arch = names.get(declared, archs.canonical(declared))
         if arch != archs.canonical(spec.backbone):
-            raise CheckpointError(f"{path}: is a checkpoint of architecture '{declared}', but the params ask for "
-                                  f"backbone '{spec.backbone}'; set backbone: {arch}")
+            raise CheckpointError(
+                f"{path}: is a checkpoint of architecture '{declared}', but the params ask for "
+                f"backbone '{spec.backbone}'; set backbone: {arch}"
+            )
     model = DualBranchNet(spec)
     info = load_official_state_dict(model, state_dict, source=str(path), include_head2=include_head2)
     model.eval()
@@ -282,8 +322,9 @@ def save_official_checkpoint(model: DualBranchNet, path: str | Path, *, epoch: i
 # torchvision ImageNet weights onto the WSOL trunks
 
 
-def torchvision_trunk_state(model: DualBranchNet, state_dict: Mapping[str, torch.Tensor], *,
-                            source: str) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+def torchvision_trunk_state(
+    model: DualBranchNet, state_dict: Mapping[str, torch.Tensor], *, source: str
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """Map torchvision-format ImageNet weights (or an official checkpoint's trunk) onto our WSOL model.
 
     Returns (our keys -> tensors to load, file keys dropped, our parameter names that keep their init).
@@ -291,8 +332,9 @@ def torchvision_trunk_state(model: DualBranchNet, state_dict: Mapping[str, torch
     is missing, unknown or of the wrong shape.
     """
     if model.arch.pretrained_layout != "torchvision":
-        raise CheckpointError(f"{source}: torchvision weights are mapped onto vgg16, resnet50 and inception, "
-                              f"not '{model.spec.backbone}'")
+        raise CheckpointError(
+            f"{source}: torchvision weights are mapped onto vgg16, resnet50 and inception, not '{model.spec.backbone}'"
+        )
     sd = strip_module_prefix(state_dict)
     target = model.state_dict()
     try:
@@ -302,19 +344,27 @@ def torchvision_trunk_state(model: DualBranchNet, state_dict: Mapping[str, torch
     problems = []
     if unknown:
         problems.append(f"unknown keys: {_short_list(sorted(unknown))}")
-    missing = sorted(k for k in target if k.startswith("trunk.") and k not in out and not k.endswith(_NBT)
-                     and not k.startswith(new_layers))
+    missing = sorted(
+        k
+        for k in target
+        if k.startswith("trunk.") and k not in out and not k.endswith(_NBT) and not k.startswith(new_layers)
+    )
     if missing:
         problems.append(f"trunk tensors missing from the file: {_short_list(missing)}")
-    shapes = [f"{k}: file {tuple(v.shape)}, ours {tuple(target[k].shape)}" for k, v in out.items()
-              if k in target and v.shape != target[k].shape]
+    shapes = [
+        f"{k}: file {tuple(v.shape)}, ours {tuple(target[k].shape)}"
+        for k, v in out.items()
+        if k in target and v.shape != target[k].shape
+    ]
     extra = sorted(k for k in out if k not in target)
     if extra:
         problems.append(f"keys with no place in our trunk: {_short_list(extra)}")
     if shapes:
         problems.append(f"shape mismatches: {_short_list(shapes)}")
     if problems:
-        raise CheckpointError(f"{source}: is not torchvision-format {model.spec.backbone} ImageNet weights:\n  - "
-                              + "\n  - ".join(problems))
+        raise CheckpointError(
+            f"{source}: is not torchvision-format {model.spec.backbone} ImageNet weights:\n  - "
+            + "\n  - ".join(problems)
+        )
     kept = sorted(n for n, _ in model.named_parameters() if n not in out)
     return out, sorted(dropped), kept

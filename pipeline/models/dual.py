@@ -6,57 +6,41 @@ the shared pre-head op both heads read through (identity in eval mode) and how t
 One forward pass returns the softmax logits, the sigmoid-branch logits (None before the head is added) and
 the target-layer feature map A; in eval mode `model.head(A)` and `model.head2(A)` are those logits exactly.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from pipeline.concepts import BRANCHES, FAMILIES
 from pipeline.io import write_bytes
 from pipeline.models import archs
 from pipeline.models.backbones import Trunk, check_feature_map
 from pipeline.models.heads import Head
+from pipeline.models.spec import SPEC_KEYS, ModelSpec
 
-CHECKPOINT_FORMAT = 2    # 2: the spec has family / grad_grid / grad_hidden
+CHECKPOINT_FORMAT = 2  # 2: the spec has family / grad_grid / grad_hidden
 READABLE_FORMATS = (1, 2)  # format 1 (before model families): read as the cam family
 HEAD_INITS = ("clone", "random")
 
 
 class DualOutput(NamedTuple):
-    logits: torch.Tensor                 # (B, K) softmax-branch logits
-    logits2: torch.Tensor | None         # (B, K) sigmoid-branch logits (pre-sigmoid), None if no head2
-    features: torch.Tensor               # (B, C, h, w) target-layer feature map
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a model; stored in every checkpoint."""
-
-    backbone: str
-    num_classes: int
-    input_size: int
-    large_feature_map: bool = False
-    output_stride: int | None = None
-    feature_stage: int | None = None     # timm trunks: the feature stage read (None = the last)
-    family: str = "cam"                  # cam | grad (pipeline.models.archs.FAMILIES)
-    grad_grid: int | None = None         # timm grad-family head: pooled grid side (None where unused)
-    grad_hidden: int | None = None       # timm grad-family head: MLP width (None where unused)
-
-
-# the spec fields that change the weights (input_size does not)
-SPEC_KEYS = tuple(f.name for f in fields(ModelSpec) if f.name != "input_size")
+    logits: torch.Tensor  # (B, K) softmax-branch logits
+    logits2: torch.Tensor | None  # (B, K) sigmoid-branch logits (pre-sigmoid), None if no head2
+    features: torch.Tensor  # (B, C, h, w) target-layer feature map
 
 
 def normalize_spec(spec: ModelSpec) -> ModelSpec:
     """`spec` checked against its architecture (ValueError naming what to change) and without the settings
     that architecture ignores."""
-    if spec.family not in archs.FAMILIES:
-        raise ValueError(f"family: '{spec.family}' is not valid; choose one of: {', '.join(archs.FAMILIES)}")
+    if spec.family not in FAMILIES:
+        raise ValueError(f"family: '{spec.family}' is not valid; choose one of: {', '.join(FAMILIES)}")
     backbone = archs.get(spec.backbone)
     backbone.check_spec(spec)
     return backbone.normalize_spec(spec)
@@ -101,8 +85,8 @@ class BranchClassifier(nn.Module):
 
     def __init__(self, model: DualBranchNet, branch: str):
         super().__init__()
-        if branch not in ("softmax", "sigmoid"):
-            raise ValueError(f"branch: '{branch}' is not valid; choose one of: softmax, sigmoid")
+        if branch not in BRANCHES:
+            raise ValueError(f"branch: '{branch}' is not valid; choose one of: {', '.join(BRANCHES)}")
         self.model, self.branch = model, branch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,8 +130,10 @@ class FrozenCheck:
             return "its frozen parameters or buffers"
         logits = self._logits(model)
         if not torch.equal(logits, self.logits):
-            return (f"its eval-mode logits (max |diff| = {(logits - self.logits).abs().max().item():.3g} on the "
-                    f"probe batch)")
+            return (
+                f"its eval-mode logits (max |diff| = {(logits - self.logits).abs().max().item():.3g} on the "
+                f"probe batch)"
+            )
         return None
 
 
@@ -199,31 +185,45 @@ def is_own_checkpoint(payload: object) -> bool:
     return isinstance(payload, dict) and payload.get("format") in READABLE_FORMATS and "spec" in payload
 
 
-PARAM_OF = {"backbone": "backbone", "family": "family", "num_classes": "datasets.<dataset>.num_classes",
-            "large_feature_map": "backbones.<backbone>.large_feature_map",
-            "output_stride": "backbones.<backbone>.output_stride",
-            "feature_stage": "backbones.<backbone>.feature_stage", "grad_grid": "grad_head.grid",
-            "grad_hidden": "grad_head.hidden"}
+PARAM_OF = {
+    "backbone": "backbone",
+    "family": "family",
+    "num_classes": "datasets.<dataset>.num_classes",
+    "large_feature_map": "backbones.<backbone>.large_feature_map",
+    "output_stride": "backbones.<backbone>.output_stride",
+    "feature_stage": "backbones.<backbone>.feature_stage",
+    "grad_grid": "grad_head.grid",
+    "grad_hidden": "grad_head.hidden",
+}
 
 
 def spec_mismatch(have: ModelSpec, want: ModelSpec) -> list[str]:
     """One line per weight-shaping field that differs, naming the param to set."""
-    return [f"{k}: checkpoint has {getattr(have, k)!r}, params ask for {getattr(want, k)!r} "
-            f"(set {PARAM_OF[k]}: {getattr(have, k)} to use this file)"
-            for k in SPEC_KEYS if getattr(have, k) != getattr(want, k)]
+    return [
+        f"{k}: checkpoint has {getattr(have, k)!r}, params ask for {getattr(want, k)!r} "
+        f"(set {PARAM_OF[k]}: {getattr(have, k)} to use this file)"
+        for k in SPEC_KEYS
+        if getattr(have, k) != getattr(want, k)
+    ]
 
 
 def save_checkpoint(model: DualBranchNet, path: str | Path, **extra) -> None:
     """Write model spec + state dict atomically and byte-deterministically."""
-    payload = {"format": CHECKPOINT_FORMAT, "spec": asdict(model.spec), "has_head2": model.head2 is not None,
-               "state_dict": model.state_dict(), "extra": extra}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "spec": asdict(model.spec),
+        "has_head2": model.head2 is not None,
+        "state_dict": model.state_dict(),
+        "extra": extra,
+    }
     buf = io.BytesIO()  # in memory: torch.save names the archive after the file, which would vary
     torch.save(payload, buf)
     write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path, expect: ModelSpec | None = None,
-                    map_location: str | torch.device = "cpu") -> tuple[DualBranchNet, dict]:
+def load_checkpoint(
+    path: str | Path, expect: ModelSpec | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[DualBranchNet, dict]:
     """Rebuild a model from a checkpoint written by `save_checkpoint`.
 
     With `expect`, the checkpoint's backbone, class count and feature settings must match it; otherwise
@@ -237,8 +237,10 @@ def load_checkpoint(path: str | Path, expect: ModelSpec | None = None,
     except Exception as exc:  # noqa: BLE001 -- any unpickling failure means a bad file
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from exc
     if not is_own_checkpoint(payload):
-        raise CheckpointError(f"{path}: not a checkpoint of this project (format {CHECKPOINT_FORMAT}); "
-                              f"official or wsolevaluation checkpoints are imported by the baseline stage")
+        raise CheckpointError(
+            f"{path}: not a checkpoint of this project (format {CHECKPOINT_FORMAT}); "
+            f"official or wsolevaluation checkpoints are imported by the baseline stage"
+        )
     spec = ModelSpec(**payload["spec"])  # format 1 has no family: the cam family (ModelSpec's default)
     if expect is not None:
         try:

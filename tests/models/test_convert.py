@@ -5,6 +5,7 @@ wsol_cam/resnet.py ResNetCam, wsol_cam/inception.py InceptionCam, b2 heads), sav
 Trainer saves (`{'architecture', 'epoch', 'state_dict' (DataParallel: 'module.'), 'optimizer'}`), imported,
 and must give the same logits as the reference forward.
 """
+
 import copy
 
 import pytest
@@ -14,10 +15,17 @@ from torch import nn
 from torchvision.models import inception as tv_inception
 from torchvision.models.resnet import Bottleneck
 
-from pipeline.models.convert import (import_checkpoint, load_official_state_dict, official_to_ours,
-                                     ours_to_official, read_torch_file, save_official_checkpoint,
-                                     unwrap_state_dict)
-from pipeline.models.dual import CheckpointError, DualBranchNet, ModelSpec, save_checkpoint
+from pipeline.models.convert import (
+    import_checkpoint,
+    load_official_state_dict,
+    official_to_ours,
+    ours_to_official,
+    read_torch_file,
+    save_official_checkpoint,
+    unwrap_state_dict,
+)
+from pipeline.models.dual import CheckpointError, DualBranchNet, save_checkpoint
+from pipeline.models.spec import ModelSpec
 
 K = 5
 
@@ -27,8 +35,10 @@ K = 5
 
 
 class RefVggCam(nn.Module):
-    CFG = {False: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
-           True: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, 512, 512, 512]}
+    CFG = {
+        False: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
+        True: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, 512, 512, 512],
+    }
 
     def __init__(self, num_classes, large_feature_map=False, last_layer="fc"):
         super().__init__()
@@ -52,8 +62,10 @@ class RefVggCam(nn.Module):
         pre = F.relu(self.conv6(self.features(x))).mean((2, 3))
         if self.last_layer == "fc":
             return self.fc(pre), self.fc2(pre)
-        return (F.conv2d(pre[..., None, None], self.conv.weight, self.conv.bias).flatten(1),
-                F.conv2d(pre[..., None, None], self.conv2.weight, self.conv2.bias).flatten(1))
+        return (
+            F.conv2d(pre[..., None, None], self.conv.weight, self.conv.bias).flatten(1),
+            F.conv2d(pre[..., None, None], self.conv2.weight, self.conv2.bias).flatten(1),
+        )
 
 
 class RefResNetCam(nn.Module):
@@ -166,8 +178,15 @@ def official_file(tmp_path, arch, ref, data_parallel=True, name="last_checkpoint
     if data_parallel:
         sd = {f"module.{k}": v for k, v in sd.items()}
     path = tmp_path / name
-    torch.save({"architecture": ARCH_NAMES[arch], "epoch": 3, "state_dict": sd,
-                "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "params": [0, 1]}]}}, path)
+    torch.save(
+        {
+            "architecture": ARCH_NAMES[arch],
+            "epoch": 3,
+            "state_dict": sd,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "params": [0, 1]}]},
+        },
+        path,
+    )
     return path
 
 
@@ -292,34 +311,41 @@ def test_reference_keys_match_our_export_for_every_arch(refs, ours):
 
 def test_wrong_backbone_is_a_clear_error(tmp_path, refs):
     path = official_file(tmp_path, "resnet50", refs["resnet50"])
-    with pytest.raises(CheckpointError, match=r"architecture 'resnet50', but the params ask for backbone 'vgg16'; "
-                                              r"set backbone: resnet50"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"architecture 'resnet50', but the params ask for backbone 'vgg16'; "
+        r"set backbone: resnet50",
+    ):
         import_checkpoint(path, ModelSpec("vgg16", K, 64))
     # without the 'architecture' entry the keys tell
     bare = tmp_path / "bare.pth"
     torch.save(refs["resnet50"].state_dict(), bare)
-    with pytest.raises(CheckpointError,
-                       match=r"holds a resnet50 network \(cam family, 5 classes\) \(the same keys fit families cam "
-                             r"and grad\), but the params ask for backbone 'inception', family 'cam', 5 classes; "
-                             r"set backbone: resnet50$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"holds a resnet50 network \(cam family, 5 classes\) \(the same keys fit families cam "
+        r"and grad\), but the params ask for backbone 'inception', family 'cam', 5 classes; "
+        r"set backbone: resnet50$",
+    ):
         import_checkpoint(bare, ModelSpec("inception", K, 96))
-    with pytest.raises(CheckpointError, match=r"holds a resnet50 network .* backbone 'resnet18'.*; set backbone: resnet50"):
+    with pytest.raises(
+        CheckpointError, match=r"holds a resnet50 network .* backbone 'resnet18'.*; set backbone: resnet50"
+    ):
         load_official_state_dict(DualBranchNet(ModelSpec("resnet18", K, 64)), refs["resnet50"].state_dict())
 
 
 def test_unmatched_missing_and_shape_problems_are_listed(refs, ours):
     sd = dict(refs["vgg16"].state_dict())
-    sd["features.28.kernel"] = sd.pop("features.28.weight")   # a renamed key
-    del sd["conv6.bias"]                                        # a missing one
-    sd["fc.weight"] = torch.zeros(7, 1024)                      # 7 classes, the params ask for 5
+    sd["features.28.kernel"] = sd.pop("features.28.weight")  # a renamed key
+    del sd["conv6.bias"]  # a missing one
+    sd["fc.weight"] = torch.zeros(7, 1024)  # 7 classes, the params ask for 5
     with pytest.raises(CheckpointError) as info:
         load_official_state_dict(fresh(ours, "vgg16"), sd, source="ckpt.pth")
     msg = str(info.value)
     assert "ckpt.pth: does not fit our vgg16 network" in msg
-    assert "features.28.kernel" in msg                                      # unmatched
-    assert "trunk.features.28.weight <- features.28.weight" in msg          # missing, with both names
+    assert "features.28.kernel" in msg  # unmatched
+    assert "trunk.features.28.weight <- features.28.weight" in msg  # missing, with both names
     assert "trunk.conv6.bias <- conv6.bias" in msg
-    assert "fc.weight (7, 1024) vs ours head.weight (5, 1024)" in msg      # shapes
+    assert "fc.weight (7, 1024) vs ours head.weight (5, 1024)" in msg  # shapes
     assert "the params ask for 5 classes" in msg
 
 
@@ -353,12 +379,18 @@ def test_a_timm_state_dict_imports_with_its_classifier(tmp_path):
 
 def test_a_timm_state_dict_that_does_not_fit_names_what_it_holds(tmp_path):
     path, _ = _timm_file(tmp_path, "resnet18", K)
-    with pytest.raises(CheckpointError, match=r"holds a resnet18 network \(cam family, 5 classes\), but the params "
-                                              r"ask for backbone 'resnet10t'.*; set backbone: resnet18$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"holds a resnet18 network \(cam family, 5 classes\), but the params "
+        r"ask for backbone 'resnet10t'.*; set backbone: resnet18$",
+    ):
         import_checkpoint(path, ModelSpec("resnet10t", K, 64))
     path, _ = _timm_file(tmp_path, "resnet10t", 10)
-    with pytest.raises(CheckpointError, match=r"holds a resnet10t network \(cam family, 10 classes\).*"
-                                              r"5 classes; set datasets.<dataset>.num_classes: 10$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"holds a resnet10t network \(cam family, 10 classes\).*"
+        r"5 classes; set datasets.<dataset>.num_classes: 10$",
+    ):
         import_checkpoint(path, ModelSpec("resnet10t", K, 64))
     with pytest.raises(CheckpointError, match=r"holds a resnet10t network .*; set family: cam$"):
         import_checkpoint(path, ModelSpec("resnet10t", 10, 64, family="grad"))
@@ -368,8 +400,11 @@ def test_a_timm_state_dict_that_does_not_fit_names_what_it_holds(tmp_path):
 
 def test_unknown_layout_says_it_cannot_tell(tmp_path):
     torch.save({"state_dict": {"encoder.conv.weight": torch.zeros(8, 3, 3, 3)}}, tmp_path / "odd.pth")
-    with pytest.raises(CheckpointError, match=r"(?s)odd.pth: does not fit our resnet10t network \(cam family\).*"
-                                              r"cannot tell which architecture the file holds"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"(?s)odd.pth: does not fit our resnet10t network \(cam family\).*"
+        r"cannot tell which architecture the file holds",
+    ):
         import_checkpoint(tmp_path / "odd.pth", ModelSpec("resnet10t", K, 64))
 
 

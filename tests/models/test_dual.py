@@ -1,25 +1,37 @@
 """Backbones in WSOL form, the dual-branch model, head cloning, freezing and checkpoints."""
+
 import pytest
 import torch
 from torch import nn
 
-from pipeline.models.dual import (CheckpointError, DualBranchNet, ModelSpec, freeze_all_but_sigmoid_head,
-                                  load_checkpoint, restore_eval_mode, save_checkpoint, set_finetune_mode)
+from pipeline.models.dual import (
+    CheckpointError,
+    DualBranchNet,
+    freeze_all_but_sigmoid_head,
+    load_checkpoint,
+    restore_eval_mode,
+    save_checkpoint,
+    set_finetune_mode,
+)
+from pipeline.models.spec import ModelSpec
 
 K = 5
 
 
-@pytest.mark.parametrize("backbone,size,lfm,stride,channels,fmap", [
-    ("vgg16", 64, False, None, 1024, 4),       # 4 max-pools: stride 16
-    ("vgg16", 64, True, None, 1024, 8),        # 3 max-pools: stride 8
-    ("resnet50", 64, False, None, 2048, 4),    # layer4 stride 1: stride 16
-    ("resnet50", 64, True, None, 2048, 8),     # layer3 stride 1 too: stride 8
-    ("inception", 224, False, None, 1024, 14),  # SPG InceptionV3: 14x14 at 224 as in the paper
-    ("inception_v3", 96, False, None, 1024, 6),
-    ("inception", 96, True, None, 1024, 12),
-    ("resnet18", 64, False, 16, 512, 4),       # any timm model: forward_features
-    ("resnet18", 64, False, None, 512, 2),
-])
+@pytest.mark.parametrize(
+    "backbone,size,lfm,stride,channels,fmap",
+    [
+        ("vgg16", 64, False, None, 1024, 4),  # 4 max-pools: stride 16
+        ("vgg16", 64, True, None, 1024, 8),  # 3 max-pools: stride 8
+        ("resnet50", 64, False, None, 2048, 4),  # layer4 stride 1: stride 16
+        ("resnet50", 64, True, None, 2048, 8),  # layer3 stride 1 too: stride 8
+        ("inception", 224, False, None, 1024, 14),  # SPG InceptionV3: 14x14 at 224 as in the paper
+        ("inception_v3", 96, False, None, 1024, 6),
+        ("inception", 96, True, None, 1024, 12),
+        ("resnet18", 64, False, 16, 512, 4),  # any timm model: forward_features
+        ("resnet18", 64, False, None, 512, 2),
+    ],
+)
 def test_output_shapes(backbone, size, lfm, stride, channels, fmap):
     torch.manual_seed(0)
     model = DualBranchNet(ModelSpec(backbone, K, size, lfm, stride)).eval()

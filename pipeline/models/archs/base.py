@@ -5,6 +5,7 @@ describe an official checkpoint layout as ordered prefix renames, used in both d
 is the import map, the export map and (with a trunk built on the meta device) the detector of which
 architecture and family a state dict holds.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,8 +17,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from pipeline.models.archs import FAMILIES
+from pipeline.concepts import FAMILIES
 from pipeline.models.heads import GapLinearHead, Head, PoolMlpHead
+from pipeline.models.spec import ModelSpec
 
 NBT = "num_batches_tracked"
 GRAD_GRID, GRAD_HIDDEN = 3, 256  # the timm grad head's defaults (params.yaml grad_head)
@@ -28,8 +30,8 @@ class Rule(NamedTuple):
 
     official: str
     ours: str
-    export: bool = True     # used when writing the official layout (the first matching rule wins)
-    conv1x1: bool = False   # the official weight is a 1x1 conv (K, C, 1, 1); ours is linear (K, C)
+    export: bool = True  # used when writing the official layout (the first matching rule wins)
+    conv1x1: bool = False  # the official weight is a 1x1 conv (K, C, 1, 1); ours is linear (K, C)
 
 
 @dataclass(frozen=True)
@@ -79,25 +81,31 @@ class Backbone:
 
     name: str = ""
     families: tuple[str, ...] = FAMILIES
-    official_name: str | None = None        # the official code's `--architecture` value
+    official_name: str | None = None  # the official code's `--architecture` value
     supports_large_feature_map: bool = False
-    supports_feature_stage: bool = False    # the target layer can be an earlier stage (timm trunks)
-    pretrained_layout: str | None = None    # "torchvision" | "timm" | None
-    grad_head_params: bool = False          # the grad head's grid / hidden come from the spec (grad_head.*)
+    supports_feature_stage: bool = False  # the target layer can be an earlier stage (timm trunks)
+    pretrained_layout: str | None = None  # "torchvision" | "timm" | None
+    grad_head_params: bool = False  # the grad head's grid / hidden come from the spec (grad_head.*)
 
     # -- model parts --------------------------------------------------------------------------------------
 
     def check_spec(self, spec) -> None:
         """ValueError naming what to change when `spec` cannot be built."""
         if spec.family not in self.families:
-            raise ValueError(f"family: '{spec.family}' is not available for backbone '{self.name}'; "
-                             f"choose one of: {', '.join(self.families)}")
+            raise ValueError(
+                f"family: '{spec.family}' is not available for backbone '{self.name}'; "
+                f"choose one of: {', '.join(self.families)}"
+            )
         if spec.large_feature_map and not self.supports_large_feature_map:
-            raise ValueError(f"backbone '{self.name}': large_feature_map applies to vgg16, resnet50 and "
-                             f"inception only; for timm models set output_stride instead")
+            raise ValueError(
+                f"backbone '{self.name}': large_feature_map applies to vgg16, resnet50 and "
+                f"inception only; for timm models set output_stride instead"
+            )
         if spec.feature_stage is not None and not self.supports_feature_stage:
-            raise ValueError(f"backbone '{self.name}': feature_stage applies to timm backbones only; set "
-                             f"backbones.{self.name}.feature_stage: null (its target layer is fixed by METHOD.md 1.3)")
+            raise ValueError(
+                f"backbone '{self.name}': feature_stage applies to timm backbones only; set "
+                f"backbones.{self.name}.feature_stage: null (its target layer is fixed by METHOD.md 1.3)"
+            )
 
     def normalize_spec(self, spec):
         """`spec` without settings this architecture ignores (so they never make checkpoints differ), and
@@ -105,8 +113,9 @@ class Backbone:
         import dataclasses
 
         if self.grad_head_params and spec.family == "grad":
-            return dataclasses.replace(spec, grad_grid=spec.grad_grid or GRAD_GRID,
-                                       grad_hidden=spec.grad_hidden or GRAD_HIDDEN)
+            return dataclasses.replace(
+                spec, grad_grid=spec.grad_grid or GRAD_GRID, grad_hidden=spec.grad_hidden or GRAD_HIDDEN
+            )
         if (spec.grad_grid, spec.grad_hidden) != (None, None):
             return dataclasses.replace(spec, grad_grid=None, grad_hidden=None)
         return spec
@@ -118,8 +127,9 @@ class Backbone:
         """The softmax head of the family."""
         if spec.family == "cam":
             return GapLinearHead(channels, spec.num_classes)
-        return PoolMlpHead(channels, spec.num_classes, grid=spec.grad_grid or GRAD_GRID,
-                           hidden=spec.grad_hidden or GRAD_HIDDEN)
+        return PoolMlpHead(
+            channels, spec.num_classes, grid=spec.grad_grid or GRAD_GRID, hidden=spec.grad_hidden or GRAD_HIDDEN
+        )
 
     def build_pre_head(self, spec) -> nn.Module:
         """The op both heads read through (identity in eval mode)."""
@@ -161,7 +171,7 @@ class Backbone:
             if rule is None:
                 unknown.append(key)
                 continue
-            ours = rule.ours + key[len(rule.official):]
+            ours = rule.ours + key[len(rule.official) :]
             if rule.conv1x1 and value.ndim == 4:
                 value = value.reshape(value.shape[0], -1)
             out[ours] = value
@@ -169,7 +179,7 @@ class Backbone:
 
     def ours_to_official_key(self, key: str, spec) -> str:
         rule = self._export_rule(key, spec)
-        return key if rule is None else rule.official + key[len(rule.ours):]
+        return key if rule is None else rule.official + key[len(rule.ours) :]
 
     def _export_rule(self, key: str, spec) -> Rule | None:
         return next((r for r in self.official_rules(spec) if r.export and key.startswith(r.ours)), None)
@@ -182,7 +192,7 @@ class Backbone:
                 raise ValueError(f"{key}: no place in the official {self.name} {spec.family} layout")
             if rule.conv1x1 and key.endswith(".weight") and value.ndim == 2:
                 value = value.reshape(*value.shape, 1, 1)
-            out[rule.official + key[len(rule.ours):]] = value.detach().clone()
+            out[rule.official + key[len(rule.ours) :]] = value.detach().clone()
         return out
 
     def layout_variants(self) -> list[dict]:
@@ -193,8 +203,6 @@ class Backbone:
     def identify(self, state_dict: Mapping[str, torch.Tensor]) -> list[Found]:
         """Every (family, large_feature_map) of this architecture whose official trunk keys and shapes the
         state dict holds exactly; with the class count read from the softmax head when present."""
-        from pipeline.models.dual import ModelSpec
-
         found = []
         for variant in self.layout_variants():
             spec = ModelSpec(self.name, 2, 224, **variant)
@@ -206,8 +214,7 @@ class Backbone:
             trunk = {k: v for k, v in renamed.items() if k.startswith("trunk.") and not k.endswith(NBT)}
             if not trunk or _shapes(trunk) != self._trunk_signature(spec):
                 continue
-            head = sorted((k for k in renamed if k.startswith("head.") and k.endswith(".weight")),
-                          key=_layer_order)
+            head = sorted((k for k in renamed if k.startswith("head.") and k.endswith(".weight")), key=_layer_order)
             if not self._head_fits(renamed, spec):
                 continue
             k = int(renamed[head[-1]].shape[0]) if head else None
@@ -243,8 +250,14 @@ class Backbone:
 
 
 def _key(spec) -> tuple:
-    return (spec.family, spec.large_feature_map, spec.output_stride, spec.feature_stage, spec.grad_grid,
-            spec.grad_hidden)
+    return (
+        spec.family,
+        spec.large_feature_map,
+        spec.output_stride,
+        spec.feature_stage,
+        spec.grad_grid,
+        spec.grad_hidden,
+    )
 
 
 def _shapes(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -255,9 +268,7 @@ def _layer_order(key: str) -> tuple:
     return tuple(int(p) if p.isdigit() else -1 for p in key.split("."))
 
 
-def _meta_spec(backbone: Backbone, key: tuple):
-    from pipeline.models.dual import ModelSpec
-
+def _meta_spec(backbone: Backbone, key: tuple) -> ModelSpec:
     family, lfm, stride, stage, grid, hidden = key
     return ModelSpec(backbone.name, 2, 224, lfm, stride, stage, family=family, grad_grid=grid, grad_hidden=hidden)
 

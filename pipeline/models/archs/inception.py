@@ -15,6 +15,7 @@ LR groups: `Mixed*` and `Conv2d_*` at lr, the rest (SPG layers, heads) at lr * l
 ImageNet weights: torchvision's inception_v3_google-0cc3c7bd.pth by name; AuxLogits dropped; Mixed_7* and
 `fc` dropped in the cam family; in the grad family Mixed_7* kept and `fc` loaded for a 1000-class head.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,7 +69,11 @@ class InceptionTrunk(Trunk):
         self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = net.Mixed_5b, net.Mixed_5c, net.Mixed_5d
         self.Mixed_6a = _InceptionBStride1(288)
         self.Mixed_6b, self.Mixed_6c, self.Mixed_6d, self.Mixed_6e = (
-            net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e)
+            net.Mixed_6b,
+            net.Mixed_6c,
+            net.Mixed_6d,
+            net.Mixed_6e,
+        )
         self.SPG_A3_1b = nn.Conv2d(768, 1024, kernel_size=3, padding=1)
         self.SPG_A3_2b = nn.Conv2d(1024, 1024, kernel_size=3, padding=1)
         for conv in (self.SPG_A3_1b, self.SPG_A3_2b):
@@ -92,9 +97,26 @@ class InceptionTrunk(Trunk):
         return F.relu(self.SPG_A3_2b(self.dropout(x)))
 
 
-_TV_PARTS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-             "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-             "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
+_TV_PARTS = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "maxpool1",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    "maxpool2",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+    "Mixed_7a",
+    "Mixed_7b",
+    "Mixed_7c",
+)
 
 
 class Inception3Trunk(Trunk):
@@ -141,8 +163,11 @@ class Inception(Backbone):
         return spec
 
     def layout_variants(self) -> list[dict]:
-        return [dict(family="cam", large_feature_map=False), dict(family="cam", large_feature_map=True),
-                dict(family="grad", large_feature_map=False)]
+        return [
+            dict(family="cam", large_feature_map=False),
+            dict(family="cam", large_feature_map=True),
+            dict(family="grad", large_feature_map=False),
+        ]
 
     def build_trunk(self, spec) -> Trunk:
         if spec.family == "grad":
@@ -181,11 +206,20 @@ class Inception(Backbone):
 
     def official_rules(self, spec) -> list[Rule]:
         if spec.family == "grad":
-            return [Rule("Conv2d_", "trunk.Conv2d_"), Rule("Mixed_", "trunk.Mixed_"),
-                    Rule("fc2.", "head2."), Rule("fc.", "head.")]
-        return [Rule("Conv2d_", "trunk.Conv2d_"), Rule("Mixed_5", "trunk.Mixed_5"), Rule("Mixed_6", "trunk.Mixed_6"),
-                *(Rule(f"{c}.0.", f"trunk.{c}.") for c in _SPG_CONVS),
-                Rule("SPG_A4_2.", "head2.", conv1x1=True), Rule("SPG_A4.", "head.", conv1x1=True)]
+            return [
+                Rule("Conv2d_", "trunk.Conv2d_"),
+                Rule("Mixed_", "trunk.Mixed_"),
+                Rule("fc2.", "head2."),
+                Rule("fc.", "head."),
+            ]
+        return [
+            Rule("Conv2d_", "trunk.Conv2d_"),
+            Rule("Mixed_5", "trunk.Mixed_5"),
+            Rule("Mixed_6", "trunk.Mixed_6"),
+            *(Rule(f"{c}.0.", f"trunk.{c}.") for c in _SPG_CONVS),
+            Rule("SPG_A4_2.", "head2.", conv1x1=True),
+            Rule("SPG_A4.", "head.", conv1x1=True),
+        ]
 
     def default_weights(self, spec):
         return URL

@@ -11,6 +11,7 @@ misses `fc2.`: its sigmoid head trains at 1x lr. Here the heads always get the r
 finetune_lr is the sigmoid head's effective rate, so this changes no run.)
 ImageNet weights: torchvision's resnet50-0676ba61.pth by name; `fc` only for a 1000-class head.
 """
+
 from __future__ import annotations
 
 import torch

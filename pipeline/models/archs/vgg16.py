@@ -14,6 +14,7 @@ ImageNet weights: torchvision's vgg16-397923af.pth, convolutions matched by orde
 `adjust_pretrained_model`); its classifier is dropped, except in the grad family where, for 1000 classes,
 it fills the softmax MLP (the official ILSVRC grad-family VGG16 keeps it).
 """
+
 from __future__ import annotations
 
 import re
@@ -103,22 +104,37 @@ class VGG16(Backbone):
 
     def official_rules(self, spec) -> list[Rule]:
         if spec.family == "grad":
-            return [Rule("features.", "trunk.features."), Rule("classifier_2.", "head2.classifier."),
-                    Rule("classifier.", "head.classifier.")]
-        return [Rule("features.", "trunk.features."), Rule("conv6.", "trunk.conv6."),
-                Rule("fc2.", "head2."), Rule("fc.", "head."),
-                Rule("conv2.", "head2.", export=False, conv1x1=True), Rule("conv.", "head.", export=False, conv1x1=True)]
+            return [
+                Rule("features.", "trunk.features."),
+                Rule("classifier_2.", "head2.classifier."),
+                Rule("classifier.", "head.classifier."),
+            ]
+        return [
+            Rule("features.", "trunk.features."),
+            Rule("conv6.", "trunk.conv6."),
+            Rule("fc2.", "head2."),
+            Rule("fc.", "head."),
+            Rule("conv2.", "head2.", export=False, conv1x1=True),
+            Rule("conv.", "head.", export=False, conv1x1=True),
+        ]
 
     def default_weights(self, spec):
         return URL
 
     def map_torchvision(self, model, state_dict):
         ours = [i for i, m in enumerate(model.trunk.features) if isinstance(m, nn.Conv2d)]
-        theirs = sorted({int(m.group(1)) for k in state_dict
-                         if (m := re.fullmatch(r"features\.(\d+)\.weight", k)) and state_dict[k].ndim == 4})
+        theirs = sorted(
+            {
+                int(m.group(1))
+                for k in state_dict
+                if (m := re.fullmatch(r"features\.(\d+)\.weight", k)) and state_dict[k].ndim == 4
+            }
+        )
         if len(theirs) != len(ours):
-            raise ValueError(f"has {len(theirs)} VGG convolutions under features.*, our VGG16 trunk has "
-                             f"{len(ours)}; expected torchvision's vgg16 (13 convs)")
+            raise ValueError(
+                f"has {len(theirs)} VGG convolutions under features.*, our VGG16 trunk has "
+                f"{len(ours)}; expected torchvision's vgg16 (13 convs)"
+            )
         index = dict(zip(theirs, ours))
         target = model.state_dict()
         out, dropped, unknown = {}, [], []
@@ -127,9 +143,14 @@ class VGG16(Backbone):
             m = re.fullmatch(r"features\.(\d+)\.(weight|bias)", key)
             if m and int(m.group(1)) in index:
                 out[f"trunk.features.{index[int(m.group(1))]}.{m.group(2)}"] = value
-            elif grad and key.startswith("classifier.") and target.get(f"head.{key}") is not None \
-                    and target[f"head.{key}"].shape == value.shape and "classifier.6.weight" in state_dict \
-                    and state_dict["classifier.6.weight"].shape == target["head.classifier.6.weight"].shape:
+            elif (
+                grad
+                and key.startswith("classifier.")
+                and target.get(f"head.{key}") is not None
+                and target[f"head.{key}"].shape == value.shape
+                and "classifier.6.weight" in state_dict
+                and state_dict["classifier.6.weight"].shape == target["head.classifier.6.weight"].shape
+            ):
                 out[f"head.{key}"] = value
             elif key.startswith(("classifier.", "conv6.", "fc.", "fc2.", "conv.", "conv2.")):
                 dropped.append(key)
