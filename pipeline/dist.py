@@ -25,6 +25,7 @@ CPU without CUDA. In a single process every helper here is the identity or a no-
   every rank in order; rank 0 writes metrics.json, evaluation.json and plots/, byte-identical to one process
   (same thread-count caveat on the CPU). This is evaluate's only parallelism (one process per rank, no pool).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -93,8 +94,16 @@ def resolve_backend(backend: str, device: str) -> str:
 def launch_command(module: str, nproc: int, args: list[str] | None = None) -> list[str]:
     """torchrun (of this interpreter's environment) running `python -m module ARGS` on `nproc` local ranks
     (ARGS: this process's command-line arguments unless given, e.g. a stage's replicate index)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", module, *(sys.argv[1:] if args is None else args)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+        *(sys.argv[1:] if args is None else args),
+    ]
 
 
 def relaunch(module: str, nproc: int, *, cuda: bool) -> int:
@@ -194,8 +203,10 @@ def local_batch(batch_size: int) -> int:
     """Per-rank batch of a training loader: the global `batch_size` split evenly over the ranks."""
     world = world_size()
     if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} cannot be split evenly over distributed.nproc = {world} "
-                         f"processes; choose a batch size divisible by it")
+        raise ValueError(
+            f"batch_size {batch_size} cannot be split evenly over distributed.nproc = {world} "
+            f"processes; choose a batch size divisible by it"
+        )
     return batch_size // world
 
 
@@ -203,8 +214,7 @@ def train_sampler(dataset, seed: int) -> DistributedSampler | None:
     """A seeded, shuffling DistributedSampler when distributed (None in one process: the loader shuffles)."""
     if not active():
         return None
-    return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed,
-                              drop_last=False)
+    return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed, drop_last=False)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
@@ -247,8 +257,10 @@ def share_checkpoints(checkpoints):
     describe = {**(checkpoints.describe or {}), "world_size": world_size()} if is_main() else None
     shared = type(checkpoints)(directory, key, label=checkpoints.label, describe=describe)
     if shared.epochs_done and is_main():
-        print(f"{shared.label}: resuming after epoch {shared.epochs_done} ({world_size()} processes, "
-              f"{shared.directory})", flush=True)
+        print(
+            f"{shared.label}: resuming after epoch {shared.epochs_done} ({world_size()} processes, {shared.directory})",
+            flush=True,
+        )
     if not is_main():
         shared.save = lambda *args, **kwargs: None
         shared.clear = lambda: None
@@ -326,16 +338,14 @@ def deal(weights: Sequence[float], world: int) -> list[list[int]]:
     return [sorted(share) for share in shares]
 
 
-def map_shares(items: Sequence[T], fn: Callable[[list[T]], list[R]], weights: Sequence[float] | None = None
-               ) -> list[R]:
+def map_shares(items: Sequence[T], fn: Callable[[list[T]], list[R]], weights: Sequence[float] | None = None) -> list[R]:
     """`fn(items)` spread over the ranks: each rank calls `fn` once on its share (`deal` by `weights`, else
     round-robin) and must return one result per item, in order; every rank gets the full list in item order.
     In one process: fn(list(items))."""
     world = world_size()
     if world == 1:
         return list(fn(list(items)))
-    shares = deal(weights, world) if weights is not None else [list(range(r, len(items), world))
-                                                              for r in range(world)]
+    shares = deal(weights, world) if weights is not None else [list(range(r, len(items), world)) for r in range(world)]
     mine = fn([items[i] for i in shares[rank()]])
     if len(mine) != len(shares[rank()]):
         raise ValueError(f"map_shares: fn returned {len(mine)} results for {len(shares[rank()])} items")
@@ -354,12 +364,19 @@ def batch_indices(n: int, batch_size: int) -> list[list[int]]:
 def rank_loader(loader: DataLoader, batches: Sequence[Sequence[int]]) -> DataLoader:
     """A loader over `loader`'s dataset that yields exactly `batches` (lists of indices), in order."""
     extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers > 0 else {}
-    return DataLoader(loader.dataset, batch_sampler=[list(b) for b in batches], num_workers=loader.num_workers,
-                      pin_memory=loader.pin_memory, collate_fn=loader.collate_fn, **extra)
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=[list(b) for b in batches],
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        collate_fn=loader.collate_fn,
+        **extra,
+    )
 
 
-def map_ordered(loader: DataLoader, ids: Sequence[str],
-                fn: Callable[[DataLoader, list[str]], Iterable[T]]) -> Iterator[T]:
+def map_ordered(
+    loader: DataLoader, ids: Sequence[str], fn: Callable[[DataLoader, list[str]], Iterable[T]]
+) -> Iterator[T]:
     """`fn(loader, ids)` (one item per image, in loader order) spread over the ranks, batch by batch.
 
     In one process: fn(loader, ids) itself. Distributed: batch i of the ordered `loader` goes to rank

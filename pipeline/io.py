@@ -1,4 +1,5 @@
 """Atomic, deterministic file output: same inputs, same bytes; a killed stage leaves nothing half-written."""
+
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ cams and evaluate on 2 processes must write the same bytes as on 1; baseline and
 and give a loadable model (not the same bytes: the ranks' shuffle, BatchNorm batches and gradient sums
 differ from one process). The single-process stages run once, in one Python process, for every test.
 """
+
 import json
 import os
 import shutil
@@ -24,9 +25,18 @@ ROOT = Path(__file__).resolve().parents[1]
 # Several batches per split, a ragged last one, an odd batch count and shards that straddle batches and ranks.
 # The driver runs several stages in one process, so torch is loaded before the training stages could pin their
 # CPU kernels (pipeline/train/cpu_repro.py): they run with the machine's own (cpu.kernels: native).
-OVERRIDES = {"baseline": {"epochs": 1, "replicates": [0]}, "finetune": {"epochs": 1, "replicates": [0]},
-             "cams": {"batch_size": 6, "shard_size": 5}, "cpu": {"kernels": "native"}}
-DRIVER = "import runpy, sys\nfor s in sys.argv[1:]:\n    sys.argv = [s]\n    runpy.run_module(f'pipeline.stages.{s}', run_name='__main__')"
+OVERRIDES = {
+    "baseline": {"epochs": 1, "replicates": [0]},
+    "finetune": {"epochs": 1, "replicates": [0]},
+    "cams": {"batch_size": 6, "shard_size": 5},
+    "cpu": {"kernels": "native"},
+}
+# dvc.yaml's arguments of each stage for the first model (baseline@0, <stage>@0-0)
+ARGS = {"baseline": ["0"], "clone_head": ["0", "0"], "finetune": ["0", "0"], "cams": ["0", "0"]}
+DRIVER = (
+    "import runpy, sys\nARGS = " + repr(ARGS) + "\nfor s in sys.argv[1:]:\n    sys.argv = [s] + ARGS.get(s, [])\n"
+    "    runpy.run_module(f'pipeline.stages.{s}', run_name='__main__')"
+)
 EVALUATE_OUTPUTS = ("reports/metrics.json", "reports/evaluation.json", "reports/plots")
 
 
@@ -43,7 +53,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 def stage(repo: Path, name: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", f"pipeline.stages.{name}"], repo, check)
+    return run([sys.executable, "-m", f"pipeline.stages.{name}", *ARGS.get(name, [])], repo, check)
 
 
 def set_params(repo: Path, **sections) -> None:
@@ -54,6 +64,11 @@ def set_params(repo: Path, **sections) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def validate_params(repo: Path) -> None:
+    """What the `validate` stage does: the stages read the validated params from data/params.json."""
+    run([sys.executable, "-m", "pipeline.params", "validate"], repo)
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A copy of the project on the smoke params, every stage up to evaluate run once on 1 process."""
@@ -61,9 +76,24 @@ def repo(tmp_path_factory) -> Path:
     copy_project(dest)
     run([sys.executable, "-m", "pipeline.params", "apply", "configs/smoke.yaml"], dest)
     set_params(dest, **OVERRIDES)
-    run([sys.executable, "-c", DRIVER, "download", "preprocess", "baseline", "clone_head", "finetune", "cams",
-         "evaluate"], dest)
+    validate_params(dest)
+    run(
+        [
+            sys.executable,
+            "-c",
+            DRIVER,
+            "download",
+            "preprocess",
+            "baseline",
+            "clone_head",
+            "finetune",
+            "cams",
+            "evaluate",
+        ],
+        dest,
+    )
     set_params(dest, distributed={"nproc": 2, "backend": "auto"})
+    validate_params(dest)
     return dest
 
 
@@ -83,8 +113,9 @@ def test_cams_and_evaluate_on_two_processes_write_the_same_bytes(repo, tmp_path)
     # the params digest names distributed.nproc (a declared key: training differs under DDP); all else is the same
     assert metrics[repo].pop("params_digest") != metrics[work].pop("params_digest")
     assert metrics[repo] == metrics[work]
-    assert {k: v for k, v in two.items() if k != "reports/metrics.json"} == \
-        {k: v for k, v in one.items() if k != "reports/metrics.json"}
+    assert {k: v for k, v in two.items() if k != "reports/metrics.json"} == {
+        k: v for k, v in one.items() if k != "reports/metrics.json"
+    }
 
 
 def test_baseline_and_finetune_train_with_ddp_on_two_processes(repo):
@@ -95,7 +126,9 @@ def test_baseline_and_finetune_train_with_ddp_on_two_processes(repo):
     assert out.count("baseline epoch 1:") == 1 and out.count("Top-1 Cls on test") == 1
     model, extra = load_checkpoint(repo / "data/models/baseline_0/baseline.pt")
     assert extra["stage"] == "baseline" and model.head2 is None
-    assert (repo / "reports/baseline/baseline_0/plots/metrics/train/loss.tsv").read_text().count("\n") == 2  # header, epoch 1
+    assert (repo / "reports/baseline/baseline_0/plots/metrics/train/loss.tsv").read_text().count(
+        "\n"
+    ) == 2  # header, epoch 1
     run([sys.executable, "-c", DRIVER, "clone_head"], repo)
     out = stage(repo, "finetune").stdout
     assert "finetune: 2 processes (gloo) through torchrun" in out
@@ -115,9 +148,16 @@ def test_a_failing_rank_fails_the_run(tmp_path):
         "print(f'rank {dist.rank()} of {dist.world_size()}', flush=True)\n"
         "if dist.rank() == 1:\n"
         "    raise SystemExit(3)\n"
-        "dist.barrier()\n")
-    proc = subprocess.run([sys.executable, "-m", "two_ranks"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, env={**env(), "PYTHONPATH": f"{tmp_path}:{ROOT}"})
+        "dist.barrier()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "two_ranks"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env(), "PYTHONPATH": f"{tmp_path}:{ROOT}"},
+    )
     assert "rank 1 of 2" in proc.stdout and "rank 0 of 2" in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode != 0
 
@@ -140,8 +180,16 @@ def test_nproc_above_one_relaunches_under_torchrun_with_the_threads(monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
         dist.setup(3, "auto", "cpu", module="pipeline.stages.cams")
     assert exit_info.value.code == 5  # torchrun's status
-    assert launched["cmd"] == [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               "--nproc_per_node=3", "-m", "pipeline.stages.cams", "1"]
+    assert launched["cmd"] == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=3",
+        "-m",
+        "pipeline.stages.cams",
+        "1",
+    ]
     assert launched["env"]["OMP_NUM_THREADS"] == str(torch.get_num_threads())
     assert signal.getsignal(signal.SIGTERM) == handler  # the forwarding handler is removed again
     dist.setup(1, "auto", "cpu", module="pipeline.stages.cams")  # one process: nothing happens
@@ -152,8 +200,9 @@ def test_single_process_helpers_are_the_identity():
     assert dist.map_items([1, 2, 3], lambda x: x * 10) == [10, 20, 30]
     assert dist.map_shares([1, 2, 3], lambda xs: [x * 10 for x in xs], weights=[1, 5, 2]) == [10, 20, 30]
     loader = torch.utils.data.DataLoader(list(range(7)), batch_size=3)
-    assert list(dist.map_ordered(loader, list("abcdefg"), lambda ld, ids: zip(ids, (int(v) for b in ld for v in b)))) \
-        == list(zip("abcdefg", range(7)))
+    assert list(
+        dist.map_ordered(loader, list("abcdefg"), lambda ld, ids: zip(ids, (int(v) for b in ld for v in b)))
+    ) == list(zip("abcdefg", range(7)))
     t = torch.ones(2)
     assert dist.reduce_sums(t, 3) == (t, 3)
     assert dist.batch_indices(7, 3) == [[0, 1, 2], [3, 4, 5], [6]]

@@ -1,4 +1,5 @@
 """params.yaml validation: every problem is reported, with the key and what is valid."""
+
 import copy
 import json
 import subprocess
@@ -15,14 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def fallback(dotted: str):
     """The schema's default of a key a preset can fill (its `fallback`, declared once in pipeline/params.py)."""
-    import dataclasses
-    import typing
+    from pipeline.params import fallback_of
 
-    from pipeline.params import ParamsFile
-
-    group, name = dotted.split(".")
-    cls = typing.get_type_hints(ParamsFile)[group]
-    return {f.name: f for f in dataclasses.fields(cls)}[name].metadata["fallback"]
+    return fallback_of(dotted)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +51,13 @@ def test_every_config_applies_and_validates(tmp_path, config):
     """`python -m pipeline.params apply configs/<name>.yaml` writes a params.yaml that validates."""
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.params", "apply", str(config)], cwd=tmp_path,
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.params", "apply", str(config)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     load_params(tmp_path / "params.yaml")
 
@@ -67,8 +68,10 @@ def test_params_are_frozen(base):
         p.finetune.lr = 1.0
 
 
-@pytest.mark.parametrize("alias,canonical", [("inception", "inception"), ("inception_v3", "inception"),
-                                             ("vgg16", "vgg16"), ("resnet50", "resnet50")])
+@pytest.mark.parametrize(
+    "alias,canonical",
+    [("inception", "inception"), ("inception_v3", "inception"), ("vgg16", "vgg16"), ("resnet50", "resnet50")],
+)
 def test_backbone_switch_resolves_table(base, alias, canonical):
     p = validate({**base, "backbone": alias})
     assert p.backbone == canonical
@@ -156,8 +159,10 @@ def test_choice_of_output_stride(base):
 def test_feature_stage_range_and_wsol_backbones(base):
     data = copy.deepcopy(base)
     data["backbones"]["resnet50"]["feature_stage"] = 3
-    assert any(m.startswith("backbones.resnet50.feature_stage: must be null for the WSOL backbone 'resnet50'")
-               for m in problems(data))
+    assert any(
+        m.startswith("backbones.resnet50.feature_stage: must be null for the WSOL backbone 'resnet50'")
+        for m in problems(data)
+    )
     data["backbones"]["resnet10t"]["feature_stage"] = -1
     assert "backbones.resnet10t.feature_stage: -1 is out of range; valid: [0, 16]" in problems(data)
     del data["backbones"]["vgg16"]["feature_stage"]
@@ -173,8 +178,13 @@ def test_stage_exits_nonzero_with_message(tmp_path, base):
     data["backbone"] = "resnet5"
     data["finetune"]["lr"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
-    proc = subprocess.run([sys.executable, "-m", "pipeline.params", "check"], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.params", "check"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 2
     assert "finetune.lr: -1.0 is out of range" in proc.stderr
     assert "backbone: unknown backbone 'resnet5'" in proc.stderr
@@ -187,7 +197,12 @@ def test_dataset_preset_sets_the_papers_hyperparameters(base):
     assert p.preset == "cub/inception"
     assert (p.model.input_size, p.model.large_feature_map, p.model.batch_size) == (224, True, 32)
     assert p.baseline_lr == pytest.approx(2.24844746e-3) and p.finetune_lr == pytest.approx(1e-3)
-    assert (p.baseline.epochs, p.baseline.lr_decay_every, p.finetune.epochs, p.finetune.lr_decay_every) == (50, 15, 50, 15)
+    assert (p.baseline.epochs, p.baseline.lr_decay_every, p.finetune.epochs, p.finetune.lr_decay_every) == (
+        50,
+        15,
+        50,
+        15,
+    )
     assert p.baseline.pretrained == "imagenet" and p.baseline.lr_classifier_ratio == 10.0
     assert p.evaluate.loc_threshold == 0.05  # the precursor's CUB InceptionV3 setting
     # other params are untouched
@@ -198,10 +213,37 @@ def test_dataset_preset_sets_the_papers_hyperparameters(base):
 def test_preset_values_are_changed_in_the_preset_and_absent_keys_leave_params_alone(base):
     data = copy.deepcopy(base)
     data["dataset"], data["backbone"] = "ilsvrc", "vgg16"
-    data["datasets"]["ilsvrc"]["presets"]["vgg16"] = {"baseline_epochs": 1}
+    data["datasets"]["ilsvrc"]["presets"] = {"vgg16": {"baseline_epochs": 1}}
     p = validate(data)
     assert p.baseline.epochs == 1 and p.preset_values == {"baseline.epochs": 1}
     assert p.model == p.backbones["vgg16"] and p.finetune.epochs == fallback("finetune.epochs")
+
+
+def test_a_presets_shared_values_apply_to_the_backbones_listed_and_their_own_values_win(base):
+    data = copy.deepcopy(base)
+    data["dataset"], data["backbone"] = "ilsvrc", "vgg16"
+    data["datasets"]["ilsvrc"]["presets"] = {
+        "shared": {"baseline_epochs": 4, "finetune_epochs": 5},
+        "vgg16": {"baseline_epochs": 1},
+        "resnet50": {},
+    }
+    p = validate(data)
+    assert p.preset == "ilsvrc/vgg16" and p.preset_values == {"baseline.epochs": 1, "finetune.epochs": 5}
+    p = validate({**data, "backbone": "resnet50"})
+    assert p.preset_values == {"baseline.epochs": 4, "finetune.epochs": 5}
+    p = validate({**data, "backbone": "inception"})  # not listed: no preset, not even the shared values
+    assert p.preset is None and p.preset_values == {} and p.baseline.epochs == fallback("baseline.epochs")
+
+
+def test_the_committed_presets_write_each_value_once(base):
+    """Per dataset one shared block and the per-backbone differences: no value repeated in every backbone."""
+    for name in ("cub", "cars", "ilsvrc", "openimages"):
+        presets = base["datasets"][name]["presets"]
+        backbones = [b for b in presets if b != "shared"]
+        assert set(backbones) == {"vgg16", "resnet50", "inception"}
+        for key, value in presets[backbones[0]].items():
+            assert not all(presets[b].get(key) == value for b in backbones), (name, key)
+            assert key not in presets["shared"], (name, key)
 
 
 def test_no_preset_for_a_backbone_without_one_and_a_checkpoint_is_not_overridden(base):
@@ -216,21 +258,38 @@ def test_no_preset_for_a_backbone_without_one_and_a_checkpoint_is_not_overridden
     assert p.preset == "cars/resnet50" and p.baseline.pretrained == "none" and p.baseline.epochs == 10
     assert "baseline.pretrained" not in p.preset_values and p.preset_values["baseline.epochs"] == 10
     data["baseline"]["pretrained"] = "imagenet"  # set by the user: the cross-check still applies
-    assert any(m.startswith("baseline.pretrained: 'imagenet' has no effect when baseline.checkpoint")
-               for m in problems(data))
+    assert any(
+        m.startswith("baseline.pretrained: 'imagenet' has no effect when baseline.checkpoint") for m in problems(data)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
 # Presets fill only what params.yaml leaves null; a value the user sets always wins
 
-CUB_RESNET50 = {"model.input_size": 224, "model.large_feature_map": True, "model.batch_size": 32,
-                "model.baseline_weight_decay": 0.0001, "model.finetune_weight_decay": 0.0001,
-                "baseline.pretrained": "imagenet", "baseline.epochs": 50, "baseline.lr": 0.00023222617,
-                "baseline.lr_classifier_ratio": 10.0, "baseline.lr_decay_every": 15, "finetune.epochs": 50,
-                "finetune.lr": 0.0001, "finetune.lr_decay_every": 15}
-PRESET_KEYS = {"baseline.epochs": 10, "baseline.lr_decay_every": 7, "baseline.lr_classifier_ratio": 1.0,
-               "baseline.pretrained": "none", "finetune.epochs": 3, "finetune.lr_decay_every": 3,
-               "evaluate.loc_threshold": 0.2}
+CUB_RESNET50 = {
+    "model.input_size": 224,
+    "model.large_feature_map": True,
+    "model.batch_size": 32,
+    "model.baseline_weight_decay": 0.0001,
+    "model.finetune_weight_decay": 0.0001,
+    "baseline.pretrained": "imagenet",
+    "baseline.epochs": 50,
+    "baseline.lr": 0.00023222617,
+    "baseline.lr_classifier_ratio": 10.0,
+    "baseline.lr_decay_every": 15,
+    "finetune.epochs": 50,
+    "finetune.lr": 0.0001,
+    "finetune.lr_decay_every": 15,
+}
+PRESET_KEYS = {
+    "baseline.epochs": 10,
+    "baseline.lr_decay_every": 7,
+    "baseline.lr_classifier_ratio": 1.0,
+    "baseline.pretrained": "none",
+    "finetune.epochs": 3,
+    "finetune.lr_decay_every": 3,
+    "evaluate.loc_threshold": 0.2,
+}
 
 
 def cub_resnet50(base: dict, **changes) -> dict:
@@ -245,8 +304,13 @@ def test_committed_params_leave_the_preset_keys_null_and_the_schema_declares_the
         group, name = dotted.split(".")
         assert base[group][name] is None, dotted
         assert fallback(dotted) == default, dotted
-    assert set(base["model"]) == {"input_size", "large_feature_map", "batch_size", "baseline_weight_decay",
-                                  "finetune_weight_decay"} and not any(base["model"].values())
+    assert set(base["model"]) == {
+        "input_size",
+        "large_feature_map",
+        "batch_size",
+        "baseline_weight_decay",
+        "finetune_weight_decay",
+    } and not any(base["model"].values())
     for name in ("cub", "cars", "ilsvrc", "openimages"):
         assert base["datasets"][name]["verify"] == "published"
 
@@ -275,8 +339,15 @@ def test_without_a_preset_null_means_the_schema_default_and_the_backbone_table(b
     for dataset, backbone in (("synthbirds", "resnet50"), ("cars", "resnet10t")):
         p = validate({**base, "dataset": dataset, "backbone": backbone})
         assert p.preset is None and p.preset_values == {}
-        assert (p.baseline.epochs, p.baseline.lr_decay_every, p.baseline.lr_classifier_ratio, p.baseline.pretrained,
-                p.finetune.epochs, p.finetune.lr_decay_every, p.evaluate.loc_threshold) == tuple(PRESET_KEYS.values())
+        assert (
+            p.baseline.epochs,
+            p.baseline.lr_decay_every,
+            p.baseline.lr_classifier_ratio,
+            p.baseline.pretrained,
+            p.finetune.epochs,
+            p.finetune.lr_decay_every,
+            p.evaluate.loc_threshold,
+        ) == tuple(PRESET_KEYS.values())
         assert p.model == p.backbones[backbone] and p.baseline_lr == p.backbones[backbone].baseline_lr
     # model: set by the user wins over the table, and the keys that follow it (eval grid, cams batch) too
     p = validate(set_key(set_key(base, "model.input_size", 64), "model.batch_size", 8))
@@ -298,16 +369,26 @@ def test_a_preset_fills_the_nulls(base):
 
 
 def test_a_value_the_user_sets_wins_over_the_preset(base):
-    data = cub_resnet50(base, **{"finetune.epochs": 1, "model.input_size": 64, "baseline.lr": 0.0123,
-                                 "model.large_feature_map": False, "evaluate.loc_threshold": 0.3})
+    data = cub_resnet50(
+        base,
+        **{
+            "finetune.epochs": 1,
+            "model.input_size": 64,
+            "baseline.lr": 0.0123,
+            "model.large_feature_map": False,
+            "evaluate.loc_threshold": 0.3,
+        },
+    )
     p = validate(data)
     assert p.finetune.epochs == 1 and p.model.input_size == 64 and p.baseline_lr == 0.0123
     assert p.model.large_feature_map is False and p.evaluate.loc_threshold == 0.3 and p.eval_size == 64
     # the rest still comes from the preset, and only that is listed as filled
     assert p.baseline.epochs == 50 and p.finetune_lr == 0.0001 and p.model.batch_size == 32
-    assert dict(p.preset_values) == {k: v for k, v in CUB_RESNET50.items()
-                                     if k not in ("finetune.epochs", "model.input_size", "baseline.lr",
-                                                  "model.large_feature_map")}
+    assert dict(p.preset_values) == {
+        k: v
+        for k, v in CUB_RESNET50.items()
+        if k not in ("finetune.epochs", "model.input_size", "baseline.lr", "model.large_feature_map")
+    }
     r = json.loads(resolved_of(data))
     assert (r["finetune"]["epochs"], r["model"]["input_size"], r["baseline"]["lr"]) == (1, 64, 0.0123)
     assert "finetune.epochs" not in r["preset_values"]
@@ -335,23 +416,24 @@ def test_bad_values_of_the_new_keys_name_the_key_and_what_is_valid(base):
     data["evaluate"]["loc_threshold"] = 2
     data["datasets"]["cub"]["verify"] = "sha256"
     del data["datasets"]["ilsvrc"]["verify"]
-    assert sorted(problems(data)) == sorted([
-        "model.input_size: 8 is out of range; valid: [32, 1024]",
-        "model.large_feature_map: must be true or false or null, got 'yes' (str)",
-        "model.batch_sise: unknown key (did you mean 'batch_size'?); valid keys here: input_size, large_feature_map, "
-        "batch_size, baseline_weight_decay, finetune_weight_decay",
-        "baseline.pretrained: 'random' is not valid; choose one of: none, imagenet",
-        "finetune.epochs: 0 is out of range; valid: [1, 10000]",
-        "evaluate.loc_threshold: 2.0 is out of range; valid: [0.0, 1.0]",
-        "datasets.cub.verify: 'sha256' is not valid; choose one of: published, content",
-        "datasets.ilsvrc.verify: missing (published: only the publisher's archives, checked against the published "
-        "checksums | content: also a repacked or recompressed archive or the extracted folders; the copy is "
-        "identified by the content of the files read (recorded in <download.root>/<dataset>/source.json))",
-    ])
+    assert sorted(problems(data)) == sorted(
+        [
+            "model.input_size: 8 is out of range; valid: [32, 1024]",
+            "model.large_feature_map: must be true or false or null, got 'yes' (str)",
+            "model.batch_sise: unknown key (did you mean 'batch_size'?); valid keys here: input_size, "
+            "large_feature_map, batch_size, baseline_weight_decay, finetune_weight_decay",
+            "baseline.pretrained: 'random' is not valid; choose one of: none, imagenet",
+            "finetune.epochs: 0 is out of range; valid: [1, 10000]",
+            "evaluate.loc_threshold: 2.0 is out of range; valid: [0.0, 1.0]",
+            "datasets.cub.verify: 'sha256' is not valid; choose one of: published, content",
+            "datasets.ilsvrc.verify: missing (published | content: which copies of the files are accepted)",
+        ]
+    )
     data = copy.deepcopy(base)
     del data["model"]
-    assert problems(data) == ["model: missing (this run's backbone settings (null = the dataset's preset, else "
-                              "backbones.<backbone>))"]
+    assert problems(data) == [
+        "model: missing (this run's backbone settings (null = the dataset's preset, else backbones.<backbone>))"
+    ]
 
 
 def test_verify_is_resolved_into_the_dataset_settings(base):
@@ -366,19 +448,24 @@ def test_validate_and_check_print_what_the_preset_filled(tmp_path, base, command
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     data = cub_resnet50(base, **{"finetune.epochs": 1})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
-    proc = subprocess.run([sys.executable, "-m", "pipeline.params", command], cwd=tmp_path, capture_output=True,
-                          text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.params", command], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     prefix = "validate: " if command == "validate" else ""
-    filled = ("model.input_size=224, model.large_feature_map=true, model.batch_size=32, "
-              "model.baseline_weight_decay=0.0001, model.finetune_weight_decay=0.0001, baseline.pretrained=imagenet, "
-              "baseline.epochs=50, baseline.lr=0.00023222617, baseline.lr_classifier_ratio=10.0, "
-              "baseline.lr_decay_every=15, finetune.lr=0.0001, finetune.lr_decay_every=15")
-    assert proc.stdout.splitlines()[1] == (f"{prefix}preset cub/resnet50 filled: {filled}; params.yaml's values kept: "
-                                           f"finetune.epochs=1 (preset: 50)")
+    filled = (
+        "model.input_size=224, model.large_feature_map=true, model.batch_size=32, "
+        "model.baseline_weight_decay=0.0001, model.finetune_weight_decay=0.0001, baseline.pretrained=imagenet, "
+        "baseline.epochs=50, baseline.lr=0.00023222617, baseline.lr_classifier_ratio=10.0, "
+        "baseline.lr_decay_every=15, finetune.lr=0.0001, finetune.lr_decay_every=15"
+    )
+    assert proc.stdout.splitlines()[1] == (
+        f"{prefix}preset cub/resnet50 filled: {filled}; params.yaml's values kept: finetune.epochs=1 (preset: 50)"
+    )
     if command == "validate":
         assert json.loads((tmp_path / "data/params.json").read_text())["preset_values"] == {
-            k: v for k, v in CUB_RESNET50.items() if k != "finetune.epochs"}
+            k: v for k, v in CUB_RESNET50.items() if k != "finetune.epochs"
+        }
 
 
 def test_bad_preset_keys_are_named(base):
@@ -386,8 +473,10 @@ def test_bad_preset_keys_are_named(base):
     data["datasets"]["cub"]["presets"]["vgg16"]["baseline_epoch"] = 3
     data["datasets"]["cub"]["presets"]["vgg16"]["pretrained"] = "yes"
     found = problems(data)
-    assert any(m.startswith("datasets.cub.presets.vgg16.baseline_epoch: unknown key (did you mean 'baseline_epochs'?)")
-               for m in found), found
+    assert any(
+        m.startswith("datasets.cub.presets.vgg16.baseline_epoch: unknown key (did you mean 'baseline_epochs'?)")
+        for m in found
+    ), found
     assert any(m.startswith("datasets.cub.presets.vgg16.pretrained:") and "imagenet" in m for m in found), found
 
 
@@ -400,7 +489,8 @@ def test_family_and_grad_head_are_validated(base):
     assert sorted(problems(data)) == [
         "family: 'gradcam' is not valid; choose one of: cam, grad",
         "grad_head.gird: unknown key (did you mean 'grid'?); valid keys here: grid, hidden",
-        "grad_head.hidden: 0 is out of range; valid: [1, 8192]"]
+        "grad_head.hidden: 0 is out of range; valid: [1, 8192]",
+    ]
     data = copy.deepcopy(base)
     del data["family"]
     assert problems(data)[0].startswith("family: missing (model family: cam")
@@ -413,26 +503,16 @@ def test_family_and_grad_head_are_validated(base):
 # NaN, infinity, empty and duplicated keys; the resolved params the DVC stages are keyed on
 
 
-def float_leaves(data, prefix="", cls=None):
+def float_leaves(data, loc=()):
     """The dotted key of every number-typed param in a params mapping (by the schema: a null key included)."""
-    import dataclasses
-    import typing
+    from pipeline.params import schema_at
 
-    from pipeline.params import ParamsFile
-
-    cls = cls or ParamsFile
-    hints, fields = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
     for key, value in data.items():
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            yield from float_leaves(value, f"{prefix}{key}.", tp)
-        elif typing.get_origin(tp) is dict:
-            tables = fields[key].metadata.get("tables")
-            for name, item in value.items():
-                yield from float_leaves(item, f"{prefix}{key}.{name}.",
-                                        tables[name] if tables else typing.get_args(tp)[1])
-        elif float in (tp, *typing.get_args(tp)):
-            yield f"{prefix}{key}"
+        here = (*loc, key)
+        if isinstance(value, dict):
+            yield from float_leaves(value, here)
+        elif schema_at(here)[1] is float:
+            yield ".".join(here)
 
 
 def set_key(data: dict, dotted: str, value) -> dict:
@@ -470,17 +550,22 @@ def test_typos_anywhere_are_named_with_the_valid_keys(base):
     data["datasets"]["cub"]["segmentation"] = True
     found = problems(data)
     assert any(m.startswith("datasets.cub.segmentation: unknown key (did you mean 'segmentations'?)") for m in found)
-    assert any(m.startswith("finetun: unknown key (did you mean 'finetune'?); valid keys here: dataset, backbone")
-               for m in found), found
-    assert any(m.startswith("finetune.epoch: unknown key (did you mean 'epochs'?); valid keys here: head_init")
-               for m in found), found
+    assert any(
+        m.startswith("finetun: unknown key (did you mean 'finetune'?); valid keys here: dataset, backbone")
+        for m in found
+    ), found
+    assert any(
+        m.startswith("finetune.epoch: unknown key (did you mean 'epochs'?); valid keys here: head_init") for m in found
+    ), found
     assert len(found) == 3
 
 
 def test_empty_missing_and_duplicated_files(tmp_path, base):
     path = tmp_path / "params.yaml"
     path.write_text("# nothing here\n")
-    with pytest.raises(ParamsError, match="the file is empty; it must map the keys dataset, backbone, family, grad_head, seed"):
+    with pytest.raises(
+        ParamsError, match="the file is empty; it must map the keys dataset, backbone, family, grad_head, seed"
+    ):
         load_params(path)
     with pytest.raises(ParamsError, match="file not found"):
         load_params(tmp_path / "absent.yaml")
@@ -536,9 +621,17 @@ def test_resolved_params_fill_in_the_table_defaults(base):
 DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-@pytest.mark.parametrize("dataset,backbone", [("synthbirds", "resnet10t"), ("synthbirds", "inception_v3"),
-                                              ("synthbirds", "efficientnet_b0"), ("cub", "resnet50"),
-                                              ("openimages", "mobilenetv2"), ("ilsvrc", "vgg16")])
+@pytest.mark.parametrize(
+    "dataset,backbone",
+    [
+        ("synthbirds", "resnet10t"),
+        ("synthbirds", "inception_v3"),
+        ("synthbirds", "efficientnet_b0"),
+        ("cub", "resnet50"),
+        ("openimages", "mobilenetv2"),
+        ("ilsvrc", "vgg16"),
+    ],
+)
 def test_every_key_a_stage_declares_exists_in_the_resolved_params(base, dataset, backbone):
     """dvc.yaml keys stages on data/params.json: every declared key must be there for every kind of backbone
     (own entry, alias, any_timm) and dataset, else DVC fails the stage with 'missing params'."""
@@ -588,8 +681,10 @@ def test_fine_tuning_replicates_and_seeds(base):
     bad["finetune"]["replicates"] = [0, 1, 1]
     got = problems(bad)
     assert "finetune.replicates: [0, 1, 1] has repeats; give each replicate index once, e.g. [0, 1, 2]" in got
-    assert ("finetune.seed: 4294967295 + 1000 x the largest baseline replicate 2 + the largest fine-tuning "
-            "replicate 1 is above 2**32 - 1") in got
+    assert (
+        "finetune.seed: 4294967295 + 1000 x the largest baseline replicate 2 + the largest fine-tuning "
+        "replicate 1 is above 2**32 - 1"
+    ) in got
     bad["finetune"]["replicates"] = []
     assert problems(bad) == ["finetune.replicates: must be a non-empty list, got []"]
     bad = copy.deepcopy(base)
@@ -599,8 +694,10 @@ def test_fine_tuning_replicates_and_seeds(base):
     assert problems(bad) == ["baseline.replicates: must be a non-empty list, got []"]
     bad["baseline"]["replicates"] = [0, 1]
     bad["baseline"]["checkpoint"] = "data/imports/model.pt"
-    assert problems(bad) == ["baseline.replicates: [0, 1] asks for 2 baselines, but baseline.checkpoint imports one "
-                             "fixed model; set baseline.replicates: [0]"]
+    assert problems(bad) == [
+        "baseline.replicates: [0, 1] asks for 2 baselines, but baseline.checkpoint imports one "
+        "fixed model; set baseline.replicates: [0]"
+    ]
 
 
 def test_bootstrap_resamples_has_a_floor(base):
@@ -610,8 +707,9 @@ def test_bootstrap_resamples_has_a_floor(base):
         bad = copy.deepcopy(base)
         bad["evaluate"]["bootstrap_resamples"] = value
         got = problems(bad)
-        assert len(got) == 1 and got[0].startswith(f"evaluate.bootstrap_resamples: {value} is out of range; valid: "
-                                                   f"[{MIN_RESAMPLES}, 1000000]"), got
+        assert len(got) == 1 and got[0].startswith(
+            f"evaluate.bootstrap_resamples: {value} is out of range; valid: [{MIN_RESAMPLES}, 1000000]"
+        ), got
     ok = copy.deepcopy(base)
     ok["evaluate"]["bootstrap_resamples"] = MIN_RESAMPLES
     assert validate(ok).evaluate.bootstrap_resamples == MIN_RESAMPLES
@@ -622,10 +720,138 @@ def test_cpu_kernels_avx2_needs_an_avx2_cpu(base, monkeypatch):
 
     assert validate(base).cpu.kernels == "avx2" and validate(base).cpu.threads == 2
     monkeypatch.setattr(params_module, "cpu_supports_avx2", lambda: False)
-    assert problems(base) == ["cpu.kernels: 'avx2' needs a CPU with AVX2 and FMA, which this one lacks; set "
-                              "cpu.kernels: portable (the same bytes on any x86-64 CPU, slower) or native"]
+    assert problems(base) == [
+        "cpu.kernels: 'avx2' needs a CPU with AVX2 and FMA, which this one lacks; set "
+        "cpu.kernels: portable (the same bytes on any x86-64 CPU, slower) or native"
+    ]
     other = copy.deepcopy(base)
     other["cpu"]["kernels"] = "portable"
     assert validate(other).cpu.kernels == "portable"
     other["cpu"]["kernels"] = "sse"
     assert problems(other) == ["cpu.kernels: 'sse' is not valid; choose one of: avx2, portable, native"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Probes that used to fail late (in a stage) or with a traceback: validate names them in seconds
+
+
+@pytest.mark.parametrize(
+    "grid,value,used",
+    [("wsol", 0.35, 0.35000000000000003), ("wsol", 0.2, 0.2), ("official", 0.35, 0.35), ("official", 1.0, 1.0)],
+)
+def test_loc_threshold_becomes_the_grids_value(base, grid, value, used):
+    """evaluate finds loc_threshold on the threshold grid by float equality (pipeline/metrics/boxes.py): 0.35 is
+    not np.arange(0, 1, 0.001)'s float for it, so validate uses the grid's value and says so."""
+    from pipeline.metrics.boxes import threshold_grid
+
+    data = set_key(set_key(base, "evaluate.threshold_grid", grid), "evaluate.loc_threshold", value)
+    p = validate(data)
+    assert p.evaluate.loc_threshold == used and used in threshold_grid(grid)
+    assert json.loads(resolved_of(data))["evaluate"]["loc_threshold"] == used
+    assert (p.snapped is None) == (used == value)
+    if p.snapped:
+        assert "evaluate.loc_threshold: 0.35 is the 'wsol' grid's value 0.35000000000000003" in p.snapped
+
+
+def test_every_three_decimal_loc_threshold_lands_on_the_wsol_grid():
+    from pipeline.metrics.boxes import threshold_grid
+    from pipeline.params import snap_loc_threshold
+
+    grid = set(threshold_grid("wsol").tolist())
+    off = [i for i in range(1000) if round(i * 0.001, 3) not in grid]
+    assert len(off) == 144  # as floats, 144 of the 1,000 values are not the grid's
+    for i in range(1000):
+        value, nearest = snap_loc_threshold(round(i * 0.001, 3), "wsol")
+        assert value in grid and nearest == []
+
+
+@pytest.mark.parametrize(
+    "grid,value,nearest",
+    [("wsol", 0.3504, "0.35 and 0.351"), ("official", 0.3504, "0.35 and 0.351"), ("wsol", 1.0, "0.999")],
+)
+def test_a_loc_threshold_off_the_grid_is_refused_naming_the_nearest(base, grid, value, nearest):
+    data = set_key(set_key(base, "evaluate.threshold_grid", grid), "evaluate.loc_threshold", value)
+    assert problems(data) == [
+        f"evaluate.loc_threshold: {value!r} is not a CAM threshold of the '{grid}' grid "
+        f"(steps of 0.001); the nearest are {nearest}"
+    ]
+
+
+def test_validate_prints_the_loc_threshold_it_uses(tmp_path, base, monkeypatch, capsys):
+    from pipeline.params import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(set_key(base, "evaluate.loc_threshold", 0.35)))
+    assert main(["validate"]) == 0
+    assert (
+        "validate: evaluate.loc_threshold: 0.35 is the 'wsol' grid's value 0.35000000000000003"
+        in capsys.readouterr().out
+    )
+    assert json.loads((tmp_path / "data/params.json").read_text())["evaluate"]["loc_threshold"] == 0.35000000000000003
+
+
+@pytest.mark.parametrize(
+    "device,count,problem",
+    [
+        ("cuda", 0, "device: 'cuda' is not available: this machine has no CUDA device; choose one of: auto, cpu"),
+        ("cuda:0", 0, "device: 'cuda:0' is not available: this machine has no CUDA device; choose one of: auto, cpu"),
+        (
+            "cuda:3",
+            2,
+            "device: 'cuda:3' is not available: this machine has 2 CUDA device(s); choose one of: auto, cpu, "
+            "cuda, cuda:0, cuda:1",
+        ),
+        ("cuda:1", 2, None),
+        ("cuda", 1, None),
+        ("cpu", 0, None),
+        ("auto", 0, None),
+    ],
+)
+def test_a_cuda_device_this_machine_lacks_is_refused_naming_the_devices(base, monkeypatch, device, count, problem):
+    import pipeline.params as params
+
+    monkeypatch.setattr(params, "cuda_device_count", lambda: count)
+    data = set_key(base, "device", device)
+    if problem is None:
+        validate(data)
+    else:
+        assert problems(data) == [problem]
+
+
+def test_cuda_on_this_machine(base):
+    """Without the stand-in: torch's own count (a CPU-only machine refuses cuda)."""
+    import torch
+
+    if torch.cuda.is_available():
+        validate(set_key(base, "device", "cuda"))
+        assert any("is not available" in m for m in problems(set_key(base, "device", "cuda:64")))
+    else:
+        assert problems(set_key(base, "device", "cuda"))[0].startswith("device: 'cuda' is not available")
+
+
+def test_a_timm_model_without_spatial_feature_maps_is_refused_in_one_line(base):
+    """A vision transformer gives tokens, not a feature map: one line from validate, not timm's traceback in the
+    baseline stage. Checked on torch's meta device (no weights, no memory)."""
+    [problem] = problems({**base, "backbone": "vit_small_patch16_224"})
+    assert problem.startswith("backbone: timm model 'vit_small_patch16_224' ") and "\n" not in problem
+    assert "choose a convolutional model" in problem
+    assert validate({**base, "backbone": "efficientnet_b0"}).backbone == "efficientnet_b0"  # a CNN passes
+
+
+def test_empty_replicates_and_an_empty_file_get_the_projects_message(tmp_path, base):
+    assert problems(set_key(base, "finetune.replicates", [])) == [
+        "finetune.replicates: must be a non-empty list, got []"
+    ]
+    assert problems(set_key(base, "baseline.replicates", [])) == [
+        "baseline.replicates: must be a non-empty list, got []"
+    ]
+    path = tmp_path / "params.yaml"
+    path.write_text("# nothing here\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.params", "validate"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )
+    assert proc.returncode == 2 and "params.yaml: the file is empty; it must map the keys dataset," in proc.stderr

@@ -38,7 +38,7 @@ generator uses only:
 * numpy's random ``Generator`` (PCG64 integers turned into floats with basic operations; the normal
   sampler compares with ``exp`` only in its rare wedge case, where a last-bit difference would change
   the outcome with probability about 2**-52);
-* Pillow (pinned in requirements.txt) for drawing, resampling and PNG encoding: its polygon fill and
+* Pillow (pinned in requirements/run.txt) for drawing, resampling and PNG encoding: its polygon fill and
   8-bit resampling are integer / fixed-point C code, compiled for the baseline ISA in the PyPI wheels.
 
 ``tests/data/test_synthbirds.py`` renders images in subprocesses with numpy's AVX-512 and AVX2 dispatch
@@ -62,6 +62,8 @@ from PIL import Image, ImageChops, ImageDraw
 from tqdm import tqdm
 
 from pipeline.data.wsol import SplitMetadata, write_split
+from pipeline.progress import bar_disabled
+from pipeline.schema import DatasetParams, Field, Float, Int, params_class
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """Split names in the order of their ``split_index`` in the per-image random seed."""
@@ -711,7 +713,7 @@ def _run_tasks(tasks: list[_Task], workers: int, progress: bool) -> list[_Record
     The pool forks where the platform can (no ``if __name__ == "__main__"`` guard needed in the
     calling script, fast start) and spawns elsewhere.
     """
-    bar = dict(total=len(tasks), desc="synthbirds", unit="img", disable=not progress)
+    bar = dict(total=len(tasks), desc="synthbirds", unit="img", disable=bar_disabled(progress))
     if workers == 1:
         return [_render_task(task) for task in tqdm(tasks, **bar)]
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
@@ -747,3 +749,19 @@ def _replace_dir(new: Path, target: Path) -> None:
         if target.exists() or target.is_symlink():
             target.unlink()
         os.replace(new, target)
+
+
+@params_class
+class SynthBirdsParams(DatasetParams):
+    """`datasets.synthbirds`: the embedded procedural birds (classes differ in head colour, beak and wing
+    pattern), generated offline from the top-level `seed` by `generate` (the `download` stage)."""
+
+    num_classes: Int = Field(ge=2, le=64, description="number of bird species")
+    image_size: Int = Field(ge=16, le=512, description="side of the square images, pixels")
+    train_per_class: Int = Field(ge=1, le=100000, description="train images per class")
+    val_per_class: Int = Field(ge=0, le=100000, description="val images per class")
+    test_per_class: Int = Field(ge=1, le=100000, description="test images per class")
+    min_distractors: Int = Field(ge=0, le=50, description="fewest distractor shapes per image")
+    max_distractors: Int = Field(ge=0, le=50, description="most distractor shapes per image")
+    confuser_prob: Float = Field(ge=0.0, le=1.0, description="chance that a distractor takes a part colour")
+    supersample: Int = Field(ge=1, le=4, description="rendering supersampling factor (anti-aliasing)")

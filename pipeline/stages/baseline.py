@@ -9,10 +9,21 @@ model under other params): DVC deletes a stage's outputs before running it, so t
 from the DVC cache, by the md5 dvc.lock recorded for it. An import writes the same outputs as training:
 the checkpoint, and DVCLive's metrics and plots (one step: the imported model's test Top-1 Cls).
 """
+
 from pathlib import Path
 
-from pipeline.stages.common import (Baseline, baseline_arg, check_params, epochs_to_run, live, loader, model_spec,
-                                    start, throughput, user_errors)
+from pipeline.stages.common import (
+    Baseline,
+    baseline_arg,
+    epochs_to_run,
+    live,
+    loader,
+    model_spec,
+    resume_params,
+    start,
+    throughput,
+    user_errors,
+)
 
 
 def checkpoint_file(checkpoint: str, base: Baseline) -> Path:
@@ -25,9 +36,11 @@ def checkpoint_file(checkpoint: str, base: Baseline) -> Path:
         return path
     cached = _dvc_cached(base.ckpt, base.stage)
     if cached is None:
-        raise FileNotFoundError(f"baseline.checkpoint: {checkpoint} is this stage's own output, which DVC removes "
-                                f"before running the stage, and dvc.lock records no cached copy of it; copy the "
-                                f"file elsewhere (e.g. data/imports/baseline.pt) and point baseline.checkpoint there")
+        raise FileNotFoundError(
+            f"baseline.checkpoint: {checkpoint} is this stage's own output, which DVC removes "
+            f"before running the stage, and dvc.lock records no cached copy of it; copy the "
+            f"file elsewhere (e.g. data/imports/baseline.pt) and point baseline.checkpoint there"
+        )
     print(f"baseline: {checkpoint} (removed by DVC before this run) read from the DVC cache: {cached}", flush=True)
     return cached
 
@@ -63,8 +76,12 @@ def main() -> None:
     b = params.baseline
     with user_errors():
         device = resolve_device(params.device)
-        checkpoints = None if b.checkpoint else share_checkpoints(for_stage("baseline", params, device,
-                                                                            extra={"seed": base.seed}))
+        resume = resume_params(params, "baseline")
+        checkpoints = (
+            None
+            if b.checkpoint
+            else share_checkpoints(for_stage("baseline", resume, device, extra={"seed": base.seed}))
+        )
         spec = model_spec(params)
         test_loader = loader(params, "test", train=False)
         val_loader = loader(params, "val", train=False) if params.data.val_per_class else None
@@ -84,18 +101,28 @@ def main() -> None:
                     for name, value in metrics.items():
                         lv.log_metric(name, value)
                     lv.next_step()
-                    print(f"baseline epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
-                          flush=True)
+                    print(
+                        f"baseline epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True
+                    )
 
                 checkpoints.replay(lv)  # the resumed epochs' metrics, as first logged
                 train_loader = loader(params, "train", train=True, workers=b.workers, seed=base.seed)
                 with throughput("baseline", len(train_loader.dataset) * epochs_to_run(b.epochs, checkpoints), device):
-                    train_baseline(model, train_loader, device, epochs=b.epochs, lr=params.baseline_lr,
-                                   lr_classifier_ratio=b.lr_classifier_ratio, lr_decay_every=b.lr_decay_every,
-                                   momentum=b.momentum, nesterov=b.nesterov,
-                                   weight_decay=params.model.baseline_weight_decay,
-                                   label_smoothing=b.label_smoothing, on_epoch=on_epoch if is_main() else None,
-                                   checkpoints=checkpoints)
+                    train_baseline(
+                        model,
+                        train_loader,
+                        device,
+                        epochs=b.epochs,
+                        lr=params.baseline_lr,
+                        lr_classifier_ratio=b.lr_classifier_ratio,
+                        lr_decay_every=b.lr_decay_every,
+                        momentum=b.momentum,
+                        nesterov=b.nesterov,
+                        weight_decay=params.model.baseline_weight_decay,
+                        label_smoothing=b.label_smoothing,
+                        on_epoch=on_epoch if is_main() else None,
+                        checkpoints=checkpoints,
+                    )
             place(model, device)
             top1 = predict(model, test_loader, device, desc="test").top1()
             lv.summary["test"] = {"top1_cls": top1}
@@ -108,7 +135,6 @@ def main() -> None:
         save_checkpoint(model, base.ckpt, stage="baseline", test_top1_cls=round(top1, 4), baseline_seed=base.seed)
         if checkpoints is not None:
             checkpoints.clear()
-    check_params()
     print(f"baseline {base.index} (seed {base.seed}): {params.backbone} Top-1 Cls on test = {top1:.2f}% -> {base.ckpt}")
     finish()
 

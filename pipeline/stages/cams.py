@@ -7,9 +7,10 @@ with `cams.splits: val+test`. Post-processing
 (weight clamp, ReLU, upsampling, normalisation) belongs to evaluation, so changing it never reruns this.
 With `distributed.nproc` > 1 the ranks share the batches and rank 0 writes the same bytes (pipeline/dist.py).
 """
+
 import contextlib
 
-from pipeline.stages.common import check_params, loader, model_arg, model_spec, start, throughput, user_errors
+from pipeline.stages.common import loader, model_arg, model_spec, start, throughput, user_errors
 
 
 def main() -> None:
@@ -31,28 +32,44 @@ def main() -> None:
         place(model, device).eval()
         prepared = load_prepared(params.prepared_dir())
         targets = tuple(c.targets.split("+"))
-        with (atomic_dir(rep.cams_dir) if is_main() else contextlib.nullcontext()) as tmp:
+        with atomic_dir(rep.cams_dir) if is_main() else contextlib.nullcontext() as tmp:
             for split in c.splits.split("+"):
                 ids = prepared.split(split).image_ids
-                records = map_ordered(loader(params, split, train=False, batch_size=c.batch_size), ids,
-                                      lambda part, part_ids: iter_cam_records(model, part, part_ids,
-                                                                              targets=targets, amp=c.amp))
+                records = map_ordered(
+                    loader(params, split, train=False, batch_size=c.batch_size),
+                    ids,
+                    lambda part, part_ids: iter_cam_records(model, part, part_ids, targets=targets, amp=c.amp),
+                )
                 if not is_main():  # distributed: this rank's batches go to rank 0, which writes
                     drain(records)
                     continue
-                info = {"backbone": params.backbone, "dataset": params.dataset, "split": split,
-                        "family": model_family(model), "gap_linear_heads": gap_linear_heads(model),
-                        "target_layer": model.trunk.target_layer, "input_size": params.model.input_size,
-                        "device_type": device.type, "amp": c.amp and device.type == "cuda"}
+                info = {
+                    "backbone": params.backbone,
+                    "dataset": params.dataset,
+                    "split": split,
+                    "family": model_family(model),
+                    "gap_linear_heads": gap_linear_heads(model),
+                    "target_layer": model.trunk.target_layer,
+                    "input_size": params.model.input_size,
+                    "device_type": device.type,
+                    "amp": c.amp and device.type == "cuda",
+                }
                 with throughput(f"cams: {split}", len(ids) * len(targets), device):
-                    manifest = write_cams(tmp / split, records, targets=targets, feature_size=model.feature_size,
-                                          dtype=c.dtype, shard_size=c.shard_size, info=info,
-                                          variants=[v.name for v in model_variants(model)])
-                print(f"cams: {split}: {manifest['images']} images x {len(manifest['variants'])} variants x "
-                      f"{len(manifest['branches'])} branches x {len(targets)} target(s) at {manifest['feature_size']} "
-                      f"in {len(manifest['shards'])} shard(s) -> {rep.cams_dir / split}")
-    if is_main():
-        check_params()
+                    manifest = write_cams(
+                        tmp / split,
+                        records,
+                        targets=targets,
+                        feature_size=model.feature_size,
+                        dtype=c.dtype,
+                        shard_size=c.shard_size,
+                        info=info,
+                        variants=[v.name for v in model_variants(model)],
+                    )
+                print(
+                    f"cams: {split}: {manifest['images']} images x {len(manifest['variants'])} variants x "
+                    f"{len(manifest['branches'])} branches x {len(targets)} target(s) at {manifest['feature_size']} "
+                    f"in {len(manifest['shards'])} shard(s) -> {rep.cams_dir / split}"
+                )
     finish()
 
 

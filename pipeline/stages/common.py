@@ -1,8 +1,10 @@
 """Shared wiring for the stage scripts: params, seeding, paths, data loaders, model specs, logging.
 
-Stage scripts (`python -m pipeline.stages.<name>`) read params.yaml through here and call library code;
+Stage scripts (`python -m pipeline.stages.<name>`) read the validated params (data/params.json, restricted to the
+keys their dvc.yaml entry declares) through here and call library code;
 this module and the stage scripts are the only places that know about DVC's conventions.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,10 +15,11 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
-from pipeline.params import PARAMS_FILE, RESOLVED_FILE, Params, load_or_exit, resolved
+from pipeline.params import PARAMS_FILE, RESOLVED_FILE, StageParams, UndeclaredParamError
 
 MODELS = Path("data/models")
 REPORTS = Path("reports")
@@ -28,8 +31,8 @@ class Baseline:
     """One baseline replicate j (DVC stage baseline@j) and its files."""
 
     index: int
-    seed: int       # baseline.seed + index: init, shuffling and augmentation
-    ckpt: Path      # the trained softmax classifier
+    seed: int | None  # baseline.seed + index: init, shuffling and augmentation (None: not declared)
+    ckpt: Path  # the trained softmax classifier
     live_dir: Path  # DVCLive metrics and plots
 
     @property
@@ -44,12 +47,13 @@ class Replicate:
 
     baseline: int
     index: int
-    seed: int             # finetune.seed + 1000 j + k: clone_head's random init, finetune's shuffling and init
-    baseline_ckpt: Path   # the baseline it starts from
-    dual_ckpt: Path       # clone_head's output
+    seed: int | None  # finetune.seed + 1000 j + k: clone_head's random init, finetune's shuffling and init
+    # (None: a stage that does not declare finetune.seed)
+    baseline_ckpt: Path  # the baseline it starts from
+    dual_ckpt: Path  # clone_head's output
     finetuned_ckpt: Path  # finetune's output
-    cams_dir: Path        # cams' output: <cams_dir>/<split>/
-    live_dir: Path        # finetune's DVCLive metrics and plots
+    cams_dir: Path  # cams' output: <cams_dir>/<split>/
+    live_dir: Path  # finetune's DVCLive metrics and plots
     classification: Path  # finetune's Top-1 Cls of both branches
 
     @property
@@ -61,37 +65,59 @@ class Replicate:
         return f"{self.baseline}-{self.index}"
 
 
-def baseline(params: Params, index: int | None = None) -> Baseline:
+def baseline(params: StageParams, index: int | None = None) -> Baseline:
     """The paths and seed of baseline replicate `index` (one of baseline.replicates; None = the first). These
-    paths and dvc.yaml's must stay the same."""
-    bases = params.baseline.replicates
-    index = bases[0] if index is None else index
-    if index not in bases:
-        raise ValueError(f"baseline replicate {index}: not in baseline.replicates {bases}; add it there (dvc.yaml "
-                         f"makes one stage per entry)")
-    return Baseline(index=index, seed=params.baseline_seed(index), ckpt=MODELS / f"baseline_{index}" / "baseline.pt",
-                    live_dir=REPORTS / "baseline" / f"baseline_{index}")
+    paths and dvc.yaml's must stay the same. A stage that does not declare baseline.replicates (a per-model
+    stage, given its indices by dvc.yaml) is not checked against the list; one that does not declare
+    baseline.seed gets seed None."""
+    if index is None or params.declares("baseline.replicates"):
+        bases = params.baseline.replicates
+        index = bases[0] if index is None else index
+        if index not in bases:
+            raise ValueError(
+                f"baseline replicate {index}: not in baseline.replicates {bases}; add it there "
+                f"(dvc.yaml makes one stage per entry)"
+            )
+    seed = params.baseline_seed(index) if params.declares("baseline.seed") else None
+    return Baseline(
+        index=index,
+        seed=seed,
+        ckpt=MODELS / f"baseline_{index}" / "baseline.pt",
+        live_dir=REPORTS / "baseline" / f"baseline_{index}",
+    )
 
 
-def replicate(params: Params, base: int | None = None, index: int | None = None) -> Replicate:
+def replicate(params: StageParams, base: int | None = None, index: int | None = None) -> Replicate:
     """The paths and seed of fine-tuning replicate `index` of baseline replicate `base` (None: the first of
     baseline.replicates / finetune.replicates). The stage scripts get both from their command line
     (`python -m pipeline.stages.finetune 0 2`, written by dvc.yaml's matrix), see `replicate_args`. These paths
-    and dvc.yaml's (`data/models/baseline_${item.baseline}/replicate_${item.finetune}/...`) must stay the same."""
+    and dvc.yaml's (`data/models/baseline_${item.baseline}/replicate_${item.finetune}/...`) must stay the same.
+    The lists are checked and the seed computed only where the stage declares them (see `baseline`)."""
     b = baseline(params, base)
-    reps = params.finetune.replicates
-    index = reps[0] if index is None else index
-    if index not in reps:
-        raise ValueError(f"fine-tuning replicate {index}: not in finetune.replicates {reps}; add it there "
-                         f"(dvc.yaml's matrix makes one stage per entry)")
+    if index is None or params.declares("finetune.replicates"):
+        reps = params.finetune.replicates
+        index = reps[0] if index is None else index
+        if index not in reps:
+            raise ValueError(
+                f"fine-tuning replicate {index}: not in finetune.replicates {reps}; add it there "
+                f"(dvc.yaml's matrix makes one stage per entry)"
+            )
     name = Path(f"baseline_{b.index}") / f"replicate_{index}"
-    return Replicate(baseline=b.index, index=index, seed=params.finetune_seed(index, b.index), baseline_ckpt=b.ckpt,
-                     dual_ckpt=MODELS / name / "dual.pt", finetuned_ckpt=MODELS / name / "finetuned.pt",
-                     cams_dir=CAMS_DIR / name, live_dir=REPORTS / "finetune" / name,
-                     classification=REPORTS / "finetune" / name / "classification.json")
+    seed = params.finetune_seed(index, b.index) if params.declares("finetune.seed") else None
+    return Replicate(
+        baseline=b.index,
+        index=index,
+        seed=seed,
+        baseline_ckpt=b.ckpt,
+        dual_ckpt=MODELS / name / "dual.pt",
+        finetuned_ckpt=MODELS / name / "finetuned.pt",
+        cams_dir=CAMS_DIR / name,
+        live_dir=REPORTS / "finetune" / name,
+        classification=REPORTS / "finetune" / name / "classification.json",
+    )
 
 
-def replicates(params: Params) -> list[Replicate]:
+def replicates(params: StageParams) -> list[Replicate]:
     """Every model of the run, baseline by baseline: (j, k) for j in baseline.replicates, k in
     finetune.replicates."""
     return [replicate(params, j, k) for j in params.baseline.replicates for k in params.finetune.replicates]
@@ -105,38 +131,37 @@ def replicate_args(count: int) -> list[int] | None:
         return None
     if len(args) != count or not all(a.isdigit() for a in args):
         what = "BASELINE" if count == 1 else "BASELINE REPLICATE"
-        print(f"error: usage: python -m pipeline.stages.{Path(sys.argv[0]).stem} [{what}] (indices of "
-              f"baseline.replicates{'' if count == 1 else ' and finetune.replicates'}); got arguments {args}",
-              file=sys.stderr)
+        print(
+            f"error: usage: python -m pipeline.stages.{Path(sys.argv[0]).stem} [{what}] (indices of "
+            f"baseline.replicates{'' if count == 1 else ' and finetune.replicates'}); got arguments {args}",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     return [int(a) for a in args]
 
 
-def model_arg(params: Params) -> Replicate:
+def model_arg(params: StageParams) -> Replicate:
     """The model (baseline j, fine-tuning replicate k) of a per-model stage, from its command line."""
     args = replicate_args(2)
     return replicate(params, *(args or (None, None)))
 
 
-def baseline_arg(params: Params) -> Baseline:
+def baseline_arg(params: StageParams) -> Baseline:
     """The baseline replicate j of the baseline stage, from its command line."""
     args = replicate_args(1)
     return baseline(params, args[0] if args else None)
 
 
-def start(*, distributed: bool = False, seed: Callable[[Params], int] | None = None, pin_cpu: bool = False) -> Params:
-    """Load and validate params (exit 2 listing every problem), then seed every generator with `seed(params)`
-    (None = the top-level seed, the dataset's; baseline: baseline.seed; the per-replicate stages: the
-    replicate's seed). `distributed`: the stage can run on `distributed.nproc` processes (re-launched under
-    torchrun, pipeline/dist.py). `pin_cpu` (the training stages): fix the CPU kernels and thread count to
-    `cpu.kernels` / `cpu.threads` before torch is imported (pipeline/train/cpu_repro.py).
-
-    Under DVC, also check that the params this stage uses are the ones DVC will record in dvc.lock (see
-    `check_params`); a stage calls `check_params()` again when its work is done."""
-    before = _params_bytes()  # read first: an edit while loading then shows at the end check
-    params = load_or_exit()
-    _GUARD.update(stage=stage_name(), bytes=before, values=resolved(params))
-    check_params(when="start")
+def start(
+    *, distributed: bool = False, seed: Callable[[StageParams], int] | None = None, pin_cpu: bool = False
+) -> StageParams:
+    """Read the validated params (`load_stage_params`: data/params.json through the keys this stage declares in
+    dvc.yaml), then seed every generator with `seed(params)` (None = the top-level seed, the dataset's; baseline:
+    baseline.seed; the per-replicate stages: the replicate's seed). `distributed`: the stage can run on
+    `distributed.nproc` processes (re-launched under torchrun, pipeline/dist.py). `pin_cpu` (the training
+    stages): fix the CPU kernels and thread count to `cpu.kernels` / `cpu.threads` before torch is imported
+    (pipeline/train/cpu_repro.py)."""
+    params = load_stage_params()
     if pin_cpu:
         from pipeline.train import cpu_repro
 
@@ -145,39 +170,34 @@ def start(*, distributed: bool = False, seed: Callable[[Params], int] | None = N
     if distributed:
         from pipeline import dist
 
-        d = params.distributed
+        # The process count: a stage whose bytes do not depend on it (cams) does not declare it.
+        d = params.distributed if params.declares("distributed") else params.runtime("distributed")
         with user_errors():
             dist.setup(d.nproc, d.backend, params.device)
     with user_errors():
         seed_everything(params.seed if seed is None else seed(params))
         if pin_cpu:
             cpu_repro.apply_torch_flags()
-    _print_device(params)
+    if params.declares("device"):
+        _print_device(params)
     return params
 
 
 # ----------------------------------------------------------------------------------------------------
-# dvc.lock records what the stage used
+# What a stage reads
 #
 # DVC has no pre-run hook, so validation is the first stage, `validate` (dvc.yaml, `always_changed: true`): it
 # checks the whole params.yaml and writes data/params.json, the params as the stages use them
-# (pipeline/params.py `resolved`). Every other stage declares its keys of that file as DVC params, so a stage
-# depends on exactly the values it reads, and DVC skips it when they did not change. DVC reads a stage's params
-# after its command has run; these checks make sure the values it records are the ones the stage used:
-# - at start, data/params.json (what DVC records) must hold the values this process resolved from params.yaml
-#   (params.yaml may have been edited after `validate` ran, e.g. during an earlier stage);
-# - at the end, params.yaml must still resolve to the values read at start (an edit during the run).
-
-_GUARD: dict = {}
+# (pipeline/params.py `resolved`). Every other stage declares its keys of that file as DVC params, and reads that
+# file, not params.yaml, through a view restricted to those keys (pipeline/params.py `StageParams`): a key read
+# but not declared fails the stage naming it, so a stage depends on exactly the values it reads, and DVC records
+# in dvc.lock the values the stage used.
 
 
 def stage_name() -> str:
-    """The DVC stage running this process (DVC sets DVC_STAGE), else the stage module's name."""
-    return os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
-
-
-def _params_bytes() -> bytes | None:
-    return PARAMS_FILE.read_bytes() if PARAMS_FILE.is_file() else None
+    """The DVC stage running this process (DVC sets DVC_STAGE; `cams@0-0` -> `cams`), else the stage module's
+    name."""
+    return (os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem).split("@")[0]
 
 
 def stage_keys(stage: str, dvc_file: str | Path = "dvc.yaml") -> list[str] | None:
@@ -195,75 +215,64 @@ def stage_keys(stage: str, dvc_file: str | Path = "dvc.yaml") -> list[str] | Non
     return None
 
 
-def _pick(values: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(values, dict) or part not in values:
-            return "<missing>"
-        values = values[part]
-    return values
-
-
-def _differences(keys: list[str] | None, old: dict, new: dict) -> list[str]:
-    """'key: old -> new' for every leaf that differs under `keys` (a group key such as `evaluate` names the
-    changed keys inside it)."""
-    def leaves(key: str, a, b) -> list[str]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(set(a) | set(b)) for d in leaves(f"{key}.{k}", a.get(k, "<missing>"),
-                                                                        b.get(k, "<missing>"))]
-        return [] if a == b else [f"{key}: {a!r} -> {b!r}"]
-
-    keys = sorted(set(old) | set(new)) if keys is None else keys
-    return [d for k in keys for d in leaves(k, _pick(old, k), _pick(new, k))]
-
-
-def check_params(when: str = "end") -> None:
-    """Exit 2, naming the keys, when the params this stage used are not the ones DVC is about to record.
-
-    `when="start"` (from `start()`, only under DVC): the stage's keys in data/params.json against the values
-    resolved from params.yaml now. `when="end"` (each stage, after writing its outputs): params.yaml against
-    the values read at start; only the keys this stage depends on count, so an edit of another stage's
-    params never throws this one's work away (that edit reruns the other stage on the next `dvc repro`).
-    """
-    if not _GUARD:
-        return
-    stage = _GUARD["stage"]
-    keys = stage_keys(stage)
-    if when == "start":
-        if "DVC_STAGE" not in os.environ or keys is None:
-            return
-        try:
-            recorded = json.loads(RESOLVED_FILE.read_text())
-        except (OSError, ValueError) as exc:
-            _params_exit(f"{RESOLVED_FILE}: cannot be read ({exc}); run `dvc repro` (its first stage, validate, "
-                         f"writes it)")
-        changed = _differences(keys, recorded, _GUARD["values"])
-        if changed:
-            _params_exit(f"{PARAMS_FILE} changed after the validate stage ran: {'; '.join(changed)} "
-                         f"({RESOLVED_FILE} -> {PARAMS_FILE}); stage '{stage}' did not start; run `dvc repro` "
-                         f"again so that it validates and records the new values")
-        return
-    if _params_bytes() == _GUARD["bytes"]:
-        return
-    from pipeline.params import ParamsError, load_params
-
+def load_stage_params(stage: str | None = None, dvc_file: str | Path = "dvc.yaml") -> StageParams:
+    """RESOLVED_FILE (written by the `validate` stage) as `stage` may read it (None: `stage_name()`): only the
+    keys its params in `dvc_file` declare. Exits 2 with a message when the file is missing or unreadable, or the
+    stage declares no keys of it."""
+    stage = stage or stage_name()
     try:
-        now = resolved(load_params())
-    except ParamsError as exc:
-        _params_exit(f"{PARAMS_FILE} changed while stage '{stage}' ran and is no longer valid ({exc}); "
-                     f"its outputs were made with the values read at start and are not recorded; fix it and "
-                     f"run `dvc repro` again")
-    changed = _differences(keys, _GUARD["values"], now)
-    if changed:
-        _params_exit(f"{PARAMS_FILE} changed while stage '{stage}' ran: {'; '.join(changed)}; its outputs were "
-                     f"made with the values read at start, so they are not recorded; run `dvc repro` again")
+        values = json.loads(RESOLVED_FILE.read_text())
+    except FileNotFoundError:
+        _params_exit(
+            f"{RESOLVED_FILE}: not found; the stages read the validated params from it: run `dvc repro` "
+            f"(its first stage, validate, writes it) or `python -m pipeline.params validate`"
+        )
+    except (OSError, ValueError) as exc:
+        _params_exit(
+            f"{RESOLVED_FILE}: cannot be read ({exc}); run `python -m pipeline.params validate` or `dvc repro`"
+        )
+    if (
+        "DVC_STAGE" not in os.environ
+        and PARAMS_FILE.is_file()
+        and PARAMS_FILE.stat().st_mtime > RESOLVED_FILE.stat().st_mtime
+    ):
+        print(
+            f"warning: {PARAMS_FILE} changed after {RESOLVED_FILE} was written: this stage uses the values "
+            f"validated last; run `python -m pipeline.params validate` to use the new ones",
+            file=sys.stderr,
+        )
+    keys = stage_keys(stage, dvc_file)
+    if keys is None:
+        _params_exit(
+            f"stage '{stage}': no `params: - {RESOLVED_FILE.as_posix()}:` list in {dvc_file}; declare the "
+            f"keys the stage reads there"
+        )
+    _exit_cleanly_on_undeclared_reads()
+    return StageParams(values, keys, stage)
 
 
-def _params_exit(message: str) -> None:
+def _exit_cleanly_on_undeclared_reads() -> None:
+    """An undeclared read outside `user_errors` ends the process with its one-line message (status 2), not a
+    traceback."""
+    previous = sys.excepthook
+
+    def hook(kind, exc, tb):
+        if isinstance(exc, UndeclaredParamError):
+            report_error(f"error: {exc}")
+            sys.stderr.flush()
+            os._exit(2)  # a hook cannot set the exit status otherwise
+        previous(kind, exc, tb)
+
+    if getattr(previous, "__name__", "") != "hook":
+        sys.excepthook = hook
+
+
+def _params_exit(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
 
-def _print_device(params: Params) -> None:
+def _print_device(params: StageParams) -> None:
     """One line naming the stage's device and the GPUs it was given (so `dvc queue logs` shows which
     worker's GPU ran an experiment)."""
     from pipeline.dist import is_main
@@ -275,8 +284,11 @@ def _print_device(params: Params) -> None:
         device = resolve_device(params.device)
     except ValueError:
         return  # the stage reports it
-    print(f"{Path(sys.argv[0]).stem}: device {device_name(device)}, "
-          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}", flush=True)
+    print(
+        f"{Path(sys.argv[0]).stem}: device {device_name(device)}, "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}",
+        flush=True,
+    )
 
 
 def device_name(device) -> str:
@@ -300,8 +312,11 @@ def throughput(stage: str, images: int, device) -> Iterator[None]:
     yield
     seconds = time.perf_counter() - start_time
     if is_main() and seconds > 0 and images > 0:
-        print(f"{stage}: {images:,} images in {seconds:.1f} s = {images / seconds:,.0f} images/s on "
-              f"{device_name(device)}", flush=True)
+        print(
+            f"{stage}: {images:,} images in {seconds:.1f} s = {images / seconds:,.0f} images/s on "
+            f"{device_name(device)}",
+            flush=True,
+        )
 
 
 def epochs_to_run(epochs: int, checkpoints=None) -> int:
@@ -338,21 +353,73 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_error(f"error: {exc}")
         raise SystemExit(1) from None
 
 
-def model_spec(params: Params):
-    from pipeline.models.dual import ModelSpec
+def report_error(line: str) -> None:
+    """Print `line` to stderr on a line of its own, never glued to the end of a progress bar: through tqdm.write,
+    which clears every open bar, writes the line and its newline, then redraws the bars below it (a bar that the
+    exception closed has already ended its line)."""
+    from tqdm import tqdm
 
-    return ModelSpec(backbone=params.backbone, num_classes=params.num_classes, input_size=params.model.input_size,
-                     large_feature_map=params.model.large_feature_map, output_stride=params.model.output_stride,
-                     feature_stage=params.model.feature_stage,
-                     family=params.family, grad_grid=params.grad_head.grid, grad_hidden=params.grad_head.hidden)
+    sys.stdout.flush()
+    tqdm.write(line, file=sys.stderr)
+    sys.stderr.flush()
 
 
-def loader(params: Params, split: str, *, train: bool, workers: int = 0, batch_size: int | None = None,
-           seed: int | None = None):
+def resume_params(params: StageParams, stage: str):
+    """The params of training stage `stage` as pipeline/train/resume.py's `for_stage` / `key_material` read them
+    (attributes, and `dataclasses.asdict` of `data`, `model` and the stage's own group): only what the stage
+    declares, each group a dataclass of its declared keys, and None for an undeclared top-level key (finetune's
+    `seed`). Everything the training depends on is declared, so the resume key still covers it."""
+    import types
+    from dataclasses import make_dataclass
+
+    values = params.declared_values()
+
+    def group(name: str):
+        fields = values.get(name) or {}
+        return make_dataclass(name, list(fields), frozen=True)(**fields)
+
+    return types.SimpleNamespace(
+        dataset=values.get("dataset"),
+        backbone=values.get("backbone"),
+        seed=values.get("seed"),
+        data=group("data"),
+        model=group("model"),
+        **{stage: group(stage)},
+        baseline_lr=params.baseline_lr if stage == "baseline" else None,
+        finetune_lr=params.finetune_lr if stage == "finetune" else None,
+        prepared_dir=params.prepared_dir,
+    )
+
+
+def model_spec(params: StageParams):
+    from pipeline.models.spec import ModelSpec
+
+    return ModelSpec(
+        backbone=params.backbone,
+        num_classes=params.num_classes,
+        input_size=params.model.input_size,
+        large_feature_map=params.model.large_feature_map,
+        output_stride=params.model.output_stride,
+        feature_stage=params.model.feature_stage,
+        family=params.family,
+        grad_grid=params.grad_head.grid,
+        grad_hidden=params.grad_head.hidden,
+    )
+
+
+def loader(
+    params: StageParams,
+    split: str,
+    *,
+    train: bool,
+    workers: int = 0,
+    batch_size: int | None = None,
+    seed: int | None = None,
+):
     """DataLoader over a prepared split with the official train or test transform; `seed` (None = the top-level
     seed) sets a train loader's shuffling and augmentation. In a distributed run a train loader covers this
     rank's share (DistributedSampler) with batch_size / nproc images per batch."""
@@ -364,24 +431,39 @@ def loader(params: Params, split: str, *, train: bool, workers: int = 0, batch_s
     data = prepared.split(split)
     size = params.model.input_size
     transform = train_transform(size) if train else eval_transform(size)
-    dataset = ImageSet(prepared.image_root, data.image_ids, data.labels, transform,
-                       approx_bytes=prepared.approx_bytes(split))
+    dataset = ImageSet(
+        prepared.image_root, data.image_ids, data.labels, transform, approx_bytes=prepared.approx_bytes(split)
+    )
     batch_size = batch_size or params.model.batch_size
-    seed = params.seed if seed is None else seed
-    return make_loader(dataset, batch_size=dist.local_batch(batch_size) if train else batch_size, train=train,
-                       seed=seed, workers=workers, pin_memory=dist.uses_cuda(params.device),
-                       sampler=dist.train_sampler(dataset, seed) if train else None)
+    if seed is None:  # an ordered (eval) loader's seed has no effect: the top-level seed only for a train loader
+        seed = params.seed if train else 0
+    return make_loader(
+        dataset,
+        batch_size=dist.local_batch(batch_size) if train else batch_size,
+        train=train,
+        seed=seed,
+        workers=workers,
+        pin_memory=dist.uses_cuda(params.device),
+        sampler=dist.train_sampler(dataset, seed) if train else None,
+    )
 
 
-def eval_options(params: Params):
+def eval_options(params: StageParams):
     """The evaluate.* params as the library's EvalOptions."""
     from pipeline.metrics.evaluate import EvalOptions
 
     e = params.evaluate
-    return EvalOptions(postprocess=e.postprocess, weight_clamp=e.weight_clamp, relu=e.relu, upsample=e.upsample,
-                       threshold_grid=e.threshold_grid, threshold_split=e.threshold_split,
-                       gt_box_match=e.gt_box_match, loc_threshold=e.loc_threshold,
-                       protocols=() if e.protocols == "none" else tuple(e.protocols.split("+")))
+    return EvalOptions(
+        postprocess=e.postprocess,
+        weight_clamp=e.weight_clamp,
+        relu=e.relu,
+        upsample=e.upsample,
+        threshold_grid=e.threshold_grid,
+        threshold_split=e.threshold_split,
+        gt_box_match=e.gt_box_match,
+        loc_threshold=e.loc_threshold,
+        protocols=() if e.protocols == "none" else tuple(e.protocols.split("+")),
+    )
 
 
 def live(directory: str):

@@ -31,6 +31,7 @@ metrics.json also says what the numbers are of, for the tables that set them bes
                    it and the recorded digest stays current; the digest's code lives here, in a dependency of
                    this stage, for the same reason.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,8 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pipeline.stages.common import (REPORTS, check_params, eval_options, loader, model_spec, replicates, stage_keys,
-                                    start, user_errors)
+from pipeline.params import lookup
+from pipeline.stages.common import REPORTS, eval_options, loader, model_spec, replicates, stage_keys, start, user_errors
 
 PLOTS = REPORTS / "plots"
 DVC_FILE = Path("dvc.yaml")
@@ -49,6 +50,7 @@ DVC_FILE = Path("dvc.yaml")
 # the numbers are made.
 DIGEST_SKIPPED = ("validate", "source", "report")
 DIGEST_CHARS = 16  # hex characters of the sha256 kept
+_ABSENT = object()
 
 
 def _outermost(keys: Iterable[str]) -> list[str]:
@@ -71,15 +73,7 @@ def params_digest(values: Mapping, keys: Iterable[str]) -> str:
     pipeline.params `resolved`, i.e. data/params.json's content) picked at the dotted `keys`; a key that
     `values` lacks is left out. The same values give the same digest; a value under any other key does not
     count."""
-    picked = {}
-    for key in _outermost(keys):
-        node = values
-        for part in key.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                break
-            node = node[part]
-        else:
-            picked[key] = node
+    picked = {k: v for k in _outermost(keys) if (v := lookup(values, k, _ABSENT)) is not _ABSENT}
     text = json.dumps(picked, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()[:DIGEST_CHARS]
 
@@ -90,8 +84,12 @@ def dataset_block(name: str, num_classes: int, test_images: int) -> dict:
     from pipeline.data.real import DATASETS
 
     full = DATASETS.get(name)
-    return {"name": name, "num_classes": int(num_classes), "test_images": int(test_images),
-            "full": None if full is None else bool(num_classes == full.NUM_CLASSES and test_images == full.TEST_IMAGES)}
+    return {
+        "name": name,
+        "num_classes": int(num_classes),
+        "test_images": int(test_images),
+        "full": None if full is None else bool(num_classes == full.NUM_CLASSES and test_images == full.TEST_IMAGES),
+    }
 
 
 def baseline_level(params) -> str:
@@ -102,21 +100,25 @@ def baseline_level(params) -> str:
         return "absent: one imported checkpoint (baseline.checkpoint), a fixed model"
     if n == 1:
         return "absent: one baseline (baseline.replicates has one entry)"
-    origin = ("from ImageNet weights (the trunk's start is fixed: the level is the spread of training from it, "
-              "not of pretraining)" if b.pretrained == "imagenet" else "from random initialisation")
+    origin = (
+        "from ImageNet weights (the trunk's start is fixed: the level is the spread of training from it, "
+        "not of pretraining)"
+        if b.pretrained == "imagenet"
+        else "from random initialisation"
+    )
     return f"{n} baselines trained {origin}, seeds {', '.join(str(params.baseline_seed(j)) for j in b.replicates)}"
 
 
 def main() -> None:
     params = start(distributed=True)
-    import shutil
     import time
 
-    from pipeline.cams.engine import BRANCHES
     from pipeline.cams.store import read_cams
+    from pipeline.concepts import BRANCHES
     from pipeline.data.prepare import load_ground_truth
     from pipeline.dist import finish, is_main, map_shares
-    from pipeline.io import write_json, write_text
+    from pipeline.io import write_json
+    from pipeline.metrics.curves import write_curves
     from pipeline.metrics.evaluate import evaluate_all
     from pipeline.metrics.intervals import IntervalAccumulator, interval_metrics
     from pipeline.models.dual import load_checkpoint
@@ -135,10 +137,15 @@ def main() -> None:
             device = resolve_device(params.device)
             test_loader = loader(params, "test", train=False, batch_size=params.cams.batch_size)
             batches = lambda: iter(test_loader)  # noqa: E731
-        intervals = IntervalAccumulator(resamples=e.bootstrap_resamples, seed=e.bootstrap_seed,
-                                        threshold_split=e.threshold_split, iou_thresholds=opts.iou_thresholds,
-                                        strata={s: gts[s].labels for s in splits})
-        memo: dict = {}  # digest -> result: a baseline's softmax branch, the same in its every replicate, is scored once
+        intervals = IntervalAccumulator(
+            resamples=e.bootstrap_resamples,
+            seed=e.bootstrap_seed,
+            threshold_split=e.threshold_split,
+            iou_thresholds=opts.iou_thresholds,
+            strata={s: gts[s].labels for s in splits},
+        )
+        # digest -> result: a baseline's softmax branch, the same in its every replicate, is scored once
+        memo: dict = {}
         for rep in reps:  # every model feeds the intervals; the first one's numbers are the headline
             if e.fidelity and (model is None or rep.index == params.finetune.replicates[0]):
                 # the softmax head scores a baseline's maps: frozen, the same in all its fine-tuning replicates
@@ -146,13 +153,25 @@ def main() -> None:
                 place(model, device).eval()
             cams = {s: read_cams(rep.cams_dir / s) for s in splits}
             if is_main():
-                print(f"evaluate: model {rep.name} (baseline seed {params.baseline_seed(rep.baseline)}, fine-tuning "
-                      f"seed {rep.seed}), {rep.cams_dir}", flush=True)
-            result = evaluate_all(cams, gts, opts, model=model, batches=batches,
-                                  fidelity_target=e.fidelity_target, fidelity_size=params.model.input_size,
-                                  progress=lambda text: print(f"evaluate: {text}", flush=True) if is_main()
-                                  else None, map_units=map_shares, show_progress=is_main(),
-                                  on_result=intervals.callback(rep.model), memo=memo)
+                print(
+                    f"evaluate: model {rep.name} (baseline seed {params.baseline_seed(rep.baseline)}, fine-tuning "
+                    f"seed {rep.seed}), {rep.cams_dir}",
+                    flush=True,
+                )
+            result = evaluate_all(
+                cams,
+                gts,
+                opts,
+                model=model,
+                batches=batches,
+                fidelity_target=e.fidelity_target,
+                fidelity_size=params.model.input_size,
+                progress=lambda text: print(f"evaluate: {text}", flush=True) if is_main() else None,
+                map_units=map_shares,
+                show_progress=is_main(),
+                on_result=intervals.callback(rep.model),
+                memo=memo,
+            )
             if rep is first:
                 metrics, curves = result
                 first_cams = cams
@@ -160,43 +179,64 @@ def main() -> None:
     cams = first_cams
     metrics["intervals"] = interval_metrics(table)
     with user_errors():
-        from pipeline.params import resolved
-
         prepared = json.loads((params.prepared_dir() / "dataset.json").read_text())
         metrics["dataset"] = dataset_block(prepared["dataset"], prepared["num_classes"], len(gts["test"].image_ids))
-        metrics["params_digest"] = params_digest(resolved(params), digest_keys())
+        metrics["params_digest"] = params_digest(params.declared_values(), digest_keys())
     if not is_main():  # distributed: every rank has every pair's results; rank 0 alone writes
         return finish()
     write_json(REPORTS / "metrics.json", metrics)
     write_json(REPORTS / "intervals.json", {"rows": table})
-    write_json(REPORTS / "evaluation.json", {
-        "dataset": params.dataset, "backbone": params.backbone, "split": "test",
-        "images": cams["test"].manifest["images"], "preset": params.preset, "head_init": params.finetune.head_init,
-        "bn_mode": params.finetune.bn_mode, "models": [list(r.model) for r in reps],
-        "baseline_seeds": [params.baseline_seed(j) for j in params.baseline.replicates],
-        "finetune_seeds": [r.seed for r in reps], "baseline_level": baseline_level(params),
-        "bootstrap_resamples": e.bootstrap_resamples,
-        "bootstrap_seed": e.bootstrap_seed, **{k: getattr(e, k) for k in (
-            "postprocess", "protocols", "weight_clamp", "relu", "upsample", "threshold_grid", "threshold_split",
-            "gt_box_match", "loc_threshold", "fidelity", "fidelity_target")}})
-    shutil.rmtree(PLOTS, ignore_errors=True)
-    for (variant, branch), c in curves.items():
-        header = ",".join(["threshold", *c["box"]])
-        rows = [f"{t:.3f}," + ",".join(f"{col[i]:.4f}" for col in c["box"].values())
-                for i, t in enumerate(c["thresholds"])]
-        write_text(PLOTS / "box_accuracy" / f"{variant}_{branch}.csv", "\n".join([header, *rows]) + "\n")
-        if c["pr"] is not None:
-            precision, recall = c["pr"]
-            rows = [f"{r:.6f},{p:.6f}" for p, r in zip(precision, recall)]
-            write_text(PLOTS / "pixel_pr" / f"{variant}_{branch}.csv", "\n".join(["recall,precision", *rows]) + "\n")
-    best = max(((v, b) for v in cams["test"].manifest["variants"] for b in BRANCHES), key=lambda vb: metrics[vb[0]][vb[1]]["maxboxacc_v2"])
-    print(f"evaluate: Top-1 Cls {metrics['top1_cls']:.2f}%; best MaxBoxAccV2 {metrics[best[0]][best[1]]['maxboxacc_v2']:.2f}"
-          f" ({best[0]}, {best[1]} branch) -> {REPORTS / 'metrics.json'}")
+    write_json(
+        REPORTS / "evaluation.json",
+        {
+            "dataset": params.dataset,
+            "backbone": params.backbone,
+            "split": "test",
+            "images": cams["test"].manifest["images"],
+            "preset": params.preset,
+            "head_init": params.finetune.head_init,
+            "bn_mode": params.finetune.bn_mode,
+            "models": [list(r.model) for r in reps],
+            "baseline_seeds": [params.baseline_seed(j) for j in params.baseline.replicates],
+            "finetune_seeds": [r.seed for r in reps],
+            "baseline_level": baseline_level(params),
+            "bootstrap_resamples": e.bootstrap_resamples,
+            "bootstrap_seed": e.bootstrap_seed,
+            **{
+                k: getattr(e, k)
+                for k in (
+                    "postprocess",
+                    "protocols",
+                    "weight_clamp",
+                    "relu",
+                    "upsample",
+                    "threshold_grid",
+                    "threshold_split",
+                    "gt_box_match",
+                    "loc_threshold",
+                    "fidelity",
+                    "fidelity_target",
+                )
+            },
+        },
+    )
+    write_curves(curves, PLOTS)
+    best = max(
+        ((v, b) for v in cams["test"].manifest["variants"] for b in BRANCHES),
+        key=lambda vb: metrics[vb[0]][vb[1]]["maxboxacc_v2"],
+    )
+    print(
+        f"evaluate: Top-1 Cls {metrics['top1_cls']:.2f}%; "
+        f"best MaxBoxAccV2 {metrics[best[0]][best[1]]['maxboxacc_v2']:.2f}"
+        f" ({best[0]}, {best[1]} branch) -> {REPORTS / 'metrics.json'}"
+    )
     n_images = len(reps) * sum(len(c.index) for c in cams.values())
     seconds = time.perf_counter() - began
-    print(f"evaluate: {seconds:.1f} s for {n_images} images ({1e3 * seconds / n_images:.1f} ms per image, "
-          f"{len(cams['test'].index)} test x {len(reps)} model(s)), every protocol, metric and interval included", flush=True)
-    check_params()
+    print(
+        f"evaluate: {seconds:.1f} s for {n_images} images ({1e3 * seconds / n_images:.1f} ms per image, "
+        f"{len(cams['test'].index)} test x {len(reps)} model(s)), every protocol, metric and interval included",
+        flush=True,
+    )
     finish()
 
 

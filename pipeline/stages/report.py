@@ -8,10 +8,11 @@ the test CAMs and the prepared ground truth, and writes
   reports/sign.json        sign diagnostics of the raw maps (DVC metrics)
   reports/figures/*.png    threshold curves, PR curves, sign bars, one signed-map gallery per variant
 """
+
 import json
 import shutil
 
-from pipeline.stages.common import REPORTS, check_params, eval_options, replicate, start, user_errors
+from pipeline.stages.common import REPORTS, eval_options, replicate, start, user_errors
 
 
 def main() -> None:
@@ -34,17 +35,27 @@ def main() -> None:
         reads["intervals"] = json.loads(intervals_file.read_text())["rows"]
         prepared = load_prepared(params.prepared_dir(), dataset=params.dataset, num_classes=params.num_classes)
         shutil.rmtree(REPORTS / "figures", ignore_errors=True)
-        sign = build_report(out_dir=REPORTS, plots_dir=REPORTS / "plots", cams=read_cams(first.cams_dir / "test"),
-                            gt=load_ground_truth(params.prepared_dir(), "test"), image_root=prepared.image_root,
-                            class_names=prepared.info["class_names"], opts=eval_options(params),
-                            gallery_images=params.report.gallery_images, dpi=params.report.dpi, **reads)
-    check_params()
+        sign = build_report(
+            out_dir=REPORTS,
+            plots_dir=REPORTS / "plots",
+            cams=read_cams(first.cams_dir / "test"),
+            gt=load_ground_truth(params.prepared_dir(), "test"),
+            image_root=prepared.image_root,
+            class_names=prepared.info["class_names"],
+            opts=eval_options(params),
+            gallery_images=params.report.gallery_images,
+            dpi=params.report.dpi,
+            **reads,
+        )
     from pipeline.cams.variants import label
+
     first = next(iter(sign))  # the run's first variant (CAM for the CAM family)
     cam = sign[first]
-    print(f"report: negative share of the {label(first)} inside the GT box: softmax "
-          f"{cam['softmax']['neg_share_inside']:.1f}%, sigmoid {cam['sigmoid']['neg_share_inside']:.1f}% "
-          f"-> {REPORTS / 'README.md'}")
+    print(
+        f"report: negative share of the {label(first)} inside the GT box: softmax "
+        f"{cam['softmax']['neg_share_inside']:.1f}%, sigmoid {cam['sigmoid']['neg_share_inside']:.1f}% "
+        f"-> {REPORTS / 'README.md'}"
+    )
 
 
 if __name__ == "__main__":

@@ -3,15 +3,15 @@ holds), so that `download` reruns when they change. DVC runs it on every `dvc re
 keeps the same bytes while the files do, so nothing downstream reruns. A stat walk: nothing is read or written in
 the dataset's folder. SynthBirds has no files: the fingerprint is empty.
 """
+
 from pipeline.io import write_json
-from pipeline.params import load_or_exit
-from pipeline.stages.common import user_errors
+from pipeline.stages.common import load_stage_params, user_errors
 
 OUT = "data/source.json"
 
 
 def main() -> None:
-    params = load_or_exit()  # no torch here: this stage runs on every `dvc repro`
+    params = load_stage_params()  # no torch here: this stage runs on every `dvc repro`
     record = {"dataset": params.dataset, "parts": {}}
     if params.dataset != "synthbirds":
         from pipeline.data.real import DATASETS, archive_folder

@@ -32,6 +32,7 @@ took. Modes:
 Results are identical across machines only with the same mode, the same thread count, the same torch/MKL/oneDNN
 build (the same wheel), and the same inputs (data order, seeds).
 """
+
 from __future__ import annotations
 
 import os
@@ -70,15 +71,24 @@ def pin(mode: str, threads: int | None) -> dict[str, str]:
         _state.update(mode=mode, threads=threads)
         return {}
     if "torch" in sys.modules:
-        raise RuntimeError("cpu_repro.pin must run before torch is imported: torch, oneDNN and MKL read their "
-                           "kernel settings once, at import")
+        raise RuntimeError(
+            "cpu_repro.pin must run before torch is imported: torch, oneDNN and MKL read their "
+            "kernel settings once, at import"
+        )
     if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"cpu kernels '{mode}' need a fixed thread count (a positive integer), got {threads!r}: "
-                         f"ATen, oneDNN and MKL split their reductions by it")
+        raise ValueError(
+            f"cpu kernels '{mode}' need a fixed thread count (a positive integer), got {threads!r}: "
+            f"ATen, oneDNN and MKL split their reductions by it"
+        )
     if mode == "avx2" and not {"avx2", "fma"} <= cpu_flags():
         raise ValueError("cpu kernels 'avx2': this CPU has no AVX2/FMA; use 'portable' (or 'native')")
-    env = {**_ENV[mode], "MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE",
-           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {
+        **_ENV[mode],
+        "MKL_DYNAMIC": "FALSE",
+        "OMP_DYNAMIC": "FALSE",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
     os.environ.update(env)
     _state.update(mode=mode, threads=threads)
     return env
@@ -97,5 +107,7 @@ def apply_torch_flags() -> None:
         torch.backends.mkldnn.enabled = False
     got = torch.backends.cpu.get_cpu_capability()
     if got != _CAPABILITY[mode]:
-        raise RuntimeError(f"cpu kernels '{mode}': torch runs {got} ATen kernels, not {_CAPABILITY[mode]} (was torch "
-                           f"imported before cpu_repro.pin?)")
+        raise RuntimeError(
+            f"cpu kernels '{mode}': torch runs {got} ATen kernels, not {_CAPABILITY[mode]} (was torch "
+            f"imported before cpu_repro.pin?)"
+        )

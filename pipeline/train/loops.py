@@ -4,6 +4,7 @@ Plain functions taking a model, a DataLoader and numbers; per-epoch figures go t
 `on_epoch(epoch, metrics)` callback (the stage scripts hand DVCLive's logger in), so the library knows
 nothing of DVC.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.dist import ddp, rank_device, reduce_sums, set_epoch
-from pipeline.models.dual import (DualBranchNet, freeze_all_but_sigmoid_head, restore_eval_mode,
-                                  set_finetune_mode)
+from pipeline.models.dual import DualBranchNet, freeze_all_but_sigmoid_head, restore_eval_mode, set_finetune_mode
 from pipeline.train.losses import balanced_bce
 from pipeline.train.optim import apply_lr, make_sgd
 from pipeline.train.resume import EpochCheckpoints
@@ -70,9 +70,9 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 @dataclass
 class Predictions:
-    logits: torch.Tensor          # (N, K) float32, softmax branch
+    logits: torch.Tensor  # (N, K) float32, softmax branch
     logits2: torch.Tensor | None  # (N, K) float32, sigmoid branch
-    labels: torch.Tensor          # (N,) int64
+    labels: torch.Tensor  # (N,) int64
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, K) of each of `predict`'s extra heads
 
     def top1(self, branch: int | str = 1) -> float:
@@ -82,8 +82,14 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: DualBranchNet, loader: DataLoader, device: torch.device, *, desc: str = "predict",
-            extra_heads: dict[str, torch.nn.Module] | None = None) -> Predictions:
+def predict(
+    model: DualBranchNet,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    desc: str = "predict",
+    extra_heads: dict[str, torch.nn.Module] | None = None,
+) -> Predictions:
     """Eval-mode float32 logits of both branches over `loader` (in loader order).
 
     `extra_heads` (name -> head module) are run on what the model's own heads read (`model.pre_head` of the
@@ -104,8 +110,12 @@ def predict(model: DualBranchNet, loader: DataLoader, device: torch.device, *, d
         for name, head in extra_heads.items():
             extra[name].append(head(head_in).float().cpu())
         labels.append(targets)
-    return Predictions(torch.cat(logits), torch.cat(logits2) if logits2 else None, torch.cat(labels),
-                       {name: torch.cat(parts) for name, parts in extra.items()})
+    return Predictions(
+        torch.cat(logits),
+        torch.cat(logits2) if logits2 else None,
+        torch.cat(labels),
+        {name: torch.cat(parts) for name, parts in extra.items()},
+    )
 
 
 def classifier_parameter_names(model: DualBranchNet) -> set[str]:
@@ -120,10 +130,22 @@ def classifier_parameter_names(model: DualBranchNet) -> set[str]:
     return names
 
 
-def train_baseline(model: DualBranchNet, loader: DataLoader, device: torch.device, *, epochs: int, lr: float,
-                   lr_classifier_ratio: float, lr_decay_every: int, momentum: float, nesterov: bool,
-                   weight_decay: float, label_smoothing: float = 0.0,
-                   on_epoch: EpochCallback | None = None, checkpoints: EpochCheckpoints | None = None) -> None:
+def train_baseline(
+    model: DualBranchNet,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    epochs: int,
+    lr: float,
+    lr_classifier_ratio: float,
+    lr_decay_every: int,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    label_smoothing: float = 0.0,
+    on_epoch: EpochCallback | None = None,
+    checkpoints: EpochCheckpoints | None = None,
+) -> None:
     """Train the whole softmax classifier with cross-entropy (SGD, Nesterov, step decay).
 
     With `checkpoints`, resume after the last epoch saved there and save the state after every epoch.
@@ -131,9 +153,15 @@ def train_baseline(model: DualBranchNet, loader: DataLoader, device: torch.devic
     place(model, device)
     head_names = classifier_parameter_names(model)
     named = list(model.named_parameters())
-    optimizer = make_sgd([([p for n, p in named if n not in head_names], lr),
-                          ([p for n, p in named if n in head_names], lr * lr_classifier_ratio)],
-                         momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    optimizer = make_sgd(
+        [
+            ([p for n, p in named if n not in head_names], lr),
+            ([p for n, p in named if n in head_names], lr * lr_classifier_ratio),
+        ],
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+    )
     first = checkpoints.restore(model, optimizer, loader) if checkpoints is not None else 1
     net = ddp(model, device)  # distributed: DDP (gradients averaged over the ranks); else the model itself
     for epoch in range(first, epochs + 1):
@@ -155,19 +183,29 @@ def train_baseline(model: DualBranchNet, loader: DataLoader, device: torch.devic
             correct += (logits.argmax(1) == targets).sum()
             seen += len(targets)
         loss_sum, correct, seen = reduce_sums(loss_sum, correct, seen)  # over the ranks
-        metrics = {"train/loss": loss_sum.item() / seen, "train/acc": 100.0 * correct.item() / seen,
-                   "lr": lr * factor}
+        metrics = {"train/loss": loss_sum.item() / seen, "train/acc": 100.0 * correct.item() / seen, "lr": lr * factor}
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if checkpoints is not None:
             checkpoints.save(epoch, model, optimizer, loader, metrics)
 
 
-def finetune_sigmoid_head(model: DualBranchNet, loader: DataLoader, device: torch.device, *, epochs: int,
-                          lr: float, lr_decay_every: int, momentum: float, nesterov: bool, weight_decay: float,
-                          bn_mode: str, pos_weight: float | None = None,
-                          on_epoch: EpochCallback | None = None,
-                          checkpoints: EpochCheckpoints | None = None) -> list[str]:
+def finetune_sigmoid_head(
+    model: DualBranchNet,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    epochs: int,
+    lr: float,
+    lr_decay_every: int,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    bn_mode: str,
+    pos_weight: float | None = None,
+    on_epoch: EpochCallback | None = None,
+    checkpoints: EpochCheckpoints | None = None,
+) -> list[str]:
     """Train only the sigmoid head with class-balanced BCE; return the names of the trained parameters.
 
     The trunk and the softmax head are frozen (requires_grad=False) and run without autograd; BatchNorm
@@ -177,8 +215,9 @@ def finetune_sigmoid_head(model: DualBranchNet, loader: DataLoader, device: torc
     """
     place(model, device)
     trainable = freeze_all_but_sigmoid_head(model)
-    optimizer = make_sgd([(list(model.head2.parameters()), lr)], momentum=momentum, nesterov=nesterov,
-                         weight_decay=weight_decay)
+    optimizer = make_sgd(
+        [(list(model.head2.parameters()), lr)], momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+    )
     try:
         first = checkpoints.restore(model, optimizer, loader) if checkpoints is not None else 1
         head2 = ddp(model.head2, device)  # distributed: DDP over the only module that trains
@@ -192,7 +231,7 @@ def finetune_sigmoid_head(model: DualBranchNet, loader: DataLoader, device: torc
                 images, targets = to_device(images, device), targets.to(device, non_blocking=True)
                 with torch.no_grad(), autocast(device):
                     _, head_in = model.embed(images)  # the map (or, in train mode, its pre-head op: one
-                    logits = model.head(head_in)       # dropout mask shared by both heads, METHOD.md 2.4)
+                    logits = model.head(head_in)  # dropout mask shared by both heads, METHOD.md 2.4)
                 head_in = head_in.float()
                 logits2 = head2(head_in)
                 loss = balanced_bce(logits2, targets, pos_weight)
@@ -200,13 +239,17 @@ def finetune_sigmoid_head(model: DualBranchNet, loader: DataLoader, device: torc
                 loss.backward()
                 optimizer.step()
                 ce = F.cross_entropy(logits.float(), targets)
-                sums += torch.stack([loss.detach().double() * len(targets), ce.double() * len(targets),
-                                     (logits2.argmax(1) == targets).sum().double()])
+                sums += torch.stack(
+                    [
+                        loss.detach().double() * len(targets),
+                        ce.double() * len(targets),
+                        (logits2.argmax(1) == targets).sum().double(),
+                    ]
+                )
                 seen += len(targets)
             sums, seen = reduce_sums(sums, seen)  # over the ranks
             bce, ce, correct = (sums / seen).tolist()
-            metrics = {"train/bce": bce, "train/ce_frozen": ce, "train/acc_sigmoid": 100.0 * correct,
-                       "lr": lr * factor}
+            metrics = {"train/bce": bce, "train/ce_frozen": ce, "train/acc_sigmoid": 100.0 * correct, "lr": lr * factor}
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
             if checkpoints is not None:

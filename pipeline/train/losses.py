@@ -1,4 +1,5 @@
 """Losses of the two training stages."""
+
 from __future__ import annotations
 
 import torch

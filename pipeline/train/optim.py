@@ -1,4 +1,5 @@
 """SGD with Nesterov momentum and the official step decay (METHOD.md 2.2)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -17,12 +18,14 @@ def lr_factor(epoch: int, decay_every: int) -> float:
     return 0.1 ** sum(1 for e in range(1, epoch + 1) if e % decay_every == 0)
 
 
-def make_sgd(groups: Iterable[tuple[list[torch.nn.Parameter], float]], *, momentum: float, nesterov: bool,
-             weight_decay: float) -> torch.optim.SGD:
+def make_sgd(
+    groups: Iterable[tuple[list[torch.nn.Parameter], float]], *, momentum: float, nesterov: bool, weight_decay: float
+) -> torch.optim.SGD:
     """SGD over (parameters, base lr) groups; each group remembers its base lr as `initial_lr`."""
     param_groups = [{"params": params, "lr": lr, "initial_lr": lr} for params, lr in groups if params]
-    return torch.optim.SGD(param_groups, momentum=momentum, nesterov=nesterov and momentum > 0,
-                           weight_decay=weight_decay)
+    return torch.optim.SGD(
+        param_groups, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=weight_decay
+    )
 
 
 def apply_lr(optimizer: torch.optim.Optimizer, epoch: int, decay_every: int) -> float:

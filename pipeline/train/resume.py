@@ -23,6 +23,7 @@ the stage's input model, the source files the stage's DVC deps name), so a check
 configuration is never resumed. It lives outside DVC's outputs (a `persist` output would keep the stage out
 of DVC's run-cache) and is removed once the stage has written its outputs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,8 +60,11 @@ CODE_DEPS = {
 def rng_state() -> dict[str, Any]:
     """The global generators' states: torch CPU, every initialised CUDA device, numpy, Python."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)]}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -73,7 +77,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
-        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, index)
 
 
@@ -103,8 +107,9 @@ class EpochCheckpoints:
     note on stderr) and overwritten by the first new one.
     """
 
-    def __init__(self, directory: str | Path, key: str, *, label: str = "training",
-                 describe: dict[str, Any] | None = None):
+    def __init__(
+        self, directory: str | Path, key: str, *, label: str = "training", describe: dict[str, Any] | None = None
+    ):
         self.directory = Path(directory)
         self.key = key
         self.label = label
@@ -129,8 +134,10 @@ class EpochCheckpoints:
             print(f"{self.label}: ignoring unreadable resume checkpoint {self.path} ({exc})", file=sys.stderr)
             return None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("key") != self.key:
-            print(f"{self.label}: ignoring resume checkpoint {self.path}: written for another configuration",
-                  file=sys.stderr)
+            print(
+                f"{self.label}: ignoring resume checkpoint {self.path}: written for another configuration",
+                file=sys.stderr,
+            )
             return None
         return payload
 
@@ -146,29 +153,46 @@ class EpochCheckpoints:
             optimizer.load_state_dict(state["optimizer"])
             generators = loader_generators(loader)
             if set(generators) != set(state["loader"]):
-                raise ResumeError(f"the loader's generators ({sorted(generators)}) differ from the saved ones "
-                                  f"({sorted(state['loader'])})")
+                raise ResumeError(
+                    f"the loader's generators ({sorted(generators)}) differ from the saved ones "
+                    f"({sorted(state['loader'])})"
+                )
             for name, generator in generators.items():
                 generator.set_state(state["loader"][name])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise ResumeError(f"{self.path}: cannot resume from this checkpoint ({exc}); delete "
-                              f"{self.directory} to start over") from exc
+            raise ResumeError(
+                f"{self.path}: cannot resume from this checkpoint ({exc}); delete {self.directory} to start over"
+            ) from exc
         set_rng_state(state["rng"])
         return state["epoch"] + 1
 
-    def save(self, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader,
-             metrics: dict[str, float] | None = None) -> None:
+    def save(
+        self,
+        epoch: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
         """Atomically write the state after `epoch` (1-based) completed, `metrics` being its figures."""
-        self.history = self.history[:epoch - 1] + [dict(metrics or {})]
-        payload = {"format": FORMAT, "key": self.key, "epoch": epoch, "history": self.history,
-                   "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "loader": {name: g.get_state() for name, g in loader_generators(loader).items()},
-                   "rng": rng_state()}
+        self.history = self.history[: epoch - 1] + [dict(metrics or {})]
+        payload = {
+            "format": FORMAT,
+            "key": self.key,
+            "epoch": epoch,
+            "history": self.history,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "loader": {name: g.get_state() for name, g in loader_generators(loader).items()},
+            "rng": rng_state(),
+        }
         buf = io.BytesIO()
         torch.save(payload, buf)
         if self.describe is not None and not (self.directory / "key.json").is_file():
-            write_text(self.directory / "key.json",
-                       json.dumps({"key": self.key, **self.describe}, indent=2, sort_keys=True, default=str) + "\n")
+            write_text(
+                self.directory / "key.json",
+                json.dumps({"key": self.key, **self.describe}, indent=2, sort_keys=True, default=str) + "\n",
+            )
         write_bytes(self.path, buf.getvalue())
 
     def replay(self, live) -> None:
@@ -213,8 +237,9 @@ def code_digests(stage: str) -> dict[str, str]:
     return out
 
 
-def key_material(stage: str, params, device: torch.device, inputs: Iterable[str | Path] = (),
-                 extra: dict | None = None) -> dict[str, Any]:
+def key_material(
+    stage: str, params, device: torch.device, inputs: Iterable[str | Path] = (), extra: dict | None = None
+) -> dict[str, Any]:
     """Everything that determines the training of `stage` ("baseline" or "finetune") under `params`; `extra`:
     what else tells this run from its siblings (a baseline replicate's seed)."""
     if stage not in CODE_DEPS:
@@ -223,11 +248,17 @@ def key_material(stage: str, params, device: torch.device, inputs: Iterable[str 
     files = [prepared / "dataset.json", prepared / "images.csv", *map(Path, inputs)]
     device = torch.device(device)
     return {
-        "format": FORMAT, "stage": stage, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "format": FORMAT,
+        "stage": stage,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "dataset": params.dataset, "data": dataclasses.asdict(params.data), "backbone": params.backbone,
-        "model": dataclasses.asdict(params.model), "seed": params.seed,
+        "dataset": params.dataset,
+        "data": dataclasses.asdict(params.data),
+        "backbone": params.backbone,
+        "model": dataclasses.asdict(params.model),
+        "seed": params.seed,
         "params": dataclasses.asdict(getattr(params, stage)),
         "lr": params.baseline_lr if stage == "baseline" else params.finetune_lr,
         "inputs": {str(p): sha256_file(p) if p.is_file() else None for p in files},
@@ -236,8 +267,14 @@ def key_material(stage: str, params, device: torch.device, inputs: Iterable[str 
     }
 
 
-def for_stage(stage: str, params, device: torch.device, inputs: Iterable[str | Path] = (),
-              root: str | Path = RESUME_ROOT, extra: dict | None = None) -> EpochCheckpoints:
+def for_stage(
+    stage: str,
+    params,
+    device: torch.device,
+    inputs: Iterable[str | Path] = (),
+    root: str | Path = RESUME_ROOT,
+    extra: dict | None = None,
+) -> EpochCheckpoints:
     """The checkpoints of `stage` for this configuration; prints one line when a checkpoint is found."""
     material = key_material(stage, params, device, inputs, extra)
     key = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()

@@ -410,9 +410,11 @@ def test_registry_matches_params():
     from pipeline.params import DATASET_PARAMS, DATASETS as PARAM_DATASETS
 
     assert set(DATASETS) == set(PARAM_DATASETS) - {"synthbirds"}
+    values = yaml.safe_load((ROOT / "params.yaml").read_text())["datasets"]
     for name, module in DATASETS.items():
-        full = DATASET_PARAMS[name](**{f.name: None for f in dataclasses.fields(DATASET_PARAMS[name])})
-        assert dataclasses.fields(full)[0].metadata["hi"] == module.NUM_CLASSES
+        full = DATASET_PARAMS[name](**values[name])
+        bounds = DATASET_PARAMS[name].__pydantic_fields__["num_classes"].metadata
+        assert [b.le for b in bounds if hasattr(b, "le")] == [module.NUM_CLASSES] == [full.num_classes]
         for part in module.parts(dataclasses.replace(full, **({"segmentations": True} if name == "cub" else {}))):
             spec = part.published
             assert spec is None or (spec.where and (spec.sha256 or spec.md5 or name == "openimages")), part.name
@@ -468,8 +470,6 @@ def test_params_for_real_datasets_name_key_and_valid_values():
         "datasets.cub.mode: 'torrent' is not valid; choose one of: auto, manual",
         "datasets.ilsvrc.train_per_class: 0 is out of range; valid: [1, 1300]",
         "datasets.openimages.num_classes: 101 is out of range; valid: [2, 100]",
-        "datasets.mnist: unknown name; valid: synthbirds, cub, cars, ilsvrc, openimages",
-        "datasets.cars.source_dir: missing (folder holding the dataset: its published archives, or (with verify: "
-        "content) repacked archives or the extracted folders (null = download.archive_dir/<dataset>); nothing is "
-        "written into it; always manual: the official links are dead)",
+        "datasets.mnist: unknown key; valid keys here: synthbirds, cub, cars, ilsvrc, openimages",
+        "datasets.cars.source_dir: missing (folder holding the dataset's files (null = download.archive_dir/<dataset>))",
     ])

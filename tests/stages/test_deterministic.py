@@ -1,5 +1,6 @@
 """`seed_everything` turns on PyTorch's deterministic algorithms (warn-only) in every stage process, without
 importing torch._inductor when nothing else did (its import alone costs seconds per stage)."""
+
 import subprocess
 import sys
 
@@ -19,11 +20,15 @@ if "torch._inductor.config" in sys.modules:
 """
 
 
-@pytest.mark.parametrize("before,expected", [
-    ("", ["True True False 3"]),
-    ("import torch._inductor.config", ["True True True 3", "True"]),  # loaded: the public call sets its flag too
-])
+@pytest.mark.parametrize(
+    "before,expected",
+    [
+        ("", ["True True False 3"]),
+        ("import torch._inductor.config", ["True True True 3", "True"]),  # loaded: the public call sets its flag too
+    ],
+)
 def test_seed_everything_sets_deterministic_algorithms(before, expected):
-    out = subprocess.run([sys.executable, "-c", PROBE.format(before=before)], capture_output=True, text=True,
-                         check=True).stdout.split("\n")
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(before=before)], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     assert [line for line in out if line] == expected

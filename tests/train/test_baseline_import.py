@@ -2,6 +2,7 @@
 `dvc repro` (DVC removes the stage's outputs before running it: the file is read from the DVC cache), a
 timm state dict, the official layouts of both families, and a mismatch that names what the file holds.
 Every import writes the stage's declared outputs (the checkpoint, DVCLive metrics and plots)."""
+
 import os
 import subprocess
 import sys
@@ -15,8 +16,14 @@ from pipeline.models.convert import ours_to_official
 from pipeline.models.dual import load_checkpoint
 from tests.project import copy_project
 
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-       "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    "HF_HUB_OFFLINE": "1",
+    "TQDM_DISABLE": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 def run(cmd, cwd, check=True):
@@ -35,10 +42,13 @@ def set_params(repo: Path, **changes) -> None:
             node = node[part]
         node[key] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # what the `validate` stage does: the stages read the validated params from data/params.json
+    run([sys.executable, "-m", "pipeline.params", "validate"], repo)
 
 
 def stage(repo: Path, check=True):
-    return run([sys.executable, "-m", "pipeline.stages.baseline"], repo, check=check)
+    # dvc.yaml's command for baseline@0 (the replicate index, as `dvc repro` passes it)
+    return run([sys.executable, "-m", "pipeline.stages.baseline", "0"], repo, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +75,7 @@ def test_own_baseline_pt_under_dvc_repro(repo):
     assert "read from the DVC cache" in proc.stdout
     assert ckpt.read_bytes() == trained  # the same model, the same test Top-1: the same bytes
     assert (repo / "reports/baseline/baseline_0/plots/metrics/test/top1_cls.tsv").is_file()
-    assert "\"imported\": 1" in (repo / "reports/baseline/baseline_0/metrics.json").read_text()
+    assert '"imported": 1' in (repo / "reports/baseline/baseline_0/metrics.json").read_text()
     set_params(repo, **{"baseline.checkpoint": None})
     run(["dvc", "repro", "baseline"], repo)  # back: restored from the run-cache
     assert ckpt.read_bytes() == trained
@@ -88,7 +98,9 @@ def test_timm_state_dict_and_a_mismatch(repo, tmp_path):
     set_params(repo, **{"baseline.checkpoint": str(tmp_path / "resnet18.pth")})
     proc = stage(repo, check=False)
     assert proc.returncode == 1
-    assert "holds a resnet18 network (cam family, 4 classes), but the params ask for backbone 'resnet10t'" in proc.stderr
+    assert (
+        "holds a resnet18 network (cam family, 4 classes), but the params ask for backbone 'resnet10t'" in proc.stderr
+    )
     assert proc.stderr.strip().endswith("set backbone: resnet18")
 
 
@@ -101,14 +113,22 @@ def test_official_resnet50_checkpoint_of_either_family(repo, tmp_path, family):
     sd = {f"module.{k}": v for k, v in net.state_dict().items()}
     sd["module.fc2.weight"], sd["module.fc2.bias"] = torch.zeros(4, 2048), torch.zeros(4)
     torch.save({"architecture": "resnet50", "epoch": 3, "state_dict": sd}, tmp_path / "last_checkpoint.pth.tar")
-    set_params(repo, **{"baseline.checkpoint": str(tmp_path / "last_checkpoint.pth.tar"), "backbone": "resnet50",
-                        "family": family, "backbones.resnet50.input_size": 48})
+    set_params(
+        repo,
+        **{
+            "baseline.checkpoint": str(tmp_path / "last_checkpoint.pth.tar"),
+            "backbone": "resnet50",
+            "family": family,
+            "backbones.resnet50.input_size": 48,
+        },
+    )
     try:
         proc = stage(repo)
     finally:
         set_params(repo, **{"backbone": "resnet10t", "family": "cam", "baseline.checkpoint": None})
     assert "official resnet50 layout" in proc.stdout and "not loaded: fc2.bias, fc2.weight" in proc.stdout
     got = state_of(repo / "data/models/baseline_0/baseline.pt")
-    assert torch.equal(got["head.weight"], net.fc.weight) and torch.equal(got["trunk.layer4.2.conv3.weight"],
-                                                                         net.layer4[2].conv3.weight)
+    assert torch.equal(got["head.weight"], net.fc.weight) and torch.equal(
+        got["trunk.layer4.2.conv3.weight"], net.layer4[2].conv3.weight
+    )
     assert load_checkpoint(repo / "data/models/baseline_0/baseline.pt")[0].spec.family == family

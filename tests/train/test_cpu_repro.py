@@ -6,6 +6,7 @@ Each run is a fresh interpreter: ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and MKL
 torch is imported. The two "machines" are emulated on this CPU: this CPU's best kernels (nothing set) vs an older
 CPU's (ATen scalar kernels, oneDNN limited to AVX, MKL limited to SSE4.2). What this cannot show is a real
 AVX-512 CPU running the pinned AVX2 kernels (see the module's docstring)."""
+
 import json
 import os
 import subprocess
@@ -59,17 +60,27 @@ digests["capability"] = torch.backends.cpu.get_cpu_capability()
 print(json.dumps(digests))
 """
 
-ISA_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS",
-            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DYNAMIC", "OMP_DYNAMIC")
-THIS_CPU = {}                                                   # this CPU's best kernels
+ISA_VARS = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "MKL_DYNAMIC",
+    "OMP_DYNAMIC",
+)
+THIS_CPU = {}  # this CPU's best kernels
 OLDER_CPU = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}
 
 
 def train(mode: str, isa_env: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ISA_VARS}
     env.update(isa_env, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

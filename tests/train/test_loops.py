@@ -1,5 +1,11 @@
 """Training loops on a tiny random dataset: baseline learns, fine-tuning touches only the sigmoid head
-and leaves the softmax logits bit-identical."""
+and leaves the softmax logits bit-identical.
+
+The model is timm's `test_resnet` (0.37 M parameters): the same timm ResNet class, BasicBlocks, BatchNorm and
+trunk/head code path (pipeline/models/archs/timm_any.py) as resnet18 or the default resnet10t, about 25x
+faster to train here than resnet18 was. The official layouts of classifier_parameter_names still use
+resnet50, vgg16 and inception (their parameter names are what is checked)."""
+
 import copy
 
 import pytest
@@ -11,6 +17,8 @@ from pipeline.train.loops import classifier_parameter_names, finetune_sigmoid_he
 
 K = 3
 CPU = torch.device("cpu")
+TINY = "test_resnet"  # timm's smallest ResNet (see the docstring)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: intra-op threads only cost here
 
 
 def toy_loader(n=24, size=32, seed=0, shuffle=False):
@@ -24,11 +32,21 @@ def toy_loader(n=24, size=32, seed=0, shuffle=False):
 
 def test_baseline_learns_and_reports_each_epoch():
     torch.manual_seed(0)
-    model = DualBranchNet(ModelSpec("resnet18", K, 32))
+    model = DualBranchNet(ModelSpec(TINY, K, 32))
     log = []
-    train_baseline(model, toy_loader(shuffle=True), CPU, epochs=4, lr=0.05, lr_classifier_ratio=1.0,
-                   lr_decay_every=10, momentum=0.9, nesterov=True, weight_decay=0.0,
-                   on_epoch=lambda e, m: log.append((e, m)))
+    train_baseline(
+        model,
+        toy_loader(shuffle=True),
+        CPU,
+        epochs=4,
+        lr=0.05,
+        lr_classifier_ratio=1.0,
+        lr_decay_every=10,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=0.0,
+        on_epoch=lambda e, m: log.append((e, m)),
+    )
     assert [e for e, _ in log] == [1, 2, 3, 4]
     assert log[-1][1]["train/loss"] < log[0][1]["train/loss"]
     assert predict(model, toy_loader(), CPU).top1() > 100 / K
@@ -37,15 +55,35 @@ def test_baseline_learns_and_reports_each_epoch():
 @pytest.mark.parametrize("bn_mode", ["eval", "batch_stats"])
 def test_finetune_changes_only_sigmoid_head_and_keeps_softmax_logits(bn_mode):
     torch.manual_seed(0)
-    model = DualBranchNet(ModelSpec("resnet18", K, 32))
-    train_baseline(model, toy_loader(shuffle=True), CPU, epochs=1, lr=0.05, lr_classifier_ratio=1.0,
-                   lr_decay_every=10, momentum=0.9, nesterov=True, weight_decay=0.0)
+    model = DualBranchNet(ModelSpec(TINY, K, 32))
+    train_baseline(
+        model,
+        toy_loader(shuffle=True),
+        CPU,
+        epochs=1,
+        lr=0.05,
+        lr_classifier_ratio=1.0,
+        lr_decay_every=10,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=0.0,
+    )
     model.add_sigmoid_head("clone")
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
     digest_before = frozen_state_digest(model)
     before = predict(model, toy_loader(seed=1), CPU)
-    trained = finetune_sigmoid_head(model, toy_loader(shuffle=True), CPU, epochs=2, lr=0.1, lr_decay_every=10,
-                                    momentum=0.9, nesterov=True, weight_decay=1e-4, bn_mode=bn_mode)
+    trained = finetune_sigmoid_head(
+        model,
+        toy_loader(shuffle=True),
+        CPU,
+        epochs=2,
+        lr=0.1,
+        lr_decay_every=10,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-4,
+        bn_mode=bn_mode,
+    )
     after = predict(model, toy_loader(seed=1), CPU)
     assert trained == ["head2.weight", "head2.bias"]
     assert torch.equal(before.logits, after.logits)  # bit-identical, not merely close
@@ -62,7 +100,7 @@ def test_finetune_changes_only_sigmoid_head_and_keeps_softmax_logits(bn_mode):
 
 def test_frozen_state_digest_sees_every_tensor_outside_the_sigmoid_head():
     torch.manual_seed(0)
-    model = DualBranchNet(ModelSpec("resnet18", K, 32))
+    model = DualBranchNet(ModelSpec(TINY, K, 32))
     model.add_sigmoid_head("clone")
     digest = frozen_state_digest(model)
     with torch.no_grad():
@@ -83,7 +121,7 @@ def test_frozen_state_digest_sees_every_tensor_outside_the_sigmoid_head():
 
 def test_predict_runs_extra_heads_on_the_same_trunk_output():
     torch.manual_seed(0)
-    model = DualBranchNet(ModelSpec("resnet18", K, 32))
+    model = DualBranchNet(ModelSpec(TINY, K, 32))
     model.add_sigmoid_head("clone")
     other = copy.deepcopy(model.head2)
     with torch.no_grad():
@@ -100,14 +138,23 @@ def test_predict_runs_extra_heads_on_the_same_trunk_output():
 
 
 def test_classifier_group_matches_official_substrings():
-    names = classifier_parameter_names(DualBranchNet(ModelSpec("resnet50", K, 32)))
+    """Parameter names only: the models are built on the meta device (the same modules and names, no weight
+    initialisation, which took seconds for vgg16 and inception)."""
+    with torch.device("meta"):
+        names = classifier_parameter_names(DualBranchNet(ModelSpec("resnet50", K, 32)))
+        vgg = classifier_parameter_names(DualBranchNet(ModelSpec("vgg16", K, 32)))
+        inc = classifier_parameter_names(DualBranchNet(ModelSpec("inception", K, 96)))
     assert "head.weight" in names and "trunk.layer4.0.conv1.weight" in names
     assert "trunk.layer3.0.conv1.weight" not in names
-    vgg = classifier_parameter_names(DualBranchNet(ModelSpec("vgg16", K, 32)))
     assert vgg == {"trunk.conv6.weight", "trunk.conv6.bias", "head.weight", "head.bias"}
-    inc = classifier_parameter_names(DualBranchNet(ModelSpec("inception", K, 96)))
-    assert inc == {"trunk.SPG_A3_1b.weight", "trunk.SPG_A3_1b.bias", "trunk.SPG_A3_2b.weight",
-                   "trunk.SPG_A3_2b.bias", "head.weight", "head.bias"}
+    assert inc == {
+        "trunk.SPG_A3_1b.weight",
+        "trunk.SPG_A3_1b.bias",
+        "trunk.SPG_A3_2b.weight",
+        "trunk.SPG_A3_2b.bias",
+        "head.weight",
+        "head.bias",
+    }
 
 
 @pytest.mark.parametrize("bn_mode", ["eval", "batch_stats"])
@@ -116,14 +163,34 @@ def test_grad_family_finetune_trains_only_the_sigmoid_mlp_and_keeps_softmax_logi
     sigmoid MLP trains; in batch_stats mode dropout and batch statistics are active during training, yet the
     eval-mode softmax logits stay bit-identical."""
     torch.manual_seed(0)
-    model = DualBranchNet(ModelSpec("resnet18", K, 32, family="grad", grad_grid=2, grad_hidden=32))
-    train_baseline(model, toy_loader(shuffle=True), CPU, epochs=1, lr=0.05, lr_classifier_ratio=1.0,
-                   lr_decay_every=10, momentum=0.9, nesterov=True, weight_decay=0.0)
+    model = DualBranchNet(ModelSpec(TINY, K, 32, family="grad", grad_grid=2, grad_hidden=32))
+    train_baseline(
+        model,
+        toy_loader(shuffle=True),
+        CPU,
+        epochs=1,
+        lr=0.05,
+        lr_classifier_ratio=1.0,
+        lr_decay_every=10,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=0.0,
+    )
     model.add_sigmoid_head("random", generator=torch.Generator().manual_seed(1))
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
     before = predict(model, toy_loader(seed=1), CPU)
-    trained = finetune_sigmoid_head(model, toy_loader(shuffle=True), CPU, epochs=2, lr=0.1, lr_decay_every=10,
-                                    momentum=0.9, nesterov=True, weight_decay=1e-4, bn_mode=bn_mode)
+    trained = finetune_sigmoid_head(
+        model,
+        toy_loader(shuffle=True),
+        CPU,
+        epochs=2,
+        lr=0.1,
+        lr_decay_every=10,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-4,
+        bn_mode=bn_mode,
+    )
     after = predict(model, toy_loader(seed=1), CPU)
     assert trained == [f"head2.classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")]
     assert torch.equal(before.logits, after.logits)
@@ -137,7 +204,7 @@ def test_frozen_check_names_what_changed():
     """The finetune stage's check: nothing changed -> None; a trunk weight -> the state; a module attribute
     outside the state dict (BatchNorm's eps) -> the probe logits."""
     torch.manual_seed(0)
-    model = DualBranchNet(ModelSpec("resnet18", K, 32))
+    model = DualBranchNet(ModelSpec(TINY, K, 32))
     model.add_sigmoid_head("clone")
     probe = next(iter(toy_loader(seed=3)))[0]
     check = FrozenCheck(model, probe)

@@ -1,4 +1,5 @@
 """The class-balanced BCE against a hand computation, and the official step decay."""
+
 import math
 
 import pytest
@@ -17,8 +18,14 @@ def test_balanced_bce_matches_hand_computation():
     y = torch.tensor([0, 2])
     k = 3
     # (1/(B*K)) * sum_i [(K-1) * softplus(-s[i, y_i]) + sum_{j != y_i} softplus(s[i, j])]
-    by_hand = ((k - 1) * softplus(-2.0) + softplus(-1.0) + softplus(0.5)
-               + (k - 1) * softplus(2.0) + softplus(0.0) + softplus(3.0)) / (2 * k)
+    by_hand = (
+        (k - 1) * softplus(-2.0)
+        + softplus(-1.0)
+        + softplus(0.5)
+        + (k - 1) * softplus(2.0)
+        + softplus(0.0)
+        + softplus(3.0)
+    ) / (2 * k)
     assert balanced_bce(s, y).item() == pytest.approx(by_hand, rel=1e-6)
 
 
@@ -37,10 +44,13 @@ def test_balanced_bce_gradient_balances_positive_and_negatives():
     assert g[3].item() == pytest.approx(-(g.sum() - g[3]).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("epochs,every,expected", [
-    (3, 3, [1, 1, 0.1]),
-    (10, 3, [1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001]),
-])
+@pytest.mark.parametrize(
+    "epochs,every,expected",
+    [
+        (3, 3, [1, 1, 0.1]),
+        (10, 3, [1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001]),
+    ],
+)
 def test_step_decay_follows_official_schedule(epochs, every, expected):
     assert [lr_factor(e, every) for e in range(1, epochs + 1)] == pytest.approx(expected)
 

@@ -5,6 +5,7 @@ The interruptions use torch's global optimizer step hook, so no test-only code l
 process it raises after N optimizer steps; in the end-to-end test a small driver (DRIVER below) registers
 a hook that SIGKILLs its own process after N steps of the stage named `stage@N`.
 """
+
 import os
 import random
 import shutil
@@ -105,15 +106,37 @@ def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def train_b(net, checkpoints=None, log=None, workers=0):
-    train_baseline(net, loader(workers), CPU, epochs=3, lr=0.05, lr_classifier_ratio=2.0, lr_decay_every=2,
-                   momentum=0.9, nesterov=True, weight_decay=1e-4,
-                   on_epoch=None if log is None else lambda e, m: log.append((e, m)), checkpoints=checkpoints)
+    train_baseline(
+        net,
+        loader(workers),
+        CPU,
+        epochs=3,
+        lr=0.05,
+        lr_classifier_ratio=2.0,
+        lr_decay_every=2,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-4,
+        on_epoch=None if log is None else lambda e, m: log.append((e, m)),
+        checkpoints=checkpoints,
+    )
 
 
 def train_f(net, bn_mode, checkpoints=None, log=None):
-    finetune_sigmoid_head(net, loader(), CPU, epochs=3, lr=0.1, lr_decay_every=2, momentum=0.9, nesterov=True,
-                          weight_decay=1e-4, bn_mode=bn_mode,
-                          on_epoch=None if log is None else lambda e, m: log.append((e, m)), checkpoints=checkpoints)
+    finetune_sigmoid_head(
+        net,
+        loader(),
+        CPU,
+        epochs=3,
+        lr=0.1,
+        lr_decay_every=2,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-4,
+        bn_mode=bn_mode,
+        on_epoch=None if log is None else lambda e, m: log.append((e, m)),
+        checkpoints=checkpoints,
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -240,8 +263,9 @@ def test_stage_key_covers_params_inputs_and_device_but_not_unrelated_params(tmp_
     found = for_stage("baseline", params, CPU)
     assert found.epochs_done == 1
     epochs = params.baseline.epochs
-    assert capsys.readouterr().out == (f"baseline: resuming from epoch 2 of {epochs} "
-                                       f"(epoch 1 restored from {found.directory})\n")
+    assert capsys.readouterr().out == (
+        f"baseline: resuming from epoch 2 of {epochs} (epoch 1 restored from {found.directory})\n"
+    )
     assert (found.directory / "key.json").is_file()
     found.clear()
     assert not Path("data/resume").exists()
@@ -267,7 +291,8 @@ for arg in sys.argv[1:]:  # stage or stage@N: SIGKILL this process after N optim
     stage, _, steps = arg.partition("@")
     if steps:
         kill_after(int(steps))
-    sys.argv = [stage]  # the stage's own command line: no replicate index, the first replicate
+    # the stage's own command line, as dvc.yaml gives it for the first model (baseline@0, <stage>@0-0)
+    sys.argv = [stage] + {"baseline": ["0"], "clone_head": ["0", "0"], "finetune": ["0", "0"]}.get(stage, [])
     runpy.run_module(f"pipeline.stages.{stage}", run_name="__main__")
 """
 
@@ -276,8 +301,9 @@ def stages(repo: Path, *names: str, killed: bool = False) -> str:
     # One thread: the smoke sizes gain nothing from more, and a busy machine loses much (the thread count is
     # part of the resume key, so every run of the test must use the same).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", DRIVER, *names], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, *names], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
     expected = -9 if killed else 0
     assert proc.returncode == expected, f"{names}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -292,14 +318,18 @@ def test_killed_stages_resume_to_the_uninterrupted_bytes(tmp_path):
     repo = tmp_path / "repo"
     copy_project(repo)
     # `python -m pipeline.params apply configs/smoke.yaml`, then 3 epochs each, in process
-    p = deep_merge(yaml.safe_load((repo / "params.yaml").read_text()),
-                   yaml.safe_load((repo / "configs/smoke.yaml").read_text()))
+    p = deep_merge(
+        yaml.safe_load((repo / "params.yaml").read_text()), yaml.safe_load((repo / "configs/smoke.yaml").read_text())
+    )
     # the driver runs the stages in one process, torch loaded before the training stages could pin their CPU
     # kernels: the machine's own (cpu.kernels: native; the pin is tested in tests/train/test_cpu_repro.py)
-    p = deep_merge(p, {"baseline": {"epochs": 3, "replicates": [0]}, "finetune": {"epochs": 3},
-                       "cpu": {"kernels": "native"}})
+    p = deep_merge(
+        p, {"baseline": {"epochs": 3, "replicates": [0]}, "finetune": {"epochs": 3}, "cpu": {"kernels": "native"}}
+    )
     validate(p)
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    # what the `validate` stage does: the stages read the validated params from data/params.json
+    subprocess.run([sys.executable, "-m", "pipeline.params", "validate"], cwd=repo, check=True, capture_output=True)
     synth, batch = p["datasets"]["synthbirds"], p["backbones"][p["backbone"]]["batch_size"]
     steps = -(-synth["num_classes"] * synth["train_per_class"] // batch)  # optimizer steps per epoch
     assert steps >= 2
@@ -315,7 +345,9 @@ def test_killed_stages_resume_to_the_uninterrupted_bytes(tmp_path):
     stages(repo, f"baseline@{mid_epoch_2}", killed=True)
     assert len(list((repo / "data/resume/baseline").glob("*/checkpoint.pt"))) == 1
     assert not (repo / "data/models/baseline_0/baseline.pt").exists()
-    assert (repo / "reports/baseline/baseline_0/plots/metrics/train/loss.tsv").read_text().count("\n") == 2  # header, epoch 1
+    assert (repo / "reports/baseline/baseline_0/plots/metrics/train/loss.tsv").read_text().count(
+        "\n"
+    ) == 2  # header, epoch 1
 
     out = stages(repo, "baseline", "clone_head", f"finetune@{mid_epoch_2}", killed=True)
     assert "baseline: resuming from epoch 2 of 3 (epoch 1 restored from data/resume/baseline/" in out

@@ -24,8 +24,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.data.fetch import (ManualFilesError, _check_present, _mismatch, cached_digests, fetch_files,
-                                 recorded_sha256)
+from pipeline.data.fetch import (
+    ManualFilesError,
+    _check_present,
+    _mismatch,
+    cached_digests,
+    fetch_files,
+    recorded_sha256,
+)
 from pipeline.data.real import cars, cub, ilsvrc, openimages
 from pipeline.data.real.source import Found, Inputs, Reader, locate
 from pipeline.io import atomic_dir, write_json

@@ -35,9 +35,9 @@ import numpy as np
 
 from pipeline.data.fetch import RemoteFile
 from pipeline.data.prepare import DataError
-from pipeline.data.real.common import (clamp_box, image_sizes, split_off_per_class, write_classes,
-                                       write_metadata)
+from pipeline.data.real.common import clamp_box, image_sizes, split_off_per_class, write_classes, write_metadata
 from pipeline.data.real.source import Inputs, Part, Reader
+from pipeline.schema import Field, Int, RealDatasetParams, params_class
 
 NUM_CLASSES = 196
 TEST_IMAGES = 8_041  # test split of the full dataset (the paper's numbers are on all of it)
@@ -60,6 +60,15 @@ MANUAL_WHY = ("Stanford Cars cannot be downloaded automatically: its official li
               "(DATA.md section 3).")
 
 PUBLISHED = {"train images": 8_144, "test images": 8_041, "classes": 196, "boxes": 16_185}
+
+
+@params_class
+class CarsParams(RealDatasetParams):
+    """`datasets.cars`: Stanford Cars; always manual (the official links are dead since 2023): place
+    cars_train.tgz, cars_test.tgz, car_devkit.tgz and cars_test_annos_withlabels.mat in the source folder."""
+
+    num_classes: Int = Field(ge=2, le=NUM_CLASSES, description=f"the first N of the {NUM_CLASSES} classes")
+    val_per_class: Int = Field(ge=0, le=20, description="train images per class held out as val")
 TRAIN_PART, TEST_PART, DEVKIT_PART = "cars_train", "cars_test", "car_devkit"
 TEST_ANNOS_PART = "cars_test_annos_withlabels"
 META, TRAIN_ANNOS, TEST_ANNOS_FILE = "cars_meta.mat", "cars_train_annos.mat", "cars_test_annos_withlabels.mat"

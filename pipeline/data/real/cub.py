@@ -32,9 +32,9 @@ from pathlib import Path
 
 from pipeline.data.fetch import RemoteFile
 from pipeline.data.prepare import DataError
-from pipeline.data.real.common import (clamp_box, image_sizes, split_off_per_class, write_classes,
-                                       write_metadata)
+from pipeline.data.real.common import clamp_box, image_sizes, split_off_per_class, write_classes, write_metadata
 from pipeline.data.real.source import Inputs, Part, Reader
+from pipeline.schema import Bool, DownloadableDatasetParams, Field, Int, params_class
 
 NUM_CLASSES = 200
 TEST_IMAGES = 5_794  # test split of the full dataset (the paper's numbers are on all of it)
@@ -64,6 +64,18 @@ SEGMENTATIONS = RemoteFile(
 )
 MANUAL_WHY = ""
 PUBLISHED = {"images": 11_788, "classes": 200, "boxes": 11_788}
+
+
+@params_class
+class CubParams(DownloadableDatasetParams):
+    """`datasets.cub`: CUB-200-2011 (this module's docstring describes what is read and built)."""
+
+    num_classes: Int = Field(ge=2, le=NUM_CLASSES, description=f"the first N of the {NUM_CLASSES} classes")
+    val_per_class: Int = Field(ge=0, le=28, description=(
+        "train images per class held out as val (CUBV2 is not used)\n"
+        "CUBV2's boxes are not public files; the first val_per_class train images of each class form val and are "
+        "removed from train (5 per class = 1,000 images, the size of CUBV2)."))
+    segmentations: Bool = Field(description="also fetch segmentations.tgz: masks and PxAP on val/test")
 
 
 def _is_cub_root(folder: Path) -> bool:

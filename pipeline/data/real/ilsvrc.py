@@ -51,6 +51,7 @@ from pipeline.data.fetch import ArchiveError, RemoteFile, bar_disabled, safe_tar
 from pipeline.data.prepare import DataError
 from pipeline.data.real.common import clamp_box, first_per_class, image_sizes, write_classes, write_metadata
 from pipeline.data.real.source import Inputs, Part, Reader
+from pipeline.schema import Field, Int, RealDatasetParams, params_class
 
 NUM_CLASSES = 1000
 TEST_IMAGES = 50_000  # test split of the full dataset (the paper's numbers are on all of it)
@@ -66,6 +67,20 @@ TRAIN = RemoteFile("ILSVRC2012_img_train.tar", "https://image-net.org/data/ILSVR
                    147_897_477_120, None, "1d675b47d978889d74fa0da5fadfb00e", WHERE)
 MANUAL_WHY = "ImageNet cannot be downloaded automatically: image-net.org needs a login and accepting its terms."
 PUBLISHED = {"val images": 50_000, "classes": 1000, "train images": 1_281_167}
+
+
+@params_class
+class IlsvrcParams(RealDatasetParams):
+    """`datasets.ilsvrc`: ImageNet-1k (ILSVRC2012); always manual (image-net.org needs a login): place
+    ILSVRC2012_img_val.tar, ILSVRC2012_bbox_val_v3.tgz and ILSVRC2012_img_train.tar in the source folder."""
+
+    num_classes: Int = Field(ge=2, le=NUM_CLASSES,
+                             description=f"the first N of the {NUM_CLASSES} classes (sorted wnids)")
+    val_per_class: Int = Field(ge=0, le=50, description=(
+        "ILSVRC2012 val images per class used as val (also kept in test)\n"
+        "They stay in test: the test split is all 50,000 val images."))
+    train_per_class: Int | None = Field(ge=1, le=1300, description=(
+        "train images per class from ILSVRC2012_img_train.tar (null = all)\nfinetune trains on them."))
 VAL_NAME = re.compile(r"ILSVRC2012_val_\d{8}\.(JPEG|jpeg|jpg)$")
 WNID = re.compile(r"n\d{8}$")
 VAL_PART, BOXES_PART, TRAIN_PART = "val", "val boxes", "train"

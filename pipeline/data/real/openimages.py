@@ -43,6 +43,7 @@ from pipeline.data.fetch import ArchiveError, RemoteFile
 from pipeline.data.prepare import DataError
 from pipeline.data.real.common import first_per_class, image_sizes, write_classes, write_metadata
 from pipeline.data.real.source import Inputs, Part
+from pipeline.schema import DownloadableDatasetParams, Field, Int, params_class
 
 NUM_CLASSES = 100
 TEST_IMAGES = 5_000  # test split of the full dataset (the paper's numbers are on all of it)
@@ -68,6 +69,15 @@ ANNOTATIONS = RemoteFile(
 MANUAL_WHY = ""
 
 PUBLISHED = {"train images": 29_819, "val images": 2_500, "test images": 5_000, "classes": 100}
+
+
+@params_class
+class OpenImagesParams(DownloadableDatasetParams):
+    """`datasets.openimages`: wsolevaluation's OpenImages30k (masks); no published checksum: the sha256 is
+    recorded on the first download."""
+
+    num_classes: Int = Field(ge=2, le=NUM_CLASSES, description=f"the first N of the {NUM_CLASSES} classes")
+    val_per_class: Int = Field(ge=0, le=25, description="official val images per class kept (25 = all 2,500)")
 IMAGES_PART, MASKS_PART = "OpenImages_images", "OpenImages_annotations"
 
 

@@ -1,5 +1,6 @@
 """End to end, with the real `dvc repro`: params.yaml is validated on every run (the `validate` stage), stages
-rerun only for the values they use, and a stage whose params changed while it ran records nothing."""
+rerun only for the values they use, and a stage reads only the params its dvc.yaml entry declares."""
+
 import json
 import os
 import subprocess
@@ -9,11 +10,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.project import copy_project, digests
+
+from tests.project import digests
 
 pytestmark = pytest.mark.e2e
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-       "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1"}
+ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    "HF_HUB_OFFLINE": "1",
+    "TQDM_DISABLE": "1",
+    "DVC_NO_ANALYTICS": "1",
+}
 STAGES = ("download", "preprocess", "baseline", "clone_head", "finetune", "cams", "evaluate", "report")
 
 
@@ -26,21 +33,18 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 def ran(proc: subprocess.CompletedProcess) -> list[str]:
     # a per-model stage runs as '<stage>@<j>-<k>' (dvc.yaml's matrix), a baseline as 'baseline@<j>'
-    return [s for s in ("validate", *STAGES)
-            if f"Running stage '{s}'" in proc.stdout or f"Running stage '{s}@" in proc.stdout]
+    return [
+        s
+        for s in ("validate", *STAGES)
+        if f"Running stage '{s}'" in proc.stdout or f"Running stage '{s}@" in proc.stdout
+    ]
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("repo")
-    copy_project(dest)
-    run(["git", "init", "-q"], dest)
-    run([sys.executable, "-m", "pipeline.params", "apply", "configs/smoke.yaml"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"], dest)
-    proc = run(["dvc", "repro"], dest)
-    assert ran(proc) == ["validate", *STAGES]
-    return dest
+def repo(smoke_repro, smoke_copy) -> Path:
+    """This module's copy of the session's reproduced smoke project (tests/e2e/conftest.py)."""
+    assert ran(smoke_repro[1]) == ["validate", *STAGES]
+    return smoke_copy
 
 
 @pytest.fixture
@@ -84,24 +88,46 @@ def test_unchanged_params_rerun_only_validate(repo):
     p = yaml.safe_load((repo / "params.yaml").read_text())
     bases, reps = p["baseline"]["replicates"], p["finetune"]["replicates"]
     per_model = ("clone_head", "finetune", "cams")  # dvc.yaml's matrix: '<stage>@<j>-<k>'
-    for stage in ([s for s in STAGES if s not in per_model + ("baseline",)] + [f"baseline@{j}" for j in bases]
-                  + [f"{s}@{j}-{k}" for s in per_model for j in bases for k in reps]):
+    for stage in (
+        [s for s in STAGES if s not in per_model + ("baseline",)]
+        + [f"baseline@{j}" for j in bases]
+        + [f"{s}@{j}-{k}" for s in per_model for j in bases for k in reps]
+    ):
         assert f"Stage '{stage}' didn't change, skipping" in proc.stdout
     assert state(repo) == before and (repo / "dvc.lock").read_text() == lock
     assert status_of(repo) == {"validate": ["always changed"]}
 
 
-@pytest.mark.parametrize("text,messages", [
-    ("finetun:\n  lr: 0.1\n", ["finetun: unknown key (did you mean 'finetune'?); valid keys here: dataset, backbone"]),
-    (None, ["finetune.epoch: unknown key (did you mean 'epochs'?)", "finetune.lr: must be a finite number, got nan",
-            "evaluate.loc_threshold: must be a finite number, got inf",
-            "backbones.vgg16.finetune_lr: must be a number, got '0.1' (str)"]),
-])
+@pytest.mark.parametrize(
+    "text,messages",
+    [
+        (
+            "finetun:\n  lr: 0.1\n",
+            ["finetun: unknown key (did you mean 'finetune'?); valid keys here: dataset, backbone"],
+        ),
+        (
+            None,
+            [
+                "finetune.epoch: unknown key (did you mean 'epochs'?)",
+                "finetune.lr: must be a finite number, got nan",
+                "evaluate.loc_threshold: must be a finite number, got inf",
+                "backbones.vgg16.finetune_lr: must be a number, got '0.1' (str)",
+            ],
+        ),
+    ],
+)
 def test_a_bad_param_anywhere_fails_in_validate_before_any_stage(repo, params, text, messages):
     lock = (repo / "dvc.lock").read_text()
     if text is None:  # one run lists every problem
-        edited(params, **{"finetune.epoch": 5, "finetune.lr": "NAN", "evaluate.loc_threshold": "INF",
-                          "backbones.vgg16.finetune_lr": "0.1"})
+        edited(
+            params,
+            **{
+                "finetune.epoch": 5,
+                "finetune.lr": "NAN",
+                "evaluate.loc_threshold": "INF",
+                "backbones.vgg16.finetune_lr": "0.1",
+            },
+        )
         params.write_text(params.read_text().replace("NAN", ".nan").replace("INF", ".inf"))
     else:
         params.write_text(params.read_text() + text)
@@ -121,10 +147,18 @@ def test_another_datasets_preset_or_backbones_entry_reruns_nothing(repo, params)
     """...nor does writing out the value a null stands for (the default, the backbone's entry)."""
     before = state(repo)
     entry = yaml.safe_load(params.read_text())["backbones"]["resnet10t"]
-    edited(params, **{"datasets.cub.presets.resnet10t": {"input_size": 224, "finetune_lr": 0.5},
-                      "datasets.cub.num_classes": 20, "backbones.vgg16.finetune_lr": 0.5,
-                      "backbones.any_timm.input_size": 64, "evaluate.loc_threshold": 0.2,
-                      "baseline.lr_decay_every": 7, "model.input_size": entry["input_size"]})
+    edited(
+        params,
+        **{
+            "datasets.cub.presets.resnet10t": {"input_size": 224, "finetune_lr": 0.5},
+            "datasets.cub.num_classes": 20,
+            "backbones.vgg16.finetune_lr": 0.5,
+            "backbones.any_timm.input_size": 64,
+            "evaluate.loc_threshold": 0.2,
+            "baseline.lr_decay_every": 7,
+            "model.input_size": entry["input_size"],
+        },
+    )
     proc = run(["dvc", "repro"], repo)
     assert ran(proc) == ["validate"], proc.stdout
     assert state(repo) == before
@@ -141,35 +175,32 @@ def test_status_names_the_edit_and_after_validate_the_stages_it_reruns(repo, par
     assert status["evaluate"] == [{"changed deps": {"data/params.json": {"evaluate": "modified"}}}]
 
 
-def test_a_stage_whose_params_change_while_it_runs_records_nothing(repo, params):
-    """evaluate reruns for a new loc_threshold; params.yaml is edited again while it runs: it fails and
-    dvc.lock keeps the last recorded values; the next repro validates and runs with the newest."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    recorded = lock["stages"]["evaluate"]["params"]["data/params.json"]["evaluate"]["loc_threshold"]
-    edited(params, **{"evaluate.loc_threshold": 0.25})
-    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("evaluate: device"):  # printed by start(), after it read params.yaml
-            edited(params, **{"evaluate.loc_threshold": 0.3})
-    proc.wait(timeout=600)
-    out = "".join(lines)
-    assert proc.returncode != 0, out
-    assert ("error: params.yaml changed while stage 'evaluate' ran: evaluate.loc_threshold: 0.25 -> 0.3; its "
-            "outputs were made with the values read at start, so they are not recorded") in out
-    assert "Running stage 'report'" not in out
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert lock["stages"]["evaluate"]["params"]["data/params.json"]["evaluate"]["loc_threshold"] == recorded
-    assert json.loads((repo / "data/params.json").read_text())["evaluate"]["loc_threshold"] == 0.25
-    again = run(["dvc", "repro"], repo)
-    assert ran(again) == ["validate", "evaluate", "report"]
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert lock["stages"]["evaluate"]["params"]["data/params.json"]["evaluate"]["loc_threshold"] == 0.3
-    assert json.loads((repo / "reports/evaluation.json").read_text())["loc_threshold"] == 0.3
+def test_a_stage_reading_a_key_it_does_not_declare_fails_naming_it(repo, params):
+    """Stages read data/params.json through the keys their dvc.yaml entry declares: with `report` taken out of the
+    report stage's list, the stage fails naming the key and what to add, and dvc.lock records nothing new."""
+    dvc_file = repo / "dvc.yaml"
+    original = dvc_file.read_text()
+    declared = "          - evaluate\n          - report\n    outs:"
+    assert original.count(declared) == 1
+    try:
+        dvc_file.write_text(original.replace(declared, "          - evaluate\n    outs:"))
+        lock = (repo / "dvc.lock").read_text()
+        # a key taken out of a list is no change to DVC: force the stage, alone
+        proc = run(["dvc", "repro", "--single-item", "--force", "report"], repo, check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and ran(proc) == ["report"], out
+        assert (
+            "error: stage 'report' read the param 'report.gallery_images', which it does not declare: add "
+            "`report.gallery_images` (or its group) to the stage's `params: - data/params.json:` list in "
+            "dvc.yaml"
+        ) in out
+        assert (repo / "dvc.lock").read_text() == lock
+    finally:
+        dvc_file.write_text(original)
+    assert ran(run(["dvc", "repro", "--single-item", "--force", "report"], repo)) == ["report"]
 
 
+@pytest.mark.slow
 def test_exp_run_validates_and_shows_params(repo):
     # DVC refuses `-S` for a key params.yaml lacks; `-S +key=value` adds it, and validate fails
     bad = run(["dvc", "exp", "run", "-S", "finetune.epoch=5"], repo, check=False)
