@@ -18,6 +18,7 @@ Targets (issue 21): coverage in [93%, 97%] and half-width ratio <= 1.15 for ever
 `evaluate` uses. With 200 draws a coverage's binomial standard error is about 1.5 points, so a row of a true 95%
 falls outside 93-97% one time in five; the independent set of draws shows which misses are noise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,15 +53,18 @@ def load_pool(path: Path) -> tuple[dict, dict]:
     results = {}
     for stem in meta["keys"]:
         variant, branch, split = stem.split(".")
-        fields = {"per_image_multi": np.unpackbits(z[f"{stem}.multi"], axis=-1, count=n_thr).astype(bool),
-                  "per_image_single": np.unpackbits(z[f"{stem}.single"], axis=-1, count=n_thr).astype(bool),
-                  "per_image_gt_known": z[f"{stem}.gt_known"], "per_image_top1_loc": z[f"{stem}.top1_loc"]}
+        fields = {
+            "per_image_multi": np.unpackbits(z[f"{stem}.multi"], axis=-1, count=n_thr).astype(bool),
+            "per_image_single": np.unpackbits(z[f"{stem}.single"], axis=-1, count=n_thr).astype(bool),
+            "per_image_gt_known": z[f"{stem}.gt_known"],
+            "per_image_top1_loc": z[f"{stem}.top1_loc"],
+        }
         extra = {k: z[f"{stem}.{k}"] for k in ("fg", "bg", "avg_drop", "inc_conf") if f"{stem}.{k}" in z}
-        results[(variant, branch, split)] = NS(box=NS(**fields),
-                                               mask=NS(per_image_fg_hist=extra["fg"], per_image_bg_hist=extra["bg"])
-                                               if "fg" in extra else None,
-                                               fid=NS(avg_drop_terms=extra["avg_drop"], inc_conf_flags=extra["inc_conf"])
-                                               if "avg_drop" in extra else None)
+        results[(variant, branch, split)] = NS(
+            box=NS(**fields),
+            mask=NS(per_image_fg_hist=extra["fg"], per_image_bg_hist=extra["bg"]) if "fg" in extra else None,
+            fid=NS(avg_drop_terms=extra["avg_drop"], inc_conf_flags=extra["inc_conf"]) if "avg_drop" in extra else None,
+        )
     meta["labels"] = {s: z[f"labels_{s}"] for s in ("val", "test")}
     return results, meta
 
@@ -90,13 +94,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pool", type=Path, default=Path("build/calibration/outcomes.npz"))
     ap.add_argument("--draws", type=int, default=200)
-    ap.add_argument("--first-draw", type=int, default=0, help="draw seeds first..first+draws-1 (another study: "
-                                                              "another range)")
+    ap.add_argument(
+        "--first-draw", type=int, default=0, help="draw seeds first..first+draws-1 (another study: another range)"
+    )
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--val-per-class", type=int, default=None, help="default: params.yaml's")
     ap.add_argument("--test-per-class", type=int, default=None, help="default: params.yaml's")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"),
-                    help="writes <stem>.md and <stem>.json there")
+    ap.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results"), help="writes <stem>.md and <stem>.json there"
+    )
     ap.add_argument("--stem", default="calibration")
     a = ap.parse_args()
     from pipeline.params import load_params
@@ -127,14 +133,28 @@ def main() -> None:
             true = truth[(variant, metric)]["delta"]
             spread = float(v[:, 0].std(ddof=1))
             half = float(((v[:, 2] - v[:, 1]) / 2).mean())
-            summary.append({"construction": name, "variant": variant, "metric": metric, "truth": true,
-                            "coverage": float(((v[:, 1] <= true) & (true <= v[:, 2])).mean()),
-                            "mean_half_width": half, "spread": spread,
-                            "width_ratio": half / (1.96 * spread) if spread > 0 else None,
-                            "mean_estimate": float(v[:, 0].mean()), "draws": len(v)})
+            summary.append(
+                {
+                    "construction": name,
+                    "variant": variant,
+                    "metric": metric,
+                    "truth": true,
+                    "coverage": float(((v[:, 1] <= true) & (true <= v[:, 2])).mean()),
+                    "mean_half_width": half,
+                    "spread": spread,
+                    "width_ratio": half / (1.96 * spread) if spread > 0 else None,
+                    "mean_estimate": float(v[:, 0].mean()),
+                    "draws": len(v),
+                }
+            )
     a.out.mkdir(parents=True, exist_ok=True)
-    info = {"pool": {k: meta[k] for k in ("model", "val_per_class", "test_per_class", "options")},
-            "draw_per_class": per_class, "draws": a.draws, "first_draw": a.first_draw, "resamples": a.resamples}
+    info = {
+        "pool": {k: meta[k] for k in ("model", "val_per_class", "test_per_class", "options")},
+        "draw_per_class": per_class,
+        "draws": a.draws,
+        "first_draw": a.first_draw,
+        "resamples": a.resamples,
+    }
     (a.out / f"{a.stem}.json").write_text(json.dumps({"info": info, "rows": summary}, indent=1) + "\n")
     text = markdown(summary, info, meta.get("aliases", {}))
     (a.out / f"{a.stem}.md").write_text(text)
@@ -148,23 +168,35 @@ def _ok(row: dict) -> bool:
 def markdown(summary: list[dict], info: dict, aliases: dict) -> str:
     """The default construction row by row, then every construction's range per metric."""
     default = next(iter(CONSTRUCTIONS))
-    names = {v: " = ".join([v, *sorted(a for a, s in aliases.items() if s == v)]) for v in
-             dict.fromkeys(s["variant"] for s in summary)}
+    names = {
+        v: " = ".join([v, *sorted(a for a, s in aliases.items() if s == v)])
+        for v in dict.fromkeys(s["variant"] for s in summary)
+    }
     rows = [s for s in summary if s["construction"] == default]
-    lines = [f"{info['draws']} draws (seeds {info['first_draw']}..{info['first_draw'] + info['draws'] - 1}) of "
-             f"{info['draw_per_class']['val']} val and {info['draw_per_class']['test']} test images per class from "
-             f"a pool of {info['pool']['val_per_class']} and {info['pool']['test_per_class']} per class, one fixed "
-             f"model, {info['resamples']} resamples; construction `{default}` (what `evaluate` uses). Ratio: mean "
-             "half-width / (1.96 x the estimate's standard deviation over draws); target: coverage 93-97%, ratio "
-             "<= 1.15.", "",
-             "| map set | metric | coverage | mean half-width | spread (sd) | ratio | target |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{info['draws']} draws (seeds {info['first_draw']}..{info['first_draw'] + info['draws'] - 1}) of "
+        f"{info['draw_per_class']['val']} val and {info['draw_per_class']['test']} test images per class from "
+        f"a pool of {info['pool']['val_per_class']} and {info['pool']['test_per_class']} per class, one fixed "
+        f"model, {info['resamples']} resamples; construction `{default}` (what `evaluate` uses). Ratio: mean "
+        "half-width / (1.96 x the estimate's standard deviation over draws); target: coverage 93-97%, ratio "
+        "<= 1.15.",
+        "",
+        "| map set | metric | coverage | mean half-width | spread (sd) | ratio | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in rows:
         ratio = "n/a" if s["width_ratio"] is None else f"{s['width_ratio']:.2f}"
-        lines.append(f"| {names[s['variant']]} | {s['metric']} | {100 * s['coverage']:.1f}% | "
-                     f"{s['mean_half_width']:.3f} | {s['spread']:.3f} | {ratio} | {'met' if _ok(s) else 'missed'} |")
-    lines += ["", "Every construction, per metric (the range over map sets):", "",
-              "| construction | metric | coverage | ratio |", "|---|---|---|---|"]
+        lines.append(
+            f"| {names[s['variant']]} | {s['metric']} | {100 * s['coverage']:.1f}% | "
+            f"{s['mean_half_width']:.3f} | {s['spread']:.3f} | {ratio} | {'met' if _ok(s) else 'missed'} |"
+        )
+    lines += [
+        "",
+        "Every construction, per metric (the range over map sets):",
+        "",
+        "| construction | metric | coverage | ratio |",
+        "|---|---|---|---|",
+    ]
     for name in CONSTRUCTIONS:
         for metric in HEADLINE_METRICS:
             chosen = [s for s in summary if s["construction"] == name and s["metric"] == metric]
@@ -172,8 +204,7 @@ def markdown(summary: list[dict], info: dict, aliases: dict) -> str:
                 continue
             cov = [100 * s["coverage"] for s in chosen]
             rat = [s["width_ratio"] for s in chosen if s["width_ratio"] is not None]
-            lines.append(f"| `{name}` | {metric} | {min(cov):.1f}-{max(cov):.1f}% | "
-                         f"{min(rat):.2f}-{max(rat):.2f} |")
+            lines.append(f"| `{name}` | {metric} | {min(cov):.1f}-{max(cov):.1f}% | {min(rat):.2f}-{max(rat):.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,7 @@ train + 50,000 test images. The CPU may be shared: read the ratios, not the time
     python benchmarks/bench_preprocess_sizes.py
     python benchmarks/bench_preprocess_sizes.py --n 300 --rounds 7 --workers 4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,7 +91,7 @@ def full_decode(root: Path, ids: list[str]) -> list[tuple[int, int]]:
 def header_threads(root: Path, ids: list[str], workers: int) -> list[tuple[int, int]]:
     """(d): `image_size` in a thread pool, chunked as the process pool is."""
     chunk = prepare.SIZE_CHUNK
-    chunks = [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
+    chunks = [ids[i : i + chunk] for i in range(0, len(ids), chunk)]
     with ThreadPoolExecutor(workers) as pool:
         parts = pool.map(lambda part: [image_size(root / i) for i in part], chunks)
         return [size for part in parts for size in part]
@@ -102,8 +103,9 @@ def cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def run_case(root: Path, ids: list[str], rounds: int,
-             workers: int) -> tuple[dict[str, float], dict[str, float], dict[str, bool]]:
+def run_case(
+    root: Path, ids: list[str], rounds: int, workers: int
+) -> tuple[dict[str, float], dict[str, float], dict[str, bool]]:
     """Median wall and CPU seconds per image of routes (a)-(d) on `ids`, and whether each gave the sizes of
     (a)."""
     routes: dict[str, Callable[[], list]] = {
@@ -175,8 +177,10 @@ def main() -> None:
                 "|---|---:|---:|---:|---|---:|",
             ]
             for name, label in labels.items():
-                lines.append(f"| {label} | {1e3 * t[name]:.3f} | {t['a'] / t[name]:.1f}x | {1e3 * cpu[name]:.3f} | "
-                             f"{identical[name]} | {t[name] * ILSVRC_IMAGES / 60:.1f} min |")
+                lines.append(
+                    f"| {label} | {1e3 * t[name]:.3f} | {t['a'] / t[name]:.1f}x | {1e3 * cpu[name]:.3f} | "
+                    f"{identical[name]} | {t[name] * ILSVRC_IMAGES / 60:.1f} min |"
+                )
             print("\n".join(lines[-8:]), flush=True)
     lines += [
         "",

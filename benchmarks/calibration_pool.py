@@ -11,6 +11,7 @@ Writes <out>/pool/ (the generated raw and prepared pool, CAM shards) and <out>/o
 Top-1 Loc flags, PxAP histograms, Average Drop terms and Increase in Confidence flags) and the labels. Each step
 is skipped when its output exists (delete the folder to rebuild).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-POOL_VAL_PER_CLASS = 400    # 10 x the default's val (40 per class)
+POOL_VAL_PER_CLASS = 400  # 10 x the default's val (40 per class)
 POOL_TEST_PER_CLASS = 1000  # 10 x the default's test (100 per class)
 
 
@@ -43,10 +44,18 @@ def build(model_path: Path, out: Path, val_per_class: int, test_per_class: int, 
     if params.dataset != "synthbirds":
         raise SystemExit("calibration: params.yaml's dataset must be synthbirds (the pool is generated)")
     raw, prepared_dir, cams_dir = out / "pool" / "raw", out / "pool" / "prepared", out / "pool" / "cams"
-    spec = SynthBirdsSpec(num_classes=d.num_classes, image_size=d.image_size, train_per_class=0,
-                          val_per_class=val_per_class, test_per_class=test_per_class, seed=params.seed,
-                          min_distractors=d.min_distractors, max_distractors=d.max_distractors,
-                          confuser_prob=d.confuser_prob, supersample=d.supersample)
+    spec = SynthBirdsSpec(
+        num_classes=d.num_classes,
+        image_size=d.image_size,
+        train_per_class=0,
+        val_per_class=val_per_class,
+        test_per_class=test_per_class,
+        seed=params.seed,
+        min_distractors=d.min_distractors,
+        max_distractors=d.max_distractors,
+        confuser_prob=d.confuser_prob,
+        supersample=d.supersample,
+    )
     t0 = time.perf_counter()
     if not (raw / "classes.txt").is_file():
         generate(spec, raw, workers=workers)
@@ -67,18 +76,29 @@ def build(model_path: Path, out: Path, val_per_class: int, test_per_class: int, 
         if not (cams_dir / split / "manifest.json").is_file():
             t1 = time.perf_counter()
             ids = prepared.split(split).image_ids
-            write_cams(cams_dir / split, iter_cam_records(model, split_loader(split), ids, targets=("gt", "pred")),
-                       targets=("gt", "pred"), feature_size=model.feature_size, dtype="float32", shard_size=4096,
-                       info={"family": model_family(model), "gap_linear_heads": gap_linear_heads(model)},
-                       variants=[v.name for v in model_variants(model)])
+            write_cams(
+                cams_dir / split,
+                iter_cam_records(model, split_loader(split), ids, targets=("gt", "pred")),
+                targets=("gt", "pred"),
+                feature_size=model.feature_size,
+                dtype="float32",
+                shard_size=4096,
+                info={"family": model_family(model), "gap_linear_heads": gap_linear_heads(model)},
+                variants=[v.name for v in model_variants(model)],
+            )
             print(f"pool: {split} CAMs in {time.perf_counter() - t1:.0f} s", flush=True)
 
     outcomes = out / "outcomes.npz"
     if outcomes.is_file():
         return outcomes
     e = params.evaluate
-    opts = EvalOptions(postprocess=e.postprocess, threshold_grid=e.threshold_grid, threshold_split="val",
-                       gt_box_match=e.gt_box_match, loc_threshold=e.loc_threshold)
+    opts = EvalOptions(
+        postprocess=e.postprocess,
+        threshold_grid=e.threshold_grid,
+        threshold_split="val",
+        gt_box_match=e.gt_box_match,
+        loc_threshold=e.loc_threshold,
+    )
     cams = {s: read_cams(cams_dir / s) for s in ("val", "test")}
     gts = {s: load_ground_truth(prepared_dir, s) for s in ("val", "test")}
     arrays: dict[str, np.ndarray] = {f"labels_{s}": gts[s].labels for s in gts}
@@ -109,11 +129,27 @@ def build(model_path: Path, out: Path, val_per_class: int, test_per_class: int, 
 
     test_loader = split_loader("test")
     t2 = time.perf_counter()
-    evaluate_all(cams, gts, opts, model=model, batches=lambda: iter(test_loader), fidelity_target=e.fidelity_target,
-                 fidelity_size=size, on_result=on_result, show_progress=True)
+    evaluate_all(
+        cams,
+        gts,
+        opts,
+        model=model,
+        batches=lambda: iter(test_loader),
+        fidelity_target=e.fidelity_target,
+        fidelity_size=size,
+        on_result=on_result,
+        show_progress=True,
+    )
     print(f"pool: outcomes in {time.perf_counter() - t2:.0f} s", flush=True)
-    meta = {"keys": sorted(set(names)), "n_thresholds": n_thresholds[0], "model": str(model_path),
-            "val_per_class": val_per_class, "test_per_class": test_per_class, "options": repr(opts), "aliases": aliases}
+    meta = {
+        "keys": sorted(set(names)),
+        "n_thresholds": n_thresholds[0],
+        "model": str(model_path),
+        "val_per_class": val_per_class,
+        "test_per_class": test_per_class,
+        "options": repr(opts),
+        "aliases": aliases,
+    }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     np.savez(outcomes, **arrays)
     return outcomes

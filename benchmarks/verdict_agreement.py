@@ -13,6 +13,7 @@ degrees of freedom): that share is the *consistency*. A verdict can flip between
 effect at the edge of detection is found by one run and not by the other, by nature ("edge"). A flip between
 inconsistent estimates ("inconsistent") means the intervals still miss some of the randomness.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ def consistent(ra: dict, rb: dict, confidence: float = 0.95) -> bool:
     if se == 0:
         return ra["delta"] == rb["delta"]
     dfs = [r["df"] if r.get("df") else float("inf") for r in (ra, rb)]
-    df = se ** 4 / sum(r["se"] ** 4 / d for r, d in zip((ra, rb), dfs))
+    df = se**4 / sum(r["se"] ** 4 / d for r, d in zip((ra, rb), dfs))
     return abs(ra["delta"] - rb["delta"]) <= student_t.ppf(0.5 + confidence / 2, df) * se
 
 
@@ -45,33 +46,49 @@ def compare(a: list[dict], b: list[dict]) -> dict:
         if ra["verdict"] == rb["verdict"]:
             same += 1
             continue
-        flips.append({"protocol": ra["protocol"], "variant": ra["variant"], "metric": ra["metric"],
-                      "kind": "edge" if ok else "inconsistent",
-                      "a": {k: ra[k] for k in ("delta", "low", "high", "verdict")},
-                      "b": {k: rb[k] for k in ("delta", "low", "high", "verdict")}})
+        flips.append(
+            {
+                "protocol": ra["protocol"],
+                "variant": ra["variant"],
+                "metric": ra["metric"],
+                "kind": "edge" if ok else "inconsistent",
+                "a": {k: ra[k] for k in ("delta", "low", "high", "verdict")},
+                "b": {k: rb[k] for k in ("delta", "low", "high", "verdict")},
+            }
+        )
     total = same + len(flips)
     outside = sum(not (ra["low"] <= rows_b[key(ra)]["delta"] <= ra["high"]) for ra in a if key(ra) in rows_b)
-    return {"rows": total, "agree": same, "share": same / total if total else None, "b_outside_a": outside,
-            "consistent": agreeing,
-            "consistent_share": agreeing / total if total else None, "flips": flips}
+    return {
+        "rows": total,
+        "agree": same,
+        "share": same / total if total else None,
+        "b_outside_a": outside,
+        "consistent": agreeing,
+        "consistent_share": agreeing / total if total else None,
+        "flips": flips,
+    }
 
 
 def markdown(result: dict, names: tuple[str, str]) -> str:
     share = result["share"]
-    lines = [f"Verdicts of {names[0]} and {names[1]} agree on **{result['agree']} of {result['rows']} rows "
-             f"({100 * share:.1f}%)**. Their estimates are consistent (they differ by less than their combined "
-             f"95% interval) on **{result['consistent']} of {result['rows']} rows "
-             f"({100 * result['consistent_share']:.1f}%)**; flips: "
-             f"{sum(f['kind'] == 'edge' for f in result['flips'])} at the edge of detection, "
-             f"{sum(f['kind'] == 'inconsistent' for f in result['flips'])} inconsistent. {result['b_outside_a']} of "
-             f"{names[1]}'s estimates lie outside {names[0]}'s intervals (two calibrated runs: about one in six, "
-             "as each estimate carries its own noise).", ""]
+    lines = [
+        f"Verdicts of {names[0]} and {names[1]} agree on **{result['agree']} of {result['rows']} rows "
+        f"({100 * share:.1f}%)**. Their estimates are consistent (they differ by less than their combined "
+        f"95% interval) on **{result['consistent']} of {result['rows']} rows "
+        f"({100 * result['consistent_share']:.1f}%)**; flips: "
+        f"{sum(f['kind'] == 'edge' for f in result['flips'])} at the edge of detection, "
+        f"{sum(f['kind'] == 'inconsistent' for f in result['flips'])} inconsistent. {result['b_outside_a']} of "
+        f"{names[1]}'s estimates lie outside {names[0]}'s intervals (two calibrated runs: about one in six, "
+        "as each estimate carries its own noise).",
+        "",
+    ]
     if result["flips"]:
         lines += [f"| protocol | variant | metric | {names[0]} | {names[1]} | flip |", "|---|---|---|---|---|---|"]
         for f in result["flips"]:
             cell = lambda r: f"{r['delta']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] {r['verdict']}"  # noqa: E731
-            lines.append(f"| {f['protocol']} | {f['variant']} | {f['metric']} | {cell(f['a'])} | {cell(f['b'])} | "
-                         f"{f['kind']} |")
+            lines.append(
+                f"| {f['protocol']} | {f['variant']} | {f['metric']} | {cell(f['a'])} | {cell(f['b'])} | {f['kind']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

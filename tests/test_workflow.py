@@ -5,6 +5,7 @@ actionlint is not installable here (its PyPI package downloads a Go binary at bu
   (and a broken copy must fail that check, so it is not vacuous);
 - the project-level rules actionlint would otherwise cover are checked below in Python.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,12 @@ EXPRESSION = re.compile(r"\$\{\{.*?\}\}", re.S)
 
 
 def schema_check(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
-                           str(path)], capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def load(path: Path) -> dict:
@@ -106,9 +111,15 @@ def test_actions_are_pinned(path):
         assert re.search(r"@[0-9a-f]{40}\s+# v\d+(\.\d+)*\s*$", line), f"{line.strip()}: name the release (# vX.Y.Z)"
 
 
-@pytest.mark.parametrize("uses, ok", [("actions/checkout@v5", False), ("actions/checkout@main", False),
-                                      ("actions/checkout@fbc6f39", False),
-                                      ("actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09", True)])
+@pytest.mark.parametrize(
+    "uses, ok",
+    [
+        ("actions/checkout@v5", False),
+        ("actions/checkout@main", False),
+        ("actions/checkout@fbc6f39", False),
+        ("actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09", True),
+    ],
+)
 def test_the_pin_check_refuses_tags_and_short_shas(tmp_path, uses, ok):
     wf = tmp_path / "w.yml"
     wf.write_text(f"on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - uses: {uses}  # v5.1.0\n")
@@ -125,8 +136,9 @@ def test_make_targets_exist(path):
     used = []
     for script in run_blocks(load(path)):
         for line in script.splitlines():
-            for m in re.finditer(r"(?:^|[;&|(]\s*)make((?:\s+(?:-\S+|[A-Za-z_]\w*=\S*))*)\s+([A-Za-z][\w.-]*)",
-                                 line.strip()):
+            for m in re.finditer(
+                r"(?:^|[;&|(]\s*)make((?:\s+(?:-\S+|[A-Za-z_]\w*=\S*))*)\s+([A-Za-z][\w.-]*)", line.strip()
+            ):
                 used.append(m.group(2))
     assert set(used) <= targets, f"make target(s) {sorted(set(used) - targets)} not in the Makefile"
 
@@ -161,8 +173,16 @@ def test_pr_report_workflow_shape():
     assert any(s.get("uses", "").startswith("iterative/setup-cml@") for s in all_steps)
 
     scripts = run_blocks(doc)
-    needles = ("download.pytorch.org/whl/cpu", "make setup", "git worktree add", "dvc repro", "make repro",
-               "make -s compare", "GITHUB_STEP_SUMMARY", "cml comment")
+    needles = (
+        "download.pytorch.org/whl/cpu",
+        "make setup",
+        "git worktree add",
+        "dvc repro",
+        "make repro",
+        "make -s compare",
+        "GITHUB_STEP_SUMMARY",
+        "cml comment",
+    )
     order = [next(i for i, s in enumerate(scripts) if needle in s) for needle in needles]
     assert order == sorted(order), f"steps out of order: {', '.join(needles)}"
     cpu = next(s for s in scripts if "download.pytorch.org/whl/cpu" in s)
@@ -175,10 +195,10 @@ def test_pr_report_workflow_shape():
 
 
 def test_workflow_torch_pins_match_requirements():
-    pins = dict(re.findall(r"^(torch|torchvision)==(\S+)", (ROOT / "requirements.txt").read_text(), re.M))
+    pins = dict(re.findall(r"^(torch|torchvision)==(\S+)", (ROOT / "requirements" / "run.txt").read_text(), re.M))
     cpu = next(s for s in run_blocks(load(PR_REPORT)) if "download.pytorch.org/whl/cpu" in s)
     for name, version in pins.items():
-        assert f"{name}=={version}" in cpu.split(), f"workflow installs another {name} than requirements.txt"
+        assert f"{name}=={version}" in cpu.split(), f"workflow installs another {name} than requirements/run.txt"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -241,18 +261,34 @@ def script_env(tmp_path: Path, **extra: str) -> dict:
         if not (venv / tool).exists():
             (venv / tool).symlink_to(bin_dir / tool if (bin_dir / tool).exists() else shutil.which(tool))
     (venv / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
-    env = dict(os.environ, GITHUB_WORKSPACE=str(tmp_path / "ws"), RUNNER_TEMP=str(tmp_path / "runner"),
-               GITHUB_ENV=str(tmp_path / "github_env"), GITHUB_OUTPUT=str(tmp_path / "github_output"),
-               GITHUB_STEP_SUMMARY=str(tmp_path / "summary.md"), DVC_NO_ANALYTICS="1", GIT_CONFIG_NOSYSTEM="1",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env = dict(
+        os.environ,
+        GITHUB_WORKSPACE=str(tmp_path / "ws"),
+        RUNNER_TEMP=str(tmp_path / "runner"),
+        GITHUB_ENV=str(tmp_path / "github_env"),
+        GITHUB_OUTPUT=str(tmp_path / "github_output"),
+        GITHUB_STEP_SUMMARY=str(tmp_path / "summary.md"),
+        DVC_NO_ANALYTICS="1",
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
     (tmp_path / "runner").mkdir(exist_ok=True)
     return {**env, **extra}
 
 
 def run_step(doc: dict, name: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     _, step = named(doc, name)
-    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", step["run"]], cwd=cwd, env=env,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", step["run"]],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, f"{name}:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -287,8 +323,10 @@ def test_base_worktree_shares_the_cache_and_run_cache(tmp_path):
     sh("git", "-c", "init.defaultBranch=main", "init", "-q", cwd=origin)
     sh("dvc", "init", "-q", cwd=origin)
     (origin / "data.txt").write_text("data\n")  # a stage without deps has no run-cache
-    (origin / "dvc.yaml").write_text(f"stages:\n  train:\n    cmd: echo ran >> {log} && cat data.txt > model.txt\n"
-                                     "    deps:\n      - data.txt\n    outs:\n      - model.txt\n")
+    (origin / "dvc.yaml").write_text(
+        f"stages:\n  train:\n    cmd: echo ran >> {log} && cat data.txt > model.txt\n"
+        "    deps:\n      - data.txt\n    outs:\n      - model.txt\n"
+    )
     sh("git", "add", "-A", cwd=origin)
     sh("git", "commit", "-qm", "base", cwd=origin)
     sh("git", "clone", "-q", str(origin), str(ws / "checkout"), cwd=tmp_path)

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from pipeline.data.wsol import MetadataError, SplitMetadata, read_split
 from pipeline.io import atomic_dir, write_json, write_npy, write_text
+from pipeline.progress import bar_disabled
 
 SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "test")
@@ -265,7 +266,7 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, dataset: str, num_classes: 
         for split, meta in splits.items():
             ids = list(meta.image_ids)
             header_sizes = pool.sizes(image_root, ids)
-            for image_id, size in zip(tqdm(ids, desc=f"check {split} images", disable=not progress, leave=False),
+            for image_id, size in zip(tqdm(ids, desc=f"check {split} images", disable=bar_disabled(progress), leave=False),
                                       header_sizes):
                 label = meta.labels[image_id]
                 if not 0 <= label < num_classes:
