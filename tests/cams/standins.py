@@ -10,6 +10,7 @@ modules with `head(A)` = the logits in eval mode; `spec.family`; `forward(x)` ->
   second linear `fc2`: the torchvision InceptionV3 gradient-family form.
 - `timm_grad_model`: any timm trunk (`forward_features`) with a `PoolMlpHead` on it (the benchmark's case).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,8 +72,9 @@ class TimmTrunk(nn.Module):
             self.net = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **kwargs)
             self.channels = self.net.num_features
         else:  # timm's features_only model up to that stage
-            self.net = timm.create_model(name, pretrained=False, features_only=True, out_indices=(feature_stage,),
-                                         **kwargs)
+            self.net = timm.create_model(
+                name, pretrained=False, features_only=True, out_indices=(feature_stage,), **kwargs
+            )
             self.channels = self.net.feature_info.channels()[-1]
         self.feature_stage = feature_stage
 
@@ -101,12 +103,20 @@ def _randomise(head: nn.Module, generator: torch.Generator) -> None:
     with torch.no_grad():
         for m in head.modules():
             if isinstance(m, nn.Linear):
-                m.weight.normal_(0.0, m.in_features ** -0.5, generator=generator)
+                m.weight.normal_(0.0, m.in_features**-0.5, generator=generator)
                 m.bias.normal_(0.0, 0.1, generator=generator)
 
 
-def vgg_grad_model(*, seed: int = 0, num_classes: int = 5, input_size: int = 32, channels: int = 8,
-                   grid: int = 3, hidden: int = 16, family: str = "grad") -> StandInDualNet:
+def vgg_grad_model(
+    *,
+    seed: int = 0,
+    num_classes: int = 5,
+    input_size: int = 32,
+    channels: int = 8,
+    grid: int = 3,
+    hidden: int = 16,
+    family: str = "grad",
+) -> StandInDualNet:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     trunk = ConvTrunk(channels)
@@ -116,8 +126,9 @@ def vgg_grad_model(*, seed: int = 0, num_classes: int = 5, input_size: int = 32,
     return StandInDualNet(trunk, heads[0], heads[1], StandInSpec(family, num_classes, input_size)).eval()
 
 
-def inception_grad_model(*, seed: int = 0, num_classes: int = 5, input_size: int = 32,
-                         channels: int = 8) -> StandInDualNet:
+def inception_grad_model(
+    *, seed: int = 0, num_classes: int = 5, input_size: int = 32, channels: int = 8
+) -> StandInDualNet:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     trunk = ConvTrunk(channels)
@@ -127,8 +138,18 @@ def inception_grad_model(*, seed: int = 0, num_classes: int = 5, input_size: int
     return StandInDualNet(trunk, heads[0], heads[1], StandInSpec("grad", num_classes, input_size)).eval()
 
 
-def timm_model(name: str, *, family: str, num_classes: int, input_size: int, output_stride: int | None = None,
-               grid: int = 3, hidden: int = 256, seed: int = 0, feature_stage: int | None = None) -> StandInDualNet:
+def timm_model(
+    name: str,
+    *,
+    family: str,
+    num_classes: int,
+    input_size: int,
+    output_stride: int | None = None,
+    grid: int = 3,
+    hidden: int = 256,
+    seed: int = 0,
+    feature_stage: int | None = None,
+) -> StandInDualNet:
     """A timm trunk (up to `feature_stage`) with GAP-linear heads (`family="cam"`) or PoolMlpHeads (`family="grad"`)."""
     torch.manual_seed(seed)
     trunk = TimmTrunk(name, output_stride, feature_stage=feature_stage)

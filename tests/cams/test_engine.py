@@ -1,4 +1,5 @@
 """The one-pass CAM engine: parity with pytorch-grad-cam, CAM by hand, GAP-head identities, signs, batching."""
+
 import numpy as np
 import pytest
 import torch
@@ -54,8 +55,9 @@ def clamped(cam_class: type) -> type:
     return Clamped
 
 
-def run_grad_cam(cam_class: type, model: DualBranchNet, branch: str, x: torch.Tensor,
-                 targets: torch.Tensor) -> np.ndarray:
+def run_grad_cam(
+    cam_class: type, model: DualBranchNet, branch: str, x: torch.Tensor, targets: torch.Tensor
+) -> np.ndarray:
     with cam_class(BranchClassifier(model, branch), [model.trunk]) as cam:
         return cam(x, [ClassifierOutputTarget(int(k)) for k in targets])
 
@@ -156,7 +158,7 @@ def test_batch_invariance():
     targets = torch.tensor([1, 2, 4, 0])
     together = compute_cams(model, x, targets)
     for i in (0, 2):
-        alone = compute_cams(model, x[i:i + 1], targets[i:i + 1])
+        alone = compute_cams(model, x[i : i + 1], targets[i : i + 1])
         for name in ("pos", "neg", "logits", "logits2"):
             ours, ref = getattr(alone, name)[0], getattr(together, name)[i]
             torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()), msg=name)
@@ -188,9 +190,9 @@ def test_negative_weights_give_negative_maps_and_the_clamp_removes_them():
             head.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.3, 0.3]]))
     model.eval()
     features = torch.zeros(1, 3, 4, 4)
-    features[0, 0, :, :2] = 1.0   # channel 0 (weight +1) fires on the left half
+    features[0, 0, :, :2] = 1.0  # channel 0 (weight +1) fires on the left half
     features[0, 1, :2, 2:] = 1.0  # channel 1 (weight -2) fires in the top-right quadrant
-    features[0, 2] = 0.2          # channel 2 (weight +0.5) everywhere, weakly
+    features[0, 2] = 0.2  # channel 2 (weight +0.5) everywhere, weakly
     cams = compute_cams(model, features, torch.tensor([0]))
     top_right, bottom_right = (slice(None), slice(0, 2), slice(2, 4)), (slice(None), slice(2, 4), slice(2, 4))
     for variant in ("cam", "gradcam", "xgradcam"):

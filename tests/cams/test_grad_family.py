@@ -1,6 +1,7 @@
 """The engine through any head: parity with pytorch-grad-cam 1.5.7 on the gradient-family stand-ins
 (MLP head and Inception head), both branches, at several seeds, batch sizes and map/grid sizes; the fast
 GAP-linear path against autograd through the head; the variants differ from each other on an MLP head."""
+
 import itertools
 
 import numpy as np
@@ -85,11 +86,11 @@ def test_mlp_head_gradient_varies_and_the_four_variants_differ():
     with torch.no_grad():
         features = model.trunk(x)
     _, _, grads = head_gradients(model, features, targets)
-    spread = grads.amax(dim=(-2, -1)) - grads.amin(dim=(-2, -1))     # (B, 2, C)
+    spread = grads.amax(dim=(-2, -1)) - grads.amin(dim=(-2, -1))  # (B, 2, C)
     assert (spread > 1e-3 * grads.abs().amax()).float().mean() > 0.9  # nearly every channel varies over the map
     cams = compute_cams(model, x, targets)
     opts = PostProcess(weight_clamp=False, relu=True, upsample="bilinear", size=32, official_grad_scaling=True)
-    scores = postprocess(cams.pos, cams.neg, opts)                     # (B, 2, 4, 32, 32)
+    scores = postprocess(cams.pos, cams.neg, opts)  # (B, 2, 4, 32, 32)
     for b in range(2):
         for i, j in itertools.combinations(range(4), 2):
             diff = np.abs(scores[:, b, i] - scores[:, b, j]).max(axis=(1, 2))
@@ -186,8 +187,10 @@ def test_batch_invariance_through_an_mlp_head():
     targets = torch.tensor([1, 2, 4, 0])
     together = compute_cams(model, x, targets)
     for i in (0, 3):
-        alone = compute_cams(model, x[i:i + 1], targets[i:i + 1])
-        torch.testing.assert_close(alone.pos[0], together.pos[i], rtol=1e-5, atol=1e-6 * float(together.pos.abs().max()))
+        alone = compute_cams(model, x[i : i + 1], targets[i : i + 1])
+        torch.testing.assert_close(
+            alone.pos[0], together.pos[i], rtol=1e-5, atol=1e-6 * float(together.pos.abs().max())
+        )
 
 
 def test_cam_needs_a_gap_linear_head():
@@ -195,4 +198,3 @@ def test_cam_needs_a_gap_linear_head():
     model = vgg_grad_model(family="cam")
     with pytest.raises(ValueError, match="GAP -> linear"):
         compute_cams(model, torch.zeros(1, 3, 32, 32), torch.tensor([0]))
-

@@ -1,4 +1,5 @@
 """Evaluation-time post-processing of raw maps: normalisation, kernels, clamp, ReLU, official presets."""
+
 import cv2
 import numpy as np
 import pytest
@@ -6,8 +7,14 @@ import torch
 from pytorch_grad_cam.utils.image import scale_cam_image
 
 from pipeline.cams.engine import BRANCHES, VARIANTS
-from pipeline.cams.postprocess import (PostProcess, clean_options, normalize_scoremap, official_options,
-                                       postprocess, resize_maps)
+from pipeline.cams.postprocess import (
+    PostProcess,
+    clean_options,
+    normalize_scoremap,
+    official_options,
+    postprocess,
+    resize_maps,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -35,7 +42,7 @@ def test_normalize_scoremap_follows_the_official_rule():
     invalid = np.isnan(maps).any(axis=(1, 2), keepdims=True) | ~(top > 0)
     np.testing.assert_array_equal(out, np.where(invalid, np.float32(0), shifted / np.where(invalid, 1, top)))
     np.testing.assert_array_equal(normalize_scoremap(torch.from_numpy(maps)), out)  # torch input
-    np.testing.assert_array_equal(normalize_scoremap(maps[0]), out[0])               # a single map
+    np.testing.assert_array_equal(normalize_scoremap(maps[0]), out[0])  # a single map
 
 
 @pytest.mark.parametrize("kernel,flag", [("bilinear", cv2.INTER_LINEAR), ("bicubic", cv2.INTER_CUBIC)])
@@ -56,7 +63,7 @@ def test_non_square_resize_puts_width_and_height_the_right_way_round():
     ramp = np.tile(np.arange(3, dtype=np.float32), (2, 1))[None]  # (1, h=2, w=3): varies along x only
     out = resize_maps(ramp, 4, 6, "bilinear")
     assert out.shape == (1, 4, 6)
-    assert (out == out[:, :1]).all()             # every row is the same: still constant along y
+    assert (out == out[:, :1]).all()  # every row is the same: still constant along y
     assert (np.diff(out[0, 0]) >= 0).all() and out[0, 0, -1] > out[0, 0, 0]
 
 
@@ -66,8 +73,9 @@ def test_weight_clamp_uses_pos_only():
     signed = PostProcess(weight_clamp=False, relu=False, upsample="bilinear", size=10, official_grad_scaling=False)
     np.testing.assert_array_equal(postprocess(pos, neg, clamp), postprocess(pos, np.zeros_like(neg), signed))
     np.testing.assert_array_equal(postprocess(pos, None, clamp), postprocess(pos, neg, clamp))
-    np.testing.assert_array_equal(postprocess(pos, neg, signed),
-                                  normalize_scoremap(resize_maps(pos + neg, 10, 10, "bilinear")))
+    np.testing.assert_array_equal(
+        postprocess(pos, neg, signed), normalize_scoremap(resize_maps(pos + neg, 10, 10, "bilinear"))
+    )
     with pytest.raises(ValueError, match="neg"):
         postprocess(pos, None, signed)
 
@@ -107,16 +115,20 @@ def test_presets():
             assert (softmax.relu, softmax.upsample, softmax.official_grad_scaling) == (False, "bicubic", False)
         else:
             assert (softmax.relu, softmax.upsample, softmax.official_grad_scaling) == (True, "bilinear", True)
-    assert clean_options(96) == PostProcess(weight_clamp=False, relu=True, upsample="bilinear", size=96,
-                                            official_grad_scaling=False)
+    assert clean_options(96) == PostProcess(
+        weight_clamp=False, relu=True, upsample="bilinear", size=96, official_grad_scaling=False
+    )
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: official_options("scorecam", "sigmoid", 8), "variant"),
-    (lambda: official_options("cam", "softmax2", 8), "branch"),
-    (lambda: PostProcess(False, True, "nearest", 8, False), "upsample"),
-    (lambda: PostProcess(False, True, "bilinear", 0, False), "size"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: official_options("scorecam", "sigmoid", 8), "variant"),
+        (lambda: official_options("cam", "softmax2", 8), "branch"),
+        (lambda: PostProcess(False, True, "nearest", 8, False), "upsample"),
+        (lambda: PostProcess(False, True, "bilinear", 0, False), "size"),
+    ],
+)
 def test_invalid_options_are_rejected(call, match):
     with pytest.raises(ValueError, match=match):
         call()

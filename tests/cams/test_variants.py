@@ -1,4 +1,5 @@
 """The CAM variant registry: its entries, one home for variant names, and adding a variant as one entry."""
+
 import ast
 from pathlib import Path
 
@@ -40,8 +41,11 @@ def _string_constants(tree: ast.AST) -> list[ast.Constant]:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 docstrings.add(id(first.value))
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and id(n) not in docstrings]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
 
 
 def _identifier(node: ast.AST) -> str:
@@ -82,9 +86,11 @@ def test_no_module_outside_the_registry_names_a_variant():
 
 
 def test_the_scan_catches_a_switch():
-    source = ('"""doc: cam, gradcam"""\ndef f(variant, family):\n    """layercam"""\n'
-              '    a = 1 if variant == "cam" else 0\n    b = family == "cam"\n    c = ("cam", "gradcam")\n'
-              '    return sign["xgradcam"]\n')
+    source = (
+        '"""doc: cam, gradcam"""\ndef f(variant, family):\n    """layercam"""\n'
+        '    a = 1 if variant == "cam" else 0\n    b = family == "cam"\n    c = ("cam", "gradcam")\n'
+        '    return sign["xgradcam"]\n'
+    )
     assert variant_literals(ast.parse(source)) == [(4, "cam"), (6, "cam"), (6, "gradcam"), (7, "xgradcam")]
 
 
@@ -104,8 +110,9 @@ def test_adding_a_variant_is_one_entry(monkeypatch, tmp_path):
     """A new entry (here: channel weights mean_xy |g|, through `CamInputs.mean_xy` as every spatial reduction
     must be, since the gradient may come per pixel, per cell or as a constant) is computed by the engine,
     stored by name, read back and post-processed, with nothing else changed."""
-    new = variants.CamVariant("absgrad", "Abs-Grad-CAM", "channel", lambda x: x.mean_xy(x.grads.abs()), True,
-                              variants.GRAD_RULE)
+    new = variants.CamVariant(
+        "absgrad", "Abs-Grad-CAM", "channel", lambda x: x.mean_xy(x.grads.abs()), True, variants.GRAD_RULE
+    )
     monkeypatch.setitem(variants.REGISTRY, new.name, new)
     model = vgg_grad_model(seed=1)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -124,12 +131,21 @@ def test_adding_a_variant_is_one_entry(monkeypatch, tmp_path):
 
     maps = torch.stack([cams.pos, cams.neg], dim=1)[:, None].numpy()
     records = [CamRecord(f"{i}.png", 0, 0, 0.0, 0.0, maps[i]) for i in range(2)]
-    write_cams(tmp_path / "c", iter(records), targets=("gt",), feature_size=model.feature_size, dtype="float32",
-               shard_size=2, info={}, variants=cams.variants)
+    write_cams(
+        tmp_path / "c",
+        iter(records),
+        targets=("gt",),
+        feature_size=model.feature_size,
+        dtype="float32",
+        shard_size=2,
+        info={},
+        variants=cams.variants,
+    )
     back = read_cams(tmp_path / "c")
     assert back.manifest["variants"] == list(cams.variants)
-    torch.testing.assert_close(torch.from_numpy(back.select(part="pos", branch="softmax", variant="absgrad")),
-                               cams.pos[:, 0, -1])
+    torch.testing.assert_close(
+        torch.from_numpy(back.select(part="pos", branch="softmax", variant="absgrad")), cams.pos[:, 0, -1]
+    )
     assert official_options("absgrad", "sigmoid", 32).official_grad_scaling
 
 

@@ -1,4 +1,5 @@
 """End to end: the real `dvc repro` on the smoke configuration, in a temporary copy of the repository."""
+
 import csv
 import hashlib
 import json
@@ -9,19 +10,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.project import copy_project
+
+from tests import project
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
+# The slow group (`make test-slow`): tests that retrain or run whole experiments beyond the one shared repro.
+slow = pytest.mark.slow
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-           "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return project.run(cmd, cwd, check, timeout=600)
 
 
 def digest_tree(*roots: Path) -> dict[str, str]:
@@ -34,16 +33,10 @@ def digest_tree(*roots: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A fresh copy of the tracked project files, as a git repository, switched to the smoke params."""
-    dest = tmp_path_factory.mktemp("repo")
-    copy_project(dest)
-    run(["git", "init", "-q"], dest)
-    run([sys.executable, "-m", "pipeline.params", "apply", "configs/smoke.yaml"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"], dest)
-    run(["dvc", "repro"], dest)
-    return dest
+def repo(smoke_copy) -> Path:
+    """A fresh copy of the tracked project files, as a git repository, switched to the smoke params and
+    reproduced (`dvc repro` once per session, tests/e2e/conftest.py; this module's own copy of it)."""
+    return smoke_copy
 
 
 def test_repro_writes_every_stage_output(repo):
@@ -101,27 +94,45 @@ def test_report_has_the_table_figures_and_sign_diagnostics(repo):
         rows = list(csv.DictReader(fh))
     assert [r["variant"] for r in rows] == ["cam", "gradcam", "gradcampp", "xgradcam", "layercam"]
     assert float(rows[0]["maxboxacc_v2_delta"]) == pytest.approx(
-        cam["sigmoid"]["maxboxacc_v2"] - cam["softmax"]["maxboxacc_v2"], abs=1e-3)
+        cam["sigmoid"]["maxboxacc_v2"] - cam["softmax"]["maxboxacc_v2"], abs=1e-3
+    )
     summary = (repo / "reports/summary.md").read_text()  # the answer the project README renders
     first = next(line for line in summary.splitlines() if line.startswith("| CAM"))
     assert first.startswith("| CAM = Grad-CAM") and "XGrad-CAM" in first  # one map set: GAP-linear heads
     assert "2 model(s) (2 baseline(s))" in summary
     assert "| `official_symmetric` | " in summary
-    assert "**Where the width comes from**" in readme and "| CAM | MaxBoxAccV2 | " in readme
+    assert "**Where the width comes from**" in readme  # then the levels table, one row per map set and metric
+    assert "| CAM = Grad-CAM = XGrad-CAM | MaxBoxAccV2 | " in readme.split("**Where the width comes from**", 1)[1]
     sign = json.loads((repo / "reports/sign.json").read_text())
     assert set(sign) == set(manifest_variants(repo)) and set(sign["cam"]) == {"softmax", "sigmoid"}
     assert sign["layercam"]["softmax"]["neg_share_inside"] == 0.0  # LayerCAM has no negative part
     figures = sorted(p.name for p in (repo / "reports/figures").glob("*.png"))
-    assert figures == sorted(["forest.png", "threshold_curves.png", "pr_curves.png", "sign_diagnostics.png",
-                              *(f"gallery_{v}.png" for v in manifest_variants(repo))])
+    assert figures == sorted(
+        [
+            "forest.png",
+            "threshold_curves.png",
+            "pr_curves.png",
+            "sign_diagnostics.png",
+            *(f"gallery_{v}.png" for v in manifest_variants(repo)),
+        ]
+    )
     for name in figures:
         assert f"figures/{name}" in readme
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     files = next(iter(shown.values()))["data"]
-    assert {"reports/metrics.json", "reports/sign.json", "reports/finetune/baseline_0/replicate_0/classification.json"} <= set(files)
+    assert {
+        "reports/metrics.json",
+        "reports/sign.json",
+        "reports/finetune/baseline_0/replicate_0/classification.json",
+    } <= set(files)
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
-    assert {"box_accuracy_iou30", "box_accuracy_iou50", "box_accuracy_iou70", "pixel_precision_recall",
-            "reports/figures/threshold_curves.png"} <= set(plots)
+    assert {
+        "box_accuracy_iou30",
+        "box_accuracy_iou50",
+        "box_accuracy_iou70",
+        "pixel_precision_recall",
+        "reports/figures/threshold_curves.png",
+    } <= set(plots)
 
 
 def manifest_variants(repo: Path) -> list[str]:
@@ -176,6 +187,7 @@ def test_bad_param_fails_fast_with_message(repo):
     assert restored.stdout.count("Running stage") == 2 and "Running stage 'validate'" in restored.stdout
 
 
+@slow  # retrains both baselines and everything after them (a second full repro)
 def test_going_back_to_a_configuration_restores_from_the_run_cache(repo):
     """Change baseline.epochs, reproduce, change it back: the training stages and cams come back from DVC's
     run-cache instead of retraining. evaluate and report rerun (DVC keeps no run-cache for a stage with an
@@ -213,6 +225,7 @@ def test_backbone_grid_queues_one_experiment_per_backbone(repo):
     assert "Queued" not in run(["dvc", "queue", "status"], repo).stdout
 
 
+@slow  # two queued experiments, each evaluate + report, through two celery workers
 def test_two_queue_workers_each_pinned_to_its_own_gpu(repo):
     """README's recipe: `CUDA_VISIBLE_DEVICES=<g> dvc queue start -j <g + 1>` per GPU g (-j N makes sure
     workers 1..N exist, so each call adds one worker, with that shell's GPU). Every stage prints the
@@ -223,22 +236,38 @@ def test_two_queue_workers_each_pinned_to_its_own_gpu(repo):
 
     def status() -> list[tuple[str, str]]:
         lines = run(["dvc", "queue", "status"], repo).stdout.splitlines()
-        return [(line.split()[1], line.split()[-1]) for line in lines[1:] if line.strip() and len(line.split()) >= 4
-                and not line.startswith("Worker")]
+        return [
+            (line.split()[1], line.split()[-1])
+            for line in lines[1:]
+            if line.strip() and len(line.split()) >= 4 and not line.startswith("Worker")
+        ]
 
     def start_worker(gpu: str, workers: int) -> None:
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-               "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1", "CUDA_VISIBLE_DEVICES": gpu}
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "HF_HUB_OFFLINE": "1",
+            "TQDM_DISABLE": "1",
+            "DVC_NO_ANALYTICS": "1",
+            "CUDA_VISIBLE_DEVICES": gpu,
+        }
         # no pipes: the worker it spawns would keep them open and block subprocess.run until it exits
-        subprocess.run(["dvc", "queue", "start", "-j", str(workers)], cwd=repo, env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        subprocess.run(
+            ["dvc", "queue", "start", "-j", str(workers)],
+            cwd=repo,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+        )
 
     start_worker("0", 1)
     deadline = time.time() + 300
     while not any(s == "Running" for _, s in status()):  # worker 0 holds the first experiment...
         assert time.time() < deadline, status()
         time.sleep(1)
-    start_worker("1", 2)                                 # ...so worker 2 takes the second
+    start_worker("1", 2)  # ...so worker 2 takes the second
     while any(s in ("Queued", "Running") for _, s in status()):
         assert time.time() < deadline, status()
         time.sleep(2)
@@ -247,8 +276,11 @@ def test_two_queue_workers_each_pinned_to_its_own_gpu(repo):
     seen = set()
     for name, _ in tasks:
         log = run(["dvc", "queue", "logs", name], repo).stdout
-        gpus = {line.rsplit("CUDA_VISIBLE_DEVICES=", 1)[1].strip() for line in log.splitlines()
-                if "CUDA_VISIBLE_DEVICES=" in line}
+        gpus = {
+            line.rsplit("CUDA_VISIBLE_DEVICES=", 1)[1].strip()
+            for line in log.splitlines()
+            if "CUDA_VISIBLE_DEVICES=" in line
+        }
         assert len(gpus) == 1, log  # every stage of one experiment ran on its worker's GPU
         seen |= gpus
     assert seen == {"0", "1"}

@@ -1,6 +1,7 @@
 """End to end: miniature CUB and ILSVRC copies, kept the way labs keep them (extracted folders, the localization
 challenge's CSV layout), through the real `dvc repro` with only params changed; user values win over the cub
 preset; changing a file in the dataset's folder reruns `download`."""
+
 from __future__ import annotations
 
 import csv
@@ -10,11 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tests.data.test_layouts import cub_members, ilsvrc_layouts, ilsvrc_members, listing, write_tree
 from tests.e2e.test_pipeline import run
 from tests.project import copy_project
 
-pytestmark = pytest.mark.e2e
+# slow group (`make test-slow`): two more whole pipelines (resnet50 among them); the layouts themselves are
+# read by the unit tests of tests/data/test_layouts.py and test_real_datasets.py
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 COMMON = {  # small and quick; every value here is a user value (none may be replaced by a preset)
     "baseline": {"epochs": 1, "replicates": [0], "pretrained": "none"},
@@ -44,11 +48,25 @@ def test_cub_extracted_folders_resnet50_user_values_win(tmp_path_factory):
     lab = tmp_path_factory.mktemp("lab")
     src = write_tree(lab / "CUB", {**members, **seg})
     before = listing(src)
-    repo = make_repo(tmp_path_factory, "cub", {
-        **COMMON, "dataset": "cub", "backbone": "resnet50",
-        "model": {"input_size": 32, "batch_size": 4},
-        "datasets": {"cub": {"num_classes": 3, "val_per_class": 1, "segmentations": True, "source_dir": str(src),
-                             "verify": "content"}}})
+    repo = make_repo(
+        tmp_path_factory,
+        "cub",
+        {
+            **COMMON,
+            "dataset": "cub",
+            "backbone": "resnet50",
+            "model": {"input_size": 32, "batch_size": 4},
+            "datasets": {
+                "cub": {
+                    "num_classes": 3,
+                    "val_per_class": 1,
+                    "segmentations": True,
+                    "source_dir": str(src),
+                    "verify": "content",
+                }
+            },
+        },
+    )
     proc = run(["dvc", "repro"], repo)
     assert "preset cub/resnet50" in proc.stdout + proc.stderr
     resolved = json.loads((repo / "data/params.json").read_text())
@@ -76,11 +94,24 @@ def test_ilsvrc_localization_challenge_layout(tmp_path_factory):
     train_per_class 2: all nine stages."""
     lab = tmp_path_factory.mktemp("lab")
     src = write_tree(lab, ilsvrc_layouts(ilsvrc_members())["localization challenge"]) / "challenge"
-    repo = make_repo(tmp_path_factory, "ilsvrc", {
-        **COMMON, "dataset": "ilsvrc",
-        "backbones": {"resnet10t": {"input_size": 32, "batch_size": 4}},
-        "datasets": {"ilsvrc": {"num_classes": 3, "val_per_class": 1, "train_per_class": 2,
-                                "source_dir": str(src), "verify": "content"}}})
+    repo = make_repo(
+        tmp_path_factory,
+        "ilsvrc",
+        {
+            **COMMON,
+            "dataset": "ilsvrc",
+            "backbones": {"resnet10t": {"input_size": 32, "batch_size": 4}},
+            "datasets": {
+                "ilsvrc": {
+                    "num_classes": 3,
+                    "val_per_class": 1,
+                    "train_per_class": 2,
+                    "source_dir": str(src),
+                    "verify": "content",
+                }
+            },
+        },
+    )
     run(["dvc", "repro"], repo)
     source = json.loads((repo / "data/raw/ilsvrc/source.json").read_text())
     assert {s["kind"] for s in source["sources"].values()} == {"folder"}

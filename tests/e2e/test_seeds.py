@@ -1,16 +1,19 @@
 """Baseline and fine-tuning replicates on the real DVC (smoke sizes, a temporary copy of the repository): each
 model's stages are cached on their own, adding a fine-tuning replicate or a baseline runs only its stages, and
 `dvc exp run -S finetune.seed=7` reruns nothing before clone_head."""
+
 import json
 import re
 import sys
 
 import pytest
 import yaml
+
 from tests.e2e.test_pipeline import run
 from tests.project import copy_project, digests
 
-pytestmark = pytest.mark.e2e
+# slow group (`make test-slow`): four repros up to cams and an experiment, on its own one-replicate project
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def ran(stdout: str) -> set[str]:
@@ -47,8 +50,14 @@ def test_replicates_are_cached_on_their_own_and_finetune_seed_reruns_only_from_c
     after = digests(repo, "data/models", "data/cams")
     assert {k: v for k, v in after.items() if k in before} == before
     assert any(k.startswith("data/cams/baseline_0/replicate_1/test/") for k in after)
-    assert after["data/models/baseline_0/replicate_0/finetuned.pt"] != after["data/models/baseline_0/replicate_1/finetuned.pt"]
-    cls = [json.loads((repo / f"reports/finetune/baseline_0/replicate_{k}/classification.json").read_text()) for k in (0, 1)]
+    assert (
+        after["data/models/baseline_0/replicate_0/finetuned.pt"]
+        != after["data/models/baseline_0/replicate_1/finetuned.pt"]
+    )
+    cls = [
+        json.loads((repo / f"reports/finetune/baseline_0/replicate_{k}/classification.json").read_text())
+        for k in (0, 1)
+    ]
     assert [c["finetune_seed"] for c in cls] == [seed, seed + 1]
 
     # (c) a second baseline: only its training and its models' stages run, with seeds baseline.seed + 1 and
@@ -56,8 +65,9 @@ def test_replicates_are_cached_on_their_own_and_finetune_seed_reruns_only_from_c
     params["baseline"]["replicates"] = [0, 1]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     more = run(["dvc", "repro", "cams"], repo)
-    assert ran(more.stdout) == {"baseline@1"} | {f"{s}@1-{k}" for s in ("clone_head", "finetune", "cams")
-                                                  for k in (0, 1)}, more.stdout
+    assert ran(more.stdout) == {"baseline@1"} | {
+        f"{s}@1-{k}" for s in ("clone_head", "finetune", "cams") for k in (0, 1)
+    }, more.stdout
     again = digests(repo, "data/models", "data/cams")
     assert {k: v for k, v in again.items() if k in after} == after
     assert again["data/models/baseline_0/baseline.pt"] != again["data/models/baseline_1/baseline.pt"]
@@ -72,12 +82,16 @@ def test_replicates_are_cached_on_their_own_and_finetune_seed_reruns_only_from_c
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["dvc", "repro", "validate"], repo)  # the stages are keyed on data/params.json, which validate writes
     changed = set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
-    # the stages keyed on finetune.seed; cams@k follow through their finetuned.pt (the exp run below reruns them)
-    assert changed - {"validate", "source", "evaluate", "report"} == {f"{s}@0-{k}" for s in ("clone_head", "finetune")
-                                                                  for k in (0, 1)}
+    # the stages keyed on finetune.seed (cams declares it too: it seeds the cams process's generators); nothing
+    # before clone_head
+    assert changed - {"validate", "source", "evaluate", "report"} == {
+        f"{s}@0-{k}" for s in ("clone_head", "finetune", "cams") for k in (0, 1)
+    }
     run(["git", "checkout", "params.yaml"], repo)
     exp = run(["dvc", "exp", "run", "-S", "finetune.seed=7", "cams"], repo)
     assert ran(exp.stdout) == {f"{s}@0-{k}" for s in ("clone_head", "finetune", "cams") for k in (0, 1)}, exp.stdout
     cls = json.loads((repo / "reports/finetune/baseline_0/replicate_1/classification.json").read_text())
     assert cls["finetune_seed"] == 8
-    assert digests(repo, "data/models/baseline_0/baseline.pt") == {"data/models/baseline_0/baseline.pt": before["data/models/baseline_0/baseline.pt"]}
+    assert digests(repo, "data/models/baseline_0/baseline.pt") == {
+        "data/models/baseline_0/baseline.pt": before["data/models/baseline_0/baseline.pt"]
+    }
