@@ -38,6 +38,7 @@ predicate, no atomic replacement; torchvision picks the archive type from the fi
 What this module takes from libraries: urllib (HTTP, redirects through `HTTPRedirectHandler`), hashlib,
 tarfile (its ``data`` filter as a second guard) and zipfile, tqdm.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,6 +60,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
+
+from pipeline.progress import bar_disabled
 
 CHUNK = 1 << 20
 USER_AGENT = "wsol-dvc-pipeline/1 (python urllib)"
@@ -126,11 +129,6 @@ class RemoteFile:
         return ", ".join(parts)
 
 
-def bar_disabled(progress: bool) -> bool:
-    return (not progress or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
-            or not sys.stderr.isatty())
-
-
 # ----------------------------------------------------------------------------------------------------
 # Checksums
 
@@ -140,8 +138,17 @@ def file_digests(path: Path | str, *, progress: bool = False) -> tuple[int, str,
     path = Path(path)
     sha, md5 = hashlib.sha256(), hashlib.md5()
     size = path.stat().st_size
-    with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"verify {path.name}",
-                                      disable=bar_disabled(progress), leave=False) as bar:
+    with (
+        open(path, "rb") as fh,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc=f"verify {path.name}",
+            disable=bar_disabled(progress),
+            leave=False,
+        ) as bar,
+    ):
         while chunk := fh.read(CHUNK):
             sha.update(chunk)
             md5.update(chunk)
@@ -149,8 +156,9 @@ def file_digests(path: Path | str, *, progress: bool = False) -> tuple[int, str,
     return size, sha.hexdigest(), md5.hexdigest()
 
 
-def _mismatch(size: int, sha256: str, md5: str, *, want_size: int | None, want_sha256: str | None,
-              want_md5: str | None) -> str | None:
+def _mismatch(
+    size: int, sha256: str, md5: str, *, want_size: int | None, want_sha256: str | None, want_md5: str | None
+) -> str | None:
     """What is wrong with a file of this size and digests, or None when it matches."""
     if want_size is not None and size != want_size:
         return f"size is {size:,} bytes, expected {want_size:,} bytes"
@@ -161,8 +169,14 @@ def _mismatch(size: int, sha256: str, md5: str, *, want_size: int | None, want_s
     return None
 
 
-def verify_file(path: Path | str, *, size: int | None = None, sha256: str | None = None,
-                md5: str | None = None, progress: bool = False) -> str | None:
+def verify_file(
+    path: Path | str,
+    *,
+    size: int | None = None,
+    sha256: str | None = None,
+    md5: str | None = None,
+    progress: bool = False,
+) -> str | None:
     """Return None when `path` has the expected size and checksums, else what is wrong.
 
     The size is compared first (from `stat`, no hashing) so a wrong-sized file is reported at once.
@@ -190,11 +204,24 @@ def _content_range_start(value: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def download(url: str, dest: Path | str, *, size: int | None = None, sha256: str | None = None,
-             md5: str | None = None, progress: bool = True, retries: int = 5, backoff: float = 1.0,
-             timeout: float = 60.0, chunk_size: int = CHUNK, max_seconds: float = DEFAULT_MAX_SECONDS,
-             max_size: int | None = None, allowed_hosts: Sequence[str] = (),
-             sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> str:
+def download(
+    url: str,
+    dest: Path | str,
+    *,
+    size: int | None = None,
+    sha256: str | None = None,
+    md5: str | None = None,
+    progress: bool = True,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+    chunk_size: int = CHUNK,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    max_size: int | None = None,
+    allowed_hosts: Sequence[str] = (),
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
     """Download `url` to `dest` through ``<dest>.part``, resuming and retrying; return the file's sha256.
 
     An existing ``<dest>.part`` is resumed with ``Range: bytes=N-``. A connection that fails or ends
@@ -225,12 +252,28 @@ def download(url: str, dest: Path | str, *, size: int | None = None, sha256: str
     if dest.exists():
         problem = verify_file(dest, size=size, sha256=sha256, md5=md5, progress=progress)
         if problem:
-            raise ChecksumError(f"{dest}: already exists but its {problem} (expected the file from {url}); "
-                                f"delete it and run again to download it afresh")
+            raise ChecksumError(
+                f"{dest}: already exists but its {problem} (expected the file from {url}); "
+                f"delete it and run again to download it afresh"
+            )
         return file_digests(dest)[1]
-    return _download(url, dest, size=size, sha256=sha256, md5=md5, progress=progress, retries=retries,
-                     backoff=backoff, timeout=timeout, chunk_size=chunk_size, max_seconds=max_seconds,
-                     max_size=max_size, allowed_hosts=allowed_hosts, sleep=sleep, clock=clock).sha256
+    return _download(
+        url,
+        dest,
+        size=size,
+        sha256=sha256,
+        md5=md5,
+        progress=progress,
+        retries=retries,
+        backoff=backoff,
+        timeout=timeout,
+        chunk_size=chunk_size,
+        max_seconds=max_seconds,
+        max_size=max_size,
+        allowed_hosts=allowed_hosts,
+        sleep=sleep,
+        clock=clock,
+    ).sha256
 
 
 @dataclass(frozen=True)
@@ -267,20 +310,37 @@ def _opener(url: str, allowed_hosts: Sequence[str]) -> urllib.request.OpenerDire
         def redirect_request(self, req, fp, code, msg, headers, newurl):
             newurl = urllib.parse.urljoin(req.full_url, newurl)
             target = _origin(newurl)
-            if target != origin and (not _host_allowed(target[1], allowed_hosts)
-                                     or (origin[0] == "https" and target[0] != "https")):
-                raise _RedirectRefused(f"the server redirected to {newurl} (host {target[1]!r}), another origin "
-                                       f"than {origin[0]}://{origin[1]}:{origin[2]}, and the file's record allows "
-                                       f"only {list(allowed_hosts) or 'no other host'}")
+            if target != origin and (
+                not _host_allowed(target[1], allowed_hosts) or (origin[0] == "https" and target[0] != "https")
+            ):
+                raise _RedirectRefused(
+                    f"the server redirected to {newurl} (host {target[1]!r}), another origin "
+                    f"than {origin[0]}://{origin[1]}:{origin[2]}, and the file's record allows "
+                    f"only {list(allowed_hosts) or 'no other host'}"
+                )
             return super().redirect_request(req, fp, code, msg, headers, newurl)
 
     return urllib.request.build_opener(Guard)
 
 
-def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5: str | None, progress: bool,
-              retries: int, backoff: float, timeout: float, chunk_size: int, sleep: Callable[[float], None],
-              max_seconds: float = DEFAULT_MAX_SECONDS, max_size: int | None = None,
-              allowed_hosts: Sequence[str] = (), clock: Callable[[], float] = time.monotonic) -> _Fetched:
+def _download(
+    url: str,
+    dest: Path,
+    *,
+    size: int | None,
+    sha256: str | None,
+    md5: str | None,
+    progress: bool,
+    retries: int,
+    backoff: float,
+    timeout: float,
+    chunk_size: int,
+    sleep: Callable[[float], None],
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    max_size: int | None = None,
+    allowed_hosts: Sequence[str] = (),
+    clock: Callable[[], float] = time.monotonic,
+) -> _Fetched:
     """The body of :func:`download` for a missing `dest`.
 
     Also reports whether the file is *trustworthy* without a checksum: every byte arrived in this call
@@ -299,16 +359,20 @@ def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5
 
     def out_of_time(what: str) -> FetchError:
         kept = part.stat().st_size if part.exists() else 0
-        return FetchError(f"{url}: download of {dest.name} gave up after {clock() - started:.0f} s, over its "
-                          f"{max_seconds:.0f} s limit ({what}). {kept:,} bytes are kept in {part}; run again to "
-                          f"resume, or place the complete file at {dest}")
+        return FetchError(
+            f"{url}: download of {dest.name} gave up after {clock() - started:.0f} s, over its "
+            f"{max_seconds:.0f} s limit ({what}). {kept:,} bytes are kept in {part}; run again to "
+            f"resume, or place the complete file at {dest}"
+        )
 
     def too_big(what: str) -> ChecksumError:
         part.unlink(missing_ok=True)
-        return ChecksumError(f"{url}: {dest.name} {what}, more than the {cap:,} bytes this file may have "
-                             f"({'its recorded size' if size is not None else 'the cap for a file of unknown size'}"
-                             f"); nothing was kept. The server sends a different file: get the right one "
-                             f"(DATA.md section 3) and place it at {dest}")
+        return ChecksumError(
+            f"{url}: {dest.name} {what}, more than the {cap:,} bytes this file may have "
+            f"({'its recorded size' if size is not None else 'the cap for a file of unknown size'}"
+            f"); nothing was kept. The server sends a different file: get the right one "
+            f"(DATA.md section 3) and place it at {dest}"
+        )
 
     while True:
         have = part.stat().st_size if part.exists() else 0
@@ -326,8 +390,10 @@ def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5
                 if have and resp.status == 206:
                     start = _content_range_start(resp.headers.get("Content-Range"))
                     if start != have:
-                        raise _Cut(f"server answered the range request from byte {have} with "
-                                   f"Content-Range {resp.headers.get('Content-Range')!r}")
+                        raise _Cut(
+                            f"server answered the range request from byte {have} with "
+                            f"Content-Range {resp.headers.get('Content-Range')!r}"
+                        )
                     mode = "ab"
                 else:  # 200: a fresh download, or the server ignored the range: start from zero
                     have, mode = 0, "wb"
@@ -337,9 +403,18 @@ def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5
                     raise too_big(f"is announced as {have + length:,} bytes (Content-Length)")
                 announced = length is not None or bool(getattr(resp, "chunked", False))
                 total = have + length if length is not None else size
-                with open(part, mode) as fh, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                                  unit_divisor=1024, desc=dest.name,
-                                                  disable=bar_disabled(progress)) as bar:
+                with (
+                    open(part, mode) as fh,
+                    tqdm(
+                        total=total,
+                        initial=have,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=dest.name,
+                        disable=bar_disabled(progress),
+                    ) as bar,
+                ):
                     received = 0
                     while chunk := resp.read(chunk_size):
                         if have + received + len(chunk) > cap:
@@ -355,18 +430,23 @@ def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5
             break
         except _RedirectRefused as exc:
             part.unlink(missing_ok=True)
-            raise FetchError(f"{url}: refused to download {dest.name}: {exc}. If the publisher moved the file "
-                             f"there, add that host to the file's allowed_hosts (pipeline/data/real/); "
-                             f"otherwise place the file at {dest} yourself") from None
+            raise FetchError(
+                f"{url}: refused to download {dest.name}: {exc}. If the publisher moved the file "
+                f"there, add that host to the file's allowed_hosts (pipeline/data/real/); "
+                f"otherwise place the file at {dest} yourself"
+            ) from None
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and have:
                 announced = True  # the server says the part holds the whole file
                 break
             if exc.code not in RETRY_STATUS or failures >= retries:
-                hint = (" The file is not (or no longer) at this URL: check DATA.md section 3 for a mirror, or "
-                        f"place the file at {dest} yourself." if exc.code in (401, 403, 404, 410) else "")
-                raise FetchError(f"{url}: HTTP {exc.code} {exc.reason} while downloading {dest.name}.{hint}") \
-                    from None
+                hint = (
+                    " The file is not (or no longer) at this URL: check DATA.md section 3 for a mirror, or "
+                    f"place the file at {dest} yourself."
+                    if exc.code in (401, 403, 404, 410)
+                    else ""
+                )
+                raise FetchError(f"{url}: HTTP {exc.code} {exc.reason} while downloading {dest.name}.{hint}") from None
             failures += 1
         except (_Cut, urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             now = part.stat().st_size if part.exists() else 0
@@ -376,7 +456,8 @@ def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5
                 raise FetchError(
                     f"{url}: download of {dest.name} failed {failures + 1} times in a row without progress "
                     f"(last: {exc}). {now:,} bytes are kept in {part}; run again to resume, or place the "
-                    f"complete file at {dest}") from None
+                    f"complete file at {dest}"
+                ) from None
             failures += 1
         wait = backoff * 2 ** (failures - 1) if failures else 0.0
         if clock() - started + wait > max_seconds:
@@ -390,10 +471,14 @@ def _download(url: str, dest: Path, *, size: int | None, sha256: str | None, md5
         raise ChecksumError(
             f"{dest.name}: the file downloaded from {url} is wrong: {problem} (sha256 of what arrived: {got_sha}). "
             f"The partial file was deleted. Run again to download it afresh; if it fails again the server "
-            f"now serves a different file: get the right one (DATA.md section 3) and place it at {dest}")
+            f"now serves a different file: get the right one (DATA.md section 3) and place it at {dest}"
+        )
     why_not = untrusted or (
-        "" if announced or size is not None else "the server did not announce its length, so a connection "
-        "that closed early cannot be told from the end of the file")
+        ""
+        if announced or size is not None
+        else "the server did not announce its length, so a connection "
+        "that closed early cannot be told from the end of the file"
+    )
     os.replace(part, dest)
     return _Fetched(got_sha, got_md5, not why_not, why_not)
 
@@ -407,11 +492,15 @@ def _safe_name(name: str, archive: Path) -> str:
     posix = name.replace("\\", "/")
     path = PurePosixPath(posix)
     if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix) or path.is_absolute():
-        raise ArchiveError(f"{archive}: refusing member {name!r}: absolute path (the archive would write "
-                           f"outside its folder); the file is not a genuine dataset archive")
+        raise ArchiveError(
+            f"{archive}: refusing member {name!r}: absolute path (the archive would write "
+            f"outside its folder); the file is not a genuine dataset archive"
+        )
     if ".." in path.parts:
-        raise ArchiveError(f"{archive}: refusing member {name!r}: '..' in the path (path traversal); "
-                           f"the file is not a genuine dataset archive")
+        raise ArchiveError(
+            f"{archive}: refusing member {name!r}: '..' in the path (path traversal); "
+            f"the file is not a genuine dataset archive"
+        )
     return str(path)
 
 
@@ -427,9 +516,11 @@ def archive_kind(archive: Path | str) -> str:
             return "tar"
     except (OSError, EOFError, tarfile.TarError):
         pass
-    raise ArchiveError(f"{archive}: not a tar or zip archive (corrupt, truncated or the wrong file); replace it "
-                       f"with an intact copy, or, if it was downloaded here, delete it and run again to download "
-                       f"it afresh")
+    raise ArchiveError(
+        f"{archive}: not a tar or zip archive (corrupt, truncated or the wrong file); replace it "
+        f"with an intact copy, or, if it was downloaded here, delete it and run again to download "
+        f"it afresh"
+    )
 
 
 def safe_tar_members(tar: tarfile.TarFile, archive: Path) -> Iterable[tarfile.TarInfo]:
@@ -437,8 +528,9 @@ def safe_tar_members(tar: tarfile.TarFile, archive: Path) -> Iterable[tarfile.Ta
     for member in tar:
         _safe_name(member.name, archive)
         if member.issym() or member.islnk():
-            raise ArchiveError(f"{archive}: refusing member {member.name!r}: links are not expected in a "
-                               f"dataset archive")
+            raise ArchiveError(
+                f"{archive}: refusing member {member.name!r}: links are not expected in a dataset archive"
+            )
         if not (member.isfile() or member.isdir()):
             raise ArchiveError(f"{archive}: refusing member {member.name!r}: not a regular file or folder")
         yield member
@@ -453,8 +545,9 @@ def extract_tar_members(tar: tarfile.TarFile, members: Iterable[tarfile.TarInfo]
     return count
 
 
-def extract(archive: Path | str, dest_dir: Path | str, *, progress: bool = False,
-            keep: Callable[[str], bool] | None = None) -> Path:
+def extract(
+    archive: Path | str, dest_dir: Path | str, *, progress: bool = False, keep: Callable[[str], bool] | None = None
+) -> Path:
     """Unpack a tar(.gz/.tgz/.bz2/.xz) or zip `archive` so that its members lie under `dest_dir`.
 
     `keep` (a member's normalised name -> bool): unpack only the files it accepts (one pass over the archive);
@@ -488,20 +581,25 @@ def extract(archive: Path | str, dest_dir: Path | str, *, progress: bool = False
                     for info in infos:
                         _safe_name(info.filename, archive)
                         if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                            raise ArchiveError(f"{archive}: refusing member {info.filename!r}: links are not "
-                                               f"expected in a dataset archive")
+                            raise ArchiveError(
+                                f"{archive}: refusing member {info.filename!r}: links are not "
+                                f"expected in a dataset archive"
+                            )
                     if keep is not None:
                         infos = [i for i in infos if not i.is_dir() and keep(_safe_name(i.filename, archive))]
-                    for info in tqdm(infos, desc=f"extract {archive.name}", unit="file",
-                                     disable=bar_disabled(progress)):
+                    for info in tqdm(
+                        infos, desc=f"extract {archive.name}", unit="file", disable=bar_disabled(progress)
+                    ):
                         zf.extract(info, tmp)
         except ArchiveError:
             raise
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
             # zlib.error is caught by tarfile as ReadError; a bad CRC in a zip is BadZipFile.
-            raise ArchiveError(f"{archive}: corrupt or truncated archive ({type(exc).__name__}: {exc}); replace it "
-                               f"with an intact copy, or, if it was downloaded here, delete it and run again to "
-                               f"download it afresh") from None
+            raise ArchiveError(
+                f"{archive}: corrupt or truncated archive ({type(exc).__name__}: {exc}); replace it "
+                f"with an intact copy, or, if it was downloaded here, delete it and run again to "
+                f"download it afresh"
+            ) from None
         if dest_dir.exists():
             shutil.rmtree(dest_dir)
         os.replace(tmp, dest_dir)
@@ -580,8 +678,9 @@ def _check_present(spec: RemoteFile, path: Path, *, progress: bool, stamp_dir: P
     return _mismatch(size, got_sha, got_md5, want_size=spec.size, want_sha256=sha256, want_md5=md5)
 
 
-def check_files(files: Sequence[tuple[RemoteFile, Path]], *, progress: bool = False,
-                stamp_dir: Path | None = None) -> list[str]:
+def check_files(
+    files: Sequence[tuple[RemoteFile, Path]], *, progress: bool = False, stamp_dir: Path | None = None
+) -> list[str]:
     """Check every (spec, expected path); return one line per missing or wrong file (empty: all good)."""
     problems = []
     for spec, path in files:
@@ -596,8 +695,15 @@ def check_files(files: Sequence[tuple[RemoteFile, Path]], *, progress: bool = Fa
     return problems
 
 
-def require_files(dataset: str, files: Sequence[tuple[RemoteFile, Path]], *, why: str = "",
-                  hint: str = "", progress: bool = False, stamp_dir: Path | None = None) -> None:
+def require_files(
+    dataset: str,
+    files: Sequence[tuple[RemoteFile, Path]],
+    *,
+    why: str = "",
+    hint: str = "",
+    progress: bool = False,
+    stamp_dir: Path | None = None,
+) -> None:
     """Raise one ManualFilesError listing every missing or wrong file of `files` (nothing if all good)."""
     problems = check_files(files, progress=progress, stamp_dir=stamp_dir)
     if not problems:
@@ -605,13 +711,25 @@ def require_files(dataset: str, files: Sequence[tuple[RemoteFile, Path]], *, why
     lines = "\n".join(f"  - {p}" for p in problems)
     head = f"{dataset}: {len(problems)} of {len(files)} required file(s) missing or wrong."
     tail = f"\n{hint}" if hint else ""
-    raise ManualFilesError(f"{head}{' ' + why if why else ''}\nPlace each file at the path shown, then run "
-                           f"the stage again:\n{lines}{tail}", problems)
+    raise ManualFilesError(
+        f"{head}{' ' + why if why else ''}\nPlace each file at the path shown, then run "
+        f"the stage again:\n{lines}{tail}",
+        problems,
+    )
 
 
-def fetch_files(dataset: str, files: Sequence[RemoteFile], directory: Path | str, *, mode: str,
-                why: str = "", hint: str = "", progress: bool = True,
-                download_kwargs: dict | None = None, stamp_dir: Path | None = None) -> dict[str, Path]:
+def fetch_files(
+    dataset: str,
+    files: Sequence[RemoteFile],
+    directory: Path | str,
+    *,
+    mode: str,
+    why: str = "",
+    hint: str = "",
+    progress: bool = True,
+    download_kwargs: dict | None = None,
+    stamp_dir: Path | None = None,
+) -> dict[str, Path]:
     """Make every file of `files` present and verified in `directory`; return name -> path.
 
     ``mode="auto"``: missing files are downloaded from their URL (files without a URL, or all files in
@@ -623,8 +741,14 @@ def fetch_files(dataset: str, files: Sequence[RemoteFile], directory: Path | str
     directory = Path(directory).absolute()
     paths = {spec.name: directory / spec.name for spec in files}
     manual = [spec for spec in files if mode == "manual" or spec.url is None]
-    require_files(dataset, [(spec, paths[spec.name]) for spec in manual], why=why, hint=hint, progress=progress,
-                  stamp_dir=stamp_dir)
+    require_files(
+        dataset,
+        [(spec, paths[spec.name]) for spec in manual],
+        why=why,
+        hint=hint,
+        progress=progress,
+        stamp_dir=stamp_dir,
+    )
     for spec in files:
         if spec in manual:
             continue
@@ -632,26 +756,49 @@ def fetch_files(dataset: str, files: Sequence[RemoteFile], directory: Path | str
         if path.is_file():
             problem = _check_present(spec, path, progress=progress, stamp_dir=stamp_dir)
             if problem:
-                raise ChecksumError(f"{path}: {problem}. Delete it and run again to download it afresh from "
-                                    f"{spec.url}, or replace it with the file from: {spec.where}")
+                raise ChecksumError(
+                    f"{path}: {problem}. Delete it and run again to download it afresh from "
+                    f"{spec.url}, or replace it with the file from: {spec.where}"
+                )
             continue
         sha256, md5 = _expected(spec, path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        kwargs = {"retries": 5, "backoff": 1.0, "timeout": 60.0, "chunk_size": CHUNK, "sleep": time.sleep,
-                  "max_seconds": DEFAULT_MAX_SECONDS, **(download_kwargs or {})}
+        kwargs = {
+            "retries": 5,
+            "backoff": 1.0,
+            "timeout": 60.0,
+            "chunk_size": CHUNK,
+            "sleep": time.sleep,
+            "max_seconds": DEFAULT_MAX_SECONDS,
+            **(download_kwargs or {}),
+        }
         record_first = not sha256 and not md5
         if record_first:  # nothing to check against: only a file wholly fetched in this run may be recorded
             path.with_name(path.name + ".part").unlink(missing_ok=True)
-        got = _download(spec.url, path, size=spec.size, sha256=sha256, md5=md5, progress=progress,
-                        max_size=spec.max_size, allowed_hosts=spec.allowed_hosts, **kwargs)
+        got = _download(
+            spec.url,
+            path,
+            size=spec.size,
+            sha256=sha256,
+            md5=md5,
+            progress=progress,
+            max_size=spec.max_size,
+            allowed_hosts=spec.allowed_hosts,
+            **kwargs,
+        )
         if record_first and not got.trustworthy:
             path.unlink()
-            raise FetchError(f"{dataset}: {spec.name} has no published checksum, and the download from "
-                             f"{spec.url} cannot be trusted as the first record: {got.why_not}. Nothing was "
-                             f"recorded or kept; run again, or place the file at {path} yourself")
+            raise FetchError(
+                f"{dataset}: {spec.name} has no published checksum, and the download from "
+                f"{spec.url} cannot be trusted as the first record: {got.why_not}. Nothing was "
+                f"recorded or kept; run again, or place the file at {path} yourself"
+            )
         _write_stamp(path, got.sha256, got.md5, stamp_dir)
         if record_first:
             path.with_name(path.name + ".sha256").write_text(f"{got.sha256}  {spec.name}\n")
-            print(f"{dataset}: {spec.name} has no published checksum; recorded sha256 {got.sha256} in "
-                  f"{path.name}.sha256 (later runs check against it)", file=sys.stderr)
+            print(
+                f"{dataset}: {spec.name} has no published checksum; recorded sha256 {got.sha256} in "
+                f"{path.name}.sha256 (later runs check against it)",
+                file=sys.stderr,
+            )
     return paths

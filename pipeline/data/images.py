@@ -3,6 +3,7 @@
 Train: resize to (R, R) with R = round(size * 256 / 224) (256 for 224), random crop `size`, horizontal
 flip, ImageNet normalisation. Test: resize to (size, size), no crop, same normalisation.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,14 +21,21 @@ PRELOAD_MAX_BYTES = 1 << 30
 
 def train_transform(size: int) -> transforms.Compose:
     resize = round(size * 256 / 224)
-    return transforms.Compose([
-        transforms.Resize((resize, resize)), transforms.RandomCrop(size), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return transforms.Compose(
+        [
+            transforms.Resize((resize, resize)),
+            transforms.RandomCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def eval_transform(size: int) -> transforms.Compose:
-    return transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return transforms.Compose(
+        [transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -44,8 +52,9 @@ def load_rgb(path: Path) -> Image.Image:
 class ImageSet(Dataset):
     """(image tensor, label) pairs for image ids under `image_root`."""
 
-    def __init__(self, image_root: Path, image_ids: list[str], labels: list[int], transform,
-                 approx_bytes: int | None = None):
+    def __init__(
+        self, image_root: Path, image_ids: list[str], labels: list[int], transform, approx_bytes: int | None = None
+    ):
         self.root = Path(image_root)
         self.ids = list(image_ids)
         self.labels = list(labels)
@@ -62,8 +71,16 @@ class ImageSet(Dataset):
         return self.transform(image), self.labels[index]
 
 
-def make_loader(dataset: ImageSet, *, batch_size: int, train: bool, seed: int, workers: int = 0,
-                pin_memory: bool = False, sampler=None) -> DataLoader:
+def make_loader(
+    dataset: ImageSet,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    workers: int = 0,
+    pin_memory: bool = False,
+    sampler=None,
+) -> DataLoader:
     """Shuffled (train) or ordered (test) loader; the shuffle order depends on `seed` only. A `sampler`
     (a seeded DistributedSampler, pipeline/dist.py) replaces the shuffle. `pin_memory` and the workers'
     prefetch depth only change speed, never the batches.
@@ -72,6 +89,15 @@ def make_loader(dataset: ImageSet, *, batch_size: int, train: bool, seed: int, w
     epoch then depend on the generator's state alone, which pipeline/train/resume.py saves and restores.
     """
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                      generator=generator, num_workers=workers, pin_memory=pin_memory, drop_last=False,
-                      persistent_workers=workers > 0 and not train, prefetch_factor=4 if workers > 0 else None)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        generator=generator,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        persistent_workers=workers > 0 and not train,
+        prefetch_factor=4 if workers > 0 else None,
+    )

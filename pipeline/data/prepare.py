@@ -28,6 +28,7 @@ Writes (no file per image):
     <split>_mask_fg.npy, <split>_mask_ignore.npy   (N, S*S/8) bit-packed masks, image order (if masks)
     dataset.json     dataset name, class names, evaluation size, counts, image root
 """
+
 from __future__ import annotations
 
 import csv
@@ -60,8 +61,9 @@ class DataError(ValueError):
     """Raw data that cannot be prepared: the message names the file and what is wrong."""
 
 
-def rescale_box(box: tuple[int, int, int, int], width: int, height: int,
-                size: int | tuple[int, int]) -> tuple[int, int, int, int]:
+def rescale_box(
+    box: tuple[int, int, int, int], width: int, height: int, size: int | tuple[int, int]
+) -> tuple[int, int, int, int]:
     """Map an inclusive original-resolution box onto a size x size (or (width, height) = size) grid by
     truncation, `x' = int(x * S / W)` (METHOD.md 4.3, wsolevaluation's `resize_bbox`)."""
     x0, y0, x1, y1 = box
@@ -88,8 +90,9 @@ def read_mask(path: Path, size: int) -> np.ndarray:
     return grid / 255.0 > 0.5
 
 
-def read_gt_mask(mask_root: Path, instances: tuple[str, ...] | list[str], ignore_path: str | None,
-                 size: int) -> tuple[np.ndarray, np.ndarray]:
+def read_gt_mask(
+    mask_root: Path, instances: tuple[str, ...] | list[str], ignore_path: str | None, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The (foreground, ignore) bool masks of one image on the grid (wsolevaluation's `get_mask`): the
     foreground is the union of the instance masks, the ignore region the ignore mask minus the foreground
     (all False without an ignore file)."""
@@ -185,7 +188,7 @@ class _SizePool:
         self.workers = workers
         self.pool: ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> "_SizePool":
+    def __enter__(self) -> _SizePool:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -202,7 +205,7 @@ class _SizePool:
             # fork on Linux (as synthbirds' generator): no re-import in the workers; spawn elsewhere
             method = "fork" if sys.platform.startswith("linux") else "spawn"
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method))
-        chunks = (image_ids[i:i + SIZE_CHUNK] for i in range(0, len(image_ids), SIZE_CHUNK))
+        chunks = (image_ids[i : i + SIZE_CHUNK] for i in range(0, len(image_ids), SIZE_CHUNK))
         pending: deque[Future] = deque()
         try:
             for chunk in chunks:
@@ -235,8 +238,16 @@ class PreparedSplit:
     sizes: list[tuple[int, int]]
 
 
-def prepare_dataset(raw_dir: Path, out_dir: Path, *, dataset: str, num_classes: int, eval_size: int,
-                    progress: bool = True, workers: int | None = None) -> dict:
+def prepare_dataset(
+    raw_dir: Path,
+    out_dir: Path,
+    *,
+    dataset: str,
+    num_classes: int,
+    eval_size: int,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict:
     """Check the raw dataset and write the prepared tables to `out_dir` (replaced atomically).
 
     Image sizes come from the headers, read by `workers` processes (default: one per CPU; the outputs do
@@ -251,8 +262,10 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, dataset: str, num_classes: 
         meta_dir = raw_dir / "metadata" / split
         if not meta_dir.is_dir():
             if split in REQUIRED_SPLITS:
-                raise DataError(f"{meta_dir}: metadata folder missing; a dataset needs "
-                                f"{', '.join(REQUIRED_SPLITS)} (run the download stage)")
+                raise DataError(
+                    f"{meta_dir}: metadata folder missing; a dataset needs "
+                    f"{', '.join(REQUIRED_SPLITS)} (run the download stage)"
+                )
             continue
         try:
             splits[split] = read_split(meta_dir)
@@ -266,24 +279,31 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, dataset: str, num_classes: 
         for split, meta in splits.items():
             ids = list(meta.image_ids)
             header_sizes = pool.sizes(image_root, ids)
-            for image_id, size in zip(tqdm(ids, desc=f"check {split} images", disable=bar_disabled(progress), leave=False),
-                                      header_sizes):
+            for image_id, size in zip(
+                tqdm(ids, desc=f"check {split} images", disable=bar_disabled(progress), leave=False), header_sizes
+            ):
                 label = meta.labels[image_id]
                 if not 0 <= label < num_classes:
-                    raise DataError(f"{raw_dir}/metadata/{split}/class_labels.txt: {image_id} has label "
-                                    f"{label}; valid labels are 0..{num_classes - 1} (num_classes={num_classes})")
+                    raise DataError(
+                        f"{raw_dir}/metadata/{split}/class_labels.txt: {image_id} has label "
+                        f"{label}; valid labels are 0..{num_classes - 1} (num_classes={num_classes})"
+                    )
                 if isinstance(size, Exception):
                     raise size
                 width, height = size
                 listed = meta.sizes.get(image_id)
                 if listed is not None and listed != (width, height):
-                    raise DataError(f"{raw_dir}/metadata/{split}/image_sizes.txt: {image_id} is listed as "
-                                    f"{listed[0]}x{listed[1]} but the image is {width}x{height}")
+                    raise DataError(
+                        f"{raw_dir}/metadata/{split}/image_sizes.txt: {image_id} is listed as "
+                        f"{listed[0]}x{listed[1]} but the image is {width}x{height}"
+                    )
                 image_rows.append((split, image_id, label, width, height))
                 for box in meta.boxes.get(image_id, ()):
                     if box[2] >= width or box[3] >= height:
-                        raise DataError(f"{raw_dir}/metadata/{split}/localization.txt: box {box} of {image_id} "
-                                        f"lies outside the {width}x{height} image")
+                        raise DataError(
+                            f"{raw_dir}/metadata/{split}/localization.txt: box {box} of {image_id} "
+                            f"lies outside the {width}x{height} image"
+                        )
                     box_rows.append((split, image_id, *box, *rescale_box(box, width, height, eval_size)))
                     n_boxes += 1
             counts[split] = len(ids)
@@ -292,11 +312,20 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, *, dataset: str, num_classes: 
                 write_npy(tmp / f"{split}_mask_fg.npy", fg)
                 write_npy(tmp / f"{split}_mask_ignore.npy", ignore)
         write_text(tmp / "images.csv", _csv(("split", "image_id", "label", "width", "height"), image_rows))
-        write_text(tmp / "boxes.csv", _csv(("split", "image_id", "x0", "y0", "x1", "y1",
-                                            "ex0", "ey0", "ex1", "ey1"), box_rows))
-        summary = {"format": FORMAT, "dataset": dataset, "num_classes": num_classes, "eval_size": eval_size,
-                   "image_root": image_root.as_posix(), "counts": counts, "boxes": n_boxes,
-                   "mask_splits": sorted(mask_views), "class_names": _class_names(raw_dir, num_classes)}
+        write_text(
+            tmp / "boxes.csv", _csv(("split", "image_id", "x0", "y0", "x1", "y1", "ex0", "ey0", "ex1", "ey1"), box_rows)
+        )
+        summary = {
+            "format": FORMAT,
+            "dataset": dataset,
+            "num_classes": num_classes,
+            "eval_size": eval_size,
+            "image_root": image_root.as_posix(),
+            "counts": counts,
+            "boxes": n_boxes,
+            "mask_splits": sorted(mask_views),
+            "class_names": _class_names(raw_dir, num_classes),
+        }
         write_json(tmp / "dataset.json", summary)
     return summary
 
@@ -381,10 +410,10 @@ class GroundTruth:
     """Evaluation-grid ground truth of one split, in prepared image order."""
 
     image_ids: list[str]
-    labels: np.ndarray             # (N,) int64
-    boxes: list[np.ndarray]        # per image (n_i, 4) int64 (x0, y0, x1, y1) on the grid, file order
-    fg: np.ndarray | None          # (N, S, S) bool foreground, or None without masks
-    ignore: np.ndarray | None      # (N, S, S) bool ignore region (already minus the foreground)
+    labels: np.ndarray  # (N,) int64
+    boxes: list[np.ndarray]  # per image (n_i, 4) int64 (x0, y0, x1, y1) on the grid, file order
+    fg: np.ndarray | None  # (N, S, S) bool foreground, or None without masks
+    ignore: np.ndarray | None  # (N, S, S) bool ignore region (already minus the foreground)
     size: int
 
 
@@ -394,8 +423,9 @@ def unpack_masks(packed: np.ndarray, size: int) -> np.ndarray:
     packed = np.asarray(packed)
     expected = -(-size * size // 8)
     if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != expected:
-        raise ValueError(f"packed masks must be uint8 of shape (N, {expected}) for size {size}; "
-                         f"got {packed.dtype} {packed.shape}")
+        raise ValueError(
+            f"packed masks must be uint8 of shape (N, {expected}) for size {size}; got {packed.dtype} {packed.shape}"
+        )
     bits = np.unpackbits(packed, axis=1, count=size * size)
     return bits.reshape(len(packed), size, size).astype(bool)
 
@@ -414,5 +444,11 @@ def load_ground_truth(root: Path, split: str) -> GroundTruth:
     if split in prepared.info.get("mask_splits", []):
         fg = unpack_masks(np.load(Path(root) / f"{split}_mask_fg.npy"), size)
         ignore = unpack_masks(np.load(Path(root) / f"{split}_mask_ignore.npy"), size)
-    return GroundTruth(list(data.image_ids), np.asarray(data.labels, dtype=np.int64),
-                       [np.asarray(boxes[i], dtype=np.int64).reshape(-1, 4) for i in data.image_ids], fg, ignore, size)
+    return GroundTruth(
+        list(data.image_ids),
+        np.asarray(data.labels, dtype=np.int64),
+        [np.asarray(boxes[i], dtype=np.int64).reshape(-1, 4) for i in data.image_ids],
+        fg,
+        ignore,
+        size,
+    )

@@ -87,9 +87,7 @@ WING_PATTERNS: tuple[str, ...] = ("plain", "striped", "spotted")
 
 BEAKS: tuple[tuple[str, str], ...] = tuple(product(BEAK_LENGTHS, BEAK_COLOURS))
 """The beak values ``(length, colour)``."""
-WINGS: tuple[tuple[str, str | None], ...] = (("plain", None),) + tuple(
-    product(WING_PATTERNS[1:], PATTERN_COLOURS)
-)
+WINGS: tuple[tuple[str, str | None], ...] = (("plain", None),) + tuple(product(WING_PATTERNS[1:], PATTERN_COLOURS))
 """The wing values ``(pattern, pattern colour)``; a plain wing has no pattern colour."""
 
 MAX_CLASSES = len(HEAD_COLOURS) * len(BEAKS) * len(WINGS)
@@ -175,8 +173,7 @@ class SynthBirdsSpec:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.max_distractors < self.min_distractors:
             raise ValueError(
-                f"max_distractors={self.max_distractors} must be >= min_distractors="
-                f"{self.min_distractors}"
+                f"max_distractors={self.max_distractors} must be >= min_distractors={self.min_distractors}"
             )
         if not 0.0 <= self.confuser_prob <= 1.0:
             raise ValueError(f"confuser_prob={self.confuser_prob} must be in [0, 1]")
@@ -213,9 +210,7 @@ class BirdClass:
     @property
     def name(self) -> str:
         """A readable unique name, e.g. ``red_head_long_black_beak_white_striped_wing``."""
-        wing = self.wing_pattern if self.pattern_colour is None else (
-            f"{self.pattern_colour}_{self.wing_pattern}"
-        )
+        wing = self.wing_pattern if self.pattern_colour is None else (f"{self.pattern_colour}_{self.wing_pattern}")
         return f"{self.head}_head_{self.beak_length}_{self.beak_colour}_beak_{wing}_wing"
 
     def part_values(self) -> tuple[str, tuple[str, str], tuple[str, str | None]]:
@@ -258,8 +253,7 @@ def _design(num_classes: int, seed: int) -> tuple[BirdClass, ...]:
     rng = np.random.default_rng([seed, 1000])
     axes = (tuple(HEAD_COLOURS), BEAKS, WINGS)
     used = [
-        sorted(rng.choice(len(values), min(len(values), max(2, num_classes // 2)), replace=False))
-        for values in axes
+        sorted(rng.choice(len(values), min(len(values), max(2, num_classes // 2)), replace=False)) for values in axes
     ]
     full_grid = np.array(list(product(*used)))
     best: tuple[tuple[bool, int, int], np.ndarray] | None = None
@@ -274,9 +268,7 @@ def _design(num_classes: int, seed: int) -> tuple[BirdClass, ...]:
         if best is None or score > best[0]:
             best = (score, chosen)
         attempt += 1
-    return tuple(
-        BirdClass(axes[0][h], *axes[1][b], *axes[2][w]) for h, b, w in best[1].tolist()
-    )
+    return tuple(BirdClass(axes[0][h], *axes[1][b], *axes[2][w]) for h, b, w in best[1].tolist())
 
 
 def _greedy_design(grid: np.ndarray, used: list[list[int]], num_classes: int) -> np.ndarray:
@@ -286,13 +278,9 @@ def _greedy_design(grid: np.ndarray, used: list[list[int]], num_classes: int) ->
     free = np.ones(len(grid), dtype=bool)
     picks = []
     for _ in range(num_classes):
-        excess = np.stack(
-            [usage[axis][grid[:, axis]] - usage[axis][vals].min() for axis, vals in enumerate(used)]
-        )
+        excess = np.stack([usage[axis][grid[:, axis]] - usage[axis][vals].min() for axis, vals in enumerate(used)])
         # lexsort sorts by the last key first: free, least over-used, farthest, then grid order
-        order = np.lexsort(
-            (np.arange(len(grid)), excess.sum(axis=0), -distance, excess.max(axis=0), ~free)
-        )
+        order = np.lexsort((np.arange(len(grid)), excess.sum(axis=0), -distance, excess.max(axis=0), ~free))
         pick = grid[order[0]]
         free[order[0]] = False
         picks.append(pick)
@@ -496,16 +484,10 @@ def _shape(bird: BirdClass, aspect: float) -> _Shape:
     beak_len = BEAK_LENGTHS[bird.beak_length]
     wing_centre, wing_half_axes, wing_tilt = (-0.06, -b * 0.1), (0.24, b * 0.72), -0.12
     return _Shape(
-        tail=np.array(
-            [[-a * 0.7, -b * 0.35], [-a - 0.2, -b * 0.55 - 0.04], [-a - 0.2, b * 0.15],
-             [-a * 0.7, b * 0.4]]
-        ),
+        tail=np.array([[-a * 0.7, -b * 0.35], [-a - 0.2, -b * 0.55 - 0.04], [-a - 0.2, b * 0.15], [-a * 0.7, b * 0.4]]),
         body=_ellipse(0.0, 0.0, a, b),
         beak=head
-        + np.array(
-            [[head_r * 0.6, -head_r * 0.5], [head_r + beak_len, head_r * 0.15],
-             [head_r * 0.6, head_r * 0.5]]
-        ),
+        + np.array([[head_r * 0.6, -head_r * 0.5], [head_r + beak_len, head_r * 0.15], [head_r * 0.6, head_r * 0.5]]),
         head=_ellipse(*head, head_r, head_r),
         eye=_ellipse(*(head + np.array([head_r * 0.35, -head_r * 0.2])), 0.03, 0.03),
         wing=_ellipse(*wing_centre, *wing_half_axes, wing_tilt),
@@ -515,9 +497,7 @@ def _shape(bird: BirdClass, aspect: float) -> _Shape:
     )
 
 
-def _draw_bird(
-    bird: BirdClass, shape: _Shape, pose: _Pose, body: tuple[int, ...], side: int
-) -> Image.Image:
+def _draw_bird(bird: BirdClass, shape: _Shape, pose: _Pose, body: tuple[int, ...], side: int) -> Image.Image:
     """Draw one bird on a transparent ``side`` x ``side`` RGBA layer: tail, body, beak, head, eye,
     wing (a darker body shade) and the class's wing pattern clipped to the wing."""
     layer = Image.new("RGBA", (side, side), (0, 0, 0, 0))
@@ -648,9 +628,7 @@ def _render_task(task: _Task) -> _Record:
     return _Record(task.split, task.image_id, task.class_index, tight_box(mask), float(mask.mean()))
 
 
-def generate(
-    spec: SynthBirdsSpec, out_dir: Path | str, *, workers: int = 1, progress: bool = True
-) -> dict:
+def generate(spec: SynthBirdsSpec, out_dir: Path | str, *, workers: int = 1, progress: bool = True) -> dict:
     """Generate the whole dataset under ``out_dir`` (replacing it) and return a summary.
 
     Layout (``<split>`` in train/val/test, ``<class_dir>`` = ``NNN.<class name>`` with ``NNN``
@@ -684,14 +662,11 @@ def generate(
                 for kind in ("images", "masks"):
                     (tmp / kind / split / class_dir).mkdir(parents=True)
                 tasks += [
-                    _Task(spec, str(tmp), split, label, index, class_dir)
-                    for index in range(spec.per_split(split))
+                    _Task(spec, str(tmp), split, label, index, class_dir) for index in range(spec.per_split(split))
                 ]
         records = _run_tasks(tasks, workers, progress)
         _write_metadata(tmp, spec, records)
-        (tmp / "classes.txt").write_bytes(
-            "".join(f"{label},{name}\n" for label, name in enumerate(names)).encode()
-        )
+        (tmp / "classes.txt").write_bytes("".join(f"{label},{name}\n" for label, name in enumerate(names)).encode())
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -176,9 +176,7 @@ def read_split(meta_dir: Path | str) -> SplitMetadata:
     )
 
 
-def _rows(
-    path: Path, required: bool, widths: tuple[int, ...], expected: str
-) -> list[tuple[int, list[str]]]:
+def _rows(path: Path, required: bool, widths: tuple[int, ...], expected: str) -> list[tuple[int, list[str]]]:
     """Return ``(line number, fields)`` for every line of the CSV file ``path``, checking that each
     line has one of the column counts in ``widths``; a missing optional file gives no rows."""
     if not path.is_file():
@@ -196,9 +194,7 @@ def _rows(
             raise MetadataError(f"{path}:{lineno}: blank line; expected a row {expected}")
         fields = line.split(",")
         if len(fields) not in widths:
-            raise MetadataError(
-                f"{path}:{lineno}: expected a row {expected}, got {len(fields)} column(s): {line!r}"
-            )
+            raise MetadataError(f"{path}:{lineno}: expected a row {expected}, got {len(fields)} column(s): {line!r}")
         rows.append((lineno, fields))
     return rows
 
@@ -223,10 +219,7 @@ def _box(path: Path, lineno: int, fields: list[str]) -> Box:
         for text, name in zip(fields, ("x0", "y0", "x1", "y1"))
     )
     if x1 < x0 or y1 < y0:
-        raise MetadataError(
-            f"{path}:{lineno}: box ({x0},{y0},{x1},{y1}) is inverted; "
-            "expected x0 <= x1 and y0 <= y1"
-        )
+        raise MetadataError(f"{path}:{lineno}: box ({x0},{y0},{x1},{y1}) is inverted; expected x0 <= x1 and y0 <= y1")
     return (x0, y0, x1, y1)
 
 
@@ -240,8 +233,7 @@ def _check_known(path: Path, lineno: int, image_id: str, id_lines: dict[str, int
     """Reject an image id that ``image_ids.txt`` does not list."""
     if image_id not in id_lines:
         raise MetadataError(
-            f"{path}:{lineno}: image id {image_id!r} is not listed in {IMAGE_IDS}; "
-            "expected only ids from that file"
+            f"{path}:{lineno}: image id {image_id!r} is not listed in {IMAGE_IDS}; expected only ids from that file"
         )
 
 
@@ -249,8 +241,7 @@ def _check_unique(path: Path, lineno: int, image_id: str, seen: dict[str, int]) 
     """Reject an image id that an earlier line of the same file already had."""
     if image_id in seen:
         raise MetadataError(
-            f"{path}:{lineno}: duplicate image id {image_id!r} (first on line {seen[image_id]}); "
-            "expected each id once"
+            f"{path}:{lineno}: duplicate image id {image_id!r} (first on line {seen[image_id]}); expected each id once"
         )
 
 

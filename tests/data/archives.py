@@ -1,4 +1,5 @@
 """In-memory archives for the download and dataset tests (fixed mtimes, so the same members give the same bytes)."""
+
 import io
 import tarfile
 import zipfile

@@ -7,6 +7,7 @@ sends no Content-Length and ends the body by closing the connection; `redirects[
 to `url`; `ignore_range` answers every request with 200 and the whole file. Every request is logged as
 (path, Range header or None, status).
 """
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """pipeline.data.fetch: resumable download, checksums, safe extraction, manual files (offline, local server)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,17 @@ import tarfile
 import pytest
 
 from pipeline.data import fetch
-from pipeline.data.fetch import (ArchiveError, ChecksumError, FetchError, ManualFilesError, RemoteFile, download,
-                                 extract, fetch_files, require_files)
+from pipeline.data.fetch import (
+    ArchiveError,
+    ChecksumError,
+    FetchError,
+    ManualFilesError,
+    RemoteFile,
+    download,
+    extract,
+    fetch_files,
+    require_files,
+)
 from tests.data.archives import tar_bytes, zip_bytes
 
 NO_SLEEP = {"sleep": lambda seconds: None}
@@ -100,8 +110,7 @@ def test_checksum_mismatch_deletes_part_and_explains(file_server, tmp_path):
     with pytest.raises(ChecksumError) as info:
         download(url, tmp_path / "CUB_200_2011.tgz", sha256=wanted, progress=False)
     msg = str(info.value)
-    for part in ("CUB_200_2011.tgz", url, f"expected {wanted}", f"sha256 is {sha(data)}", "deleted",
-                 "Run again"):
+    for part in ("CUB_200_2011.tgz", url, f"expected {wanted}", f"sha256 is {sha(data)}", "deleted", "Run again"):
         assert part in msg, (part, msg)
     assert leftovers(tmp_path) == []  # no dest, no .part
 
@@ -127,8 +136,14 @@ def test_unreachable_server_gives_up_after_retries_and_keeps_nothing(tmp_path):
         port = s.getsockname()[1]
     waits = []
     with pytest.raises(FetchError, match=r"failed 3 times in a row") as info:
-        download(f"http://127.0.0.1:{port}/x.tgz", tmp_path / "x.tgz", progress=False, retries=2, backoff=0.5,
-                 sleep=waits.append)
+        download(
+            f"http://127.0.0.1:{port}/x.tgz",
+            tmp_path / "x.tgz",
+            progress=False,
+            retries=2,
+            backoff=0.5,
+            sleep=waits.append,
+        )
     assert waits == [0.5, 1.0]
     assert "run again to resume" in str(info.value)
 
@@ -184,7 +199,7 @@ def test_corrupt_archive_leaves_nothing_behind(tmp_path, kind):
     broken = bytearray(data)
     if kind == "zip":  # flip bytes inside the first member's data: a CRC error on extraction
         start = data.index(b"d/0.bin") + len("d/0.bin") + 100
-        broken[start:start + 50] = bytes(50)
+        broken[start : start + 50] = bytes(50)
     else:  # truncate the gzip stream
         broken = broken[: len(broken) // 2]
     archive = tmp_path / f"corrupt.{kind}"
@@ -208,8 +223,14 @@ def test_not_an_archive(tmp_path):
 
 
 def spec(name: str, data: bytes | None = None, url: str | None = None, checksum: bool = True) -> RemoteFile:
-    return RemoteFile(name, url, len(data) if data is not None else None,
-                      sha(data) if data is not None and checksum else None, None, f"the {name} page")
+    return RemoteFile(
+        name,
+        url,
+        len(data) if data is not None else None,
+        sha(data) if data is not None and checksum else None,
+        None,
+        f"the {name} page",
+    )
 
 
 def test_manual_error_lists_every_missing_or_wrong_file(tmp_path):
@@ -217,8 +238,12 @@ def test_manual_error_lists_every_missing_or_wrong_file(tmp_path):
     (tmp_path / "good.tgz").write_bytes(good)
     (tmp_path / "short.tgz").write_bytes(bad[:10])
     (tmp_path / "tampered.mat").write_bytes(bytes(50))
-    files = [spec("good.tgz", good), spec("missing.tgz", payload(70)), spec("short.tgz", bad),
-             spec("tampered.mat", bad)]
+    files = [
+        spec("good.tgz", good),
+        spec("missing.tgz", payload(70)),
+        spec("short.tgz", bad),
+        spec("tampered.mat", bad),
+    ]
     with pytest.raises(ManualFilesError) as info:
         require_files("cars", [(f, tmp_path / f.name) for f in files], why="The links are dead.")
     problems = info.value.problems
@@ -296,8 +321,7 @@ def test_server_that_drops_and_ignores_range_is_given_up_after_retries(file_serv
     file_server.cut_every["/drop.tgz"] = 1000
     file_server.ignore_range = True  # every attempt starts again at byte 0 and gets 1,000 bytes
     with pytest.raises(FetchError, match=r"failed 4 times in a row without progress") as info:
-        download(url, tmp_path / "drop.tgz", size=len(data), sha256=sha(data), progress=False, retries=3,
-                 backoff=0.001)
+        download(url, tmp_path / "drop.tgz", size=len(data), sha256=sha(data), progress=False, retries=3, backoff=0.001)
     assert len(file_server.log) == 4  # the first attempt's 1,000 bytes are progress, the next three are not
     assert "1,000 bytes are kept" in str(info.value)
 
@@ -308,8 +332,16 @@ def test_total_time_is_bounded_even_when_every_attempt_makes_progress(file_serve
     file_server.cut_every["/slow.tgz"] = 1000  # honours Range: 1,000 more bytes per attempt
     ticks = iter(range(10_000))
     with pytest.raises(FetchError, match=r"over its 20 s limit") as info:
-        download(url, tmp_path / "slow.tgz", size=len(data), sha256=sha(data), progress=False,
-                 max_seconds=20, clock=lambda: float(next(ticks)), **NO_SLEEP)
+        download(
+            url,
+            tmp_path / "slow.tgz",
+            size=len(data),
+            sha256=sha(data),
+            progress=False,
+            max_seconds=20,
+            clock=lambda: float(next(ticks)),
+            **NO_SLEEP,
+        )
     assert 3 <= len(file_server.log) <= 20  # each attempt reads the clock a few times
     assert "run again to resume" in str(info.value)
     assert (tmp_path / "slow.tgz.part").stat().st_size == 1000 * len(file_server.log)
@@ -360,22 +392,25 @@ def test_redirect_within_the_origin_is_followed(file_server, tmp_path):
     assert [s for _, _, s in file_server.log] == [302, 200]
 
 
-def test_redirect_to_another_origin_is_refused_unless_the_record_allows_its_host(file_server, other_server,
-                                                                                tmp_path):
+def test_redirect_to_another_origin_is_refused_unless_the_record_allows_its_host(file_server, other_server, tmp_path):
     data = payload(3000)
     other_server.add("/elsewhere.bin", data)
     foreign = f"http://localhost:{other_server.httpd.server_address[1]}/elsewhere.bin"
     file_server.redirects["/f.bin"] = foreign
     url = file_server.url("/f.bin")
-    with pytest.raises(FetchError, match=r"refused to download f\.bin: the server redirected to .*'localhost'.*"
-                                         r"allowed_hosts") as info:
+    with pytest.raises(
+        FetchError,
+        match=r"refused to download f\.bin: the server redirected to .*'localhost'.*"
+        r"allowed_hosts",
+    ) as info:
         download(url, tmp_path / "f.bin", sha256=sha(data), progress=False, allowed_hosts=("mirror.example",))
     assert foreign in str(info.value)
     assert other_server.log == [] and leftovers(tmp_path) == []
     got = download(url, tmp_path / "f.bin", sha256=sha(data), progress=False, allowed_hosts=("localhost",))
     assert got == sha(data) and other_server.log == [("/elsewhere.bin", None, 200)]
-    assert fetch._host_allowed("a.files.1drv.com", (".1drv.com",)) and not fetch._host_allowed("1drv.com.evil",
-                                                                                              (".1drv.com",))
+    assert fetch._host_allowed("a.files.1drv.com", (".1drv.com",)) and not fetch._host_allowed(
+        "1drv.com.evil", (".1drv.com",)
+    )
 
 
 def test_record_first_refuses_a_foreign_redirect_and_records_nothing(file_server, other_server, tmp_path):
@@ -392,8 +427,11 @@ def test_record_first_refuses_a_body_whose_end_was_not_announced(file_server, tm
     data = payload(3000)
     f = spec("OpenImages_images.zip", url=file_server.add("/oi.zip", data), checksum=False)
     file_server.no_length.add("/oi.zip")
-    with pytest.raises(FetchError, match=r"cannot be trusted as the first record: the server did not announce its "
-                                         r"length"):
+    with pytest.raises(
+        FetchError,
+        match=r"cannot be trusted as the first record: the server did not announce its "
+        r"length",
+    ):
         fetch_files("openimages", [f], tmp_path, mode="auto", progress=False)
     assert leftovers(tmp_path) == []  # neither the file nor a .sha256 record
 

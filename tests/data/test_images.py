@@ -1,4 +1,5 @@
 """Official transforms (METHOD.md 2.3), the image dataset and its loader."""
+
 import io
 import re
 
@@ -18,8 +19,9 @@ def test_transforms_resize_crop_and_normalise():
     assert train_transform(96).transforms[0].size == (110, 110)  # same 256/224 ratio at 96 px
     x = eval_transform(96)(image)
     assert x.shape == (3, 96, 96)
-    torch.testing.assert_close(x[:, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224,
-                                                        (1 - 0.406) / 0.225]))
+    torch.testing.assert_close(
+        x[:, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225])
+    )
     assert train(image).shape == (3, 224, 224)
 
 
@@ -37,7 +39,10 @@ def test_shuffle_order_depends_on_seed_only(tmp_path):
     for i in range(6):
         Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / f"{i}.png")
     ds = ImageSet(tmp_path, [f"{i}.png" for i in range(6)], list(range(6)), eval_transform(4))
-    order = lambda seed: torch.cat([y for _, y in make_loader(ds, batch_size=2, train=True, seed=seed)]).tolist()
+
+    def order(seed: int) -> list[int]:
+        return torch.cat([y for _, y in make_loader(ds, batch_size=2, train=True, seed=seed)]).tolist()
+
     assert order(1) == order(1)
     assert order(1) != order(2)
     assert torch.cat([y for _, y in make_loader(ds, batch_size=4, train=False, seed=1)]).tolist() == list(range(6))
@@ -58,8 +63,13 @@ def test_eval_transform_is_the_official_test_transform_on_pil_images():
 
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (335, 500, 3), dtype=np.uint8))  # CUB's first test size
-    official = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
-                                   transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    official = transforms.Compose(
+        [
+            transforms.Resize((224, 224)),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     assert torch.equal(eval_transform(224)(image), official(image))
 
 
@@ -76,7 +86,7 @@ def damaged_jpegs(root):
     data = buf.getvalue()
     files = {f"good{i}.jpg": data for i in range(3)}
     files["cut.jpg"] = data[: len(data) // 2]
-    files["body.jpg"] = data[: len(data) // 2] + b"\xff\xd8" + data[len(data) // 2 + 2:]
+    files["body.jpg"] = data[: len(data) // 2] + b"\xff\xd8" + data[len(data) // 2 + 2 :]
     for name, content in files.items():
         (root / name).write_bytes(content)
     return list(files)
@@ -96,8 +106,9 @@ def test_truncated_images_are_not_loaded_silently():
 def test_load_rgb_names_a_damaged_file(tmp_path):
     damaged_jpegs(tmp_path)
     assert load_rgb(tmp_path / "good0.jpg").size == (64, 48)
-    with pytest.raises(OSError, match=re.escape(f"{tmp_path / 'cut.jpg'}: image cannot be decoded (image file is "
-                                                "truncated")):
+    with pytest.raises(
+        OSError, match=re.escape(f"{tmp_path / 'cut.jpg'}: image cannot be decoded (image file is truncated")
+    ):
         load_rgb(tmp_path / "cut.jpg")
     with pytest.raises(OSError, match=re.escape(f"{tmp_path / 'body.jpg'}: image cannot be decoded")):
         load_rgb(tmp_path / "body.jpg")

@@ -1,4 +1,5 @@
 """The preprocess step: image checks, GT box rescaling (METHOD.md 4.3), packed masks, clear errors."""
+
 import csv
 import io
 import json
@@ -11,8 +12,17 @@ import pytest
 from PIL import Image
 
 import pipeline.data.prepare as prepare
-from pipeline.data.prepare import (DataError, image_size, load_ground_truth, load_prepared, prepare_dataset,
-                                   read_gt_mask, read_image_sizes, read_mask, rescale_box)
+from pipeline.data.prepare import (
+    DataError,
+    image_size,
+    load_ground_truth,
+    load_prepared,
+    prepare_dataset,
+    read_gt_mask,
+    read_image_sizes,
+    read_mask,
+    rescale_box,
+)
 from pipeline.data.synthbirds import SynthBirdsSpec, generate
 from pipeline.data.wsol import SplitMetadata, read_split, write_split
 
@@ -34,8 +44,12 @@ def make_raw(root, *, sizes=((40, 30), (20, 20)), boxes=None, labels=(0, 1), mas
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
     boxes = boxes or {ids[0]: ((4, 3, 19, 14),), ids[1]: ((0, 0, 19, 19), (5, 5, 9, 9))}
     for split in ("train", "test"):
-        write_split(root / "metadata" / split, SplitMetadata(
-            image_ids=tuple(ids), labels=dict(zip(ids, labels)), sizes=dict(zip(ids, sizes)), boxes=boxes))
+        write_split(
+            root / "metadata" / split,
+            SplitMetadata(
+                image_ids=tuple(ids), labels=dict(zip(ids, labels)), sizes=dict(zip(ids, sizes)), boxes=boxes
+            ),
+        )
     if masks:
         for image_id, (w, h) in zip(ids, sizes):
             m = np.zeros((h, w), dtype=np.uint8)
@@ -46,9 +60,15 @@ def make_raw(root, *, sizes=((40, 30), (20, 20)), boxes=None, labels=(0, 1), mas
             Image.fromarray(m).convert("1").save(root / "masks" / image_id)
             Image.fromarray(ign).save(root / "masks" / image_id.replace(".png", "_ignore.png"))
         for split in ("train", "test"):
-            write_split(root / "metadata_mask" / split, SplitMetadata(
-                image_ids=tuple(ids), labels=dict(zip(ids, labels)), sizes=dict(zip(ids, sizes)),
-                masks={i: ((i,), i.replace(".png", "_ignore.png")) for i in ids}))
+            write_split(
+                root / "metadata_mask" / split,
+                SplitMetadata(
+                    image_ids=tuple(ids),
+                    labels=dict(zip(ids, labels)),
+                    sizes=dict(zip(ids, sizes)),
+                    masks={i: ((i,), i.replace(".png", "_ignore.png")) for i in ids},
+                ),
+            )
     return ids
 
 
@@ -61,7 +81,7 @@ def test_prepare_writes_tables(tmp_path):
     with open(out / "boxes.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
     assert [(r["image_id"], int(r["ex0"]), int(r["ey0"]), int(r["ex1"]), int(r["ey1"])) for r in rows] == [
-        (ids[0], 1, 1, 4, 4),   # (4*10/40, 3*10/30, 19*10/40, 14*10/30) truncated
+        (ids[0], 1, 1, 4, 4),  # (4*10/40, 3*10/30, 19*10/40, 14*10/30) truncated
         (ids[1], 0, 0, 9, 9),
         (ids[1], 2, 2, 4, 4),
     ]
@@ -97,11 +117,13 @@ def test_masks_are_packed_with_ignore_minus_foreground(tmp_path):
 
 
 def test_synthbirds_boxes_match_masks_after_preprocess(tmp_path):
-    spec = SynthBirdsSpec(num_classes=3, image_size=32, train_per_class=2, val_per_class=1, test_per_class=2,
-                          supersample=1)
+    spec = SynthBirdsSpec(
+        num_classes=3, image_size=32, train_per_class=2, val_per_class=1, test_per_class=2, supersample=1
+    )
     generate(spec, tmp_path / "raw", progress=False)
-    info = prepare_dataset(tmp_path / "raw", tmp_path / "prep", dataset="synthbirds", num_classes=3, eval_size=32,
-                           progress=False)
+    info = prepare_dataset(
+        tmp_path / "raw", tmp_path / "prep", dataset="synthbirds", num_classes=3, eval_size=32, progress=False
+    )
     assert info["counts"] == {"train": 6, "val": 3, "test": 6}
     assert info["class_names"][0].endswith("wing")
     fg = np.unpackbits(np.load(tmp_path / "prep" / "test_mask_fg.npy"), axis=1).reshape(-1, 32, 32)
@@ -211,13 +233,15 @@ def test_prepare_packs_the_official_masks_as_the_official_loader_reads_them(tmp_
         (raw / "images" / image_id).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (1600, 1066)).save(raw / "images" / image_id)
     stem = [i.removesuffix(".png") for i in image_ids]
-    masks = {image_ids[0]: ((f"{stem[0]}_m0bt_c3_d2422806.png", f"{stem[0]}_m0bt_c3_3581e3ae.png"),
-                            f"{stem[0]}_ignore.png"),
-             image_ids[1]: ((f"{stem[1]}_m0bt_c3_d4e2e136.png",), f"{stem[1]}_ignore.png")}
+    masks = {
+        image_ids[0]: ((f"{stem[0]}_m0bt_c3_d2422806.png", f"{stem[0]}_m0bt_c3_3581e3ae.png"), f"{stem[0]}_ignore.png"),
+        image_ids[1]: ((f"{stem[1]}_m0bt_c3_d4e2e136.png",), f"{stem[1]}_ignore.png"),
+    }
     for split in ("train", "test"):
         write_split(raw / "metadata" / split, SplitMetadata(image_ids, dict.fromkeys(image_ids, 0), {}))
-        write_split(raw / "metadata_mask" / split,
-                    SplitMetadata(image_ids, dict.fromkeys(image_ids, 0), {}, masks=masks))
+        write_split(
+            raw / "metadata_mask" / split, SplitMetadata(image_ids, dict.fromkeys(image_ids, 0), {}, masks=masks)
+        )
     prepare_dataset(raw, tmp_path / "prep", dataset="openimages", num_classes=1, eval_size=224, progress=False)
     truth = load_ground_truth(tmp_path / "prep", "test")
     # foreground pixels of wsolevaluation's evaluation_test.py; background + ignore = the rest
@@ -231,13 +255,14 @@ def test_prepare_packs_the_official_masks_as_the_official_loader_reads_them(tmp_
 # --- sizes from the headers, in parallel: same outputs and same errors as the full decode ------------
 
 
-def reference_prepare_dataset(raw_dir: Path, out_dir: Path, *, dataset: str, num_classes: int, eval_size: int,
-                              progress: bool = True) -> dict:
+def reference_prepare_dataset(
+    raw_dir: Path, out_dir: Path, *, dataset: str, num_classes: int, eval_size: int, progress: bool = True
+) -> dict:
     """`prepare_dataset` as it was before sizes came from the headers (commit 49d8fea): every image decoded
     in full, one after the other. Verbatim but for the module prefixes."""
     from tqdm import tqdm
 
-    from pipeline.data.prepare import (FORMAT, REQUIRED_SPLITS, SPLITS, _class_names, _csv, _pack_masks)
+    from pipeline.data.prepare import FORMAT, REQUIRED_SPLITS, SPLITS, _class_names, _csv, _pack_masks
     from pipeline.data.wsol import MetadataError
     from pipeline.io import atomic_dir, write_json, write_npy, write_text
 
@@ -259,8 +284,10 @@ def reference_prepare_dataset(raw_dir: Path, out_dir: Path, *, dataset: str, num
         meta_dir = raw_dir / "metadata" / split
         if not meta_dir.is_dir():
             if split in REQUIRED_SPLITS:
-                raise DataError(f"{meta_dir}: metadata folder missing; a dataset needs "
-                                f"{', '.join(REQUIRED_SPLITS)} (run the download stage)")
+                raise DataError(
+                    f"{meta_dir}: metadata folder missing; a dataset needs "
+                    f"{', '.join(REQUIRED_SPLITS)} (run the download stage)"
+                )
             continue
         try:
             splits[split] = read_split(meta_dir)
@@ -276,18 +303,24 @@ def reference_prepare_dataset(raw_dir: Path, out_dir: Path, *, dataset: str, num
             for image_id in tqdm(ids, desc=f"check {split} images", disable=not progress, leave=False):
                 label = meta.labels[image_id]
                 if not 0 <= label < num_classes:
-                    raise DataError(f"{raw_dir}/metadata/{split}/class_labels.txt: {image_id} has label "
-                                    f"{label}; valid labels are 0..{num_classes - 1} (num_classes={num_classes})")
+                    raise DataError(
+                        f"{raw_dir}/metadata/{split}/class_labels.txt: {image_id} has label "
+                        f"{label}; valid labels are 0..{num_classes - 1} (num_classes={num_classes})"
+                    )
                 width, height = _image_size(image_root / image_id)
                 listed = meta.sizes.get(image_id)
                 if listed is not None and listed != (width, height):
-                    raise DataError(f"{raw_dir}/metadata/{split}/image_sizes.txt: {image_id} is listed as "
-                                    f"{listed[0]}x{listed[1]} but the image is {width}x{height}")
+                    raise DataError(
+                        f"{raw_dir}/metadata/{split}/image_sizes.txt: {image_id} is listed as "
+                        f"{listed[0]}x{listed[1]} but the image is {width}x{height}"
+                    )
                 image_rows.append((split, image_id, label, width, height))
                 for box in meta.boxes.get(image_id, ()):
                     if box[2] >= width or box[3] >= height:
-                        raise DataError(f"{raw_dir}/metadata/{split}/localization.txt: box {box} of {image_id} "
-                                        f"lies outside the {width}x{height} image")
+                        raise DataError(
+                            f"{raw_dir}/metadata/{split}/localization.txt: box {box} of {image_id} "
+                            f"lies outside the {width}x{height} image"
+                        )
                     box_rows.append((split, image_id, *box, *rescale_box(box, width, height, eval_size)))
                     n_boxes += 1
             counts[split] = len(ids)
@@ -296,11 +329,20 @@ def reference_prepare_dataset(raw_dir: Path, out_dir: Path, *, dataset: str, num
                 write_npy(tmp / f"{split}_mask_fg.npy", fg)
                 write_npy(tmp / f"{split}_mask_ignore.npy", ignore)
         write_text(tmp / "images.csv", _csv(("split", "image_id", "label", "width", "height"), image_rows))
-        write_text(tmp / "boxes.csv", _csv(("split", "image_id", "x0", "y0", "x1", "y1",
-                                            "ex0", "ey0", "ex1", "ey1"), box_rows))
-        summary = {"format": FORMAT, "dataset": dataset, "num_classes": num_classes, "eval_size": eval_size,
-                   "image_root": image_root.as_posix(), "counts": counts, "boxes": n_boxes,
-                   "mask_splits": sorted(mask_views), "class_names": _class_names(raw_dir, num_classes)}
+        write_text(
+            tmp / "boxes.csv", _csv(("split", "image_id", "x0", "y0", "x1", "y1", "ex0", "ey0", "ex1", "ey1"), box_rows)
+        )
+        summary = {
+            "format": FORMAT,
+            "dataset": dataset,
+            "num_classes": num_classes,
+            "eval_size": eval_size,
+            "image_root": image_root.as_posix(),
+            "counts": counts,
+            "boxes": n_boxes,
+            "mask_splits": sorted(mask_views),
+            "class_names": _class_names(raw_dir, num_classes),
+        }
         write_json(tmp / "dataset.json", summary)
     return summary
 
@@ -325,7 +367,7 @@ def body_corrupt_jpeg(w: int = 64, h: int = 48) -> bytes:
     """Header and EOI intact, a marker (SOI) planted in the middle of the scan: the full decode fails."""
     data = jpeg_bytes(w, h)
     mid = len(data) // 2
-    return data[:mid] + b"\xff\xd8" + data[mid + 2:]
+    return data[:mid] + b"\xff\xd8" + data[mid + 2 :]
 
 
 def grey_cmyk_progressive_exif() -> dict[str, bytes]:
@@ -334,9 +376,12 @@ def grey_cmyk_progressive_exif() -> dict[str, bytes]:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation "rotate 90": PIL does not apply it, neither size nor decode
     out = {}
-    for name, im, kwargs in (("grey", rgb.convert("L"), {}), ("cmyk", rgb.convert("CMYK"), {}),
-                             ("progressive", rgb, {"progressive": True}),
-                             ("exif", rgb, {"exif": exif})):
+    for name, im, kwargs in (
+        ("grey", rgb.convert("L"), {}),
+        ("cmyk", rgb.convert("CMYK"), {}),
+        ("progressive", rgb, {"progressive": True}),
+        ("exif", rgb, {"exif": exif}),
+    ):
         buf = io.BytesIO()
         im.save(buf, "JPEG", **kwargs)
         out[f"{name}.jpg"] = buf.getvalue()
@@ -364,9 +409,15 @@ def make_jpeg_raw(root: Path, files: dict[str, bytes], *, n_plain: int = 12, lab
             sizes[image_id] = (10, 10)
     labels = labels or {i: k % 2 for k, i in enumerate(ids)}
     for split in ("train", "test"):
-        write_split(root / "metadata" / split, SplitMetadata(
-            image_ids=tuple(ids), labels=labels, sizes=sizes,
-            boxes={i: ((1, 2, min(w, h) - 2, min(w, h) - 3),) for i, (w, h) in sizes.items()}))
+        write_split(
+            root / "metadata" / split,
+            SplitMetadata(
+                image_ids=tuple(ids),
+                labels=labels,
+                sizes=sizes,
+                boxes={i: ((1, 2, min(w, h) - 2, min(w, h) - 3),) for i, (w, h) in sizes.items()},
+            ),
+        )
     return ids
 
 
@@ -398,8 +449,9 @@ def assert_same_outputs(a: Path, b: Path) -> None:
 
 
 def test_header_sizes_give_the_outputs_of_the_full_decode_on_synthbirds(tmp_path, pool_mode):
-    spec = SynthBirdsSpec(num_classes=4, image_size=40, train_per_class=5, val_per_class=2, test_per_class=4,
-                          supersample=1)
+    spec = SynthBirdsSpec(
+        num_classes=4, image_size=40, train_per_class=5, val_per_class=2, test_per_class=4, supersample=1
+    )
     generate(spec, tmp_path / "raw", progress=False)
     kwargs = dict(dataset="synthbirds", num_classes=4, eval_size=32, progress=False)
     old = reference_prepare_dataset(tmp_path / "raw", tmp_path / "old", **kwargs)
@@ -422,8 +474,12 @@ def test_image_size_decodes_only_files_without_their_end_marker(tmp_path, monkey
     monkeypatch.setattr(prepare, "_decoded_size", lambda path: decoded.append(path.name) or full(path))
     gif = io.BytesIO()
     Image.new("P", (6, 4)).save(gif, "GIF")
-    files = {"plain.jpg": jpeg_bytes(40, 30), "plain.png": png_bytes(7, 5), **grey_cmyk_progressive_exif(),
-             "plain.gif": gif.getvalue()}
+    files = {
+        "plain.jpg": jpeg_bytes(40, 30),
+        "plain.png": png_bytes(7, 5),
+        **grey_cmyk_progressive_exif(),
+        "plain.gif": gif.getvalue(),
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
         assert image_size(tmp_path / name) == Image.open(io.BytesIO(data)).size, name

@@ -156,8 +156,9 @@ def test_boxes_are_tight_boxes_of_non_empty_masks_on_disk(tiny, split: str) -> N
 
 
 def test_generate_replaces_an_existing_dataset(tmp_path: Path) -> None:
-    spec = SynthBirdsSpec(num_classes=2, image_size=16, train_per_class=1, val_per_class=0,
-                          test_per_class=1, supersample=1)
+    spec = SynthBirdsSpec(
+        num_classes=2, image_size=16, train_per_class=1, val_per_class=0, test_per_class=1, supersample=1
+    )
     out = tmp_path / "data"
     (out / "images").mkdir(parents=True)
     (out / "stale.txt").write_text("old")
@@ -298,8 +299,9 @@ def _render_digest(env: dict[str, str]) -> str:
     for name in ("NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES", "OPENBLAS_CORETYPE"):
         if name not in env:
             full_env.pop(name, None)
-    done = subprocess.run([sys.executable, "-c", _RENDER_SCRIPT], env=full_env, cwd=root,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _RENDER_SCRIPT], env=full_env, cwd=root, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -332,7 +334,6 @@ def test_float_helpers_use_no_platform_maths() -> None:
     assert _exp(1.0) == 2.718281828459045 == math.e
     points = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, -1.0]])
     c, s = _cos_sin(0.3)
-    np.testing.assert_allclose(_rotate(points, c, s), points @ np.array([[c, s], [-s, c]]),
-                               rtol=0, atol=1e-15)
+    np.testing.assert_allclose(_rotate(points, c, s), points @ np.array([[c, s], [-s, c]]), rtol=0, atol=1e-15)
     assert _steps(0.0, 0.3, 0.1) == [0.0, 0.1, 0.2] and _steps(1.0, 1.0, 0.1) == []
     np.testing.assert_allclose(_steps(-0.19, 0.24, 0.11), np.arange(-0.19, 0.24, 0.11), atol=1e-15)

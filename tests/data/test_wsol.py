@@ -79,11 +79,7 @@ def test_write_is_deterministic_and_ordered(tmp_path: Path) -> None:
         one = (tmp_path / "one" / f"{name}.txt").read_bytes()
         assert one == (tmp_path / "two" / f"{name}.txt").read_bytes()
     assert (tmp_path / "one" / "localization.txt").read_text() == (
-        f"{CUB_C},5,6,7,8\n"
-        f"{CUB_A},60,27,385,331\n"
-        f"{CUB_B},139,30,292,290\n"
-        f"{CUB_B},0,0,0,0\n"
-        f"{CUB_B},10,20,11,22\n"
+        f"{CUB_C},5,6,7,8\n{CUB_A},60,27,385,331\n{CUB_B},139,30,292,290\n{CUB_B},0,0,0,0\n{CUB_B},10,20,11,22\n"
     )
 
 

@@ -17,6 +17,7 @@ atomically replacing `raw_dir`:
     <raw>/masks/<mask path>        <raw>/metadata_mask/{val,test}/*.txt     (mask datasets)
     <raw>/classes.txt              <raw>/source.json                        (parts read, their identity, counts)
 """
+
 from __future__ import annotations
 
 import shutil
@@ -61,8 +62,15 @@ def _differences(found: dict, published: dict) -> list[str]:
     return [f"{k}: {found.get(k, 0):,} (published {v:,})" for k, v in published.items() if found.get(k) != v]
 
 
-def build_dataset(name: str, cfg, raw_dir: Path | str, *, archive_dir: Path | str, progress: bool = True,
-                  download_kwargs: dict | None = None) -> dict:
+def build_dataset(
+    name: str,
+    cfg,
+    raw_dir: Path | str,
+    *,
+    archive_dir: Path | str,
+    progress: bool = True,
+    download_kwargs: dict | None = None,
+) -> dict:
     """Find (and in mode auto download), check and read the parts of dataset `name`, then write its raw layout to
     `raw_dir`. Returns the summary also written to `<raw_dir>/source.json`."""
     if name not in DATASETS:
@@ -76,8 +84,15 @@ def build_dataset(name: str, cfg, raw_dir: Path | str, *, archive_dir: Path | st
     mode = "manual" if cfg.source_dir or module.MANUAL_WHY else getattr(cfg, "mode", "manual")
     missing = [p for p in parts if found[p.name] is None]
     if missing and mode == "auto" and all(p.published and p.published.url for p in missing):
-        fetch_files(name, [p.published for p in missing], folder, mode="auto", progress=progress,
-                    download_kwargs=download_kwargs, stamp_dir=stamps)
+        fetch_files(
+            name,
+            [p.published for p in missing],
+            folder,
+            mode="auto",
+            progress=progress,
+            download_kwargs=download_kwargs,
+            stamp_dir=stamps,
+        )
         found = locate(folder, parts)
         missing = [p for p in parts if found[p.name] is None]
     if missing:
@@ -102,8 +117,11 @@ def build_dataset(name: str, cfg, raw_dir: Path | str, *, archive_dir: Path | st
         diff = _differences(summary["found"], module.PUBLISHED)
         summary["differs_from_published"] = diff
         if diff and verify == "content":
-            print(f"download: {name}: this copy differs from the published dataset ({'; '.join(diff)}); "
-                  f"it is identified by its content in {Path(raw_dir) / 'source.json'}", file=sys.stderr)
+            print(
+                f"download: {name}: this copy differs from the published dataset ({'; '.join(diff)}); "
+                f"it is identified by its content in {Path(raw_dir) / 'source.json'}",
+                file=sys.stderr,
+            )
         write_json(tmp / "source.json", summary)
     return summary
 
@@ -134,8 +152,9 @@ def _build(module, found: dict[str, Found], out: Path, cfg, progress: bool, stam
             spec = f.part.published
             sha, md5 = cached_digests(f.path, stamp_dir=stamps, progress=progress)
             want_sha = spec.sha256 or recorded_sha256(f.path)
-            if not (want_sha or spec.md5) or _mismatch(f.path.stat().st_size, sha, md5, want_size=spec.size,
-                                                       want_sha256=want_sha, want_md5=spec.md5):
+            if not (want_sha or spec.md5) or _mismatch(
+                f.path.stat().st_size, sha, md5, want_size=spec.size, want_sha256=want_sha, want_md5=spec.md5
+            ):
                 entry["kind"] = "archive"  # the published name, other bytes (or nothing to check them against)
             entry["sha256"] = sha
         else:
@@ -152,20 +171,27 @@ def _missing_error(name: str, module, cfg, folder: Path, missing: list, mode: st
         spec = p.published
         if spec is not None:
             what = f" ({spec.describe()})" if spec.describe() else ""
-            lines.append(f"{folder.absolute() / spec.name}: missing{what}, and no {p.what} under {folder}. "
-                         f"Get it from: {spec.where}")
+            lines.append(
+                f"{folder.absolute() / spec.name}: missing{what}, and no {p.what} under {folder}. "
+                f"Get it from: {spec.where}"
+            )
         else:
             lines.append(f"{folder}: no {p.what}")
     head = f"{name}: {len(missing)} of {len(module.parts(cfg))} part(s) not found."
     why = f" {module.MANUAL_WHY}" if module.MANUAL_WHY else ""
-    accepted = (f"the published archives, or with datasets.{name}.verify: content also repacked archives or the "
-                f"extracted folders")
+    accepted = (
+        f"the published archives, or with datasets.{name}.verify: content also repacked archives or the "
+        f"extracted folders"
+    )
     if cfg.source_dir:
-        hints = [f"datasets.{name}.source_dir is {cfg.source_dir}: place them there ({accepted}), or point it at "
-                 f"the folder that holds them."]
+        hints = [
+            f"datasets.{name}.source_dir is {cfg.source_dir}: place them there ({accepted}), or point it at "
+            f"the folder that holds them."
+        ]
     else:
-        hints = [f"Or set datasets.{name}.source_dir to a folder that holds them ({accepted}); nothing is written "
-                 f"into it."]
+        hints = [
+            f"Or set datasets.{name}.source_dir to a folder that holds them ({accepted}); nothing is written into it."
+        ]
     if not module.MANUAL_WHY and mode == "manual":
         hints.append(f"To download them instead, set datasets.{name}.mode: auto and source_dir: null.")
     body = "\n".join(f"  - {line}" for line in lines)
@@ -180,10 +206,12 @@ def _not_published_error(name: str, module, cfg, found: dict, problems: dict, re
         try:
             summary, _ = _read(module, found, Path(tmp), cfg, progress=False)
             diff = _differences(summary["found"], module.PUBLISHED)
-            content = (f"Its content: {_counts(summary['found'])}; "
-                       + (f"it differs from the published dataset in {'; '.join(diff)}."
-                          if diff else "the same counts as the published dataset (a repacked or recompressed "
-                                       "copy, or the extracted files)."))
+            content = f"Its content: {_counts(summary['found'])}; " + (
+                f"it differs from the published dataset in {'; '.join(diff)}."
+                if diff
+                else "the same counts as the published dataset (a repacked or recompressed "
+                "copy, or the extracted files)."
+            )
         except (ValueError, OSError) as exc:
             content = f"Its content cannot be read ({exc})."
     body = "\n".join(f"  - {p}" for p in problems.values())
@@ -192,4 +220,5 @@ def _not_published_error(name: str, module, cfg, found: dict, problems: dict, re
         f"archive:\n{body}\n{content}\nTo use this copy as it is, set datasets.{name}.verify: content (it is then "
         f"identified by the md5 of its content, recorded in {record}, and the tables "
         f"mark a run whose counts differ from the published ones as a subset). If a file is an interrupted "
-        f"download, delete it and run again.")
+        f"download, delete it and run again."
+    )

@@ -25,6 +25,7 @@ Metadata from the .mat files (read with scipy.io.loadmat, ``annotations`` struct
 * val: the first ``val_per_class`` train images of each class (by file name), removed from train.
 * ``found`` (source.json) counts the copy from its annotations: train and test images (rows), classes, boxes.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,23 +42,45 @@ from pipeline.schema import Field, Int, RealDatasetParams, params_class
 
 NUM_CLASSES = 196
 TEST_IMAGES = 8_041  # test split of the full dataset (the paper's numbers are on all of it)
-WHERE = ("a Stanford Cars mirror that keeps the original files (the official ai.stanford.edu links return "
-         "404 since 2023, pytorch/vision#7545); the size and checksum identify the right file")
-TRAIN = RemoteFile("cars_train.tgz", "http://ai.stanford.edu/~jkrause/car196/cars_train.tgz", 979_269_282,
-                   "512b227b30e2f0a8aab9e09485786ab4479582073a144998da74d64b801fd288",
-                   "065e5b463ae28d29e77c1b4b166cfe61", WHERE)
-TEST = RemoteFile("cars_test.tgz", "http://ai.stanford.edu/~jkrause/car196/cars_test.tgz", 977_350_468,
-                  "bffea656d6f425cba3c91c6d83336e4c5f86c6cffd8975b0f375d3a10da8e243",
-                  "4ce7ebf6a94d07f1952d94dd34c4d501", WHERE)
-DEVKIT = RemoteFile("car_devkit.tgz", "https://ai.stanford.edu/~jkrause/cars/car_devkit.tgz", 330_960,
-                    "b97deb463af7d58b6bfaa18b2a4de9829f0f79e8ce663dfa9261bf7810e9accd",
-                    "c3b158d763b6e2245038c8ad08e45376", WHERE)
-TEST_ANNOS = RemoteFile("cars_test_annos_withlabels.mat",
-                        "http://ai.stanford.edu/~jkrause/car196/cars_test_annos_withlabels.mat", 185_758,
-                        "790f75be8ea34eeded134cc559332baf23e30e91367e9ddca97d26ed9b895f05",
-                        "b0a2b23655a3edd16d84508592a98d10", WHERE)
-MANUAL_WHY = ("Stanford Cars cannot be downloaded automatically: its official links are dead since 2023 "
-              "(DATA.md section 3).")
+WHERE = (
+    "a Stanford Cars mirror that keeps the original files (the official ai.stanford.edu links return "
+    "404 since 2023, pytorch/vision#7545); the size and checksum identify the right file"
+)
+TRAIN = RemoteFile(
+    "cars_train.tgz",
+    "http://ai.stanford.edu/~jkrause/car196/cars_train.tgz",
+    979_269_282,
+    "512b227b30e2f0a8aab9e09485786ab4479582073a144998da74d64b801fd288",
+    "065e5b463ae28d29e77c1b4b166cfe61",
+    WHERE,
+)
+TEST = RemoteFile(
+    "cars_test.tgz",
+    "http://ai.stanford.edu/~jkrause/car196/cars_test.tgz",
+    977_350_468,
+    "bffea656d6f425cba3c91c6d83336e4c5f86c6cffd8975b0f375d3a10da8e243",
+    "4ce7ebf6a94d07f1952d94dd34c4d501",
+    WHERE,
+)
+DEVKIT = RemoteFile(
+    "car_devkit.tgz",
+    "https://ai.stanford.edu/~jkrause/cars/car_devkit.tgz",
+    330_960,
+    "b97deb463af7d58b6bfaa18b2a4de9829f0f79e8ce663dfa9261bf7810e9accd",
+    "c3b158d763b6e2245038c8ad08e45376",
+    WHERE,
+)
+TEST_ANNOS = RemoteFile(
+    "cars_test_annos_withlabels.mat",
+    "http://ai.stanford.edu/~jkrause/car196/cars_test_annos_withlabels.mat",
+    185_758,
+    "790f75be8ea34eeded134cc559332baf23e30e91367e9ddca97d26ed9b895f05",
+    "b0a2b23655a3edd16d84508592a98d10",
+    WHERE,
+)
+MANUAL_WHY = (
+    "Stanford Cars cannot be downloaded automatically: its official links are dead since 2023 (DATA.md section 3)."
+)
 
 PUBLISHED = {"train images": 8_144, "test images": 8_041, "classes": 196, "boxes": 16_185}
 
@@ -69,6 +92,8 @@ class CarsParams(RealDatasetParams):
 
     num_classes: Int = Field(ge=2, le=NUM_CLASSES, description=f"the first N of the {NUM_CLASSES} classes")
     val_per_class: Int = Field(ge=0, le=20, description="train images per class held out as val")
+
+
 TRAIN_PART, TEST_PART, DEVKIT_PART = "cars_train", "cars_test", "car_devkit"
 TEST_ANNOS_PART = "cars_test_annos_withlabels"
 META, TRAIN_ANNOS, TEST_ANNOS_FILE = "cars_meta.mat", "cars_train_annos.mat", "cars_test_annos_withlabels.mat"
@@ -86,6 +111,7 @@ def _images_marker(name: str):
     def marker(folder: Path) -> bool:
         """The ``cars_train/`` (``cars_test/``) folder itself, holding JPEGs."""
         return folder.name == name and _holds_jpeg(folder)
+
     return marker
 
 
@@ -98,10 +124,12 @@ def _holds_test_annos(folder: Path) -> bool:
 
 
 def parts(cfg) -> list[Part]:
-    return [Part(TRAIN_PART, TRAIN, _images_marker("cars_train"), "extracted cars_train/ folder of JPEGs"),
-            Part(TEST_PART, TEST, _images_marker("cars_test"), "extracted cars_test/ folder of JPEGs"),
-            Part(DEVKIT_PART, DEVKIT, _is_devkit, f"extracted devkit/ folder ({META} and {TRAIN_ANNOS})"),
-            Part(TEST_ANNOS_PART, TEST_ANNOS, _holds_test_annos, f"folder holding {TEST_ANNOS_FILE}")]
+    return [
+        Part(TRAIN_PART, TRAIN, _images_marker("cars_train"), "extracted cars_train/ folder of JPEGs"),
+        Part(TEST_PART, TEST, _images_marker("cars_test"), "extracted cars_test/ folder of JPEGs"),
+        Part(DEVKIT_PART, DEVKIT, _is_devkit, f"extracted devkit/ folder ({META} and {TRAIN_ANNOS})"),
+        Part(TEST_ANNOS_PART, TEST_ANNOS, _holds_test_annos, f"folder holding {TEST_ANNOS_FILE}"),
+    ]
 
 
 def _loadmat(reader: Reader, rel: str) -> dict:
@@ -143,8 +171,10 @@ def _place_images(reader: Reader, folder: str, names: list[str], out: Path) -> N
     reader.unpack(lambda m: PurePosixPath(m).parent.name == folder and PurePosixPath(m).name in wanted)
     missing = [n for n in names if not reader.path_of(n).is_file()]
     if missing:
-        raise DataError(f"{reader.found.describe()}: {len(missing)} image(s) listed in the annotations are missing, "
-                        f"e.g. {folder}/{missing[0]}")
+        raise DataError(
+            f"{reader.found.describe()}: {len(missing)} image(s) listed in the annotations are missing, "
+            f"e.g. {folder}/{missing[0]}"
+        )
     for name in names:
         reader.place(name, out / "images" / folder / name)
 
@@ -155,11 +185,16 @@ def build(inputs: Inputs, out: Path, cfg, *, progress: bool = True) -> dict:
     devkit.unpack(lambda m: PurePosixPath(m).name in (META, TRAIN_ANNOS))
     names = _class_names(devkit, META)
     rows = {"train": _annotations(devkit, TRAIN_ANNOS), "test": _annotations(inputs[TEST_ANNOS_PART], TEST_ANNOS_FILE)}
-    found = {"train images": len(rows["train"]), "test images": len(rows["test"]), "classes": len(names),
-             "boxes": len(rows["train"]) + len(rows["test"])}
+    found = {
+        "train images": len(rows["train"]),
+        "test images": len(rows["test"]),
+        "classes": len(names),
+        "boxes": len(rows["train"]) + len(rows["test"]),
+    }
     if cfg.num_classes > len(names):
-        raise DataError(f"datasets.cars.num_classes is {cfg.num_classes} but {devkit.path_of(META)} has "
-                        f"{len(names)} classes")
+        raise DataError(
+            f"datasets.cars.num_classes is {cfg.num_classes} but {devkit.path_of(META)} has {len(names)} classes"
+        )
 
     labels, boxes, ids = {}, {}, {}
     for split in ("train", "test"):
@@ -185,5 +220,10 @@ def build(inputs: Inputs, out: Path, cfg, *, progress: bool = True) -> dict:
         if split_ids or split != "val":
             write_metadata(out, "metadata", split, split_ids, labels, sizes, boxes=boxes)
     write_classes(out, names[: cfg.num_classes])
-    return {"counts": {s: len(v) for s, v in splits.items()}, "boxes": len(kept), "num_classes": cfg.num_classes,
-            "found": found, "val": f"first {cfg.val_per_class} train images per class (held out of train)"}
+    return {
+        "counts": {s: len(v) for s, v in splits.items()},
+        "boxes": len(kept),
+        "num_classes": cfg.num_classes,
+        "found": found,
+        "val": f"first {cfg.val_per_class} train images per class (held out of train)",
+    }

@@ -1,9 +1,10 @@
 """Helpers shared by the real-dataset builders (pipeline/data/real/<dataset>.py)."""
+
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from pipeline.data.prepare import DataError, read_image_sizes
 from pipeline.data.wsol import Box, SplitMetadata, write_split
@@ -23,8 +24,9 @@ def clamp_box(x0: int, y0: int, x1: int, y1: int, width: int, height: int) -> Bo
     return (x0, y0, max(x0, x1), max(y0, y1))
 
 
-def split_off_per_class(ids: list[str], labels: dict[str, int], per_class: int,
-                        what: str) -> tuple[list[str], list[str]]:
+def split_off_per_class(
+    ids: list[str], labels: dict[str, int], per_class: int, what: str
+) -> tuple[list[str], list[str]]:
     """Move the first `per_class` ids of each class (in `ids` order) out: return (rest, moved).
 
     DataError when a class would keep no image in `rest`.
@@ -36,8 +38,10 @@ def split_off_per_class(ids: list[str], labels: dict[str, int], per_class: int,
         by_class[labels[i]].append(i)
     short = sorted(c for c, members in by_class.items() if len(members) <= per_class)
     if short:
-        raise DataError(f"val_per_class={per_class} leaves no {what} image for class(es) {short[:5]} "
-                        f"(they have {min(len(by_class[c]) for c in short)} or fewer); use a smaller val_per_class")
+        raise DataError(
+            f"val_per_class={per_class} leaves no {what} image for class(es) {short[:5]} "
+            f"(they have {min(len(by_class[c]) for c in short)} or fewer); use a smaller val_per_class"
+        )
     moved = {i for members in by_class.values() for i in members[:per_class]}
     return [i for i in ids if i not in moved], [i for i in ids if i in moved]
 
@@ -55,15 +59,28 @@ def first_per_class(ids: list[str], labels: dict[str, int], per_class: int | Non
     return out
 
 
-def write_metadata(out: Path, view: str, split: str, ids: list[str], labels: dict[str, int],
-                   sizes: dict[str, tuple[int, int]], boxes: dict[str, tuple[Box, ...]] | None = None,
-                   masks: dict[str, tuple[tuple[str, ...], str | None]] | None = None) -> None:
+def write_metadata(
+    out: Path,
+    view: str,
+    split: str,
+    ids: list[str],
+    labels: dict[str, int],
+    sizes: dict[str, tuple[int, int]],
+    boxes: dict[str, tuple[Box, ...]] | None = None,
+    masks: dict[str, tuple[tuple[str, ...], str | None]] | None = None,
+) -> None:
     """Write one split of one metadata view (`metadata` or `metadata_mask`) in wsolevaluation format."""
     keep = set(ids)
-    write_split(out / view / split, SplitMetadata(
-        image_ids=tuple(ids), labels={i: labels[i] for i in ids}, sizes={i: sizes[i] for i in ids if i in sizes},
-        boxes={i: b for i, b in (boxes or {}).items() if i in keep and b},
-        masks={i: m for i, m in (masks or {}).items() if i in keep}))
+    write_split(
+        out / view / split,
+        SplitMetadata(
+            image_ids=tuple(ids),
+            labels={i: labels[i] for i in ids},
+            sizes={i: sizes[i] for i in ids if i in sizes},
+            boxes={i: b for i, b in (boxes or {}).items() if i in keep and b},
+            masks={i: m for i, m in (masks or {}).items() if i in keep},
+        ),
+    )
 
 
 def write_classes(out: Path, names: list[str]) -> None:

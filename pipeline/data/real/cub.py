@@ -24,6 +24,7 @@ Metadata built from the archive's `images.txt`, `image_class_labels.txt`, `bound
   become `masks/<id>.png` and a mask view `metadata_mask/{val,test}` (no ignore masks); the preprocess
   step binarises them at > 0.5, i.e. a majority of annotators.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,10 @@ from pipeline.schema import Bool, DownloadableDatasetParams, Field, Int, params_
 
 NUM_CLASSES = 200
 TEST_IMAGES = 5_794  # test split of the full dataset (the paper's numbers are on all of it)
-WHERE = ("https://data.caltech.edu/records/65de6-vp158 (CaltechDATA); Google Drive mirror id "
-         "1hbzc_P1FuxMkcabkgn9ZKinBwW683j45 (same sha256)")
+WHERE = (
+    "https://data.caltech.edu/records/65de6-vp158 (CaltechDATA); Google Drive mirror id "
+    "1hbzc_P1FuxMkcabkgn9ZKinBwW683j45 (same sha256)"
+)
 CALTECH_HOSTS = (".caltech.edu", "s3.us-west-2.amazonaws.com")
 """Hosts a CaltechDATA download may be redirected to (its S3 file store; not checked from here: no
 network). The sha256 is published, so a file from anywhere else would be rejected by it anyway."""
@@ -59,7 +62,7 @@ SEGMENTATIONS = RemoteFile(
     sha256="dc77f6cffea0cbe2e41d4201115c8f29a6320ecb04fffd2444f51b8066e4b84f",
     md5=None,  # two different md5s circulate; the TFDS sha256 is trusted (DATA.md section 3)
     where="https://data.caltech.edu/records/w9d68-gec53 (CaltechDATA); Google Drive mirror id "
-          "1EamOKGLoTuZdtcVYbHMWNpkn3iAVj8TP",
+    "1EamOKGLoTuZdtcVYbHMWNpkn3iAVj8TP",
     allowed_hosts=CALTECH_HOSTS,
 )
 MANUAL_WHY = ""
@@ -71,10 +74,15 @@ class CubParams(DownloadableDatasetParams):
     """`datasets.cub`: CUB-200-2011 (this module's docstring describes what is read and built)."""
 
     num_classes: Int = Field(ge=2, le=NUM_CLASSES, description=f"the first N of the {NUM_CLASSES} classes")
-    val_per_class: Int = Field(ge=0, le=28, description=(
-        "train images per class held out as val (CUBV2 is not used)\n"
-        "CUBV2's boxes are not public files; the first val_per_class train images of each class form val and are "
-        "removed from train (5 per class = 1,000 images, the size of CUBV2)."))
+    val_per_class: Int = Field(
+        ge=0,
+        le=28,
+        description=(
+            "train images per class held out as val (CUBV2 is not used)\n"
+            "CUBV2's boxes are not public files; the first val_per_class train images of each class form val and are "
+            "removed from train (5 per class = 1,000 images, the size of CUBV2)."
+        ),
+    )
     segmentations: Bool = Field(description="also fetch segmentations.tgz: masks and PxAP on val/test")
 
 
@@ -87,8 +95,14 @@ def _is_segmentations_root(folder: Path) -> bool:
     if folder.name == "images" or (folder / "images.txt").exists():
         return False
     try:
-        first = next((e for e in sorted(os.scandir(folder), key=lambda e: e.name)
-                      if e.is_dir() and re.match(r"\d{3}\.", e.name)), None)
+        first = next(
+            (
+                e
+                for e in sorted(os.scandir(folder), key=lambda e: e.name)
+                if e.is_dir() and re.match(r"\d{3}\.", e.name)
+            ),
+            None,
+        )
         return first is not None and any(n.endswith(".png") for n in os.listdir(first.path))
     except OSError:
         return False
@@ -100,8 +114,12 @@ SEGMENTATIONS_PART = "segmentations"
 
 def parts(cfg) -> list[Part]:
     images = Part(IMAGES_PART, ARCHIVE, _is_cub_root, "extracted CUB_200_2011/ folder (images.txt and images/)")
-    seg = Part(SEGMENTATIONS_PART, SEGMENTATIONS, _is_segmentations_root,
-               "extracted segmentations/ folder (class folders of PNG masks)")
+    seg = Part(
+        SEGMENTATIONS_PART,
+        SEGMENTATIONS,
+        _is_segmentations_root,
+        "extracted segmentations/ folder (class folders of PNG masks)",
+    )
     return [images] + ([seg] if cfg.segmentations else [])
 
 
@@ -130,13 +148,17 @@ def build(inputs: Inputs, out: Path, cfg, *, progress: bool = True) -> dict:
     classes = _table(src, "classes.txt", 1)
     found = {"images": len(images), "classes": len(classes), "boxes": len(boxes_raw)}
     if cfg.num_classes > len(classes):
-        raise DataError(f"datasets.cub.num_classes is {cfg.num_classes} but {src.found.path} has "
-                        f"{len(classes)} classes")
+        raise DataError(
+            f"datasets.cub.num_classes is {cfg.num_classes} but {src.found.path} has {len(classes)} classes"
+        )
     names = [classes[c][0] for c in sorted(classes)][: cfg.num_classes]
 
     ids_by_num = {n: images[n][0] for n in sorted(images)}
-    for table, file in ((labels_1, "image_class_labels.txt"), (is_train, "train_test_split.txt"),
-                        (boxes_raw, "bounding_boxes.txt")):
+    for table, file in (
+        (labels_1, "image_class_labels.txt"),
+        (is_train, "train_test_split.txt"),
+        (boxes_raw, "bounding_boxes.txt"),
+    ):
         missing = sorted(set(ids_by_num) - set(table))
         if missing:
             raise DataError(f"{src.path_of(file)}: no row for image id {missing[0]} ({ids_by_num[missing[0]]})")
@@ -170,10 +192,22 @@ def build(inputs: Inputs, out: Path, cfg, *, progress: bool = True) -> dict:
             seg.place(m, out / "masks" / m)
         for split in ("val", "test"):
             if splits[split]:
-                write_metadata(out, "metadata_mask", split, splits[split], labels, sizes,
-                               masks={i: ((mask_of[i],), None) for i in splits[split]})
+                write_metadata(
+                    out,
+                    "metadata_mask",
+                    split,
+                    splits[split],
+                    labels,
+                    sizes,
+                    masks={i: ((mask_of[i],), None) for i in splits[split]},
+                )
         masks = len(mask_of)
     write_classes(out, names)
-    return {"counts": {s: len(ids) for s, ids in splits.items()}, "boxes": len(kept), "masks": masks,
-            "num_classes": cfg.num_classes, "found": found,
-            "val": f"first {cfg.val_per_class} train images per class (held out of train); CUBV2 not used"}
+    return {
+        "counts": {s: len(ids) for s, ids in splits.items()},
+        "boxes": len(kept),
+        "masks": masks,
+        "num_classes": cfg.num_classes,
+        "found": found,
+        "val": f"first {cfg.val_per_class} train images per class (held out of train); CUBV2 not used",
+    }

@@ -34,6 +34,7 @@ Metadata:
 * ``found`` (source.json) counts the copy: val images, classes and boxes in the val boxes, train classes and
   train images; the published counts of val images, classes and train images are compared.
 """
+
 from __future__ import annotations
 
 import csv
@@ -47,24 +48,44 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.data.fetch import ArchiveError, RemoteFile, bar_disabled, safe_tar_members
+from pipeline.data.fetch import ArchiveError, RemoteFile, safe_tar_members
 from pipeline.data.prepare import DataError
 from pipeline.data.real.common import clamp_box, first_per_class, image_sizes, write_classes, write_metadata
 from pipeline.data.real.source import Inputs, Part, Reader
+from pipeline.progress import bar_disabled
 from pipeline.schema import Field, Int, RealDatasetParams, params_class
 
 NUM_CLASSES = 1000
 TEST_IMAGES = 50_000  # test split of the full dataset (the paper's numbers are on all of it)
-WHERE = ("https://image-net.org/download-images.php (log in and accept the terms; ILSVRC2012 "
-         "'Validation images', 'Training images (Task 1 & 2)' and the val bounding boxes)")
-VAL = RemoteFile("ILSVRC2012_img_val.tar", "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_img_val.tar",
-                 6_744_924_160, "c7e06a6c0baccf06d8dbeb6577d71efff84673a5dbdd50633ab44f8ea0456ae0",
-                 "29b22e2961454d5413ddabcf34fc5622", WHERE)
-BBOX_VAL = RemoteFile("ILSVRC2012_bbox_val_v3.tgz",
-                      "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_bbox_val_v3.tgz", None, None,
-                      "f4cd18b5ea29fe6bbea62ec9c20d80f0", WHERE, max_size=64 << 20)  # about 2.2 MB
-TRAIN = RemoteFile("ILSVRC2012_img_train.tar", "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_img_train.tar",
-                   147_897_477_120, None, "1d675b47d978889d74fa0da5fadfb00e", WHERE)
+WHERE = (
+    "https://image-net.org/download-images.php (log in and accept the terms; ILSVRC2012 "
+    "'Validation images', 'Training images (Task 1 & 2)' and the val bounding boxes)"
+)
+VAL = RemoteFile(
+    "ILSVRC2012_img_val.tar",
+    "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_img_val.tar",
+    6_744_924_160,
+    "c7e06a6c0baccf06d8dbeb6577d71efff84673a5dbdd50633ab44f8ea0456ae0",
+    "29b22e2961454d5413ddabcf34fc5622",
+    WHERE,
+)
+BBOX_VAL = RemoteFile(
+    "ILSVRC2012_bbox_val_v3.tgz",
+    "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_bbox_val_v3.tgz",
+    None,
+    None,
+    "f4cd18b5ea29fe6bbea62ec9c20d80f0",
+    WHERE,
+    max_size=64 << 20,
+)  # about 2.2 MB
+TRAIN = RemoteFile(
+    "ILSVRC2012_img_train.tar",
+    "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_img_train.tar",
+    147_897_477_120,
+    None,
+    "1d675b47d978889d74fa0da5fadfb00e",
+    WHERE,
+)
 MANUAL_WHY = "ImageNet cannot be downloaded automatically: image-net.org needs a login and accepting its terms."
 PUBLISHED = {"val images": 50_000, "classes": 1000, "train images": 1_281_167}
 
@@ -74,13 +95,24 @@ class IlsvrcParams(RealDatasetParams):
     """`datasets.ilsvrc`: ImageNet-1k (ILSVRC2012); always manual (image-net.org needs a login): place
     ILSVRC2012_img_val.tar, ILSVRC2012_bbox_val_v3.tgz and ILSVRC2012_img_train.tar in the source folder."""
 
-    num_classes: Int = Field(ge=2, le=NUM_CLASSES,
-                             description=f"the first N of the {NUM_CLASSES} classes (sorted wnids)")
-    val_per_class: Int = Field(ge=0, le=50, description=(
-        "ILSVRC2012 val images per class used as val (also kept in test)\n"
-        "They stay in test: the test split is all 50,000 val images."))
-    train_per_class: Int | None = Field(ge=1, le=1300, description=(
-        "train images per class from ILSVRC2012_img_train.tar (null = all)\nfinetune trains on them."))
+    num_classes: Int = Field(
+        ge=2, le=NUM_CLASSES, description=f"the first N of the {NUM_CLASSES} classes (sorted wnids)"
+    )
+    val_per_class: Int = Field(
+        ge=0,
+        le=50,
+        description=(
+            "ILSVRC2012 val images per class used as val (also kept in test)\n"
+            "They stay in test: the test split is all 50,000 val images."
+        ),
+    )
+    train_per_class: Int | None = Field(
+        ge=1,
+        le=1300,
+        description=("train images per class from ILSVRC2012_img_train.tar (null = all)\nfinetune trains on them."),
+    )
+
+
 VAL_NAME = re.compile(r"ILSVRC2012_val_\d{8}\.(JPEG|jpeg|jpg)$")
 WNID = re.compile(r"n\d{8}$")
 VAL_PART, BOXES_PART, TRAIN_PART = "val", "val boxes", "train"
@@ -105,24 +137,31 @@ def _is_val_folder(folder: Path) -> bool:
 
 
 def _is_boxes_folder(folder: Path) -> bool:
-    return (folder / LOC_CSV).is_file() or any(e.is_file() and e.name.startswith("ILSVRC2012_val_")
-                                               and e.name.endswith(".xml") for e in _entries(folder))
+    return (folder / LOC_CSV).is_file() or any(
+        e.is_file() and e.name.startswith("ILSVRC2012_val_") and e.name.endswith(".xml") for e in _entries(folder)
+    )
 
 
 def _is_train_folder(folder: Path) -> bool:
     """<wnid>/ folders whose files are named <wnid>_*.JPEG (not the val images sorted by class)."""
-    sub = next((e for e in sorted(_entries(folder), key=lambda e: e.name) if e.is_dir() and WNID.match(e.name)),
-               None)
-    return sub is not None and any(e.is_file() and e.name.startswith(sub.name + "_")
-                                   for e in _entries(Path(sub.path), 50))
+    sub = next((e for e in sorted(_entries(folder), key=lambda e: e.name) if e.is_dir() and WNID.match(e.name)), None)
+    return sub is not None and any(
+        e.is_file() and e.name.startswith(sub.name + "_") for e in _entries(Path(sub.path), 50)
+    )
 
 
 def parts(cfg) -> list[Part]:
-    return [Part(VAL_PART, VAL, _is_val_folder, "folder of ILSVRC2012_val_*.JPEG images (flat or in <wnid>/ folders)"),
-            Part(BOXES_PART, BBOX_VAL, _is_boxes_folder,
-                 f"folder of ILSVRC2012_val_*.xml box files, or of the localization challenge's {LOC_CSV}",
-                 reads=lambda folder: [folder / LOC_CSV] if (folder / LOC_CSV).is_file() else None),
-            Part(TRAIN_PART, TRAIN, _is_train_folder, "train folder of <wnid>/ folders of <wnid>_*.JPEG images")]
+    return [
+        Part(VAL_PART, VAL, _is_val_folder, "folder of ILSVRC2012_val_*.JPEG images (flat or in <wnid>/ folders)"),
+        Part(
+            BOXES_PART,
+            BBOX_VAL,
+            _is_boxes_folder,
+            f"folder of ILSVRC2012_val_*.xml box files, or of the localization challenge's {LOC_CSV}",
+            reads=lambda folder: [folder / LOC_CSV] if (folder / LOC_CSV).is_file() else None,
+        ),
+        Part(TRAIN_PART, TRAIN, _is_train_folder, "train folder of <wnid>/ folders of <wnid>_*.JPEG images"),
+    ]
 
 
 def _parse_xml(data: bytes, path: Path) -> tuple[list[str], list[tuple[int, int, int, int]]]:
@@ -176,7 +215,9 @@ def _parse_loc_csv(reader: Reader) -> dict[str, tuple[list[str], list[tuple[int,
         if not fields or len(fields) % 5:
             raise DataError(f"{path}:{lineno}: expected '<image id>,<wnid x0 y0 x1 y1 ...>', got {','.join(row)!r}")
         try:
-            groups = [(fields[k], tuple(int(float(v)) for v in fields[k + 1:k + 5])) for k in range(0, len(fields), 5)]
+            groups = [
+                (fields[k], tuple(int(float(v)) for v in fields[k + 1 : k + 5])) for k in range(0, len(fields), 5)
+            ]
         except ValueError:
             raise DataError(f"{path}:{lineno}: a box coordinate is not a number: {row[1]!r}") from None
         out[row[0]] = ([g[0] for g in groups], [g[1] for g in groups])
@@ -194,16 +235,18 @@ def _val_paths(reader: Reader, stems: set[str]) -> dict[str, str]:
     return found
 
 
-def _train_from_tar(archive: Path, out: Path, wnids: list[str], per_class: int | None, progress: bool
-                    ) -> tuple[list[str], dict[str, int]]:
+def _train_from_tar(
+    archive: Path, out: Path, wnids: list[str], per_class: int | None, progress: bool
+) -> tuple[list[str], dict[str, int]]:
     """The first `per_class` images (by name) of each wanted class, read from the tar of tars in one pass over its
     members; also the number of images of every class found (for the copy's counts)."""
     wanted, ids, counts = set(wnids), [], {}
     plain = _is_plain_tar(archive)
     try:
         with tarfile.open(archive, "r:*") as outer:
-            for member in tqdm(safe_tar_members(outer, archive), desc="ILSVRC train", unit="class",
-                               disable=bar_disabled(progress)):
+            for member in tqdm(
+                safe_tar_members(outer, archive), desc="ILSVRC train", unit="class", disable=bar_disabled(progress)
+            ):
                 wnid = Path(member.name).name.removesuffix(".tar")
                 if not member.isfile() or not WNID.match(wnid):
                     continue
@@ -223,8 +266,9 @@ def _train_from_tar(archive: Path, out: Path, wnids: list[str], per_class: int |
     except ArchiveError:
         raise
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise ArchiveError(f"{archive}: corrupt or truncated archive ({type(exc).__name__}: {exc}); "
-                           f"replace it with an intact copy") from None
+        raise ArchiveError(
+            f"{archive}: corrupt or truncated archive ({type(exc).__name__}: {exc}); replace it with an intact copy"
+        ) from None
     return ids, counts
 
 
@@ -234,8 +278,9 @@ def _is_plain_tar(archive: Path) -> bool:
     return not (magic.startswith(b"\x1f\x8b") or magic.startswith(b"BZh") or magic.startswith(b"\xfd7zXZ"))
 
 
-def _train_from_folder(reader: Reader, out: Path, wnids: list[str], per_class: int | None, progress: bool
-                       ) -> tuple[list[str], dict[str, int]]:
+def _train_from_folder(
+    reader: Reader, out: Path, wnids: list[str], per_class: int | None, progress: bool
+) -> tuple[list[str], dict[str, int]]:
     """The first `per_class` images (by name) of each wanted <wnid>/ folder, copied; the size of every class."""
     ids, counts = [], {}
     folders = sorted(e.name for e in _entries(reader.root) if e.is_dir() and WNID.match(e.name))
@@ -256,8 +301,9 @@ def build(inputs: Inputs, out: Path, cfg, *, progress: bool = True) -> dict:
     parsed = _read_boxes(inputs[BOXES_PART], progress)
     wnids = sorted({n for names, _ in parsed.values() for n in names})
     if cfg.num_classes > len(wnids):
-        raise DataError(f"datasets.ilsvrc.num_classes is {cfg.num_classes} but the val boxes cover "
-                        f"{len(wnids)} classes")
+        raise DataError(
+            f"datasets.ilsvrc.num_classes is {cfg.num_classes} but the val boxes cover {len(wnids)} classes"
+        )
     index = {w: i for i, w in enumerate(wnids)}
     kept_wnids = wnids[: cfg.num_classes]
 
@@ -273,27 +319,32 @@ def build(inputs: Inputs, out: Path, cfg, *, progress: bool = True) -> dict:
     val_reader = inputs[VAL_PART]
     stems = {i.removeprefix("val/").removesuffix(".JPEG") for i in test}
     if val_reader.owned:
-        val_reader.unpack(keep=lambda name: VAL_NAME.match(Path(name).name) is not None
-                          and Path(name).name.rsplit(".", 1)[0] in stems)
+        val_reader.unpack(
+            keep=lambda name: VAL_NAME.match(Path(name).name) is not None and Path(name).name.rsplit(".", 1)[0] in stems
+        )
     where = _val_paths(val_reader, stems)
     missing = sorted(stems - set(where))
     if missing:
-        raise DataError(f"{val_reader.found.path}: {len(missing)} image(s) with boxes are not in it, e.g. "
-                        f"{missing[0]}.JPEG")
+        raise DataError(
+            f"{val_reader.found.path}: {len(missing)} image(s) with boxes are not in it, e.g. {missing[0]}.JPEG"
+        )
     for stem in sorted(stems):
         val_reader.place(where[stem], out / "images" / "val" / f"{stem}.JPEG")
 
     train_reader = inputs[TRAIN_PART]
     if train_reader.owned:
-        train, train_counts = _train_from_tar(train_reader.found.path, out / "images", kept_wnids,
-                                              cfg.train_per_class, progress)
+        train, train_counts = _train_from_tar(
+            train_reader.found.path, out / "images", kept_wnids, cfg.train_per_class, progress
+        )
     else:
-        train, train_counts = _train_from_folder(train_reader, out / "images", kept_wnids, cfg.train_per_class,
-                                                 progress)
+        train, train_counts = _train_from_folder(
+            train_reader, out / "images", kept_wnids, cfg.train_per_class, progress
+        )
     no_train = sorted(set(kept_wnids) - {i.split("/")[1] for i in train})
     if no_train:
-        raise DataError(f"{train_reader.found.path}: no training images for {len(no_train)} class(es), "
-                        f"e.g. {no_train[0]}")
+        raise DataError(
+            f"{train_reader.found.path}: no training images for {len(no_train)} class(es), e.g. {no_train[0]}"
+        )
     train.sort()
     for image_id in train:
         labels[image_id] = index[image_id.split("/")[1]]
@@ -305,8 +356,17 @@ def build(inputs: Inputs, out: Path, cfg, *, progress: bool = True) -> dict:
         if ids or split != "val":
             write_metadata(out, "metadata", split, ids, labels, sizes, boxes=boxes)
     write_classes(out, kept_wnids)
-    found = {"val images": len(parsed), "classes": len(wnids), "boxes": sum(len(b) for _, b in parsed.values()),
-             "train classes": len(train_counts), "train images": sum(train_counts.values())}
-    return {"counts": {s: len(v) for s, v in splits.items()}, "boxes": sum(len(b) for b in boxes.values()),
-            "num_classes": cfg.num_classes, "found": found,
-            "val": f"first {cfg.val_per_class} test images per class (a subset of test; ImageNetV2 not used)"}
+    found = {
+        "val images": len(parsed),
+        "classes": len(wnids),
+        "boxes": sum(len(b) for _, b in parsed.values()),
+        "train classes": len(train_counts),
+        "train images": sum(train_counts.values()),
+    }
+    return {
+        "counts": {s: len(v) for s, v in splits.items()},
+        "boxes": sum(len(b) for b in boxes.values()),
+        "num_classes": cfg.num_classes,
+        "found": found,
+        "val": f"first {cfg.val_per_class} test images per class (a subset of test; ImageNetV2 not used)",
+    }

@@ -31,6 +31,7 @@ the folder layout, which gives the same rows):
   too; PxAP from the masks remains the OpenImages metric. Train has no localization.
 * ``found`` (source.json) counts the copy: the images of each split and the classes.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,17 +56,25 @@ download is recorded only when it is complete (pipeline/data/fetch.py)."""
 IMAGES = RemoteFile(
     "OpenImages_images.zip",
     "https://onedrive.live.com/download?cid=B7111B95B80CCC66&resid=B7111B95B80CCC66%2130813&authkey=AHgXVPxKxO_5Fvc",
-    None, None, None,
+    None,
+    None,
+    None,
     "wsolevaluation's OneDrive link (clovaai/wsolevaluation dataset/prepare_openimages.sh) or its README's "
     "Google Drive id 1oOb4WQ-lb8SYppHEg3lWnpHk1X8WVO4e",
-    allowed_hosts=ONEDRIVE_HOSTS, max_size=64 << 30)
+    allowed_hosts=ONEDRIVE_HOSTS,
+    max_size=64 << 30,
+)
 ANNOTATIONS = RemoteFile(
     "OpenImages_annotations.zip",
     "https://onedrive.live.com/download?cid=B7111B95B80CCC66&resid=B7111B95B80CCC66%2130811&authkey=AMWbBWZVQFbm4jw",
-    None, None, None,
+    None,
+    None,
+    None,
     "wsolevaluation's OneDrive link (clovaai/wsolevaluation dataset/prepare_openimages.sh) or its README's "
     "Google Drive id 1eu1YvcZlsEalhXTS_5Ni5tkImCliIPie",
-    allowed_hosts=ONEDRIVE_HOSTS, max_size=16 << 30)
+    allowed_hosts=ONEDRIVE_HOSTS,
+    max_size=16 << 30,
+)
 MANUAL_WHY = ""
 
 PUBLISHED = {"train images": 29_819, "val images": 2_500, "test images": 5_000, "classes": 100}
@@ -78,6 +87,8 @@ class OpenImagesParams(DownloadableDatasetParams):
 
     num_classes: Int = Field(ge=2, le=NUM_CLASSES, description=f"the first N of the {NUM_CLASSES} classes")
     val_per_class: Int = Field(ge=0, le=25, description="official val images per class kept (25 = all 2,500)")
+
+
 IMAGES_PART, MASKS_PART = "OpenImages_images", "OpenImages_annotations"
 
 
@@ -86,8 +97,7 @@ def _names(folder: Path, *, dirs: bool) -> list[str]:
     left out; [] if it is not a folder."""
     try:
         with os.scandir(folder) as it:
-            return sorted(e.name for e in it if not e.name.startswith(".")
-                          and (e.is_dir() if dirs else e.is_file()))
+            return sorted(e.name for e in it if not e.name.startswith(".") and (e.is_dir() if dirs else e.is_file()))
     except OSError:
         return []
 
@@ -114,10 +124,20 @@ def _is_masks_root(folder: Path) -> bool:
 
 
 def parts(cfg) -> list[Part]:
-    return [Part(IMAGES_PART, IMAGES, _is_images_root,
-                 "extracted folder of train/, val/, test/ class folders of JPEGs (wsolevaluation's OpenImages/)"),
-            Part(MASKS_PART, ANNOTATIONS, _is_masks_root,
-                 "extracted folder of val/, test/ class folders of PNG masks (wsolevaluation's OpenImages/)")]
+    return [
+        Part(
+            IMAGES_PART,
+            IMAGES,
+            _is_images_root,
+            "extracted folder of train/, val/, test/ class folders of JPEGs (wsolevaluation's OpenImages/)",
+        ),
+        Part(
+            MASKS_PART,
+            ANNOTATIONS,
+            _is_masks_root,
+            "extracted folder of val/, test/ class folders of PNG masks (wsolevaluation's OpenImages/)",
+        ),
+    ]
 
 
 def mask_boxes(mask_root: Path, instances: tuple[str, ...], size: tuple[int, int]) -> tuple:
@@ -135,9 +155,14 @@ def mask_boxes(mask_root: Path, instances: tuple[str, ...], size: tuple[int, int
         if len(xs) == 0:
             continue
         mh, mw = mask.shape
-        boxes.append((int(xs.min()) * width // mw, int(ys.min()) * height // mh,
-                      min(width - 1, -(-(int(xs.max()) + 1) * width // mw) - 1),
-                      min(height - 1, -(-(int(ys.max()) + 1) * height // mh) - 1)))
+        boxes.append(
+            (
+                int(xs.min()) * width // mw,
+                int(ys.min()) * height // mh,
+                min(width - 1, -(-(int(xs.max()) + 1) * width // mw) - 1),
+                min(height - 1, -(-(int(ys.max()) + 1) * height // mh) - 1),
+            )
+        )
     return tuple(boxes) or ((0, 0, width - 1, height - 1),)
 
 
@@ -146,13 +171,16 @@ def build(inputs: Inputs, out: Path, cfg, *, progress: bool = True) -> dict:
     img, ann = inputs[IMAGES_PART], inputs[MASKS_PART]
     img_root, mask_root = img.unpack(), ann.unpack()
     classes = sorted({c for s in SPLITS for c in _names(img_root / s, dirs=True)})
-    files = {(s, c): [n for n in _names(img_root / s / c, dirs=False) if n.endswith(".jpg")]
-             for s in SPLITS for c in classes}
+    files = {
+        (s, c): [n for n in _names(img_root / s / c, dirs=False) if n.endswith(".jpg")] for s in SPLITS for c in classes
+    }
     found = {f"{s} images": sum(len(files[s, c]) for c in classes) for s in SPLITS}
     found["classes"] = len(classes)
     if cfg.num_classes > len(classes):
-        raise DataError(f"datasets.openimages.num_classes is {cfg.num_classes} but {img.found.describe()} has "
-                        f"{len(classes)} class folders")
+        raise DataError(
+            f"datasets.openimages.num_classes is {cfg.num_classes} but {img.found.describe()} has "
+            f"{len(classes)} class folders"
+        )
     kept = classes[: cfg.num_classes]
     labels, ids = {}, {}
     for split in SPLITS:
@@ -163,8 +191,9 @@ def build(inputs: Inputs, out: Path, cfg, *, progress: bool = True) -> dict:
                 ids[split].append(image_id)
                 labels[image_id] = label
     if not ids["train"] or not ids["test"]:
-        raise ArchiveError(f"{img.found.describe()}: no train or no test images for the first {cfg.num_classes} "
-                           f"classes")
+        raise ArchiveError(
+            f"{img.found.describe()}: no train or no test images for the first {cfg.num_classes} classes"
+        )
     ids["val"] = first_per_class(ids["val"], labels, cfg.val_per_class) if cfg.val_per_class else []
 
     masks: dict[str, tuple[tuple[str, ...], str | None]] = {}
@@ -193,6 +222,10 @@ def build(inputs: Inputs, out: Path, cfg, *, progress: bool = True) -> dict:
             if split != "train":
                 write_metadata(out, "metadata_mask", split, ids[split], labels, sizes, masks=masks)
     write_classes(out, kept)
-    return {"counts": {s: len(v) for s, v in ids.items()}, "mask_rows": sum(len(m[0]) for m in masks.values()),
-            "num_classes": cfg.num_classes, "found": found,
-            "val": f"first {cfg.val_per_class} official val images per class"}
+    return {
+        "counts": {s: len(v) for s, v in ids.items()},
+        "mask_rows": sum(len(m[0]) for m in masks.values()),
+        "num_classes": cfg.num_classes,
+        "found": found,
+        "val": f"first {cfg.val_per_class} official val images per class",
+    }

@@ -21,14 +21,15 @@ Nothing is ever written into the dataset's folder: archives are unpacked into th
 files of an extracted folder are copied from it, and checksum stamps live in the archive folder of the
 project (``download.archive_dir/.verified``).
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from pipeline.data.fetch import ArchiveError, RemoteFile, extract
 from pipeline.data.prepare import DataError
@@ -88,9 +89,11 @@ class Found:
     path: Path
 
     def describe(self) -> str:
-        return {"published": f"the published archive {self.path}",
-                "archive": f"the archive {self.path} (not the published file name)",
-                "folder": f"the extracted folder {self.path}"}[self.kind]
+        return {
+            "published": f"the published archive {self.path}",
+            "archive": f"the archive {self.path} (not the published file name)",
+            "folder": f"the extracted folder {self.path}",
+        }[self.kind]
 
 
 def _archives_named(folder: Path, stem: str) -> list[Path]:
@@ -169,8 +172,9 @@ class Reader:
             extract(self.found.path, dest, progress=self.progress, keep=keep)
             root = find_folder(dest, self.found.part.marker)
             if root is None:
-                raise ArchiveError(f"{self.found.path}: unexpected layout: no {self.found.part.what} inside it "
-                                   f"(is it the right file?)")
+                raise ArchiveError(
+                    f"{self.found.path}: unexpected layout: no {self.found.part.what} inside it (is it the right file?)"
+                )
             self._root = root
         return self._root
 
@@ -251,8 +255,11 @@ def fingerprint(folder: Path, parts: Iterable[Part]) -> dict:
         elif found.kind == "folder" and (only := found.part.reads(found.path)) is not None:
             paths = only
         else:
-            paths = [found.path] if found.path.is_file() else sorted(
-                Path(d) / f for d, _, fs in os.walk(found.path) for f in fs)
+            paths = (
+                [found.path]
+                if found.path.is_file()
+                else sorted(Path(d) / f for d, _, fs in os.walk(found.path) for f in fs)
+            )
         for path in paths:
             st = path.stat()
             rel = path.relative_to(found.path.parent).as_posix()
