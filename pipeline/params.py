@@ -143,7 +143,7 @@ class ModelParams:
 @params_class
 class GradHeadParams:
     """`grad_head:`, the grad-family head of timm backbones: average pool to grid x grid -> MLP (hidden, hidden) ->
-    K classes (vgg16, resnet50 and inception use the official heads, README "Model families")."""
+    K classes (vgg16, resnet50 and inception use the official heads, docs/model-families.md)."""
 
     grid: Int = Field(ge=1, le=14, description="side of the adaptive average pool before the MLP")
     hidden: Int = Field(ge=1, le=8192, description="width of the MLP's two hidden layers")
@@ -411,7 +411,7 @@ class ParamsFile:
     family: Literal[FAMILIES] = Field(
         description=(
             "model family: cam (GAP -> linear heads) | grad (the official gradient-family heads)\n"
-            "README 'Model families'."
+            "docs/model-families.md."
         )
     )
     grad_head: GradHeadParams = Field(
