@@ -114,25 +114,29 @@ def test_gallery_boxes_are_the_official_largest_contour_boxes(tmp_path):
     assert panel.captions["softmax"][0].endswith("neg in box 100%")
 
 
+# The evaluation options build_report prints (pipeline/stages/evaluate.py writes them to reports/evaluation.json).
+EVALUATION = {
+    "dataset": "synthbirds",
+    "backbone": "resnet10t",
+    "images": N,
+    "head_init": "clone",
+    "bn_mode": "eval",
+    "postprocess": "clean",
+    "weight_clamp": None,
+    "relu": None,
+    "upsample": None,
+    "threshold_grid": "wsol",
+    "threshold_split": "val",
+    "gt_box_match": "max",
+    "loc_threshold": 0.2,
+    "fidelity": True,
+    "fidelity_target": "pred",
+}
+
+
 def test_build_report_writes_everything_deterministically(tmp_path):
     cams, gt, image_root = fake_run(tmp_path)
-    evaluation = {
-        "dataset": "synthbirds",
-        "backbone": "resnet10t",
-        "images": N,
-        "head_init": "clone",
-        "bn_mode": "eval",
-        "postprocess": "clean",
-        "weight_clamp": None,
-        "relu": None,
-        "upsample": None,
-        "threshold_grid": "wsol",
-        "threshold_split": "val",
-        "gt_box_match": "max",
-        "loc_threshold": 0.2,
-        "fidelity": True,
-        "fidelity_target": "pred",
-    }
+    evaluation = dict(EVALUATION)
     cls = {"top1_cls_softmax": 75.0, "top1_cls_sigmoid": 80.0, "softmax_branch_unchanged": True}
     out = tmp_path / "reports"
 
@@ -341,24 +345,7 @@ def test_verdict_paragraph_counts_the_map_sets_and_names_each_interval():
 def test_report_leads_with_the_verdict_and_folds_the_per_model_tables(tmp_path):
     cams, gt, image_root = fake_run(tmp_path)
     rows = _interval_rows()
-    evaluation = {
-        "dataset": "synthbirds",
-        "backbone": "resnet10t",
-        "images": N,
-        "head_init": "clone",
-        "bn_mode": "eval",
-        "postprocess": "clean",
-        "weight_clamp": None,
-        "relu": None,
-        "upsample": None,
-        "threshold_grid": "wsol",
-        "threshold_split": "val",
-        "gt_box_match": "max",
-        "loc_threshold": 0.2,
-        "fidelity": True,
-        "fidelity_target": "pred",
-        "baseline_level": "3 baselines",
-    }
+    evaluation = {**EVALUATION, "baseline_level": "3 baselines"}
     cls = {"top1_cls_softmax": 75.0, "top1_cls_sigmoid": 80.0, "softmax_branch_unchanged": True}
     out = tmp_path / "reports"
     build_report(
