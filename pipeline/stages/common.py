@@ -256,15 +256,19 @@ def _exit_cleanly_on_undeclared_reads() -> None:
     traceback."""
     previous = sys.excepthook
 
+    if getattr(previous, "undeclared_reads_exit", False):
+        return
+
     def hook(kind, exc, tb):
         if isinstance(exc, UndeclaredParamError):
             report_error(f"error: {exc}")
+            sys.stdout.flush()
             sys.stderr.flush()
             os._exit(2)  # a hook cannot set the exit status otherwise
         previous(kind, exc, tb)
 
-    if getattr(previous, "__name__", "") != "hook":
-        sys.excepthook = hook
+    hook.undeclared_reads_exit = True
+    sys.excepthook = hook
 
 
 def _params_exit(message: str) -> NoReturn:
