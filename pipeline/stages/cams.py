@@ -10,7 +10,7 @@ With `distributed.nproc` > 1 the ranks share the batches and rank 0 writes the s
 
 import contextlib
 
-from pipeline.stages.common import loader, model_arg, model_spec, start, throughput, user_errors
+from pipeline.stages.common import loader, loader_workers, model_arg, model_spec, start, throughput, user_errors
 
 
 def main() -> None:
@@ -32,11 +32,13 @@ def main() -> None:
         place(model, device).eval()
         prepared = load_prepared(params.prepared_dir())
         targets = tuple(c.targets.split("+"))
+        workers = loader_workers()  # decode and resize in worker processes: the same batches on any count
         with atomic_dir(rep.cams_dir) if is_main() else contextlib.nullcontext() as tmp:
             for split in c.splits.split("+"):
                 ids = prepared.split(split).image_ids
+                batches = loader(params, split, train=False, workers=workers, batch_size=c.batch_size)
                 records = map_ordered(
-                    loader(params, split, train=False, batch_size=c.batch_size),
+                    batches,
                     ids,
                     lambda part, part_ids: iter_cam_records(model, part, part_ids, targets=targets, amp=c.amp),
                 )

@@ -415,6 +415,39 @@ def model_spec(params: StageParams):
     )
 
 
+# Caps loader_workers: past a few processes the decode of one batch is no longer the bottleneck, and every worker
+# holds a copy-on-write view of the dataset (a preloaded split's decoded images) and its prefetched batches.
+MAX_LOADER_WORKERS = 8
+WORKERS_ENV = "PIPELINE_LOADER_WORKERS"  # an explicit count overrides the automatic one (0: decode in the main process)
+
+
+def loader_workers() -> int:
+    """DataLoader worker processes for an ordered (eval) loader, from the machine: the CPUs this process may run on
+    (its affinity mask, so a container's or `taskset`'s limit counts) shared among the ranks on this node
+    (LOCAL_WORLD_SIZE under torchrun, else pipeline.dist's world size), less one for the main process, at most
+    MAX_LOADER_WORKERS and never negative. The environment variable PIPELINE_LOADER_WORKERS, when set, gives the
+    count instead (not a param: the `cams` group is declared whole by the cams and evaluate stages, so a key there
+    would rerun both). The batches, and so every output byte, are the same on any count (tests/stages/
+    test_loader_workers.py)."""
+    explicit = os.environ.get(WORKERS_ENV, "").strip()
+    if explicit:
+        if not explicit.isdigit():
+            raise ValueError(f"{WORKERS_ENV}={explicit!r}: expected a worker count, an integer >= 0")
+        return int(explicit)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS, Windows)
+        cpus = os.cpu_count() or 1
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    if local.isdigit() and int(local) > 0:
+        ranks = int(local)
+    else:
+        from pipeline import dist
+
+        ranks = dist.world_size()
+    return max(0, min(MAX_LOADER_WORKERS, cpus // max(1, ranks) - 1))
+
+
 def loader(
     params: StageParams,
     split: str,
