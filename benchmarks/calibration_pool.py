@@ -1,8 +1,8 @@
 """The known answer of the interval calibration (benchmarks/bench_calibration.py): one fixed model, a large pool
 of new SynthBirds val and test images (the class design of params.yaml's `seed` kept, the images drawn at
 indices 0..N-1 per class, so the default's own images are a tenth of the pool), and every image's
-evaluation outcomes under the headline protocol, as the project's own `evaluate_all` reports them to its
-bootstrap (`on_result`).
+evaluation outcomes under the headline protocol, as the project's own `evaluate_all` scores them (its
+`observe` hook, chunk by chunk).
 
     python benchmarks/calibration_pool.py --model data/models/b0_f0/finetuned.pt --out build/calibration
 
@@ -106,26 +106,11 @@ def build(model_path: Path, out: Path, val_per_class: int, test_per_class: int, 
     n_thresholds = [0]
     seen: dict[int, str] = {}
     aliases: dict[str, str] = {}
+    chunks: dict[tuple, list] = {}  # (variant, branch, split) -> [(start, box, mask, fidelity)]
 
-    def on_result(key, box, mask, fid) -> None:
-        _, variant, branch, split = key
-        if id(box) in seen:  # a variant scored from another's maps (Grad-CAM, XGrad-CAM: CAM's): the same result
-            aliases[variant] = seen[id(box)]
-            return
-        seen[id(box)] = variant
-        stem = f"{variant}.{branch}.{split}"
-        names.append(stem)
-        n_thresholds[:] = [box.per_image_multi.shape[-1]]
-        arrays[f"{stem}.multi"] = np.packbits(box.per_image_multi, axis=-1)
-        arrays[f"{stem}.single"] = np.packbits(box.per_image_single, axis=-1)
-        arrays[f"{stem}.gt_known"] = box.per_image_gt_known
-        arrays[f"{stem}.top1_loc"] = box.per_image_top1_loc
-        if mask is not None:
-            arrays[f"{stem}.fg"] = mask.per_image_fg_hist.astype(np.uint16)
-            arrays[f"{stem}.bg"] = mask.per_image_bg_hist.astype(np.uint16)
-        if fid is not None:
-            arrays[f"{stem}.avg_drop"] = np.asarray(fid["avg_drop_terms"], dtype=np.float64)
-            arrays[f"{stem}.inc_conf"] = np.asarray(fid["inc_conf_flags"], dtype=bool)
+    def observe(key, split, start, box, mask, fid) -> None:
+        _, _, variant, branch = key
+        chunks.setdefault((variant, branch, split), []).append((start, box, mask, fid))
 
     test_loader = split_loader("test")
     t2 = time.perf_counter()
@@ -137,9 +122,34 @@ def build(model_path: Path, out: Path, val_per_class: int, test_per_class: int, 
         batches=lambda: iter(test_loader),
         fidelity_target=e.fidelity_target,
         fidelity_size=size,
-        on_result=on_result,
+        observe=observe,
         show_progress=True,
     )
+    for (variant, branch, split), parts in chunks.items():
+        boxes = sorted((p for p in parts if p[1] is not None), key=lambda p: p[0])
+        fids = sorted((p for p in parts if p[3] is not None), key=lambda p: p[0])
+        if id(boxes[0][1]) in seen:  # a variant scored from another's maps (Grad-CAM, XGrad-CAM: CAM's)
+            aliases[variant] = seen[id(boxes[0][1])]
+            continue
+        seen[id(boxes[0][1])] = variant
+        stem = f"{variant}.{branch}.{split}"
+        names.append(stem)
+
+        def joined(field, parts=boxes):
+            return np.concatenate([getattr(p[1], field) for p in parts])
+
+        multi = joined("per_image_multi")
+        n_thresholds[:] = [multi.shape[-1]]
+        arrays[f"{stem}.multi"] = np.packbits(multi, axis=-1)
+        arrays[f"{stem}.single"] = np.packbits(joined("per_image_single"), axis=-1)
+        arrays[f"{stem}.gt_known"] = joined("per_image_gt_known")
+        arrays[f"{stem}.top1_loc"] = joined("per_image_top1_loc")
+        if boxes[0][2] is not None:
+            arrays[f"{stem}.fg"] = np.concatenate([p[2].per_image_fg_hist for p in boxes]).astype(np.uint16)
+            arrays[f"{stem}.bg"] = np.concatenate([p[2].per_image_bg_hist for p in boxes]).astype(np.uint16)
+        if fids:
+            arrays[f"{stem}.avg_drop"] = np.concatenate([p[3]["avg_drop_terms"] for p in fids]).astype(np.float64)
+            arrays[f"{stem}.inc_conf"] = np.concatenate([p[3]["inc_conf_flags"] for p in fids]).astype(bool)
     print(f"pool: outcomes in {time.perf_counter() - t2:.0f} s", flush=True)
     meta = {
         "keys": sorted(set(names)),

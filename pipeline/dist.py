@@ -20,10 +20,12 @@ CPU without CUDA. In a single process every helper here is the identity or a no-
   round the ranks' records are gathered to rank 0, which yields them in image order to the shard writer:
   data/cams/ is byte-identical to one process (on the CPU: given the same intra-op thread count, which the
   self-launch passes on).
-- evaluate: the distinct post-processed map sets (work units of pipeline/metrics/evaluate.py) are dealt to the
-  ranks by estimated cost (`map_shares`, `deal`), each computed exactly as in one process, and gathered to
-  every rank in order; rank 0 writes metrics.json, evaluation.json and plots/, byte-identical to one process
-  (same thread-count caveat on the CPU). This is evaluate's only parallelism (one process per rank, no pool).
+- evaluate: each split's images are cut into blocks of whole batches, the same whatever the ranks, and each
+  rank takes a contiguous run of them (pipeline/metrics/evaluate.py `rank_blocks`): every phase (reading,
+  post-processing, scoring, fidelity, bootstrap sums) divides. Each distinct map set's partial sums go to
+  one rank (`gather_to`), which reduces them; the results are gathered to rank 0, which writes metrics.json,
+  intervals.json, evaluation.json and plots/, byte-identical to one process (same thread-count caveat on the
+  CPU for the fidelity forwards).
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ import torch.distributed as tdist
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 BACKENDS = ("auto", "nccl", "gloo")
 _cpu_group = None  # a gloo group for Python-object collectives (the default group when it is gloo already)
@@ -318,41 +319,12 @@ def all_gather(obj: T) -> list[T]:
     return out
 
 
-def map_items(items: Sequence[T], fn: Callable[[T], R]) -> list[R]:
-    """[fn(item) for item in items], item i computed by rank i % world_size, the list returned on every rank."""
-    world, me = world_size(), rank()
-    mine = [fn(item) for item in items[me::world]]
-    parts = all_gather(mine)
-    return [parts[i % world][i // world] for i in range(len(items))]
-
-
-def deal(weights: Sequence[float], world: int) -> list[list[int]]:
-    """Item indices per rank: heaviest first, each to the least-loaded rank (ties: the lowest rank), so the
-    ranks' totals stay close; deterministic, and every rank computes the same deal."""
-    shares: list[list[int]] = [[] for _ in range(world)]
-    loads = [0.0] * world
-    for i in sorted(range(len(weights)), key=lambda i: (-weights[i], i)):
-        r = min(range(world), key=lambda r: (loads[r], r))
-        shares[r].append(i)
-        loads[r] += weights[i]
-    return [sorted(share) for share in shares]
-
-
-def map_shares(items: Sequence[T], fn: Callable[[list[T]], list[R]], weights: Sequence[float] | None = None) -> list[R]:
-    """`fn(items)` spread over the ranks: each rank calls `fn` once on its share (`deal` by `weights`, else
-    round-robin) and must return one result per item, in order; every rank gets the full list in item order.
-    In one process: fn(list(items))."""
-    world = world_size()
-    if world == 1:
-        return list(fn(list(items)))
-    shares = deal(weights, world) if weights is not None else [list(range(r, len(items), world)) for r in range(world)]
-    mine = fn([items[i] for i in shares[rank()]])
-    if len(mine) != len(shares[rank()]):
-        raise ValueError(f"map_shares: fn returned {len(mine)} results for {len(shares[rank()])} items")
-    out: list = [None] * len(items)
-    for share, results in zip(shares, all_gather(list(mine))):
-        for i, result in zip(share, results):
-            out[i] = result
+def gather_to(obj: T, owner: int) -> list[T] | None:
+    """[obj of rank 0, obj of rank 1, ...] on rank `owner`, None elsewhere ([obj] in one process)."""
+    if not active():
+        return [obj]
+    out = [None] * world_size() if rank() == owner else None
+    tdist.gather_object(obj, out, dst=owner, group=_cpu_group)
     return out
 
 

@@ -197,8 +197,7 @@ def test_nproc_above_one_relaunches_under_torchrun_with_the_threads(monkeypatch)
 
 
 def test_single_process_helpers_are_the_identity():
-    assert dist.map_items([1, 2, 3], lambda x: x * 10) == [10, 20, 30]
-    assert dist.map_shares([1, 2, 3], lambda xs: [x * 10 for x in xs], weights=[1, 5, 2]) == [10, 20, 30]
+    assert dist.gather_to({"a": 1}, 0) == [{"a": 1}]
     loader = torch.utils.data.DataLoader(list(range(7)), batch_size=3)
     assert list(
         dist.map_ordered(loader, list("abcdefg"), lambda ld, ids: zip(ids, (int(v) for b in ld for v in b)))
@@ -207,14 +206,6 @@ def test_single_process_helpers_are_the_identity():
     assert dist.reduce_sums(t, 3) == (t, 3)
     assert dist.batch_indices(7, 3) == [[0, 1, 2], [3, 4, 5], [6]]
     assert dist.local_batch(32) == 32 and dist.is_main() and dist.world_size() == 1
-
-
-def test_deal_balances_the_estimated_cost_deterministically():
-    # heaviest first to the least-loaded rank: 9 -> r0; 7 -> r1; 5 -> r1 (7 < 9); 3 -> r0 (9 < 12); 1 -> r0 (a
-    # tie, 12 = 12: the lower rank)
-    assert dist.deal([1, 9, 5, 7, 3], 2) == [[0, 1, 4], [2, 3]]
-    assert dist.deal([1.0] * 5, 3) == [[0, 3], [1, 4], [2]]  # equal weights: round-robin
-    assert dist.deal([], 2) == [[], []]
 
 
 def test_distributed_params_are_validated():

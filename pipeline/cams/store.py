@@ -135,22 +135,18 @@ class CamSet:
 
     def select(self, *, target: str = "gt", part: str, branch: str, variant: str) -> np.ndarray:
         """(N, h, w) maps of one target kind, part, branch and variant."""
-        m = self.manifest
-        for name, value, choices in (
-            ("target", target, m["targets"]),
-            ("part", part, m["parts"]),
-            ("branch", branch, m["branches"]),
-            ("variant", variant, m["variants"]),
-        ):
-            if value not in choices:
-                raise ValueError(f"{name}: '{value}' is not in this CAM set; choose one of: {', '.join(choices)}")
-        return self.maps[
-            :,
-            m["targets"].index(target),
-            m["parts"].index(part),
-            m["branches"].index(branch),
-            m["variants"].index(variant),
-        ]
+        return select(self.maps, self.manifest, target=target, part=part, branch=branch, variant=variant)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """The maps of images start..stop-1 (CamStore's interface on a set in memory)."""
+        return self.maps[start:stop]
+
+    def maps_of(self, start: int, stop: int, *, target: str = "gt", part: str, branch: str, variant: str) -> np.ndarray:
+        """(n, h, w) maps of images start..stop-1 of one target kind, part, branch and variant (CamStore's)."""
+        return select(self.maps[start:stop], self.manifest, target=target, part=part, branch=branch, variant=variant)
 
 
 def iter_shards(root: Path) -> Iterator[np.ndarray]:
@@ -167,6 +163,111 @@ def iter_shards(root: Path) -> Iterator[np.ndarray]:
         if arr.shape[0] != entry["images"]:
             raise ValueError(f"{path}: holds {arr.shape[0]} images, the manifest says {entry['images']}")
         yield arr
+
+
+class CamStore:
+    """A CAM folder opened for streaming: the manifest, the index rows, and the maps read block by block
+    (`block`, `maps_of`) straight from the shard files with positioned reads: memory holds the block asked
+    for, never the set, and nothing is memory-mapped (mapped pages would count in the process's resident
+    memory as they are touched). The same `select` as CamSet, on a block."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.manifest = _manifest(self.root)
+        with open(self.root / "index.csv", newline="") as fh:
+            self.index = list(csv.DictReader(fh))
+        self._shards: list[tuple[Path, int]] = []  # (file, byte offset of the data)
+        self.dtype = np.dtype(self.manifest["dtype"])
+        self.record_bytes = int(np.prod(self.shape)) * self.dtype.itemsize  # one image's maps
+        starts = [0]
+        for entry in self.manifest["shards"]:
+            path = self.root / entry["file"]
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path}: CAM shard listed in {self.root / 'manifest.json'} is missing; "
+                    f"rerun the cams stage (dvc repro cams)"
+                )
+            with open(path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read_header(fh)
+                offset = fh.tell()
+            if shape[0] != entry["images"]:
+                raise ValueError(f"{path}: holds {shape[0]} images, the manifest says {entry['images']}")
+            if tuple(shape[1:]) != self.shape or dtype != self.dtype or fortran:
+                raise ValueError(
+                    f"{path}: holds {dtype} maps of shape {shape}, the manifest says {self.dtype} (n, {self.shape})"
+                )
+            self._shards.append((path, offset))
+            starts.append(starts[-1] + shape[0])
+        self._starts = np.array(starts)
+        if starts[-1] != len(self.index):
+            raise ValueError(f"{self.root}: index.csv lists {len(self.index)} images but the shards hold {starts[-1]}")
+        self.bytes_read = 0  # bytes read from the shards so far (the work log of a distributed evaluation)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        m = self.manifest
+        h, w = m["feature_size"]
+        return (len(m["targets"]), len(m["parts"]), len(m["branches"]), len(m["variants"]), h, w)
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """The maps of images start..stop-1, (n, T, 2, 2, V, h, w), read from the shards they lie in."""
+        start, stop = max(0, start), min(stop, len(self))
+        out = np.empty((max(0, stop - start), *self.shape), dtype=self.dtype)
+        for k, (path, offset) in enumerate(self._shards):
+            lo, hi = self._starts[k], self._starts[k + 1]
+            a, b = max(start, lo), min(stop, hi)
+            if b > a:
+                count = (b - a) * self.record_bytes // self.dtype.itemsize
+                data = np.fromfile(path, dtype=self.dtype, count=count, offset=offset + (a - lo) * self.record_bytes)
+                out[a - start : b - start] = data.reshape(b - a, *self.shape)
+        self.bytes_read += out.nbytes
+        return out
+
+    def maps_of(self, start: int, stop: int, *, target: str = "gt", part: str, branch: str, variant: str) -> np.ndarray:
+        """(n, h, w) maps of images start..stop-1 of one target kind, part, branch and variant."""
+        block = self.block(start, stop)
+        return np.ascontiguousarray(
+            select(block, self.manifest, target=target, part=part, branch=branch, variant=variant)
+        )
+
+    def read(self) -> CamSet:
+        """The whole set in memory (small sets, tests)."""
+        return CamSet(self.manifest, self.index, self.block(0, len(self)))
+
+
+def open_cams(root: Path) -> CamStore:
+    """Open a CAM folder for streaming (`CamStore`): nothing but the manifest and index is read yet."""
+    return CamStore(root)
+
+
+def _axes(manifest: dict, target: str, part: str, branch: str, variant: str) -> tuple[int, int, int, int]:
+    """The indices of (target, part, branch, variant) on a map block's axes 1-4; ValueError naming a bad one."""
+    for name, value, choices in (
+        ("target", target, manifest["targets"]),
+        ("part", part, manifest["parts"]),
+        ("branch", branch, manifest["branches"]),
+        ("variant", variant, manifest["variants"]),
+    ):
+        if value not in choices:
+            raise ValueError(f"{name}: '{value}' is not in this CAM set; choose one of: {', '.join(choices)}")
+    return (
+        manifest["targets"].index(target),
+        manifest["parts"].index(part),
+        manifest["branches"].index(branch),
+        manifest["variants"].index(variant),
+    )
+
+
+def select(maps: np.ndarray, manifest: dict, *, target: str = "gt", part: str, branch: str, variant: str) -> np.ndarray:
+    """(n, h, w) maps of one target kind, part, branch and variant out of a (n, T, 2, 2, V, h, w) block."""
+    return maps[(slice(None), *_axes(manifest, target, part, branch, variant))]
 
 
 def read_cams(root: Path) -> CamSet:

@@ -118,6 +118,7 @@ class FidelityAccumulator:
         self.n = 0
         self._drops: list[np.ndarray] = []
         self._flags: list[np.ndarray] = []
+        self.batches: list[tuple[float, float, int]] = []  # per batch: (sum of drops, sum of flags, images)
 
     def accumulate(self, y: torch.Tensor | np.ndarray, o: torch.Tensor | np.ndarray) -> None:
         """Add a batch of target-class probabilities Y (original image) and O (image * CAM)."""
@@ -128,8 +129,9 @@ class FidelityAccumulator:
         if not (y > 0).all() or torch.isnan(o).any():
             raise ValueError("Y must be > 0 (it divides the drop) and O must not be NaN")
         drops, flags = torch.clamp(y - o, min=0) / y, o > y
-        self.drop_sum += float(drops.sum())
-        self.increase_sum += float(flags.sum())
+        self.batches.append((float(drops.sum()), float(flags.sum()), y.numel()))
+        self.drop_sum += self.batches[-1][0]
+        self.increase_sum += self.batches[-1][1]
         self.n += y.numel()
         self._drops.append(100.0 * drops.numpy())
         self._flags.append(flags.numpy())
@@ -146,3 +148,26 @@ class FidelityAccumulator:
             "avg_drop_terms": np.concatenate(self._drops).astype(np.float64),
             "inc_conf_flags": np.concatenate(self._flags).astype(bool),
         }
+
+    def take_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """The per-image terms (`avg_drop_terms`, `inc_conf_flags`) accumulated since the last call, then
+        forgotten: a streaming caller reduces them block by block and keeps only the batch sums."""
+        drops = np.concatenate(self._drops).astype(np.float64) if self._drops else np.zeros(0)
+        flags = np.concatenate(self._flags).astype(bool) if self._flags else np.zeros(0, bool)
+        self._drops, self._flags = [], []
+        return drops, flags
+
+
+def from_batches(batches: list[tuple[float, float, int]]) -> dict:
+    """{"avg_drop", "inc_conf", "n"} from per-batch sums in batch order (`FidelityAccumulator.batches`, those of
+    several accumulators over consecutive images concatenated): added one batch at a time as `accumulate` adds
+    them, so the numbers are those of one accumulator over every batch, bit for bit."""
+    drop_sum = increase_sum = 0.0
+    n = 0
+    for drop, increase, count in batches:
+        drop_sum += drop
+        increase_sum += increase
+        n += count
+    if n == 0:
+        raise ValueError("no image was accumulated")
+    return {"avg_drop": percent(drop_sum, n), "inc_conf": percent(increase_sum, n), "n": n}

@@ -150,6 +150,101 @@ def count_matrix(indices: np.ndarray) -> np.ndarray:
     return np.vstack([counts, np.ones((1, n), dtype=counts.dtype)]).astype(np.float32)
 
 
+def count_columns(
+    seed: int, stream: int, n: int, resamples: int, strata=None, lo: int = 0, hi: int | None = None
+) -> np.ndarray:
+    """Columns lo..hi-1 of `count_matrix(resample_indices(seed, stream, n, resamples, strata))`, (R + 1, hi - lo)
+    float32, from the same RNG calls; with `strata` it holds only those columns and one stratum's draws at a
+    time, so a rank of a distributed evaluation keeps the counts of its own images only."""
+    hi = n if hi is None else hi
+    if not 0 <= lo <= hi <= n:
+        raise ValueError(f"columns {lo}..{hi} are not within the {n} images")
+    if strata is None:
+        return np.ascontiguousarray(count_matrix(resample_indices(seed, stream, n, resamples))[:, lo:hi])
+    if n < 1:
+        raise ValueError(f"resampling needs at least one image, got n={n}")
+    strata = np.asarray(strata)
+    if strata.shape != (n,):
+        raise ValueError(f"strata: {strata.shape[0] if strata.ndim else 0} labels for {n} images")
+    rng = np.random.default_rng([seed, stream])
+    out = np.zeros((resamples + 1, hi - lo), dtype=np.float32)
+    out[-1] = 1
+    rows = np.arange(resamples, dtype=np.int64)[:, None]
+    for label in np.unique(strata):
+        members = np.flatnonzero(strata == label)
+        draws = rng.integers(0, len(members), size=(resamples, len(members)))  # drawn whether needed or not
+        mine = (members >= lo) & (members < hi)
+        if mine.any():
+            flat = (rows * len(members) + draws).ravel()
+            counts = np.bincount(flat, minlength=resamples * len(members)).reshape(resamples, len(members))
+            out[:-1, members[mine] - lo] = counts[:, mine]
+    return out
+
+
+def box_sums(w: np.ndarray, split: str, iou_thresholds, box) -> dict:
+    """The bootstrap-weighted sums (R + 1, ...) of a box result's per-image outcomes (`per_image_multi`,
+    `per_image_single`, and on test `per_image_gt_known`, `per_image_top1_loc`) over the images of `w`'s
+    columns. Float32 products of counts and 0/1 outcomes: exact, so partial sums over image blocks add up to
+    the sum over all images whatever the blocks."""
+    multi = np.asarray(box.per_image_multi, dtype=bool)
+    n, n_iou, n_thr = multi.shape
+    if w.shape[1] != n:
+        raise ValueError(f"{w.shape[1]} count columns for {n} images")
+    sums = {"n": n, "multi": (w @ multi.reshape(n, -1).astype(np.float32)).reshape(-1, n_iou, n_thr)}
+    iou_thresholds = tuple(iou_thresholds)
+    if 50 in iou_thresholds:
+        single = np.asarray(box.per_image_single, dtype=bool)
+        sums["single50"] = w @ single[:, iou_thresholds.index(50)].astype(np.float32)
+    if split == "test":
+        sums["gt_known_loc"] = w @ np.asarray(box.per_image_gt_known, dtype=np.float32)
+        sums["top1_loc"] = w @ np.asarray(box.per_image_top1_loc, dtype=np.float32)
+    return sums
+
+
+def mask_sums(w: np.ndarray, mask) -> dict:
+    """The weighted sums (R + 1, n_bins) float64 of a mask result's per-image PxAP histograms (exact)."""
+    w64 = w.astype(np.float64)
+    return {
+        "fg": _count_product(w, w64, np.asarray(mask.per_image_fg_hist)),
+        "bg": _count_product(w, w64, np.asarray(mask.per_image_bg_hist)),
+    }
+
+
+def fidelity_sums(w: np.ndarray, fidelity) -> dict:
+    """The weighted sums (R + 1,) float64 of the per-image Average Drop terms and Increase in Confidence flags.
+    Average Drop's terms are not integers: its sum is kept as a list of block sums (`avg_drop_blocks`), added
+    in block order by `finish_sums`, so the result depends on the image blocks, never on the ranks."""
+    w64 = w.astype(np.float64)
+    return {
+        "avg_drop_blocks": [w64 @ np.asarray(_field(fidelity, "avg_drop_terms"), dtype=np.float64)],
+        "inc_conf": w64 @ np.asarray(_field(fidelity, "inc_conf_flags"), dtype=np.float64),
+    }
+
+
+def add_sums(total: dict, part: dict) -> dict:
+    """`part` added into `total` (in place; returned): arrays and counts summed, block lists extended."""
+    for key, value in part.items():
+        if key not in total:
+            total[key] = list(value) if isinstance(value, list) else (value.copy() if hasattr(value, "copy") else value)
+        elif isinstance(value, list):
+            total[key].extend(value)
+        else:
+            total[key] = total[key] + value
+    return total
+
+
+def finish_sums(sums: dict) -> dict:
+    """Block lists summed in order (Average Drop's block sums -> `avg_drop`)."""
+    out = {k: v for k, v in sums.items() if k != "avg_drop_blocks"}
+    if "avg_drop_blocks" in sums:
+        blocks = sums["avg_drop_blocks"]
+        total = blocks[0].copy()
+        for block in blocks[1:]:
+            total += block
+        out["avg_drop"] = total
+    return out
+
+
 @dataclass(frozen=True)
 class Combined:
     """One delta's interval (`combine`): the estimate, the bounds, the standard error with its degrees of
@@ -355,25 +450,38 @@ class IntervalAccumulator:
 
     def _resampled(self, split: str, box_result, mask_result, fidelity_result) -> dict:
         """The bootstrap-weighted sums (R + 1, ...) of one result's per-image outcomes."""
-        multi = np.asarray(box_result.per_image_multi, dtype=bool)
-        single = np.asarray(box_result.per_image_single, dtype=bool)
-        n, n_iou, n_thr = multi.shape
+        n = np.asarray(box_result.per_image_multi).shape[0]
         w = self.weights(split, n)
-        sums = {"multi": (w @ multi.reshape(n, -1).astype(np.float32)).reshape(-1, n_iou, n_thr)}
-        if 50 in self.iou_thresholds:
-            sums["single50"] = w @ single[:, self.iou_thresholds.index(50)].astype(np.float32)
+        sums = box_sums(w, split, self.iou_thresholds, box_result)
         if split == "test":
-            sums["n"] = n
-            sums["gt_known_loc"] = w @ np.asarray(box_result.per_image_gt_known, dtype=np.float32)
-            sums["top1_loc"] = w @ np.asarray(box_result.per_image_top1_loc, dtype=np.float32)
-            w64 = w.astype(np.float64)
             if mask_result is not None:
-                sums["fg"] = _count_product(w, w64, np.asarray(mask_result.per_image_fg_hist))
-                sums["bg"] = _count_product(w, w64, np.asarray(mask_result.per_image_bg_hist))
+                sums.update(mask_sums(w, mask_result))
             if fidelity_result is not None:
-                sums["avg_drop"] = w64 @ np.asarray(_field(fidelity_result, "avg_drop_terms"), dtype=np.float64)
-                sums["inc_conf"] = w64 @ np.asarray(_field(fidelity_result, "inc_conf_flags"), dtype=np.float64)
-        return sums
+                sums.update(fidelity_sums(w, fidelity_result))
+        return finish_sums(sums)
+
+    def columns(self, split: str, n: int, lo: int, hi: int) -> np.ndarray:
+        """Columns lo..hi-1 of a split's count matrix (`count_columns`), for the images of one rank."""
+        stream = {"test": STREAM_TEST, "val": STREAM_VAL}[split]
+        strata = None if self.strata is None else self.strata.get(split)
+        return count_columns(self.seed, stream, n, self.resamples, strata, lo, hi)
+
+    def reduce(self, test: dict, val: dict | None) -> dict[str, np.ndarray]:
+        """Per-replicate metric values (R + 1,) from a map set's summed test counts (and val counts, where
+        thresholds are chosen on val): what `add` computes from per-image outcomes, from sums made elsewhere
+        (`box_sums`, `mask_sums`, `fidelity_sums`, `add_sums`, `finish_sums`), e.g. by the ranks of a
+        distributed evaluation."""
+        return self._reduce(test, val if self.threshold_split == "val" else None)
+
+    def set_values(self, model, key: tuple, values: dict[str, np.ndarray]) -> None:
+        """Record the per-replicate values (`reduce`) of key = (protocol, variant, branch) for `model`."""
+        protocol, variant, branch = key
+        if branch not in BRANCHES:
+            raise ValueError(f"key {key}: branch '{branch}' is not valid; choose one of: {', '.join(BRANCHES)}")
+        ident = (protocol, variant, branch, as_model(model))
+        if ident in self._values:
+            raise ValueError(f"key {key}, model {model}: already complete; a result came twice")
+        self._values[ident] = values
 
     def _reduce(self, test: dict, val: dict | None) -> dict[str, np.ndarray]:
         """Per-replicate metric values (R + 1,) of one branch from its summed counts."""

@@ -13,8 +13,9 @@ metrics.json holds the headline protocol (`evaluate.postprocess`) at metrics[var
 protocol of `evaluate.protocols` at metrics["protocols"][name][variant][branch]. Every model of the run (baseline
 replicate j x fine-tuning replicate k) is scored; the per-branch numbers are the first model's, the deltas'
 intervals (pipeline/metrics/intervals.py) combine the image level with the fine-tuning and baseline levels.
-Evaluation's only parallelism:
-with `distributed.nproc` > 1 the ranks share the distinct map sets and rank 0 writes the same bytes.
+With `distributed.nproc` > 1 each rank takes its own run of image blocks in every phase (reading, digests,
+scoring, fidelity, bootstrap sums; pipeline/metrics/evaluate.py) and rank 0 writes the same bytes as one process.
+With EVALUATE_WORK_LOG=<folder> in the environment each rank writes its work counters there (rank_<r>.json).
 
 metrics.json also says what the numbers are of, for the tables that set them beside the paper's
 (pipeline/report/paper_table.py, `make exp-table`):
@@ -40,7 +41,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pipeline.params import lookup
-from pipeline.stages.common import REPORTS, eval_options, loader, model_spec, replicates, stage_keys, start, user_errors
+from pipeline.stages.common import (
+    REPORTS,
+    eval_options,
+    loader,
+    loader_workers,
+    model_spec,
+    replicates,
+    stage_keys,
+    start,
+    user_errors,
+)
 
 PLOTS = REPORTS / "plots"
 DVC_FILE = Path("dvc.yaml")
@@ -50,6 +61,7 @@ DVC_FILE = Path("dvc.yaml")
 # the numbers are made.
 DIGEST_SKIPPED = ("validate", "source", "report")
 DIGEST_CHARS = 16  # hex characters of the sha256 kept
+WORK_LOG_ENV = "EVALUATE_WORK_LOG"  # a folder: each rank writes its work counters there (the scale benchmark)
 _ABSENT = object()
 
 
@@ -111,15 +123,16 @@ def baseline_level(params) -> str:
 
 def main() -> None:
     params = start(distributed=True)
+    import os
     import time
 
-    from pipeline.cams.store import read_cams
+    from pipeline.cams.store import open_cams
     from pipeline.concepts import BRANCHES
     from pipeline.data.prepare import load_ground_truth
-    from pipeline.dist import finish, is_main, map_shares
+    from pipeline.dist import finish, is_main, rank, rank_loader
     from pipeline.io import write_json
     from pipeline.metrics.curves import write_curves
-    from pipeline.metrics.evaluate import evaluate_all
+    from pipeline.metrics.evaluate import Fidelity, ModelMaps, WorkLog, evaluate_models
     from pipeline.metrics.intervals import IntervalAccumulator, interval_metrics
     from pipeline.models.dual import load_checkpoint
     from pipeline.train.loops import place, resolve_device
@@ -128,15 +141,38 @@ def main() -> None:
     e = params.evaluate
     opts = eval_options(params)
     splits = ["test"] + (["val"] if e.threshold_split == "val" else [])
+    log = WorkLog()
     with user_errors():
         reps = replicates(params)
         first = reps[0]
         gts = {s: load_ground_truth(params.prepared_dir(), s) for s in splits}
-        model = batches = None
+        fidelity = None
         if e.fidelity:
             device = resolve_device(params.device)
-            test_loader = loader(params, "test", train=False, batch_size=params.cams.batch_size)
-            batches = lambda: iter(test_loader)  # noqa: E731
+            batch_size = params.cams.batch_size
+            test_loader = loader(params, "test", train=False, batch_size=batch_size, workers=loader_workers())
+            # the softmax head scores a baseline's maps: frozen, the same in all its fine-tuning replicates
+            checkpoints = {}
+            for rep in reps:
+                checkpoints.setdefault(rep.baseline, rep.finetuned_ckpt)
+
+            def fidelity_model(j: int):
+                model, _ = load_checkpoint(checkpoints[j], expect=model_spec(params))
+                return place(model, device).eval()
+
+            def fidelity_batches(lo: int, hi: int):
+                from pipeline.dist import batch_indices
+
+                batches = [[lo + i for i in b] for b in batch_indices(hi - lo, batch_size)]
+                return rank_loader(test_loader, batches)
+
+            fidelity = Fidelity(
+                model=fidelity_model,
+                batches=fidelity_batches,
+                batch_size=batch_size,
+                size=params.model.input_size,
+                target=e.fidelity_target,
+            )
         intervals = IntervalAccumulator(
             resamples=e.bootstrap_resamples,
             seed=e.bootstrap_seed,
@@ -144,46 +180,41 @@ def main() -> None:
             iou_thresholds=opts.iou_thresholds,
             strata={s: gts[s].labels for s in splits},
         )
-        # digest -> result: a baseline's softmax branch, the same in its every replicate, is scored once
-        memo: dict = {}
-        for rep in reps:  # every model feeds the intervals; the first one's numbers are the headline
-            if e.fidelity and (model is None or rep.index == params.finetune.replicates[0]):
-                # the softmax head scores a baseline's maps: frozen, the same in all its fine-tuning replicates
-                model, _ = load_checkpoint(rep.finetuned_ckpt, expect=model_spec(params))
-                place(model, device).eval()
-            cams = {s: read_cams(rep.cams_dir / s) for s in splits}
-            if is_main():
-                print(
-                    f"evaluate: model {rep.name} (baseline seed {params.baseline_seed(rep.baseline)}, fine-tuning "
-                    f"seed {rep.seed}), {rep.cams_dir}",
-                    flush=True,
-                )
-            result = evaluate_all(
-                cams,
-                gts,
-                opts,
-                model=model,
-                batches=batches,
-                fidelity_target=e.fidelity_target,
-                fidelity_size=params.model.input_size,
-                progress=lambda text: print(f"evaluate: {text}", flush=True) if is_main() else None,
-                map_units=map_shares,
-                show_progress=is_main(),
-                on_result=intervals.callback(rep.model),
-                memo=memo,
+        models = [ModelMaps(rep.model, {s: open_cams(rep.cams_dir / s) for s in splits}) for rep in reps]
+        if is_main():
+            print(
+                f"evaluate: {len(reps)} model(s): "
+                + ", ".join(
+                    f"{rep.name} (baseline seed {params.baseline_seed(rep.baseline)}, fine-tuning seed {rep.seed})"
+                    for rep in reps
+                ),
+                flush=True,
             )
-            if rep is first:
-                metrics, curves = result
-                first_cams = cams
+        results = evaluate_models(
+            models,
+            gts,
+            opts,
+            fidelity=fidelity,
+            intervals=intervals,
+            progress=lambda text: print(f"evaluate: {text}", flush=True),
+            show_progress=is_main(),
+            log=log,
+        )
+        work_log = os.environ.get(WORK_LOG_ENV)
+        if work_log:
+            from pipeline.dist import world_size
+
+            Path(work_log).mkdir(parents=True, exist_ok=True)
+            write_json(Path(work_log) / f"rank_{rank()}.json", {"rank": rank(), "world": world_size(), **log.as_dict()})
+        if not is_main():  # distributed: rank 0 has every result and alone writes
+            return finish()
+        metrics, curves = results[first.model]
         table = intervals.table()
-    cams = first_cams
     metrics["intervals"] = interval_metrics(table)
     with user_errors():
         prepared = json.loads((params.prepared_dir() / "dataset.json").read_text())
         metrics["dataset"] = dataset_block(prepared["dataset"], prepared["num_classes"], len(gts["test"].image_ids))
         metrics["params_digest"] = params_digest(params.declared_values(), digest_keys())
-    if not is_main():  # distributed: every rank has every pair's results; rank 0 alone writes
-        return finish()
     write_json(REPORTS / "metrics.json", metrics)
     write_json(REPORTS / "intervals.json", {"rows": table})
     write_json(
@@ -192,7 +223,7 @@ def main() -> None:
             "dataset": params.dataset,
             "backbone": params.backbone,
             "split": "test",
-            "images": cams["test"].manifest["images"],
+            "images": models[0].cams["test"].manifest["images"],
             "preset": params.preset,
             "head_init": params.finetune.head_init,
             "bn_mode": params.finetune.bn_mode,
@@ -222,7 +253,7 @@ def main() -> None:
     )
     write_curves(curves, PLOTS)
     best = max(
-        ((v, b) for v in cams["test"].manifest["variants"] for b in BRANCHES),
+        ((v, b) for v in models[0].cams["test"].manifest["variants"] for b in BRANCHES),
         key=lambda vb: metrics[vb[0]][vb[1]]["maxboxacc_v2"],
     )
     print(
@@ -230,11 +261,11 @@ def main() -> None:
         f"best MaxBoxAccV2 {metrics[best[0]][best[1]]['maxboxacc_v2']:.2f}"
         f" ({best[0]}, {best[1]} branch) -> {REPORTS / 'metrics.json'}"
     )
-    n_images = len(reps) * sum(len(c.index) for c in cams.values())
+    n_images = len(reps) * sum(len(gts[s].image_ids) for s in splits)
     seconds = time.perf_counter() - began
     print(
         f"evaluate: {seconds:.1f} s for {n_images} images ({1e3 * seconds / n_images:.1f} ms per image, "
-        f"{len(cams['test'].index)} test x {len(reps)} model(s)), every protocol, metric and interval included",
+        f"{len(gts['test'].image_ids)} test x {len(reps)} model(s)), every protocol, metric and interval included",
         flush=True,
     )
     finish()

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.cams.engine import compute_cams
 from pipeline.cams.generate import iter_cam_records
-from pipeline.cams.store import CamRecord, iter_shards, read_cams, write_cams
+from pipeline.cams.store import CamRecord, iter_shards, open_cams, read_cams, write_cams
 from pipeline.models.dual import DualBranchNet, ModelSpec
 
 SHAPE = (1, 2, 2, 5, 3, 3)
@@ -49,6 +49,32 @@ def test_shards_round_trip_with_fixed_boundaries(tmp_path):
     np.testing.assert_array_equal(sel, np.stack([r.maps[0, 1, 1, 3] for r in recs]).astype(np.float32))
     with pytest.raises(ValueError, match="variant: 'gradcam\\+\\+' is not in this CAM set; choose one of: cam, "):
         cams.select(part="pos", branch="softmax", variant="gradcam++")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_streamed_store_reads_any_block_across_shards(tmp_path, dtype):
+    """open_cams reads blocks and single map slices with positioned reads, across shard boundaries, equal to
+    the whole set read at once; it counts the bytes it read and maps nothing into memory."""
+    recs = records(11, seed=3)
+    write_cams(tmp_path / "c", iter(recs), targets=("gt",), feature_size=(3, 3), dtype=dtype, shard_size=4, info={})
+    whole = read_cams(tmp_path / "c")
+    store = open_cams(tmp_path / "c")
+    assert len(store) == 11 and store.index == whole.index and store.manifest == whole.manifest
+    for start, stop in ((0, 11), (0, 4), (3, 9), (4, 8), (10, 11), (7, 20), (5, 5)):
+        np.testing.assert_array_equal(store.block(start, stop), whole.maps[start:stop])
+        np.testing.assert_array_equal(whole.block(start, stop), whole.maps[start:stop])
+        args = dict(part="neg", branch="sigmoid", variant="layercam")
+        np.testing.assert_array_equal(store.maps_of(start, stop, **args), whole.select(**args)[start:stop])
+        np.testing.assert_array_equal(whole.maps_of(start, stop, **args), whole.select(**args)[start:stop])
+    before = store.bytes_read
+    store.block(2, 6)
+    assert store.bytes_read - before == 4 * whole.maps[0].nbytes
+    assert store.block(0, 3).dtype == np.dtype(dtype) and not isinstance(store.block(0, 3), np.memmap)
+    with pytest.raises(ValueError, match="branch: 'head' is not in this CAM set"):
+        store.maps_of(0, 2, part="pos", branch="head", variant="cam")
+    np.save(tmp_path / "c" / "shard_00001.npy", np.zeros((3, *SHAPE), dtype=dtype))  # one image short
+    with pytest.raises(ValueError, match="shard_00001.npy: holds 3 images, the manifest says 4"):
+        open_cams(tmp_path / "c")
 
 
 def test_same_maps_same_bytes_and_float16(tmp_path):

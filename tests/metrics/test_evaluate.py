@@ -1,6 +1,8 @@
 """Evaluation orchestration: post-processing presets and overrides, alignment checks, end-to-end numbers on
 hand-made CAM sets whose localization is known."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -9,8 +11,12 @@ from pipeline.data.prepare import GroundTruth
 from pipeline.metrics.evaluate import (
     PROTOCOLS,
     EvalOptions,
+    Fidelity,
+    ModelMaps,
+    WorkLog,
     check_alignment,
     evaluate_all,
+    evaluate_models,
     postprocess_options,
     protocol_options,
 )
@@ -122,7 +128,7 @@ def test_misaligned_cams_and_gt_are_rejected(tmp_path):
         check_alignment(cams, other, "test")
 
 
-def test_protocols_dedup_and_per_image_callback(tmp_path):
+def test_protocols_dedup_and_observed_outcomes(tmp_path):
     boxes = [(2, 3, 9, 12), (0, 0, 15, 7), (5, 5, 10, 10), (4, 1, 13, 14)]
     test, gt_test = make_split(tmp_path, "test", boxes, preds=[0, 0, 1, 0])
     val, gt_val = make_split(tmp_path, "val", boxes[:3])
@@ -135,27 +141,30 @@ def test_protocols_dedup_and_per_image_callback(tmp_path):
         gts,
         opts,
         progress=messages.append,
-        on_result=lambda key, box, mask, fid: seen.setdefault(key, (box, mask, fid)),
+        observe=lambda key, split, start, box, mask, fid: seen.setdefault((key, split), (box, mask, fid)),
     )
     alone, _ = evaluate_all(cams, gts, EvalOptions())
     headline = {k: v for k, v in metrics.items() if k != "protocols"}
     assert headline == alone  # the extra protocols leave the headline as it was
     assert set(metrics["protocols"]) == {"official", "official_symmetric"}
-    # every variant holds the same raw maps, at the evaluation size (resizing is the identity) and binary
-    # (0/1: every scaling and min-max gives them back): by content, 30 map sets are 2, the softmax
-    # blocks and the all-zero sigmoid maps, whatever the protocol
-    assert messages == ["30 (protocol, variant, branch) map sets, 2 distinct, 2 to score (0 scored before)"]
+    # every variant holds the same raw maps and no negative part (so the clamp changes nothing): by their raw
+    # maps and post-processing, 30 keys are 6 sets: 2 branches x 3 rules (clean; CAM's official rule; the
+    # gradient variants' official rule)
+    assert messages == ["30 (model, protocol, variant, branch) map sets of 1 model(s), 6 distinct, scored once each"]
+    assert len(seen) == 30 * 2  # every key, both splits
+    cam, gradcampp = (seen[((0, "official", v, "softmax"), "test")][0] for v in ("cam", "gradcampp"))
+    assert seen[((0, "official_symmetric", "cam", "softmax"), "test")][0] is cam  # one set, scored once
+    assert cam is not gradcampp
     sym, off = metrics["protocols"]["official_symmetric"], metrics["protocols"]["official"]
     assert sym["gradcam"]["sigmoid"] == off["gradcam"]["sigmoid"]
     assert off["cam"]["softmax"]["maxboxacc_v2"] == 100.0
-    assert len(seen) == 3 * 5 * 2 * 2
-    box, mask, fid = seen[("clean", "cam", "softmax", "test")]
+    box, mask, fid = seen[((0, "clean", "cam", "softmax"), "test")]
     assert fid is None  # no model given: no fidelity
     assert box.per_image_multi.shape == (4, 3, 1000) and box.per_image_gt_known.tolist() == [True] * 4
     assert box.per_image_top1_loc.tolist() == [True, True, False, True]
     assert (mask.per_image_fg_hist.sum(0) == mask.fg_hist).all()
-    assert seen[("official", "cam", "softmax", "val")][0].n_images == 3
-    assert seen[("official", "cam", "softmax", "val")][1] is None  # PxAP: test only
+    assert seen[((0, "clean", "cam", "softmax"), "val")][0].n_images == 3
+    assert seen[((0, "clean", "cam", "softmax"), "val")][1] is None  # PxAP: test only
     with pytest.raises(ValueError, match="protocols: 'fancy' is not valid"):
         evaluate_all(cams, gts, EvalOptions(protocols=("fancy",)))
 
@@ -192,9 +201,11 @@ def varied_maps(n, size, seed):
     return maps
 
 
-def test_memo_scores_a_map_set_once_across_calls(tmp_path):
-    """Two CAM sets sharing the softmax branch (two fine-tuning replicates): with one memo, the second call
-    scores only its sigmoid branch, and every number equals a call without the memo."""
+def test_models_sharing_a_map_set_score_it_once(tmp_path, monkeypatch):
+    """Two fine-tuning replicates of one baseline share the softmax branch: evaluated together, the second
+    model's softmax sets are not post-processed or scored again, and every number equals each model alone."""
+    import pipeline.metrics.evaluate as evaluate
+
     boxes = [(2, 3, 9, 12), (0, 0, 15, 7), (5, 5, 10, 10)]
     first = varied_maps(3, 16, 0)
     second = first.copy()
@@ -204,20 +215,16 @@ def test_memo_scores_a_map_set_once_across_calls(tmp_path):
         test, gt = make_split(tmp_path / f"r{k}", "test", boxes, maps=maps)
         sets.append(({"test": test}, {"test": gt}))
     opts = EvalOptions(threshold_split="test")
-    memo, messages = {}, []
-    with_memo = [evaluate_all(c, g, opts, memo=memo, progress=messages.append)[0] for c, g in sets]
+    done, messages = [], []
+    real = evaluate.postprocess
+    monkeypatch.setattr(evaluate, "postprocess", lambda pos, neg, pp: done.append(len(pos)) or real(pos, neg, pp))
+    together = evaluate.evaluate_models(
+        [ModelMaps((0, k), c) for k, (c, _) in enumerate(sets)], sets[0][1], opts, progress=messages.append
+    )
+    assert messages == ["20 (model, protocol, variant, branch) map sets of 2 model(s), 15 distinct, scored once each"]
+    assert sum(done) == 15 * 3  # each distinct set post-processed once, image by image
     alone = [evaluate_all(c, g, opts)[0] for c, g in sets]
-    assert with_memo == alone
-    assert messages == [
-        "10 (protocol, variant, branch) map sets, 10 distinct, 10 to score (0 scored before)",
-        "10 (protocol, variant, branch) map sets, 10 distinct, 5 to score (5 scored before)",
-    ]
-    # another ground truth is another context: nothing is reused
-    test, gt = sets[0][0]["test"], sets[0][1]["test"]
-    moved = type(gt)(gt.image_ids, gt.labels, [b + 1 for b in gt.boxes], gt.fg, gt.ignore, gt.size)
-    messages.clear()
-    evaluate_all({"test": test}, {"test": moved}, opts, memo=memo, progress=messages.append)
-    assert messages[0].endswith("10 to score (0 scored before)")
+    assert [together[(0, 0)][0], together[(0, 1)][0]] == alone
 
 
 def test_gap_linear_heads_score_cam_for_gradcam_and_xgradcam(tmp_path):
@@ -233,7 +240,7 @@ def test_gap_linear_heads_score_cam_for_gradcam_and_xgradcam(tmp_path):
     m, _ = evaluate_all({"test": flagged}, {"test": gt}, opts, progress=messages.append)
     # clean: cam = gradcam = xgradcam (one set per branch) + gradcampp + layercam; official: CAM's rule differs
     # from the gradient rule, so cam, gradcam = xgradcam, gradcampp, layercam
-    assert messages == ["20 (protocol, variant, branch) map sets, 14 distinct, 14 to score (0 scored before)"]
+    assert messages == ["20 (model, protocol, variant, branch) map sets of 1 model(s), 14 distinct, scored once each"]
     for branch in ("softmax", "sigmoid"):
         assert m["gradcam"][branch] == m["xgradcam"][branch] == m["cam"][branch]
         off = m["protocols"]["official"]
@@ -243,10 +250,7 @@ def test_gap_linear_heads_score_cam_for_gradcam_and_xgradcam(tmp_path):
     assert unflagged["gradcam"]["softmax"] != unflagged["cam"]["softmax"]  # random maps: their own numbers
 
 
-def test_fidelity_with_memo_forwards_each_map_set_and_each_image_batch_once(tmp_path):
-    """Average Drop / Increase in Confidence through evaluate_all: with one memo over two CAM sets that share
-    the softmax branch, the second call forwards only its sigmoid maps (Y comes from the first call), and
-    every number equals a call without the memo."""
+def small_model():
     import torch
 
     from pipeline.models.dual import DualBranchNet, ModelSpec
@@ -254,7 +258,16 @@ def test_fidelity_with_memo_forwards_each_map_set_and_each_image_batch_once(tmp_
     torch.manual_seed(0)
     model = DualBranchNet(ModelSpec("resnet10t", 3, 32, output_stride=16))
     model.add_sigmoid_head("random", generator=torch.Generator().manual_seed(1))
-    model.eval()
+    return model.eval()
+
+
+def test_fidelity_forwards_each_map_set_and_each_image_batch_once(tmp_path):
+    """Average Drop / Increase in Confidence of two models of one baseline that share the softmax branch: per
+    image batch one forward of the images (Y) and one of the masked images of each distinct set (10 sets of
+    the first model, the 5 new sigmoid sets of the second), and every number equals each model alone."""
+    import torch
+
+    model = small_model()
     forwards = []
     model.trunk.register_forward_hook(lambda module, args, out: forwards.append(len(args[0])))
     images = torch.randn(4, 3, 32, 32)
@@ -269,70 +282,135 @@ def test_fidelity_with_memo_forwards_each_map_set_and_each_image_batch_once(tmp_
         test, gt = make_split(tmp_path / f"r{k}", "test", boxes, maps=maps, preds=[0, 1, 2, 0])
         sets.append(({"test": test}, {"test": gt}))
     opts = EvalOptions(threshold_split="test")
+
+    def ranged(lo, hi):
+        return [(images[a : a + 2], labels[a : a + 2]) for a in range(lo, hi, 2)]
+
+    fidelity = Fidelity(model=lambda j: model, batches=ranged, batch_size=2, size=32, target="gt")
+    together = evaluate_models(
+        [ModelMaps((0, k), c) for k, (c, _) in enumerate(sets)], sets[0][1], opts, fidelity=fidelity
+    )
+    assert forwards == [2] * (1 + 15) * 2  # per batch: Y, then the 15 distinct sets
     kwargs = dict(model=model, batches=batches, fidelity_target="gt", fidelity_size=32)
-    memo = {}
-    with_memo = []
-    for c, g in sets:
-        forwards.clear()
-        with_memo.append(evaluate_all(c, g, opts, memo=memo, **kwargs)[0])
-        with_memo[-1]["forwards"] = list(forwards)
-    assert with_memo[0].pop("forwards") == [2] * (1 + 10) + [2] * (1 + 10)  # per batch: Y, then 10 map sets
-    assert with_memo[1].pop("forwards") == [2] * 5 * 2  # the 5 sigmoid sets, no Y
     alone = [evaluate_all(c, g, opts, **kwargs)[0] for c, g in sets]
-    assert with_memo == alone
+    assert [together[(0, 0)][0], together[(0, 1)][0]] == alone
     assert all("avg_drop" in alone[1][v][b] for v in ("cam", "layercam") for b in ("softmax", "sigmoid"))
 
 
-def test_map_cache_post_processes_each_set_once_and_changes_no_number(tmp_path, monkeypatch):
-    """The maps post-processed for the digests are scored from the cache (boxes, PxAP and fidelity at another
-    size): each set is post-processed once; with no cache, or one too small for every set, each set is
-    post-processed again for scoring, and every number is the same."""
-    import torch
+def two_models(tmp_path, n_test=13, n_val=7):
+    """Two models of one baseline sharing the softmax branch, test and val splits with several boxes."""
+    rng = np.random.default_rng(7)
 
-    import pipeline.metrics.evaluate as evaluate
-    from pipeline.models.dual import DualBranchNet, ModelSpec
+    def boxes(n):
+        x0, y0 = rng.integers(0, 8, n), rng.integers(0, 8, n)
+        return [(int(a), int(b), int(a + rng.integers(3, 8)), int(b + rng.integers(3, 8))) for a, b in zip(x0, y0)]
 
-    torch.manual_seed(0)
-    model = DualBranchNet(ModelSpec("resnet10t", 3, 32, output_stride=16))
-    model.add_sigmoid_head("random", generator=torch.Generator().manual_seed(1))
-    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
-    batches = lambda: iter([(images[:3], labels[:3]), (images[3:], labels[3:])])  # noqa: E731
-    test, test_gt = make_split(
-        tmp_path,
-        "test",
-        [(2, 3, 9, 12), (0, 0, 15, 7), (5, 5, 10, 10), (4, 1, 13, 14)],
-        maps=varied_maps(4, 16, 5),
-        preds=[0, 1, 2, 0],
-    )
-    val, val_gt = make_split(tmp_path, "val", [(1, 1, 8, 8), (3, 2, 14, 12), (0, 4, 9, 15)], maps=varied_maps(3, 16, 6))
-    done = []
-    real = evaluate.postprocess
-    monkeypatch.setattr(evaluate, "postprocess", lambda pos, neg, pp: done.append(len(pos)) or real(pos, neg, pp))
+    test_boxes, val_boxes = boxes(n_test), boxes(n_val)
+    models, gts = [], {}
+    for k in range(2):
+        cams = {}
+        for split, bx, seed in (("test", test_boxes, 10), ("val", val_boxes, 20)):
+            maps = varied_maps(len(bx), 16, seed)
+            maps[:, :, :, 1] = varied_maps(len(bx), 16, seed + 1 + k)[:, :, :, 1]
+            preds = [int(p) for p in rng.integers(0, 3, len(bx))] if k == 0 else None
+            cams[split], gts[split] = make_split(tmp_path / f"m{k}", split, bx, maps=maps, preds=preds)
+        models.append(ModelMaps((0, k), cams))
+    for split in ("test", "val"):  # both models' index rows (predictions) are the first model's
+        models[1].cams[split].index[:] = models[0].cams[split].index
+    return models, gts
 
-    def run(budget):
-        monkeypatch.setattr(evaluate, "MAP_CACHE_BYTES", budget)
-        done.clear()
-        messages = []
-        out = evaluate_all(
-            {"test": test, "val": val},
-            {"test": test_gt, "val": val_gt},
-            EvalOptions(),
-            model=model,
-            batches=batches,
-            fidelity_target="gt",
-            fidelity_size=32,
-            progress=messages.append,
-        )[0]
-        units = int(messages[0].split(" distinct, ")[1].split(" to score")[0])
-        return out, sum(done), units
 
-    cached, with_cache, units = run(2**30)
-    uncached, without, _ = run(0)
-    partly, some, _ = run(4 * 16 * 16 * 4)  # room for one test set at a time
-    assert cached == uncached == partly
-    # a unit scores its test and val maps at 16 px and its test maps again at 32 px for fidelity
-    assert without - with_cache == units * (4 + 3 + 4)
-    assert with_cache < some < without
+def intervals_for(gts, resamples=200):
+    from pipeline.metrics.intervals import IntervalAccumulator
+
+    return IntervalAccumulator(resamples=resamples, seed=3, strata={s: gts[s].labels for s in gts})
+
+
+def test_the_numbers_do_not_depend_on_the_blocks(tmp_path):
+    """Blocks of 4, 5 or every image: the same metrics and the same interval table, bit for bit (counters are
+    integers; the bootstrap's float32 sums of counts are exact)."""
+    models, gts = two_models(tmp_path)
+    opts = EvalOptions(protocols=("official",))
+    runs = []
+    for block in (4, 5, 512):
+        acc = intervals_for(gts)
+        out = evaluate_models(models, gts, opts, intervals=acc, block=block)
+        runs.append((out[(0, 0)][0], out[(0, 1)][0], acc.table()))
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_the_interval_table_equals_the_per_image_path(tmp_path):
+    """The streamed sums give the table that IntervalAccumulator.add gives from whole per-image arrays."""
+    models, gts = two_models(tmp_path)
+    opts = EvalOptions()
+    streamed = intervals_for(gts)
+    evaluate_models(models, gts, opts, intervals=streamed, block=4)
+    whole = intervals_for(gts)
+    for mm in models:
+        outcomes = {}
+
+        def keep(key, split, start, box, mask, fid, outcomes=outcomes):
+            outcomes.setdefault((key[1:], split), []).append((start, box, mask))
+
+        evaluate_models([mm], gts, opts, observe=keep)
+        for (key, split), parts in outcomes.items():
+            parts.sort(key=lambda p: p[0])
+            box = SimpleNamespace(
+                **{
+                    f"per_image_{f}": np.concatenate([getattr(p[1], f"per_image_{f}") for p in parts])
+                    for f in ("multi", "single", "gt_known", "top1_loc")
+                }
+            )
+            mask = None
+            if parts[0][2] is not None:
+                mask = SimpleNamespace(
+                    per_image_fg_hist=np.concatenate([p[2].per_image_fg_hist for p in parts]),
+                    per_image_bg_hist=np.concatenate([p[2].per_image_bg_hist for p in parts]),
+                )
+            whole.add(mm.model, (*key, split), box, mask)
+    assert streamed.table() == whole.table()
+
+
+def _rank_main(rank, world, init_file, tmp_path, out_file):
+    import pickle
+
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        models, gts = two_models(tmp_path)
+        acc = intervals_for(gts)
+        log = WorkLog()
+        out = evaluate_models(models, gts, EvalOptions(protocols=("official",)), intervals=acc, block=4, log=log)
+        result = None if out is None else (out[(0, 0)][0], out[(0, 1)][0], acc.table())
+        with open(f"{out_file}.{rank}", "wb") as fh:
+            pickle.dump((result, log.as_dict()["phases"]), fh)
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_divide_every_phase_and_give_the_bits_of_one_process(tmp_path, world):
+    import pickle
+
+    import torch.multiprocessing as mp
+
+    models, gts = two_models(tmp_path / "one")
+    acc, log = intervals_for(gts), WorkLog()
+    out = evaluate_models(models, gts, EvalOptions(protocols=("official",)), intervals=acc, block=4, log=log)
+    one = (out[(0, 0)][0], out[(0, 1)][0], acc.table())
+    mp.spawn(_rank_main, args=(world, str(tmp_path / "init"), tmp_path / "ranks", str(tmp_path / "out")), nprocs=world)
+    parts = []
+    for r in range(world):
+        with open(tmp_path / f"out.{r}", "rb") as fh:
+            parts.append(pickle.load(fh))
+    assert parts[0][0] == one  # rank 0 has every number, the same bits
+    assert all(p[0] is None for p in parts[1:])
+    whole = log.as_dict()["phases"]
+    for phase, counter in (("digest", "images"), ("read", "bytes"), ("postprocess", "maps"), ("score", "maps")):
+        shares = [p[1][phase][counter] for p in parts]
+        assert sum(shares) == whole[phase][counter]  # nothing done twice
+        assert max(shares) <= whole[phase][counter] / world * 1.6  # each rank about 1/P (blocks of 4 images)
 
 
 def test_the_evaluate_bar_honours_tqdm_disable():

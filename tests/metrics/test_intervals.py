@@ -12,6 +12,7 @@ from pipeline.metrics.intervals import (
     SELECTION_WEIGHT,
     IntervalAccumulator,
     combine,
+    count_columns,
     count_matrix,
     pxap_rows,
     resample_indices,
@@ -397,3 +398,19 @@ def test_split_thresholds_add_the_val_choice_measured_on_the_full_test_counts():
         want = (w_test[r] @ bt.per_image_multi[:, 1, j] + SELECTION_WEIGHT**0.5 * (full[j_r] - full[j])) / n
         assert got[r] == pytest.approx(100 * want, abs=1e-9), r
     assert got[-1] == pytest.approx(100 * full[j] / n)
+
+
+def test_count_columns_are_the_count_matrix_columns():
+    """A rank's columns of the count matrix, drawn with the same RNG calls one stratum at a time, equal the
+    whole matrix's columns, with and without strata, for any range."""
+    rng = np.random.default_rng(0)
+    n, r = 37, 50
+    strata = rng.integers(0, 4, n)
+    for s in (None, strata):
+        whole = count_matrix(resample_indices(5, 1, n, r, s))
+        for lo, hi in ((0, n), (0, 10), (10, 29), (29, n), (36, 37), (12, 12)):
+            part = count_columns(5, 1, n, r, s, lo, hi)
+            assert part.dtype == np.float32 and part.flags.c_contiguous
+            np.testing.assert_array_equal(part, whole[:, lo:hi])
+    with pytest.raises(ValueError, match="columns 30..40 are not within the 37 images"):
+        count_columns(5, 1, n, r, strata, 30, 40)
