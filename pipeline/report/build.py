@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.cams import variants as registry
 from pipeline.cams.postprocess import postprocess
-from pipeline.cams.store import CamSet
+from pipeline.cams.store import CamSet, CamStore, select
 from pipeline.concepts import BRANCHES
 from pipeline.data.prepare import GroundTruth
 from pipeline.io import write_json, write_text
@@ -25,7 +25,7 @@ from pipeline.metrics.evaluate import EvalOptions, check_alignment, postprocess_
 from pipeline.metrics.intervals import VERDICTS
 from pipeline.report import figures, tables
 from pipeline.report.forest import forest
-from pipeline.report.sign import box_union, sign_diagnostics, signed_maps
+from pipeline.report.sign import SignAccumulator, box_union, box_unions, signed_maps
 
 FIGURES = {
     "threshold_curves": "threshold_curves.png",
@@ -39,12 +39,18 @@ def figure_names(variants: Sequence[str]) -> dict[str, str]:
     return {**FIGURES, **{f"gallery_{v}": f"gallery_{v}.png" for v in variants}}
 
 
-def run_variants(cams: CamSet) -> list[str]:
+Cams = CamStore | CamSet  # a CAM folder opened for streaming, or a set in memory: both give `block` and `index`
+
+SIGN_BLOCK = 512  # images read from the CAM shards at a time (feature resolution)
+SIGN_CHUNK = 64  # images upsampled to the evaluation grid and reduced at a time (13 MB at 224 px)
+
+
+def run_variants(cams: Cams) -> list[str]:
     """The variants of the run, as its CAM manifest lists them (registry order)."""
     return [registry.get(v).name for v in cams.manifest["variants"]]
 
 
-def run_family(cams: CamSet) -> str:
+def run_family(cams: Cams) -> str:
     """The model family of the run (the CAM manifest's `family`; CAM sets written before it existed: cam)."""
     return registry.check_family(cams.manifest.get("family", registry.DEFAULT_FAMILY))
 
@@ -71,21 +77,38 @@ def load_grid_images(image_root: Path, image_ids: Sequence[str], size: int) -> n
     return out
 
 
-def sign_table(cams: CamSet, gt: GroundTruth) -> dict:
-    """Sign diagnostics of every variant x branch (ground-truth-class maps of the split)."""
+def sign_table(cams: Cams, gt: GroundTruth, block: int = SIGN_BLOCK, chunk: int = SIGN_CHUNK) -> dict:
+    """Sign diagnostics of every variant x branch (ground-truth-class maps of the split).
+
+    Streamed: `block` images' maps at a time out of the CAM shards, `chunk` of them at a time on the evaluation
+    grid, the GT-box masks of a chunk built once for all its map sets; memory holds one block and the
+    accumulators' per-image shares, whatever the number of images."""
     check_alignment(cams, gt, "test")
-    return {
-        v: {
-            b: sign_diagnostics(
-                cams.select(part="pos", branch=b, variant=v),
-                cams.select(part="neg", branch=b, variant=v),
-                gt.boxes,
-                gt.size,
-            )
+    variants = run_variants(cams)
+    accs = {v: {b: SignAccumulator() for b in BRANCHES} for v in variants}
+    for start in range(0, len(cams), block):
+        maps = cams.block(start, start + block)
+        parts = {
+            (v, b, part): select(maps, cams.manifest, part=part, branch=b, variant=v)
+            for v in variants
             for b in BRANCHES
+            for part in ("pos", "neg")
         }
-        for v in run_variants(cams)
-    }
+        for at in range(0, len(maps), chunk):
+            sl = slice(at, min(at + chunk, len(maps)))
+            inside = box_unions(gt.boxes[start + sl.start : start + sl.stop], gt.size)
+            for v in variants:
+                for b in BRANCHES:
+                    signed = signed_maps(parts[v, b, "pos"][sl], parts[v, b, "neg"][sl], gt.size)
+                    accs[v][b].accumulate(signed, inside=inside)
+    return {v: {b: accs[v][b].compute() for b in BRANCHES} for v in variants}
+
+
+def read_images(cams: Cams, indices: Sequence[int]) -> np.ndarray:
+    """The maps of the images at `indices`, (n, T, 2, 2, V, h, w), read one image at a time."""
+    if not len(indices):
+        return cams.block(0, 0)
+    return np.concatenate([cams.block(int(i), int(i) + 1) for i in indices])
 
 
 @dataclass
@@ -96,15 +119,18 @@ class GalleryPanel:
 
 
 def gallery_panel(
-    cams: CamSet, gt: GroundTruth, variant: str, indices: Sequence[int], metrics: Mapping, opts: EvalOptions
+    cams: Cams, gt: GroundTruth, variant: str, indices: Sequence[int], metrics: Mapping, opts: EvalOptions
 ) -> GalleryPanel:
     """Both branches' signed maps of `variant` at `indices`, the box the metric draws (largest contour of the
-    evaluation score map at the IoU-50 threshold the evaluate stage chose) and its IoU with the GT boxes."""
+    evaluation score map at the IoU-50 threshold the evaluate stage chose) and its IoU with the GT boxes.
+
+    Reads the maps of those images only (`cams.block`), not the whole set."""
     idx = np.asarray(indices)
+    maps = read_images(cams, idx)
     panel = GalleryPanel({}, {}, {})
     for branch in BRANCHES:
-        pos = cams.select(part="pos", branch=branch, variant=variant)[idx]
-        neg = cams.select(part="neg", branch=branch, variant=variant)[idx]
+        pos = np.ascontiguousarray(select(maps, cams.manifest, part="pos", branch=branch, variant=variant))
+        neg = np.ascontiguousarray(select(maps, cams.manifest, part="neg", branch=branch, variant=variant))
         signed = signed_maps(pos, neg, gt.size)
         scores = postprocess(pos, neg, postprocess_options(variant, branch, gt.size, opts))
         threshold = float(metrics[variant][branch]["best_threshold_iou50"])
@@ -446,7 +472,7 @@ def build_report(
     evaluation: Mapping,
     classification: Mapping,
     plots_dir: Path,
-    cams: CamSet,
+    cams: Cams,
     gt: GroundTruth,
     image_root: Path,
     class_names: Sequence[str],

@@ -1,7 +1,7 @@
 """Stage `report`: the paper-style results table, sign diagnostics and figures, for people and for PRs.
 
 Reads reports/metrics.json, evaluation.json, classification.json and the curve CSVs of the evaluate stage,
-the test CAMs and the prepared ground truth, and writes
+the test CAMs (streamed from their shards, block by block) and the prepared ground truth, and writes
   reports/README.md        tables (softmax | sigmoid | delta per metric), the options used, figures
   reports/results.csv      the same numbers, one row per backbone x variant
   reports/summary.md       the answer: the headline deltas with their intervals (rendered into README.md)
@@ -17,7 +17,7 @@ from pipeline.stages.common import REPORTS, eval_options, replicate, start, user
 
 def main() -> None:
     params = start()
-    from pipeline.cams.store import read_cams
+    from pipeline.cams.store import open_cams
     from pipeline.data.prepare import load_ground_truth, load_prepared
     from pipeline.report.build import build_report
 
@@ -38,7 +38,7 @@ def main() -> None:
         sign = build_report(
             out_dir=REPORTS,
             plots_dir=REPORTS / "plots",
-            cams=read_cams(first.cams_dir / "test"),
+            cams=open_cams(first.cams_dir / "test"),  # streamed: one block of maps in memory at a time
             gt=load_ground_truth(params.prepared_dir(), "test"),
             image_root=prepared.image_root,
             class_names=prepared.info["class_names"],
