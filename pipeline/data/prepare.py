@@ -412,8 +412,8 @@ class GroundTruth:
     image_ids: list[str]
     labels: np.ndarray  # (N,) int64
     boxes: list[np.ndarray]  # per image (n_i, 4) int64 (x0, y0, x1, y1) on the grid, file order
-    fg: np.ndarray | None  # (N, S, S) bool foreground, or None without masks
-    ignore: np.ndarray | None  # (N, S, S) bool ignore region (already minus the foreground)
+    fg: np.ndarray | PackedMasks | None  # (N, S, S) bool foreground, or None without masks
+    ignore: np.ndarray | PackedMasks | None  # (N, S, S) bool ignore region (already minus the foreground)
     size: int
 
 
@@ -430,6 +430,37 @@ def unpack_masks(packed: np.ndarray, size: int) -> np.ndarray:
     return bits.reshape(len(packed), size, size).astype(bool)
 
 
+class PackedMasks:
+    """(N, S, S) bool masks kept bit-packed as prepared (S * S / 8 bytes per image, not S * S): indexing
+    unpacks only the images asked for (`masks[start:stop]`, `masks[i, y0:y1, x0:x1]`), so evaluation holds one
+    block's masks at a time; `np.asarray(masks)` unpacks them all."""
+
+    def __init__(self, packed: np.ndarray, size: int) -> None:
+        unpack_masks(np.asarray(packed)[:0], size)  # checks dtype and shape
+        self.packed, self.size = np.asarray(packed), size
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.packed), self.size, self.size)
+
+    def __getitem__(self, index):
+        rest: tuple = ()
+        if isinstance(index, tuple):
+            index, rest = index[0], index[1:]
+        sub = self.packed[index]
+        out = unpack_masks(sub.reshape(-1, sub.shape[-1]), self.size)
+        if sub.ndim == 1:
+            return out[0][rest] if rest else out[0]
+        return out[(slice(None), *rest)] if rest else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = unpack_masks(self.packed, self.size)
+        return out if dtype is None else out.astype(dtype)
+
+
 def load_ground_truth(root: Path, split: str) -> GroundTruth:
     """Read the GT boxes (and masks, where prepared) of `split` from a prepared folder."""
     prepared = load_prepared(root)
@@ -442,8 +473,8 @@ def load_ground_truth(root: Path, split: str) -> GroundTruth:
                 boxes[row["image_id"]].append(tuple(int(row[k]) for k in ("ex0", "ey0", "ex1", "ey1")))
     fg = ignore = None
     if split in prepared.info.get("mask_splits", []):
-        fg = unpack_masks(np.load(Path(root) / f"{split}_mask_fg.npy"), size)
-        ignore = unpack_masks(np.load(Path(root) / f"{split}_mask_ignore.npy"), size)
+        fg = PackedMasks(np.load(Path(root) / f"{split}_mask_fg.npy"), size)
+        ignore = PackedMasks(np.load(Path(root) / f"{split}_mask_ignore.npy"), size)
     return GroundTruth(
         list(data.image_ids),
         np.asarray(data.labels, dtype=np.int64),

@@ -245,8 +245,9 @@ def test_prepare_packs_the_official_masks_as_the_official_loader_reads_them(tmp_
     prepare_dataset(raw, tmp_path / "prep", dataset="openimages", num_classes=1, eval_size=224, progress=False)
     truth = load_ground_truth(tmp_path / "prep", "test")
     # foreground pixels of wsolevaluation's evaluation_test.py; background + ignore = the rest
-    assert truth.fg.sum(axis=(1, 2)).tolist() == [833, 347]
-    assert truth.ignore.sum(axis=(1, 2)).tolist() == [0, 224 * 224 - 347 - 13910]
+    assert np.asarray(truth.fg).sum(axis=(1, 2)).tolist() == [833, 347]
+    assert np.asarray(truth.ignore).sum(axis=(1, 2)).tolist() == [0, 224 * 224 - 347 - 13910]
+    assert truth.fg.shape == (2, 224, 224) and np.array_equal(truth.fg[0:2], np.asarray(truth.fg))
     for k, image_id in enumerate(image_ids):
         fg, ignore = read_gt_mask(raw / "masks", *masks[image_id], 224)
         assert np.array_equal(truth.fg[k], fg) and np.array_equal(truth.ignore[k], ignore)
