@@ -646,6 +646,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=224, help="input and evaluation size (px)")
     ap.add_argument("--feature", type=int, default=14, help="CAM maps' side")
     ap.add_argument("--bootstrap", type=int, default=1000, help="evaluate.bootstrap_resamples")
+    ap.add_argument(
+        "--no-fidelity",
+        dest="fidelity",
+        action="store_false",
+        help="evaluate.fidelity off: the CPU side alone (Average Drop's forwards belong on a GPU)",
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/evalscale"))
     ap.add_argument("--label", default="current", help="the section of the results this run fills")
     ap.add_argument(
@@ -716,12 +722,14 @@ def main(argv: list[str] | None = None) -> int:
                 "description": f"SynthBirds-like, {args.size} px images and evaluation, {args.feature}x"
                 f"{args.feature} float32 maps, {baselines} baselines x {finetunes} fine-tuning replicate, val = "
                 f"{args.val_ratio:g} x test, protocols clean+official+official_symmetric, thresholds on val, "
-                f"{args.bootstrap} bootstrap resamples, fidelity on (timm test_resnet)",
+                f"{args.bootstrap} bootstrap resamples, "
+                + ("fidelity on (timm test_resnet)" if args.fidelity else "fidelity off"),
                 "val_ratio": args.val_ratio,
                 "size": args.size,
                 "feature": args.feature,
                 "models": models,
                 "bootstrap_resamples": args.bootstrap,
+                "fidelity": args.fidelity,
             },
             "summary": summarise(combined, models),
             "runs": [
@@ -742,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for size in [] if args.render_only else sizes:
         val = max(1, round(size * args.val_ratio))
-        tag = f"ws_{size}_v{val}_s{args.size}_f{args.feature}_b{args.bootstrap}"
+        tag = f"ws_{size}_v{val}_s{args.size}_f{args.feature}_b{args.bootstrap}" + ("" if args.fidelity else "_nofid")
         ws = make_workspace(
             args.workdir / tag,
             size,
@@ -752,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
             baselines=baselines,
             finetunes=finetunes,
             bootstrap_resamples=args.bootstrap,
+            fidelity=args.fidelity,
         )
         for nproc in ranks:
             for r in range(args.rounds):

@@ -49,7 +49,8 @@ from pipeline.metrics.masks import MaskEvaluator, MaskResult
 from pipeline.metrics.registry import mean_over_ious
 from pipeline.train.loops import to_device
 
-BLOCK = 512  # images read, digested and summed at once (rounded up to whole fidelity batches)
+BLOCK = 128  # images read, digested and summed at once (rounded up to whole fidelity batches); small enough
+# that a 1,000-image split feeds several ranks
 SCORE_CHUNK = 64  # images post-processed and scored at once: 64 x 224 x 224 float32 maps are 12.8 MB
 # The bootstrap sums of the map sets scored together (`unit_bytes` each; 48 MB at 1,000 resamples with masks
 # and val thresholds): more sets per pass read the raw maps fewer times, fewer bound the memory.
@@ -413,7 +414,7 @@ def _score_block(
         acc.add(box, mask, None)
         if w is not None:
             scored.append((box, mask))
-    if w is not None and scored:  # one product per block: the BLAS call is efficient on 512 images, not on 64
+    if w is not None and scored:  # one product per block: fewer, larger BLAS calls than per chunk
         log.enter("bootstrap")
         joined = SimpleNamespace(
             **{

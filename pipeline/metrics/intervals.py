@@ -343,10 +343,14 @@ class _Pending:
 class IntervalAccumulator:
     """Collects evaluation results one at a time and produces the interval table.
 
-    `callback(model)` gives the evaluator's `on_result(key, box_result, mask_result, fidelity_result)` for one
-    model, model = (baseline j, fine-tuning replicate k) (a bare int k: baseline 0), key = (protocol, variant,
-    branch, split); `add(model, key, ...)` is the same call. `table()` returns one row per (protocol, variant,
-    metric) with both branches of every model. `strata` maps a split to its images' class labels (resampling
+    Two ways in. Whole per-image results: `add(model, key, box_result, mask_result, fidelity_result)`, model =
+    (baseline j, fine-tuning replicate k) (a bare int k: baseline 0), key = (protocol, variant, branch, split);
+    `callback(model)` gives the same call as `on_result(key, ...)`. Streamed (pipeline/metrics/evaluate.py):
+    `columns` gives a rank its images' columns of a split's count matrix, the caller sums `box_sums`,
+    `mask_sums` and `fidelity_sums` block by block (`add_sums`), `reduce` turns a map set's finished sums into
+    per-replicate values and `set_values` records them for a key (protocol, variant, branch) and model; both ways
+    give the same values. `table()` returns one row per (protocol, variant, metric) with both branches of every
+    model. `strata` maps a split to its images' class labels (resampling
     within classes); `thresholds` and `method` choose the construction (module docstring).
     """
 
