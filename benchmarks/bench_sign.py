@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.cams import variants as registry  # noqa: E402
 from pipeline.cams.store import CamRecord, open_cams, read_cams, write_cams  # noqa: E402
 from pipeline.concepts import BRANCHES  # noqa: E402
 from pipeline.data.prepare import GroundTruth  # noqa: E402
@@ -36,8 +37,8 @@ from pipeline.report.build import run_variants, sign_table  # noqa: E402
 from pipeline.report.sign import region_sums, sign_diagnostics, sign_diagnostics_reference  # noqa: E402
 
 SIZE, FEATURE = 224, 14
-VARIANTS = ["cam", "gradcam", "gradcampp", "xgradcam", "layercam"]
-NON_NEGATIVE = {"gradcampp", "layercam"}  # no negative part by construction
+VARIANTS = [v.name for v in registry.for_family(registry.DEFAULT_FAMILY)]
+NON_NEGATIVE = {v.name for v in registry.for_family(registry.DEFAULT_FAMILY) if v.nonnegative}  # no negative part
 
 
 def synthetic(root: Path, n: int, seed: int = 0) -> GroundTruth:

@@ -141,11 +141,13 @@ def test_baseline_and_finetune_train_with_ddp_on_two_processes(repo):
 
 
 def test_a_failing_rank_fails_the_run(tmp_path):
-    """Rank 1 exits 3 while rank 0 waits at a barrier: torchrun stops rank 0 and exits non-zero."""
+    """Rank 1 exits 3 while rank 0 waits at a barrier: torchrun stops rank 0 and exits non-zero. (Both print
+    first and meet at a barrier, so rank 0's line is out before rank 1 fails, however loaded the machine.)"""
     (tmp_path / "two_ranks.py").write_text(
         "from pipeline import dist\n"
         "dist.setup(2, 'auto', 'cpu')\n"
         "print(f'rank {dist.rank()} of {dist.world_size()}', flush=True)\n"
+        "dist.barrier()\n"
         "if dist.rank() == 1:\n"
         "    raise SystemExit(3)\n"
         "dist.barrier()\n"
